@@ -1,0 +1,130 @@
+"""`hosttune topology`, `hosttune capture`, `hosttune plan`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from hosttune import cpulist
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("topology", help="discover the host's CPU/NUMA/IRQ topology")
+    add_root(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_topology)
+
+    p = subparsers.add_parser("capture", help="pack the files discovery reads into a tarball")
+    add_root(p)
+    p.add_argument("-o", "--output", required=True, help="tarball to write (.tar.gz)")
+    p.set_defaults(func=cmd_capture)
+
+    p = subparsers.add_parser("plan", help="compute the tuning plan from topology and policy")
+    add_root(p)
+    add_policy(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plan)
+
+
+def add_root(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", default="/", help="host tree: / (live), an extracted capture, or a capture tarball")
+
+
+def add_policy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", help="policy YAML (default: the embedded default policy; "
+                                         "/etc/hosttune/hosttune.yaml is the agent's)")
+
+
+def load_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """Topology under --root + --policy -> plan (shared by plan/apply/verify)."""
+    from hosttune import discovery, plan, policy
+    from hosttune.sysfs import HostFS
+
+    pol = policy.load(args.policy)
+    topo = discovery.discover(HostFS.open(args.root))
+    return plan.make_plan(topo, pol)
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    from hosttune import discovery
+    from hosttune.sysfs import HostFS
+
+    topo = discovery.discover(HostFS.open(args.root))
+    data = topo.to_dict()
+    if args.json:
+        print_json(data)
+    else:
+        print(render_topology(data))
+    return 0
+
+
+def render_topology(t: dict[str, Any]) -> str:
+    s = t["summary"]
+    cpu = t["cpu"]
+    lines = [
+        f"host {t['hostname']}: {s['sockets']} socket(s), {s['nodes']} NUMA node(s), {s['cores']} cores, "
+        f"{s['cpus_online']} online CPUs, {s['threads_per_core']} thread(s)/core",
+        f"cpu: {cpu.get('model')} ({cpu.get('arch', '?')}; {' '.join(cpu.get('flags', [])) or 'no listed ISA flags'})",
+    ]
+    if s["cpus_offline"]:
+        lines.append(f"offline CPUs: {cpulist.format(s['cpus_offline'])}")
+    for node in t["nodes"]:
+        dist = " ".join(f"{k}:{v}" for k, v in node["distances"].items())
+        lines.append(f"node {node['id']}: cpus {cpulist.format(node['cpus']) or '-'}, "
+                     f"memory {node['memory_bytes'] / 2**30:.1f} GiB, distances {dist or '-'}")
+    lines.append(f"isolated: {cpulist.format(t['isolated']) or '-'}   nohz_full: {cpulist.format(t['nohz_full']) or '-'}"
+                 f"   allowed to this process: {cpulist.format(t['allowed_cpus'] or []) or '?'}")
+    for area in ("cpufreq", "turbo", "epp", "cstates", "thp", "cgroup"):
+        info = t[area]
+        if info.get("status") == "unsupported":
+            lines.append(f"{area}: unsupported: {info['reason']}")
+        elif area == "cpufreq":
+            p0 = info["policies"][0]
+            lines.append(f"cpufreq: {info['driver']}, governor {p0['governor']}, "
+                         f"{p0['min_khz']}-{p0['max_khz']} kHz (base {p0['base_khz']})")
+        elif area == "turbo":
+            lines.append(f"turbo: {'on' if info['enabled'] else 'off'} ({info['switch']})")
+        elif area == "epp":
+            lines.append(f"epp: {' '.join(info['values'])}")
+        elif area == "cstates":
+            names = ", ".join(f"{st['name']}({st['latency_us']}us)" for st in info["states"]) or "none"
+            lines.append(f"cstates: {info['driver']}: {names}")
+        elif area == "thp":
+            lines.append(f"thp: enabled={info['enabled']} defrag={info['defrag']}")
+        elif area == "cgroup":
+            lines.append(f"cgroup: v{info['version']} {info.get('path', '')}")
+    irqb = t["irqbalance"]
+    lines.append(f"irqbalance: {'installed' if irqb['installed'] else 'not installed'}"
+                 f"{', running' if irqb['running'] else ''}")
+    lines.append(f"irqs: {len(t['irqs'])} (default affinity {cpulist.format(t['irq_default_affinity'] or []) or '?'})")
+    lines.append(f"kernel cmdline: {t['kernel_cmdline']}")
+    return "\n".join(lines)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from hosttune import discovery, sysfs
+
+    fs = sysfs.HostFS.open(args.root)
+    discovery.discover(fs)
+    files, dirs = fs.recorded()
+    sysfs.pack(files, dirs, args.output)
+    print(f"captured {len(files)} files from {args.root} into {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from hosttune import plan
+
+    result = load_plan(args)
+    if args.json:
+        print_json(result)
+    else:
+        print(plan.render(result))
+    return 0
