@@ -1,0 +1,73 @@
+"""Named guest topologies, as data. CPU ids follow QEMU's numbering (socket-major, threads of a
+core adjacent: with threads=2, CPUs 0 and 1 are siblings). Node ids must be contiguous (QEMU)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hosttune.testbed.errors import TestbedError
+from hosttune.testbed.qemu import Topology
+
+TOPOLOGIES: dict[str, dict[str, Any]] = {
+    "default": {
+        "description": "2 sockets x 4 cores, no SMT, one NUMA node per socket",
+        "sockets": 2, "cores": 4, "threads": 1,
+        "nodes": [
+            {"cpus": "0-3", "memory_mib": 1024},
+            {"cpus": "4-7", "memory_mib": 1024},
+        ],
+    },
+    "smt4n": {
+        "description": "2 sockets x 4 cores x 2 threads = 16 CPUs, 4 NUMA nodes (2 per socket)",
+        "sockets": 2, "cores": 4, "threads": 2,
+        "nodes": [
+            {"cpus": "0-3", "memory_mib": 512},
+            {"cpus": "4-7", "memory_mib": 512},
+            {"cpus": "8-11", "memory_mib": 512},
+            {"cpus": "12-15", "memory_mib": 512},
+        ],
+    },
+    "memoryless": {
+        "description": "3 sockets x 2 cores; node 2 has CPUs but no memory",
+        "sockets": 3, "cores": 2, "threads": 1,
+        "nodes": [
+            {"cpus": "0-1", "memory_mib": 1024},
+            {"cpus": "2-3", "memory_mib": 1024},
+            {"cpus": "4-5", "memory_mib": 0},
+        ],
+    },
+    "sparse": {
+        "description": "4 sockets x 2 cores, 2 NUMA nodes with non-contiguous CPU lists",
+        "sockets": 4, "cores": 2, "threads": 1,
+        "nodes": [
+            {"cpus": "0-1,4-5", "memory_mib": 1024},
+            {"cpus": "2-3,6-7", "memory_mib": 1024},
+        ],
+    },
+    "offline": {
+        "description": "the default shape with CPUs 0 and 5 offline after boot (cpu0_hotplug "
+                       "on the kernel line lets CPU 0 go offline)",
+        "sockets": 2, "cores": 4, "threads": 1,
+        "nodes": [
+            {"cpus": "0-3", "memory_mib": 1024},
+            {"cpus": "4-7", "memory_mib": 1024},
+        ],
+        "kernel_args": "cpu0_hotplug",
+        "offline": "0,5",
+    },
+}
+
+
+def names() -> list[str]:
+    return sorted(TOPOLOGIES)
+
+
+def get_topology(name: str) -> Topology:
+    """The named topology (TestbedError listing the names if unknown)."""
+    try:
+        data = TOPOLOGIES[name]
+    except KeyError:
+        raise TestbedError(
+            f"unknown topology {name!r}; known: {', '.join(names())}"
+        ) from None
+    return Topology.from_dict(data, name=name)
