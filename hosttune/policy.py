@@ -15,6 +15,7 @@ from hosttune import cpulist
 from hosttune.errors import PolicyError
 
 PROFILES = ("latency", "throughput")
+CONFIG_FILE = "/etc/hosttune/hosttune.yaml"  # the agent's config: a policy, or {policy: ..., agent: ...}
 
 # Defaults per profile; the user's policy is deep-merged over the profile's defaults.
 DEFAULTS: dict[str, Any] = {

@@ -40,10 +40,14 @@ def add_policy(parser: argparse.ArgumentParser) -> None:
 def load_plan(args: argparse.Namespace) -> dict[str, Any]:
     """Topology under --root + --policy -> plan (shared by plan/apply/verify)."""
     from hosttune import discovery, plan, policy
-    from hosttune.sysfs import HostFS
+    from hosttune.sysfs import HostFS, TarHostFS
 
-    pol = policy.load(args.policy)
-    topo = discovery.discover(HostFS.open(args.root))
+    fs = HostFS.open(args.root)
+    policy_path = args.policy
+    if policy_path is None and not isinstance(fs, TarHostFS) and fs.exists(policy.CONFIG_FILE):
+        policy_path = fs.host_path(policy.CONFIG_FILE)
+    pol = policy.load(policy_path)
+    topo = discovery.discover(fs)
     return plan.make_plan(topo, pol)
 
 
