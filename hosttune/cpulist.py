@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from hosttune.errors import HosttuneError
@@ -12,9 +13,14 @@ def parse(text: str, where: str | None = None) -> list[int]:
 
     Accepts the kernel's stride syntax (a-b:step) and surrounding whitespace; "" is the empty set.
     """
-    text = text.strip()
+    return list(_parse_cached(text.strip(), where))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(text: str, where: str | None) -> tuple[int, ...]:
+    # thousands of IRQs share a handful of affinity strings: parse each once
     if not text:
-        return []
+        return ()
     ids: set[int] = set()
     for part in text.split(","):
         part = part.strip()
@@ -34,7 +40,7 @@ def parse(text: str, where: str | None = None) -> list[int]:
                 ids.add(value)
         except ValueError:
             raise HosttuneError(f"invalid cpulist {text!r} (bad element {part!r})", where) from None
-    return sorted(ids)
+    return tuple(sorted(ids))
 
 
 def format(ids: Iterable[int]) -> str:  # noqa: A001 - mirrors parse()

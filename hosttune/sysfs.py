@@ -43,6 +43,9 @@ class HostFS:
             raise TopologyError("root is not readable", where=root)
         return cls(root=root)
 
+    def __post_init__(self) -> None:
+        self._prefix = self.root if self.root.endswith("/") else self.root + "/"
+
     @property
     def is_live(self) -> bool:
         return os.path.realpath(self.root) == "/"
@@ -64,7 +67,7 @@ class HostFS:
 
     def _read_uncached(self, key: str) -> str | None:
         try:
-            fd = os.open(os.path.join(self.root, key), os.O_RDONLY)
+            fd = os.open(self._prefix + key, os.O_RDONLY)
         except OSError:
             return None
         try:

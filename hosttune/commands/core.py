@@ -52,7 +52,8 @@ def load_plan(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    # indented for a person at a terminal; compact otherwise (json's C encoder only runs without indent)
+    sys.stdout.write(json.dumps(data, indent=2 if sys.stdout.isatty() else None))
     sys.stdout.write("\n")
 
 
