@@ -1,0 +1,284 @@
+"""`hosttune serve` (the KServe v2 inference server) and `hosttune model` (the model repository).
+
+Light imports only at the top: openvino and uvicorn are imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from hosttune import cpulist
+from hosttune.errors import HosttuneError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from hosttune.commands.core import add_policy, add_root
+    from hosttune.model import default_repo
+
+    p = subparsers.add_parser(
+        "serve", help="KServe v2 REST inference server on the OpenVINO runtime (one per NUMA node)",
+        description="Serve the models of an OVMS-layout repository over the KServe v2 REST protocol. "
+                    "With --plan-instance the port, bind address, CPUs, memory node and OpenVINO "
+                    "settings come from the plan; explicit options override them.")
+    add_root(p)
+    add_policy(p)
+    p.add_argument("--plan", metavar="FILE", help="a saved plan JSON (hosttune plan --json) instead of "
+                                                  "computing the plan from --root/--policy")
+    p.add_argument("--plan-instance", metavar="NAME", help="serve as this plan instance (e.g. node0)")
+    p.add_argument("--repo", default=None, help=f"model repository <repo>/<name>/<version>/ "
+                                                f"(default: $HOSTTUNE_MODEL_REPO or {default_repo()})")
+    p.add_argument("--model", action="append", metavar="NAME[:VERSION]",
+                   help="model(s) to serve (default: the instance's model, else every model in the repo)")
+    p.add_argument("--port", type=int, help="TCP port (default: the instance's, else 9000; 0 = any free port)")
+    p.add_argument("--bind", help="address to listen on (default: the instance's, else 127.0.0.1)")
+    p.add_argument("--config", metavar="JSON", help='OpenVINO properties, e.g. \'{"NUM_STREAMS": 2}\' '
+                                                    '(override the plan\'s)')
+    p.add_argument("--nireq", type=int, help="infer requests in the pool (default: the plan's, else "
+                                             "OPTIMAL_NUMBER_OF_INFER_REQUESTS of the compiled model)")
+    p.add_argument("--cpus", help="CPU list to run on (default: the instance's CPUs)")
+    p.add_argument("--no-pin", action="store_true", help="do not set CPU affinity or memory policy")
+    p.add_argument("--max-body", type=int, default=64 * 2**20, help="largest request body in bytes (413 above)")
+    p.set_defaults(func=cmd_serve)
+
+    m = subparsers.add_parser("model", help="model repository: prepare (convert/quantize), sample, list, check")
+    msub = m.add_subparsers(dest="model_command", metavar="SUBCOMMAND")
+    m.set_defaults(func=lambda args: (m.print_help(sys.stderr), 2)[1])
+
+    p = msub.add_parser("prepare", help="write an ONNX file or OpenVINO IR into the repository as IR "
+                                        "(+ an INT8 variant)")
+    p.add_argument("src", help="model.onnx or model.xml (with model.bin beside it)")
+    p.add_argument("--name", required=True, help="model name in the repository")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--repo", default=None, help="model repository (default: $HOSTTUNE_MODEL_REPO or "
+                                                f"{default_repo()})")
+    p.add_argument("--static-shape", action="append", metavar="[INPUT:]DIMS",
+                   help="reshape to a static shape, e.g. 1,3,224,224 or input:1,3,224,224 (repeatable)")
+    p.add_argument("--precision", default="FP32", help="baseline precision: FP32 or FP16 (weights)")
+    p.add_argument("--int8", action="store_true", help="also write <name>-int8 (NNCF post-training quantization)")
+    p.add_argument("--calibration", metavar="SPEC", help="INT8 calibration data: synthetic[:N] (default "
+                                                         "synthetic:32), a .npy or a .npz file")
+    p.add_argument("--force", action="store_true", help="replace an existing version")
+    p.add_argument("--json", action="store_true", help="print the metadata written as JSON")
+    p.set_defaults(func=cmd_model_prepare)
+
+    p = msub.add_parser("sample", help="build the sample ResNet-style model (+ INT8) into the repository")
+    p.add_argument("--repo", default=None, help="model repository (default: $HOSTTUNE_MODEL_REPO or "
+                                                f"{default_repo()})")
+    p.add_argument("--variant", default="sample", help="sample (a few ms/inference on one core), tiny, trivial")
+    p.add_argument("--name", help="model name (default: the variant's name)")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--no-int8", action="store_true", help="skip the INT8 variant")
+    p.add_argument("--force", action="store_true", help="replace an existing version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model_sample)
+
+    p = msub.add_parser("list", help="models and versions in the repository")
+    p.add_argument("--repo", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model_list)
+
+    p = msub.add_parser("check", help="compile a model and report the precision it really executes in")
+    p.add_argument("name")
+    p.add_argument("--version", type=int)
+    p.add_argument("--repo", default=None)
+    p.add_argument("--expect", choices=("INT8", "FP32", "BF16", "FP16"),
+                   help="fail (exit 1) unless the runtime graph executes in this precision")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_model_check)
+
+
+def _repo(args: argparse.Namespace) -> str:
+    from hosttune.model import default_repo
+
+    return os.path.abspath(args.repo or default_repo())
+
+
+# -- plan instance ------------------------------------------------------------------------------
+def read_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """--plan FILE, else the plan computed from --root/--policy."""
+    if getattr(args, "plan", None):
+        try:
+            with open(args.plan) as f:
+                plan = json.load(f)
+        except OSError as exc:
+            raise HosttuneError(f"cannot read the plan: {exc.strerror}", where=args.plan) from None
+        except ValueError as exc:
+            raise HosttuneError(f"not a plan JSON: {exc}", where=args.plan) from None
+        if not isinstance(plan, dict) or plan.get("schema") != "hosttune.plan/1":
+            raise HosttuneError("not a hosttune.plan/1 document", where=args.plan)
+        return plan
+    from hosttune.commands.core import load_plan
+
+    return load_plan(args)
+
+
+def find_instance(plan: dict[str, Any], name: str) -> dict[str, Any]:
+    for inst in plan.get("instances", []):
+        if inst.get("name") == name:
+            return inst
+    names = ", ".join(i.get("name", "?") for i in plan.get("instances", [])) or "none"
+    raise HosttuneError(f"the plan has no instance {name!r} (instances: {names})", where="--plan-instance")
+
+
+def openvino_config(base: dict[str, Any], override: str | None) -> dict[str, Any]:
+    """The plan's OpenVINO properties with --config over them. NUM_STREAMS and PERFORMANCE_HINT are
+    never set together: an explicit one replaces the plan's other."""
+    config = dict(base)
+    if override:
+        try:
+            extra = json.loads(override)
+        except ValueError as exc:
+            raise HosttuneError(f"not JSON: {exc}", where="--config") from None
+        if not isinstance(extra, dict):
+            raise HosttuneError('expected a JSON object like {"NUM_STREAMS": 2}', where="--config")
+        if "NUM_STREAMS" in extra and "PERFORMANCE_HINT" in extra:
+            raise HosttuneError("set NUM_STREAMS or PERFORMANCE_HINT, not both", where="--config")
+        if "NUM_STREAMS" in extra:
+            config.pop("PERFORMANCE_HINT", None)
+        if "PERFORMANCE_HINT" in extra:
+            config.pop("NUM_STREAMS", None)
+        config.update(extra)
+    return config
+
+
+def _model_specs(args: argparse.Namespace, instance: dict[str, Any] | None, repo: str) -> list[tuple[str, int | None]]:
+    from hosttune.model.repo import list_models
+
+    specs = args.model or ([instance["model"]] if instance and instance.get("model") else None)
+    if not specs:
+        specs = list(list_models(repo))
+        if not specs:
+            raise HosttuneError("the model repository has no models (hosttune model sample / prepare)", where=repo)
+    out = []
+    for spec in specs:
+        name, _, version = spec.partition(":")
+        if version and not version.isdigit():
+            raise HosttuneError(f"{spec!r}: the version must be a number", where="--model")
+        out.append((name, int(version) if version else None))
+    return out
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from hosttune.model.repo import find
+    from hosttune.serve import placement
+
+    instance = None
+    if args.plan_instance:
+        instance = find_instance(read_plan(args), args.plan_instance)
+    elif args.plan:
+        raise HosttuneError("--plan needs --plan-instance NAME", where="--plan")
+    repo = _repo(args)
+    entries = [find(repo, name, version) for name, version in _model_specs(args, instance, repo)]
+    host = args.bind or (instance or {}).get("bind") or "127.0.0.1"
+    port = args.port if args.port is not None else (instance or {}).get("port", 9000)
+    if not 0 <= port <= 65535:
+        raise HosttuneError(f"{port} is not a TCP port", where="--port")
+    config = openvino_config((instance or {}).get("openvino", {}), args.config)
+    nireq = args.nireq or ((instance or {}).get("ovms") or {}).get("nireq")
+    if args.nireq is not None and args.nireq < 1:
+        raise HosttuneError("must be at least 1", where="--nireq")
+    cpus = cpulist.parse(args.cpus, where="--cpus") if args.cpus else (instance or {}).get("cpus")
+
+    from hosttune.serve.server import App, bind_socket, serve_forever
+
+    sock = bind_socket(host, port)  # a taken port fails here, before the slow part
+    try:
+        if cpus and not args.no_pin:
+            placement.pin_cpus(cpus, where="--cpus" if args.cpus else f"instance {instance['name']}")
+            if instance and instance.get("mems") and len(instance["mems"]) < len(os.sched_getaffinity(0)) + 1:
+                placement.bind_memory(instance["mems"])
+        import openvino as ov
+
+        from hosttune.serve.engine import ServedModel
+
+        core = ov.Core()
+        models = [ServedModel(core, entry, config, nireq) for entry in entries]
+        app = App(models, max_body=args.max_body)
+    except BaseException:
+        sock.close()
+        raise
+    serve_forever(app, sock, host)
+    return 0
+
+
+# -- model --------------------------------------------------------------------------------------
+def _print_metas(metas: list[dict[str, Any]], as_json: bool, repo: str) -> None:
+    if as_json:
+        json.dump(metas, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    for meta in metas:
+        rt = meta.get("runtime", {})
+        shapes = ", ".join(f"{i['name']} {i['datatype']}{i['shape']}" for i in meta.get("inputs", []))
+        print(f"{os.path.join(repo, meta['name'], str(meta['version']))}: {meta['precision']} "
+              f"(runs in {rt.get('execution_precision')}: {rt.get('int8_layers')}/{rt.get('compute_layers')} "
+              f"compute layers int8) inputs {shapes}")
+
+
+def cmd_model_prepare(args: argparse.Namespace) -> int:
+    from hosttune.model.repo import prepare
+
+    if args.calibration and not args.int8:
+        raise HosttuneError("--calibration is for --int8", where="--calibration")
+    repo = _repo(args)
+    metas = prepare(args.src, args.name, repo, version=args.version, static_shape=args.static_shape,
+                    precision=args.precision, int8=args.int8, calibration=args.calibration, force=args.force)
+    _print_metas(metas, args.json, repo)
+    return 0
+
+
+def cmd_model_sample(args: argparse.Namespace) -> int:
+    from hosttune.model.repo import sample
+
+    repo = _repo(args)
+    metas = sample(repo, variant=args.variant, name=args.name, int8=not args.no_int8, version=args.version,
+                   force=args.force)
+    _print_metas(metas, args.json, repo)
+    return 0
+
+
+def cmd_model_list(args: argparse.Namespace) -> int:
+    from hosttune.model.repo import find, list_models
+
+    repo = _repo(args)
+    rows = []
+    for name, vs in list_models(repo).items():
+        entry = find(repo, name)
+        rows.append({"name": name, "versions": vs, "latest": entry.path,
+                     "precision": entry.meta.get("precision")})
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for r in rows:
+            print(f"{r['name']:<24} versions {','.join(map(str, r['versions'])):<8} "
+                  f"{r['precision'] or '?':<5} {r['latest']}")
+    return 0
+
+
+def cmd_model_check(args: argparse.Namespace) -> int:
+    import openvino as ov
+
+    from hosttune.model.precision import runtime_precision
+    from hosttune.model.repo import find, read_model
+
+    entry = find(_repo(args), args.name, args.version)
+    core = ov.Core()
+    compiled = core.compile_model(read_model(core, entry.path), "CPU")
+    summary = runtime_precision(compiled)
+    summary["claimed"] = entry.meta.get("precision")
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"{entry.name}:{entry.version} claims {summary['claimed'] or '?'}, executes in "
+              f"{summary['execution_precision']} ({summary['int8_layers']}/{summary['compute_layers']} compute "
+              f"layers int8; {summary['by_precision']})")
+    if args.expect and summary["execution_precision"] != args.expect:
+        print(f"hosttune: {entry.name} does not execute in {args.expect}", file=sys.stderr)
+        return 1
+    return 0

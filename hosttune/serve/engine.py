@@ -1,0 +1,173 @@
+"""The OpenVINO side of the server: a model compiled once with the instance's settings, and a pool
+of infer requests sized to its streams. Requests wait for an idle infer request on an asyncio queue
+(the event loop never blocks) and run through `start_async`; OpenVINO's completion callback wakes
+the waiting coroutine, so as many requests run in parallel as the pool holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from hosttune.errors import HosttuneError
+from hosttune.model.repo import ModelEntry, read_model
+from hosttune.model.types import KSERVE_TO_NUMPY, kserve_datatype
+
+
+class InputError(ValueError):
+    """A request the model cannot take (shape, datatype, missing input): a 400 for the client."""
+
+
+@dataclass
+class Port:
+    name: str
+    datatype: str  # KServe datatype
+    dtype: Any  # numpy dtype
+    shape: list[int] | None  # -1 for dynamic dimensions; None for a dynamic rank
+    index: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": self.shape if self.shape is not None else [-1]}
+
+    def check(self, shape: list[int]) -> None:
+        if self.shape is None:
+            return
+        if len(shape) != len(self.shape) or any(want not in (-1, got) for want, got in zip(self.shape, shape)):
+            raise InputError(f"input {self.name!r}: shape {shape} does not match the model's {self.shape}")
+
+
+def _port(port: Any, index: int) -> Port:
+    import numpy as np
+
+    ps = port.get_partial_shape()
+    shape = [int(d.get_length()) if d.is_static else -1 for d in ps] if ps.rank.is_static else None
+    try:
+        datatype = kserve_datatype(port.get_element_type())
+    except ValueError:
+        datatype = str(port.get_element_type())
+    return Port(port.get_any_name(), datatype, np.dtype(port.get_element_type().to_dtype()), shape, index)
+
+
+class ServedModel:
+    def __init__(self, core: Any, entry: ModelEntry, config: dict[str, Any], nireq: int | None = None):
+        self.name = entry.name
+        self.version = entry.version
+        self.path = entry.path
+        self.meta = entry.meta
+        model = read_model(core, entry.path)
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HosttuneError(f"cannot compile on CPU with {config}: {first[:400]}", where=entry.path) from None
+        self.config = config
+        optimal = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.streams = int(self.compiled.get_property("NUM_STREAMS"))
+        self.nireq = max(1, nireq or optimal)
+        self.inputs = [_port(p, i) for i, p in enumerate(self.compiled.inputs)]
+        self.outputs = [_port(p, i) for i, p in enumerate(self.compiled.outputs)]
+        self._inputs_by_name = {p.name: p for p in self.inputs}
+        for i, p in enumerate(self.compiled.inputs):  # every tensor name of a port is accepted
+            for alias in p.get_names():
+                self._inputs_by_name.setdefault(alias, self.inputs[i])
+        self.outputs_by_name = {p.name: p for p in self.outputs}
+        for i, p in enumerate(self.compiled.outputs):
+            for alias in p.get_names():
+                self.outputs_by_name.setdefault(alias, self.outputs[i])
+        self._requests = [self.compiled.create_infer_request() for _ in range(self.nireq)]
+        self._waiters: list[Any] = [None] * self.nireq
+        for i, req in enumerate(self._requests):
+            req.set_callback(self._done, i)
+        self._idle: asyncio.Queue[int] | None = None
+        self.active = 0
+
+    # called on an OpenVINO thread when request `index` completes
+    def _done(self, index: int) -> None:
+        loop, fut = self._waiters[index]
+        loop.call_soon_threadsafe(_resolve, fut)
+
+    def input(self, name: str) -> Port:
+        try:
+            return self._inputs_by_name[name]
+        except KeyError:
+            raise InputError(f"model {self.name!r} has no input {name!r} (inputs: "
+                             f"{', '.join(p.name for p in self.inputs)})") from None
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "versions": [str(self.version)], "platform": "OpenVINO",
+            "inputs": [p.describe() for p in self.inputs], "outputs": [p.describe() for p in self.outputs],
+        }
+
+    def queue_size(self) -> int:
+        return self._idle.qsize() if self._idle is not None else self.nireq
+
+    async def infer(self, tensors: list[Any], timings: dict[str, float] | None = None) -> list[Any]:
+        """Run one inference; `tensors` are numpy arrays in the model's input order.
+        Returns copies of the outputs (the infer request is reused at once)."""
+        import openvino as ov
+
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+            for i in range(self.nireq):
+                self._idle.put_nowait(i)
+        t0 = time.perf_counter()
+        index = await self._idle.get()
+        t1 = time.perf_counter()
+        self.active += 1
+        req = self._requests[index]
+        try:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            self._waiters[index] = (loop, fut)
+            for i, arr in enumerate(tensors):
+                req.set_input_tensor(i, ov.Tensor(arr, shared_memory=True))
+            req.start_async()
+            await fut
+            outputs = [req.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
+        finally:
+            self.active -= 1
+            self._waiters[index] = None
+            self._idle.put_nowait(index)
+        if timings is not None:
+            timings["wait_us"] = (t1 - t0) * 1e6
+            timings["infer_us"] = (time.perf_counter() - t1) * 1e6
+        return outputs
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def to_array(port: Port, datatype: str, shape: list[int], data: Any, raw: bytes | None) -> Any:
+    """Build the numpy input from a KServe tensor (JSON `data` or binary bytes) after checking it."""
+    import numpy as np
+
+    if datatype != port.datatype:
+        if datatype not in KSERVE_TO_NUMPY:
+            raise InputError(f"input {port.name!r}: unsupported datatype {datatype!r}")
+        raise InputError(f"input {port.name!r}: datatype {datatype} does not match the model's {port.datatype}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise InputError(f"input {port.name!r}: shape must be a list of non-negative integers")
+    port.check(shape)
+    count = 1
+    for d in shape:
+        count *= d
+    if raw is not None:
+        if len(raw) != count * port.dtype.itemsize:
+            raise InputError(f"input {port.name!r}: {len(raw)} bytes of binary data, shape {shape} "
+                             f"{datatype} needs {count * port.dtype.itemsize}")
+        return np.frombuffer(raw, dtype=port.dtype).reshape(shape)
+    if data is None:
+        raise InputError(f"input {port.name!r}: no data (give \"data\" or binary_data_size)")
+    try:
+        arr = np.asarray(data, dtype=port.dtype)
+    except (ValueError, TypeError, OverflowError):
+        raise InputError(f"input {port.name!r}: data is not a (nested) list of {datatype} values") from None
+    if arr.size != count:
+        raise InputError(f"input {port.name!r}: {arr.size} values, shape {shape} needs {count}")
+    return np.ascontiguousarray(arr.reshape(shape))

@@ -1,0 +1,329 @@
+"""`hosttune serve`: a KServe v2 REST inference server on the OpenVINO runtime.
+
+A plain ASGI application on uvicorn (httptools parser, uvloop when installed): no web framework in
+the request path. Endpoints (the ones OVMS speaks):
+
+    GET  /v2/health/live | /v2/health/ready | /v2
+    GET  /v2/models/{name}[/versions/{v}]            metadata
+    GET  /v2/models/{name}[/versions/{v}]/ready
+    POST /v2/models/{name}[/versions/{v}]/infer      JSON tensors and the binary-data extension
+    GET  /metrics                                    Prometheus (OVMS metric names)
+
+Bad requests get a 4xx with `{"error": "..."}` and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any
+from urllib.parse import unquote
+
+from hosttune import __version__
+from hosttune.errors import HosttuneError
+from hosttune.serve.engine import InputError, ServedModel, to_array
+from hosttune.serve.metrics import Metrics
+
+DEFAULT_MAX_BODY = 64 * 2**20
+JSON_CT = (b"content-type", b"application/json")
+HEADER_LEN = b"inference-header-content-length"
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, reason: str = "bad_request"):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+
+
+class App:
+    """The ASGI application."""
+
+    def __init__(self, models: list[ServedModel], max_body: int = DEFAULT_MAX_BODY):
+        self.models = {m.name: m for m in models}
+        self.max_body = max_body
+        self.metrics = Metrics()
+        self.bound = {m.name: self.metrics.model(m.name, m.version, m.streams, m.nireq, lambda m=m: m.active)
+                      for m in models}
+        self.ready = True
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        method = scope["method"]
+        try:
+            if path.startswith("/v2/models/"):
+                await self._model_route(scope, receive, send, unquote(path[len("/v2/models/"):]), method)
+            elif path in ("/v2/health/live", "/v2/health/ready"):
+                self._only(method, "GET", "HEAD")
+                ok = path.endswith("live") or self.ready
+                await _respond(send, 200 if ok else 503, b"")
+            elif path in ("/v2", "/v2/"):
+                self._only(method, "GET")
+                await _json(send, 200, {"name": "hosttune", "version": __version__,
+                                        "extensions": ["binary_tensor_data"]})
+            elif path == "/metrics":
+                self._only(method, "GET")
+                body, ctype = self.metrics.render()
+                await _respond(send, 200, body, [(b"content-type", ctype.encode())])
+            else:
+                raise HTTPError(404, f"no such endpoint: {path}", "not_found")
+        except HTTPError as exc:
+            self.metrics.bad.labels(exc.reason).inc()
+            close = exc.status == 413
+            await _json(send, exc.status, {"error": exc.message}, close=close)
+
+    @staticmethod
+    def _only(method: str, *allowed: str) -> None:
+        if method not in allowed:
+            raise HTTPError(405, f"method {method} not allowed here (use {', '.join(allowed)})", "method")
+
+    async def _model_route(self, scope: dict, receive: Any, send: Any, rest: str, method: str) -> None:
+        parts = rest.split("/")
+        name, version, action = parts[0], None, ""
+        tail = parts[1:]
+        if len(tail) >= 2 and tail[0] == "versions":
+            version, tail = tail[1], tail[2:]
+        if len(tail) > 1 or (tail and tail[0] not in ("", "ready", "infer")):
+            raise HTTPError(404, f"no such endpoint: {scope['path']}", "not_found")
+        action = tail[0] if tail else ""
+        model = self.models.get(name)
+        if model is None:
+            raise HTTPError(404, f"model {name!r} is not served here (models: {', '.join(self.models)})",
+                            "unknown_model")
+        if version not in (None, "", str(model.version)):
+            raise HTTPError(404, f"model {name!r} version {version} is not served (version {model.version} is)",
+                            "unknown_model")
+        bound = self.bound[name]
+        if action == "infer":
+            self._only(method, "POST")
+            await self._infer(scope, receive, send, model, bound)
+        elif action == "ready":
+            self._only(method, "GET", "HEAD")
+            bound["success"]["ModelReady"].inc()
+            await _json(send, 200, {"name": name, "ready": True})
+        else:
+            self._only(method, "GET")
+            bound["success"]["ModelMetadata"].inc()
+            await _json(send, 200, model.metadata())
+
+    async def _read_body(self, scope: dict, receive: Any) -> bytes:
+        length = None
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise HTTPError(400, "bad Content-Length", "malformed") from None
+        if length is not None and length > self.max_body:
+            raise HTTPError(413, f"request body of {length} bytes exceeds the limit of {self.max_body}",
+                            "oversized")
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPError(400, "client disconnected", "disconnect")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise HTTPError(413, f"request body exceeds the limit of {self.max_body} bytes", "oversized")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _infer(self, scope: dict, receive: Any, send: Any, model: ServedModel, bound: dict) -> None:
+        body = await self._read_body(scope, receive)
+        t0 = time.perf_counter()
+        self.metrics.current.inc()
+        try:
+            try:
+                response, binary = await self._run(scope, body, model)
+            except (InputError, HTTPError) as exc:
+                bound["fail"]["ModelInfer"].inc()
+                status = exc.status if isinstance(exc, HTTPError) else 400
+                await _json(send, status, {"error": str(exc)})
+                return
+            except Exception as exc:  # an OpenVINO failure on valid input: the server keeps serving
+                bound["fail"]["ModelInfer"].inc()
+                await _json(send, 500, {"error": f"inference failed: {str(exc).strip()[:300]}"})
+                return
+            header = json.dumps(response, separators=(",", ":")).encode()
+            if binary:
+                await _respond(send, 200, [header, *binary], [JSON_CT, (HEADER_LEN, str(len(header)).encode())])
+            else:
+                await _respond(send, 200, header, [JSON_CT])
+            bound["success"]["ModelInfer"].inc()
+            bound["request_time"].observe((time.perf_counter() - t0) * 1e6)
+        finally:
+            self.metrics.current.dec()
+
+    async def _run(self, scope: dict, body: bytes, model: ServedModel) -> tuple[dict, list[bytes]]:
+        header_len = None
+        for key, value in scope["headers"]:
+            if key == HEADER_LEN:
+                try:
+                    header_len = int(value)
+                except ValueError:
+                    raise HTTPError(400, "Inference-Header-Content-Length is not an integer", "malformed") from None
+        if header_len is not None and not 0 <= header_len <= len(body):
+            raise HTTPError(400, f"Inference-Header-Content-Length {header_len} is outside the body "
+                                 f"({len(body)} bytes)", "malformed")
+        head = body[:header_len] if header_len is not None else body
+        try:
+            request = json.loads(head)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPError(400, f"malformed JSON: {exc}", "malformed") from None
+        if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
+            raise HTTPError(400, "the request must be a JSON object with an \"inputs\" list", "malformed")
+        offset = header_len if header_len is not None else len(body)
+        arrays: list[Any] = [None] * len(model.inputs)
+        for item in request["inputs"]:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InputError("each input needs a \"name\", \"shape\", \"datatype\" and \"data\"")
+            port = model.input(item["name"])
+            if arrays[port.index] is not None:
+                raise InputError(f"input {port.name!r} given twice")
+            params = item.get("parameters") or {}
+            raw = None
+            if isinstance(params, dict) and "binary_data_size" in params:
+                size = params["binary_data_size"]
+                if header_len is None:
+                    raise InputError("binary_data_size without an Inference-Header-Content-Length header")
+                if not isinstance(size, int) or size < 0 or offset + size > len(body):
+                    raise InputError(f"input {port.name!r}: binary_data_size {size} runs past the body")
+                raw = body[offset:offset + size]
+                offset += size
+            arrays[port.index] = to_array(port, item.get("datatype"), item.get("shape"), item.get("data"), raw)
+        missing = [p.name for p in model.inputs if arrays[p.index] is None]
+        if missing:
+            raise InputError(f"missing input(s): {', '.join(missing)}")
+        params = request.get("parameters") or {}
+        binary_default = bool(isinstance(params, dict) and params.get("binary_data_output"))
+        wanted = request.get("outputs")
+        if wanted is None:
+            selected = [(p, binary_default) for p in model.outputs]
+        else:
+            if not isinstance(wanted, list):
+                raise InputError("\"outputs\" must be a list")
+            selected = []
+            for item in wanted:
+                if not isinstance(item, dict) or item.get("name") not in model.outputs_by_name:
+                    raise InputError(f"unknown output {item.get('name') if isinstance(item, dict) else item!r} "
+                                     f"(outputs: {', '.join(p.name for p in model.outputs)})")
+                op = item.get("parameters") or {}
+                if isinstance(op, dict) and op.get("classification"):
+                    raise InputError("the classification extension is not supported")
+                b = op.get("binary_data", binary_default) if isinstance(op, dict) else binary_default
+                selected.append((model.outputs_by_name[item["name"]], bool(b)))
+        timings: dict[str, float] = {}
+        results = await model.infer(arrays, timings)
+        bound = self.bound[model.name]
+        bound["inference_time"].observe(timings["infer_us"])
+        bound["wait_time"].observe(timings["wait_us"])
+        outputs = []
+        binary: list[bytes] = []
+        for port, as_binary in selected:
+            arr = results[port.index]
+            out: dict[str, Any] = {"name": port.name, "datatype": port.datatype, "shape": list(arr.shape)}
+            if as_binary:
+                data = arr.tobytes()
+                out["parameters"] = {"binary_data_size": len(data)}
+                binary.append(data)
+            else:
+                out["data"] = arr.ravel().tolist()
+            outputs.append(out)
+        response: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version),
+                                    "outputs": outputs}
+        if "id" in request:
+            response["id"] = request["id"]
+        return response, binary
+
+
+async def _respond(send: Any, status: int, body: bytes | list[bytes], headers: list | None = None,
+                   close: bool = False) -> None:
+    parts = body if isinstance(body, list) else [body]
+    total = sum(len(p) for p in parts)
+    hdrs = [(b"content-length", str(total).encode()), *(headers or [])]
+    if close:
+        hdrs.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    for i, part in enumerate(parts):
+        await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
+
+
+async def _json(send: Any, status: int, data: Any, close: bool = False) -> None:
+    await _respond(send, status, json.dumps(data).encode(), [JSON_CT], close=close)
+
+
+# -- process setup ------------------------------------------------------------------------------
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind early (before compiling) so a taken port is one clear error at start."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise HosttuneError(f"port {port} is already in use", where=f"{host}:{port}") from None
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(exc, socket.gaierror):
+            raise HosttuneError(f"cannot bind: {exc.strerror or exc}", where=f"--bind {host}") from None
+        if exc.errno == errno.EACCES:
+            raise HosttuneError(f"no permission to bind port {port}", where=f"{host}:{port}") from None
+        raise HosttuneError(f"cannot bind: {exc.strerror or exc}", where=f"{host}:{port}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify units) that we are ready; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(message.encode())
+    except OSError:
+        pass
+
+
+def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False) -> None:
+    import uvicorn
+
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    try:
+        import httptools  # noqa: F401
+
+        http = "httptools"
+    except ImportError:
+        http = "h11"
+    config = uvicorn.Config(app, loop=loop, http=http, lifespan="off", access_log=False,
+                            log_level="warning", timeout_keep_alive=75, server_header=False,
+                            backlog=1024)
+    server = uvicorn.Server(config)
+    sock.listen(1024)
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    if not quiet:
+        models = ", ".join(f"{m.name}:{m.version} (streams {m.streams}, nireq {m.nireq})" for m in app.models.values())
+        print(f"hosttune serve: listening on http://{shown}:{port} pid {os.getpid()} - {models}",
+              file=sys.stderr, flush=True)
+    sd_notify("READY=1")
+    server.run(sockets=[sock])
