@@ -1,0 +1,259 @@
+"""Read the hosts of an Ansible inventory, with their connection variables and policy.
+
+Uses ansible-core's InventoryManager + VariableManager + DataLoader, so host patterns, groups,
+group_vars/host_vars and Jinja templating behave exactly as they do for `ansible-playbook`.
+Every value is templated with the host's variables and turned into plain Python types.
+
+Errors in the inventory itself (unparsable file, bad `--limit`, undefined variable in a template)
+raise HosttuneError (exit 2). A bad `hosttune_policy` is kept per host (`FleetHost.policy_error`),
+naming the file and line where the offending value was defined, so `fleet plan` can report it
+per host and `fleet verify` can refuse to start with one message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from hosttune.errors import HosttuneError, PolicyError
+
+DEFAULT_COMMAND = "hosttune"
+DEFAULT_ROOT = "/"
+POLICY_VAR = "hosttune_policy"
+SSH_CONNECTIONS = (None, "", "ssh", "smart", "paramiko", "paramiko_ssh")
+
+
+@dataclass
+class FleetHost:
+    """One inventory host, with everything fleet needs to reach it and plan it."""
+
+    name: str  # inventory_hostname
+    address: str  # ansible_host (default: name)
+    port: int | None = None  # ansible_port (None: ssh config / 22)
+    user: str | None = None  # ansible_user (None: ssh config / local user)
+    key_file: str | None = None  # ansible_ssh_private_key_file
+    password: str | None = field(default=None, repr=False)  # ansible_password / ansible_ssh_pass
+    connection: str | None = None  # ansible_connection
+    command: str = DEFAULT_COMMAND  # hosttune_command: the remote executable (may be "sudo -n hosttune")
+    root: str = DEFAULT_ROOT  # hosttune_root: passed as --root on the host
+    groups: list[str] = field(default_factory=list)
+    policy_raw: dict[str, Any] | None = None  # hosttune_policy as written (plain types), None if unset
+    policy: dict[str, Any] | None = None  # validated policy, None if unset or invalid
+    policy_source: str | None = None  # "group_vars/web.yml:2" where hosttune_policy was defined
+    policy_error: PolicyError | None = None  # names the file/line and the dotted field
+
+    @property
+    def endpoint(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{user}{self.address}{port}"
+
+    def policy_message(self) -> str | None:
+        return str(self.policy_error) if self.policy_error else None
+
+
+def plain(value: Any) -> Any:
+    """Ansible 2.19 hands out tagged subclasses of str/dict/list; turn them into plain types
+    (so they can be dumped with yaml.safe_dump and compared exactly)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value) if type(value) is not str else value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted(plain(v) for v in value)
+    return value
+
+
+def origin(value: Any) -> tuple[str, int | None] | None:
+    """(file, line) where a value from an inventory/vars file was defined, if ansible knows it."""
+    try:  # ansible-core >= 2.19: data tagging
+        from ansible._internal._datatag._tags import Origin  # type: ignore[import-not-found]
+
+        tag = Origin.get_tag(value)
+        if tag is not None and tag.path:
+            return tag.path, tag.line_num
+    except Exception:  # noqa: BLE001 - private API; absent or changed means "unknown"
+        pass
+    pos = getattr(value, "ansible_pos", None)  # ansible-core < 2.19: AnsibleBaseYAMLObject
+    if pos and pos[0]:
+        return pos[0], pos[1]
+    return None
+
+
+def _short(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return rel if not rel.startswith("../..") else path
+
+
+def _where(loc: tuple[str, int | None] | None) -> str | None:
+    if not loc:
+        return None
+    path, line = loc
+    return f"{_short(path)}:{line}" if line else _short(path)
+
+
+def _locate_field(raw: Any, dotted: str | None) -> tuple[str, int | None] | None:
+    """The origin of the deepest value (or key) along a dotted policy field path."""
+    best = origin(raw)
+    node = raw
+    for part in (dotted or "").split("."):
+        if not part or not isinstance(node, dict):
+            break
+        key = next((k for k in node if str(k) == part), None)
+        if key is None:
+            break
+        best = origin(node[key]) or origin(key) or best
+        node = node[key]
+    return best
+
+
+def _parse_failure(captured: str, source: str) -> str:
+    """The useful line of ansible's parse warnings for `source` (yaml plugin for .yml, else ini)."""
+    reasons: dict[str, str] = {}
+    for match in re.finditer(r"Failed to parse inventory with '(\w+)' plugin: (.+)", captured):
+        reasons.setdefault(match.group(1), match.group(2).strip())
+    if not os.path.exists(source):
+        return "no such inventory file or directory"
+    for plugin in (("yaml", "auto", "ini") if source.endswith((".yml", ".yaml")) else ("ini", "yaml", "auto")):
+        if plugin in reasons:
+            return f"{plugin}: {reasons[plugin]}"
+    return "not a valid inventory (ansible could not parse it)"
+
+
+def load(sources: list[str], limit: str | None = None) -> list[FleetHost]:
+    """The hosts of the inventory `sources` matching `limit`, in inventory order."""
+    from ansible import constants as C
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    C.INVENTORY_ANY_UNPARSED_IS_FAILED = True  # a broken inventory is an error, not an empty fleet
+    loader = DataLoader()
+    captured = io.StringIO()
+    for source in sources:
+        if "," not in source and not os.path.exists(source):
+            raise HosttuneError("no such inventory file or directory", where=source)
+    try:
+        with contextlib.redirect_stderr(captured):
+            inventory = InventoryManager(loader=loader, sources=list(sources))
+    except AnsibleError as exc:
+        bad = next((s for s in sources if s in str(exc)), sources[0])
+        raise HosttuneError(f"cannot parse inventory ({_parse_failure(captured.getvalue(), bad)})",
+                            where=bad) from None
+    warnings = captured.getvalue().strip()
+    if warnings:
+        print(warnings, file=sys.stderr)
+    variables = VariableManager(loader=loader, inventory=inventory)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # "could not match pattern" is reported below
+            if limit:
+                inventory.subset(limit)
+            hosts = inventory.get_hosts("all")
+    except AnsibleError as exc:
+        raise HosttuneError(f"bad host pattern ({exc.message})", where="--limit") from None
+    if not hosts:
+        what = f"match --limit {limit!r}" if limit else "in the inventory"
+        raise HosttuneError(f"no hosts {what}", where=", ".join(sources))
+    return [_host(h, variables, loader) for h in hosts]
+
+
+def _host(host: Any, variables: Any, loader: Any) -> FleetHost:
+    from ansible.errors import AnsibleError
+    from ansible.template import Templar
+
+    try:
+        hostvars = variables.get_vars(host=host)
+    except AnsibleError as exc:  # a group_vars/host_vars file that is not valid YAML
+        raise HosttuneError(f"cannot read the variables of host {host.name} ({_first_line(exc)})",
+                            where=_where(origin(getattr(exc, "obj", None))) or "group_vars/host_vars") from None
+    templar = Templar(loader=loader, variables=hostvars)
+
+    def var(*names: str, default: Any = None) -> Any:
+        for name in names:
+            if name in hostvars and hostvars[name] is not None:
+                raw = hostvars[name]
+                try:
+                    return plain(templar.template(raw))
+                except AnsibleError as exc:
+                    where = _where(origin(raw)) or f"host {host.name}"
+                    raise HosttuneError(f"{name} of host {host.name}: {_first_line(exc)}", where=where) from None
+        return default
+
+    port = var("ansible_port", "ansible_ssh_port")
+    if port is not None:
+        try:
+            port = int(port)
+            if not 0 < port < 65536:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise HosttuneError(f"ansible_port of host {host.name} must be a TCP port, got {port!r}",
+                                where=_where(origin(hostvars.get("ansible_port"))) or host.name) from None
+    key_file = var("ansible_ssh_private_key_file", "ansible_private_key_file")
+    fh = FleetHost(
+        name=host.name,
+        address=str(var("ansible_host", "ansible_ssh_host", default=host.name)),
+        port=port,
+        user=var("ansible_user", "ansible_ssh_user"),
+        key_file=os.path.expanduser(str(key_file)) if key_file else None,
+        password=var("ansible_password", "ansible_ssh_pass"),
+        connection=var("ansible_connection"),
+        command=str(var("hosttune_command", default=DEFAULT_COMMAND)),
+        root=str(var("hosttune_root", default=DEFAULT_ROOT)),
+        groups=sorted(g.name for g in host.get_groups()),
+    )
+    raw_policy = hostvars.get(POLICY_VAR)
+    if raw_policy is not None:
+        _set_policy(fh, raw_policy, var)
+    return fh
+
+
+def _set_policy(fh: FleetHost, raw_policy: Any, var: Any) -> None:
+    from hosttune import policy
+
+    loc = origin(raw_policy)
+    fh.policy_source = _where(loc)
+    try:
+        fh.policy_raw = var(POLICY_VAR)
+    except HosttuneError as exc:
+        fh.policy_error = PolicyError(exc.message, where=exc.where)
+        return
+    try:
+        fh.policy = policy.validate(fh.policy_raw, source=POLICY_VAR)
+    except PolicyError as exc:
+        field_path = f"{POLICY_VAR}.{exc.where}" if exc.where else POLICY_VAR
+        at = _where(_locate_field(raw_policy, exc.where)) or fh.policy_source or f"host {fh.name}"
+        fh.policy_error = PolicyError(f"{field_path}: {exc.message}", where=at)
+
+
+def _first_line(exc: Exception) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
+
+
+def policy_errors(hosts: list[FleetHost]) -> str | None:
+    """One message for every distinct policy error, naming the file/line, field and hosts."""
+    by_message: dict[str, list[str]] = {}
+    for h in hosts:
+        if h.policy_error:
+            by_message.setdefault(str(h.policy_error), []).append(h.name)
+    if not by_message:
+        return None
+    lines = [f"{msg} (hosts: {', '.join(names)})" for msg, names in by_message.items()]
+    return "invalid hosttune_policy in the inventory: " + ("\n  ".join([""] + lines) if len(lines) > 1 else lines[0])

@@ -1,0 +1,186 @@
+"""The work each fleet command does for one host (run on a worker thread by `runner`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+from hosttune.errors import HosttuneError, PolicyError
+from hosttune.fleet import bench as bench_collect
+from hosttune.fleet.inventory import FleetHost, plain
+from hosttune.fleet.runner import Context, HostResult
+from hosttune.fleet.ssh import Failed, Output, Session, tail
+
+NOT_FOUND = 127  # the shell's "command not found"
+
+
+def capture_file(out_dir: str, host: str) -> str:
+    """Where a host's capture lives on the controller: DIR/<inventory_hostname>.tar.gz."""
+    safe = re.sub(r"[^A-Za-z0-9._@-]", "_", host).lstrip(".") or "_"
+    return os.path.join(out_dir, f"{safe}.tar.gz")
+
+
+def _remote_failure(what: str, host: FleetHost, out: Output) -> Failed:
+    if out.exit_code == NOT_FOUND:
+        return Failed(f"hosttune_command {host.command!r} not found on the host ({tail(out.stderr, 1)})",
+                      {"stderr": tail(out.stderr)})
+    why = tail(out.stderr) or tail(out.stdout) or "no output"
+    return Failed(f"{what} exited {out.exit_code}: {why}", {"stderr": tail(out.stderr, 10)})
+
+
+def _json(out: Output) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(out.stdout)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _with_policy(s: Session, host: FleetHost, args: list[str]) -> str | None:
+    """Upload the host's inventory policy to a temp file and add --policy; returns the temp path.
+    Without hosttune_policy, the host's own default applies (its /etc/hosttune/hosttune.yaml)."""
+    if host.policy_raw is None:
+        return None
+    import yaml
+
+    path = s.mktemp("hosttune-policy")
+    try:
+        s.put_text(yaml.safe_dump(plain(host.policy_raw), sort_keys=False), path)
+    except Exception:
+        s.remove(path)
+        raise
+    args += ["--policy", path]
+    return path
+
+
+# -- capture -------------------------------------------------------------------------------------
+def capture(ctx: Context, out_dir: str) -> HostResult:
+    """`hosttune capture -o TMP` on the host, then download it to DIR/<host>.tar.gz."""
+    from hosttune import discovery
+    from hosttune.sysfs import HostFS
+
+    h = ctx.host
+    local = capture_file(out_dir, h.name)
+    with ctx.session() as s:
+        remote = s.mktemp("hosttune-capture")
+        try:
+            out = s.run(s.hosttune(["capture", "--root", h.root, "-o", remote]))
+            if out.exit_code != 0:
+                raise _remote_failure("hosttune capture", h, out)
+            s.get(remote, local)
+        finally:
+            s.remove(remote)
+    try:  # a capture the controller cannot plan from is not a capture
+        topo = discovery.discover(HostFS.open(local))
+    except HosttuneError as exc:
+        raise Failed(f"downloaded capture is not usable: {exc}") from None
+    return HostResult(h, "ok", exit_code=0, detail={
+        "capture": local, "capture_bytes": os.path.getsize(local), "hostname": topo.hostname})
+
+
+# -- plan (local, from the captures) ---------------------------------------------------------------
+def plan(ctx: Context, captures_dir: str) -> HostResult:
+    """hosttune.discovery on the host's capture + the host's inventory policy -> make_plan."""
+    import yaml
+
+    from hosttune import discovery, policy
+    from hosttune.plan import make_plan
+    from hosttune.sysfs import HostFS
+
+    h = ctx.host
+    if h.policy_error:
+        return HostResult(h, "invalid", str(h.policy_error), detail={"policy_source": h.policy_source})
+    path = capture_file(captures_dir, h.name)
+    if not os.path.isfile(path):
+        raise Failed(f"no capture at {path} (run `hosttune fleet capture --out {captures_dir}` first)")
+    try:
+        fs = HostFS.open(path)
+        topo = discovery.discover(fs)
+        pol = h.policy
+        if pol is None:  # like `hosttune plan`: the host's own config file if the capture has it
+            own = fs.read("/etc/hosttune/hosttune.yaml")
+            pol = policy.validate(yaml.safe_load(own) or {}) if own else policy.validate({})
+        result = make_plan(topo, pol)
+    except PolicyError as exc:
+        where = h.policy_source or "policy"
+        return HostResult(h, "invalid", f"{where}: {exc}", detail={"capture": path})
+    except (HosttuneError, yaml.YAMLError) as exc:
+        raise Failed(f"cannot plan from {path}: {exc}") from None
+    return HostResult(h, "ok", result=result, detail={"capture": path})
+
+
+# -- verify --------------------------------------------------------------------------------------
+VERIFY_CODES = {0: "ok", 1: "drift", 3: "pending-reboot"}
+
+
+def verify(ctx: Context) -> HostResult:
+    """`hosttune verify --json --root R [--policy TMP]` on the host."""
+    h = ctx.host
+    with ctx.session() as s:
+        args = ["verify", "--json", "--root", h.root]
+        tmp = _with_policy(s, h, args)
+        try:
+            out = s.run(s.hosttune(args))
+        finally:
+            if tmp:
+                s.remove(tmp)
+    return verify_result(h, out)
+
+
+def verify_result(h: FleetHost, out: Output) -> HostResult:
+    doc = _json(out)
+    if out.exit_code not in VERIFY_CODES:
+        raise _remote_failure("hosttune verify", h, out)
+    status = VERIFY_CODES[out.exit_code]
+    if doc is None or not str(doc.get("schema", "")).startswith("hosttune.verify/"):
+        return HostResult(h, "failed", f"hosttune verify exited {out.exit_code} without verify JSON "
+                                       f"({tail(out.stderr) or 'no stderr'})", exit_code=out.exit_code)
+    if doc.get("status") in ("ok", "drift", "pending-reboot"):
+        status = doc["status"]
+    return HostResult(h, status, _verify_reason(doc, status), exit_code=out.exit_code, result=doc)
+
+
+def _verify_reason(doc: dict[str, Any], status: str) -> str | None:
+    if status == "ok":
+        return None
+    settings = doc.get("settings") or []
+    bad = [x for x in settings if isinstance(x, dict) and x.get("status") == status]
+    shown = []
+    for x in bad[:3]:
+        name = f"{x.get('area')} {x.get('name')}".strip()
+        shown.append(f"{name}: expected {x.get('expected')!r}, actual {x.get('actual')!r}")
+    more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+    label = "drift" if status == "drift" else "pending reboot"
+    return f"{len(bad)} {label}: " + "; ".join(shown) + more if shown else label
+
+
+# -- bench ---------------------------------------------------------------------------------------
+def bench(ctx: Context, extra_args: list[str], pass_policy: bool) -> HostResult:
+    """`hosttune bench --json [--root R --policy TMP] EXTRA...` on the host; the per-instance
+    throughput/p99/verdict are pulled out by hosttune.fleet.bench.summarize."""
+    h = ctx.host
+    with ctx.session() as s:
+        args = ["bench", "--json"]
+        tmp = None
+        if pass_policy:
+            args += ["--root", h.root]
+            tmp = _with_policy(s, h, args)
+        args += extra_args
+        try:
+            out = s.run(s.hosttune(args))
+        finally:
+            if tmp:
+                s.remove(tmp)
+    doc = _json(out)
+    if doc is None:
+        raise _remote_failure("hosttune bench", h, out) if out.exit_code else \
+            Failed(f"hosttune bench printed no JSON ({tail(out.stderr) or 'no stderr'})")
+    summary = bench_collect.summarize(doc)
+    failing = bench_collect.failing(summary)
+    if out.exit_code != 0 or failing:
+        why = failing or tail(out.stderr) or f"exited {out.exit_code}"
+        return HostResult(h, "failed", f"hosttune bench: {why}", exit_code=out.exit_code, result=doc,
+                          detail={"bench": summary})
+    return HostResult(h, "ok", exit_code=0, result=doc, detail={"bench": summary})

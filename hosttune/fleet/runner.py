@@ -1,0 +1,158 @@
+"""Run one piece of work per host on a bounded thread pool.
+
+- at most `forks` hosts at a time (ThreadPoolExecutor(max_workers=forks); Fabric's ThreadingGroup
+  would start one thread per host, with no cap and no timeout);
+- every SSH step is bounded by the session's timeouts, so a dead or hung host only holds its own
+  worker, never the others;
+- progress (n/N done) on stderr as hosts finish;
+- Ctrl-C: pending hosts are cancelled, open SSH connections are closed (which unblocks the workers
+  stuck in them), workers get a short grace period, and the hosts that finished are reported with
+  the rest marked `cancelled`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, TextIO
+
+from hosttune.fleet.inventory import FleetHost
+from hosttune.fleet.ssh import HostFailure, Options, Session
+
+log = logging.getLogger(__name__)
+
+GRACE_S = 3.0  # after Ctrl-C, how long running hosts get to notice their closed connection
+
+
+@dataclass
+class HostResult:
+    host: FleetHost
+    status: str  # ok | drift | pending-reboot | unreachable | failed | invalid | cancelled
+    reason: str | None = None
+    elapsed_s: float = 0.0
+    exit_code: int | None = None  # the remote hosttune's exit code, when it ran
+    result: Any = None  # the command's JSON document (plan/1, verify/1, bench/1)
+    detail: dict[str, Any] = field(default_factory=dict)  # command-specific extras (capture path...)
+
+
+class Context:
+    """What a work function gets: its host, the options, and SSH sessions that Ctrl-C can abort."""
+
+    def __init__(self, host: FleetHost, options: Options, cancel: threading.Event,
+                 sessions: set[Session], lock: threading.Lock):
+        self.host = host
+        self.options = options
+        self.cancel = cancel
+        self._sessions = sessions
+        self._lock = lock
+
+    def session(self) -> _OpenSession:
+        return _OpenSession(self)
+
+
+class _OpenSession:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.session = Session(ctx.host, ctx.options, ctx.cancel)
+
+    def __enter__(self) -> Session:
+        with self.ctx._lock:
+            self.ctx._sessions.add(self.session)
+        self.session.open()
+        return self.session
+
+    def __exit__(self, *exc: Any) -> None:
+        self.session.close()
+        with self.ctx._lock:
+            self.ctx._sessions.discard(self.session)
+
+
+Work = Callable[[Context], HostResult]
+
+
+class Progress:
+    def __init__(self, label: str, total: int, stream: TextIO | None):
+        self.label, self.total, self.stream, self.done = label, total, stream, 0
+
+    def start(self, forks: int) -> None:
+        self._say(f"{self.total} host(s), forks {forks}")
+
+    def finished(self, r: HostResult) -> None:
+        self.done += 1
+        why = f": {r.reason}" if r.reason and r.status not in ("ok",) else ""
+        self._say(f"{self.done}/{self.total} done  {r.host.name} {r.status} ({r.elapsed_s:.1f}s){why}")
+
+    def _say(self, text: str) -> None:
+        if self.stream is not None:
+            print(f"fleet {self.label}: {text}", file=self.stream, flush=True)
+
+
+def run(hosts: list[FleetHost], work: Work, *, forks: int, options: Options, label: str,
+        progress: TextIO | None = sys.stderr) -> tuple[list[HostResult], bool]:
+    """(results in inventory order, interrupted). Never raises for a host's failure."""
+    cancel = threading.Event()
+    sessions: set[Session] = set()
+    lock = threading.Lock()
+    prog = Progress(label, len(hosts), progress)
+    prog.start(forks)
+    results: dict[str, HostResult] = {}
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=max(1, forks), thread_name_prefix="fleet")
+    futures: dict[Future[HostResult], FleetHost] = {}
+    try:
+        for h in hosts:
+            futures[pool.submit(_guarded, work, Context(h, options, cancel, sessions, lock))] = h
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for fut in done:
+                r = fut.result()
+                results[r.host.name] = r
+                prog.finished(r)
+    except KeyboardInterrupt:
+        interrupted = True
+        cancel.set()
+        for fut in futures:
+            fut.cancel()  # not started yet: never will
+        with lock:
+            open_now = list(sessions)
+        for s in open_now:
+            s.close()
+        running = [f for f in futures if not f.cancelled() and futures[f].name not in results]
+        try:
+            wait(running, timeout=GRACE_S)
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: stop waiting
+        for fut, h in futures.items():
+            if h.name in results:
+                continue
+            if fut.done() and not fut.cancelled():
+                results[h.name] = fut.result()  # finished, or noticed its closed connection: cancelled
+            else:
+                state = "before it started" if fut.cancelled() else "while running"
+                results[h.name] = HostResult(h, "cancelled", f"interrupted (Ctrl-C) {state}")
+        if progress is not None:
+            finished = sum(1 for r in results.values() if r.status != "cancelled")
+            print(f"fleet {label}: interrupted: {finished}/{len(hosts)} host(s) finished", file=progress, flush=True)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return [results[h.name] for h in hosts], interrupted
+
+
+def _guarded(work: Work, ctx: Context) -> HostResult:
+    start = time.monotonic()
+    try:
+        if ctx.cancel.is_set():
+            return HostResult(ctx.host, "cancelled", "interrupted (Ctrl-C) before it started")
+        r = work(ctx)
+    except HostFailure as exc:
+        r = HostResult(ctx.host, exc.status, exc.reason, detail=exc.detail)
+    except Exception as exc:  # noqa: BLE001 - one host's bug must not take the fleet down
+        log.debug("fleet work failed on %s", ctx.host.name, exc_info=True)
+        r = HostResult(ctx.host, "failed", f"internal error: {type(exc).__name__}: {exc}")
+    r.elapsed_s = round(time.monotonic() - start, 3)
+    return r
