@@ -6,6 +6,7 @@ Top-level imports stay light: ansible and fabric are imported by the handlers on
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -88,6 +89,8 @@ def _run(args: argparse.Namespace, command: str, work, *, check_policy: bool) ->
         raise HosttuneError("must be at least 1 (seconds)", where="--connect-timeout")
     if timeout is not None and timeout <= 0:
         raise HosttuneError("must be more than 0 (seconds)", where="--timeout")
+    if not getattr(args, "verbose", False):  # paramiko logs every failed handshake with a traceback
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     hosts = inventory.load(args.inventory, args.limit)
     if check_policy:
         problem = inventory.policy_errors(hosts)

@@ -127,9 +127,11 @@ class Session:
         if isinstance(exc, socket.gaierror):
             return Unreachable(f"cannot resolve {h.address} ({exc.strerror})")
         if isinstance(exc, SSHException):
-            text = str(exc)
-            if "banner" in text.lower():
-                return Unreachable(f"no SSH banner from {h.endpoint} within {t}s (not an SSH server, or hung)")
+            transport = self._conn.client.get_transport() if self._conn is not None else None
+            cause = transport.get_exception() if transport is not None else None
+            text = f"{exc}" + (f" ({cause})" if cause and str(cause) != str(exc) else "")
+            if any(s in text for s in ("banner", "No existing session", "Negotiation failed")):
+                return Unreachable(f"no SSH handshake from {h.endpoint} within {t}s (not an SSH server, or hung)")
             if "not found in known_hosts" in text:
                 return Unreachable(f"{h.address} is not in known_hosts (strict host key checking)")
             return Unreachable(f"SSH negotiation with {h.endpoint} failed: {text}")
@@ -164,12 +166,18 @@ class Session:
             result = self._conn.run(command, hide=True, warn=True, pty=False, in_stream=False, timeout=limit)
         except CommandTimedOut:
             self._check_cancel()
-            raise Failed(f"timed out after {limit:g}s running: {_short_cmd(command)}") from None
+            raise Failed(f"timed out after {limit:g}s running: {self._display(command)}") from None
         except Exception as exc:  # noqa: BLE001 - connection lost, channel refused...
             self._check_cancel()
-            raise Failed(f"SSH error running {_short_cmd(command)}: {type(exc).__name__}: {exc}") from None
+            raise Failed(f"SSH error running {self._display(command)}: {_exc_text(exc)}") from None
         self._check_cancel()
         return Output(result.exited, result.stdout, result.stderr)
+
+    def _display(self, command: str) -> str:
+        """A command for a message: hosttune_command shown as `hosttune`, shortened."""
+        if self.host.command != "hosttune" and command.startswith(self.host.command + " "):
+            command = "hosttune" + command[len(self.host.command):]
+        return _short_cmd(command)
 
     def _sftp(self) -> Any:
         sftp = self._conn.sftp()
