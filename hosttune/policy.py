@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from hosttune import cpulist
-from hosttune.errors import PolicyError
+from hosttune.errors import HosttuneError, PolicyError
 
 PROFILES = ("latency", "throughput")
 CONFIG_FILE = "/etc/hosttune/hosttune.yaml"  # the agent's config: a policy, or {policy: ..., agent: ...}
@@ -172,17 +172,24 @@ def _check_section(values: dict[str, Any], schema: dict[str, Any], prefix: str) 
             raise PolicyError(f"must be one of {', '.join(_CHOICES[field])}, got {value!r}", where=field)
 
 
+def _cpulist_field(value: Any, field: str) -> str:
+    try:
+        return cpulist.format(cpulist.parse(str(value), where=field))
+    except HosttuneError as exc:
+        raise PolicyError(exc.message, where=field) from None
+
+
 def _check_values(p: dict[str, Any]) -> None:
     hk = p["housekeeping"]
     if hk["cores_per_node"] < 1:
         raise PolicyError("must be at least 1: every node keeps a housekeeping core", "housekeeping.cores_per_node")
     if hk["cpus"] is not None:
-        hk["cpus"] = cpulist.format(cpulist.parse(str(hk["cpus"]), where="housekeeping.cpus"))
+        hk["cpus"] = _cpulist_field(hk["cpus"], "housekeeping.cpus")
         if not hk["cpus"]:
             raise PolicyError("must not be empty", "housekeeping.cpus")
     iso = p["isolation"]
     if iso["cpus"] is not None:
-        iso["cpus"] = cpulist.format(cpulist.parse(str(iso["cpus"]), where="isolation.cpus"))
+        iso["cpus"] = _cpulist_field(iso["cpus"], "isolation.cpus")
         if not iso["cpus"]:
             raise PolicyError("must not be empty", "isolation.cpus")
     if hk["cpus"] is not None and iso["cpus"] is not None:

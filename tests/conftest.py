@@ -1,0 +1,61 @@
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from tests.treegen import Spec, write_tree
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+HOSTTUNE = [sys.executable, "-m", "hosttune"]
+
+
+def run_cli(*args, check=None, **kw):
+    """Run the real `hosttune` CLI in a subprocess; returns CompletedProcess (text)."""
+    proc = subprocess.run([*HOSTTUNE, *args], capture_output=True, text=True, cwd=REPO, timeout=120, **kw)
+    if check is not None:
+        assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def fixture_names():
+    if not os.path.isdir(FIXTURES):
+        return []
+    return sorted(f[: -len(".tar.gz")] for f in os.listdir(FIXTURES) if f.endswith(".tar.gz"))
+
+
+def extract_fixture(name, dest):
+    with tarfile.open(os.path.join(FIXTURES, name + ".tar.gz")) as archive:
+        archive.extractall(dest, filter="data")
+    return str(dest)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A writable synthetic 2-socket host tree (intel_pstate, 16 IRQs)."""
+    return write_tree(str(tmp_path / "host"), Spec())
+
+
+@pytest.fixture
+def make_tree(tmp_path):
+    def make(**kw):
+        root = tmp_path / f"host{len(list(tmp_path.iterdir()))}"
+        return write_tree(str(root), Spec(**kw))
+    return make
+
+
+@pytest.fixture
+def live_copy(tmp_path):
+    """A writable copy of this machine's own capture (the machine the tests run on)."""
+    out = tmp_path / "live.tar.gz"
+    run_cli("capture", "-o", str(out), check=0)
+    dest = tmp_path / "live"
+    dest.mkdir()
+    with tarfile.open(out) as archive:
+        archive.extractall(dest, filter="data")
+    os.makedirs(dest / "etc" / "default", exist_ok=True)
+    (dest / "etc" / "default" / "grub").write_text('GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n')
+    return str(dest)

@@ -1,0 +1,181 @@
+import json
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from hosttune import cpulist, discovery, plan, policy
+from hosttune.errors import PolicyError
+from hosttune.sysfs import HostFS
+from tests.conftest import run_cli
+from tests.treegen import Spec, write_tree
+
+
+def make(root, pol=None):
+    return plan.make_plan(discovery.discover(HostFS.open(root)), policy.validate(pol or {}))
+
+
+def test_default_plan_two_sockets(make_tree):
+    p = make(make_tree(sockets=2, cores_per_node=4))
+    assert p["schema"] == "hosttune.plan/1"
+    assert [(n["housekeeping"], n["isolated"]) for n in p["nodes"]] == [([0], [1, 2, 3]), ([4], [5, 6, 7])]
+    assert p["kernel_args"] == ["isolcpus=managed_irq,domain,1-3,5-7", "nohz_full=1-3,5-7", "rcu_nocbs=1-3,5-7",
+                                "irqaffinity=0,4"]
+    inst = p["instances"]
+    assert [(i["name"], i["cpus_list"], i["mems_list"], i["port"]) for i in inst] == [
+        ("node0", "1-3", "0", 9000), ("node1", "5-7", "1", 9001)]
+    assert inst[0]["openvino"] == {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 3,
+                                   "ENABLE_CPU_PINNING": True, "ENABLE_HYPER_THREADING": False}
+    assert inst[0]["ovms"]["plugin_config"]["ENABLE_CPU_PINNING"] == "YES"
+    s = p["settings"]
+    assert s["cpufreq"]["policies"][0] == {"id": 0, "cpus": [0], "governor": "performance",
+                                          "min_khz": 2100000, "max_khz": 2100000}
+    assert s["turbo"]["value"] == "1"  # intel_pstate no_turbo=1 is "off"
+    assert s["cstates"]["disable"] == ["state3"]  # C6 (170 us) > 10 us; C1E at 10 us stays
+    assert s["irqbalance"]["banned_cpulist"] == "1-3,5-7"
+    # IRQs of a node go to that node's housekeeping CPU; unknown-node IRQs to all housekeeping CPUs
+    pins = {pin["irq"]: pin for pin in s["irqs"]["pin"]}
+    assert pins[24]["node"] is None and pins[24]["cpus"] == [0, 4]
+    assert pins[25]["node"] == 1 and pins[25]["cpus"] == [4]
+    assert pins[26]["node"] == 0 and pins[26]["cpus"] == [0]
+
+
+def test_smt_siblings_stay_together_and_threads_use_cores(make_tree):
+    p = make(make_tree(sockets=1, cores_per_node=4, threads=2), {"profile": "throughput"})
+    assert p["nodes"][0]["housekeeping"] == [0, 4]
+    inst = p["instances"][0]
+    assert inst["cores"] == 3 and inst["cpus_list"] == "1-3,5-7"
+    assert "PERFORMANCE_HINT" not in inst["openvino"]
+    assert inst["openvino"]["NUM_STREAMS"] <= inst["cores"]
+    assert inst["ovms"]["nireq"] >= inst["streams"]
+
+
+def test_memoryless_node_instance_uses_nearest_memory(make_tree):
+    p = make(make_tree(sockets=2, nodes_per_socket=2, cores_per_node=2, memoryless=[1]))
+    by_node = {i["node"]: i for i in p["instances"]}
+    assert by_node[1]["mems"] == [0]  # same socket, distance 16
+
+
+def test_offline_cpu0(make_tree):
+    p = make(make_tree(sockets=2, cores_per_node=3, offline=[0]))
+    assert p["offline"] == [0]
+    assert p["nodes"][0]["housekeeping"] == [1] and p["nodes"][0]["isolated"] == [2]
+    assert 0 not in p["isolated"] + p["housekeeping"]
+
+
+def test_explicit_sets(make_tree):
+    root = make_tree(sockets=2, cores_per_node=4)
+    p = make(root, {"housekeeping": {"cpus": "0,7"}})
+    assert p["housekeeping"] == [0, 7] and p["isolated"] == [1, 2, 3, 4, 5, 6]
+    p = make(root, {"isolation": {"cpus": "2-3,6-7"}})
+    assert p["housekeeping"] == [0, 1, 4, 5]
+
+
+@pytest.mark.parametrize("pol,field,words", [
+    ({"housekeeping": {"cores_per_node": 4}}, "housekeeping.cores_per_node", "4 >= the 4 core(s) of node 0"),
+    ({"housekeeping": {"cpus": "0-3"}}, "housekeeping.cpus", "node 1 would keep no housekeeping CPU"),
+    ({"housekeeping": {"cpus": "0,4,99"}}, "housekeeping.cpus", "CPUs 99 are not online"),
+    ({"isolation": {"cpus": "0-7"}}, "isolation.cpus", "would keep no housekeeping CPU"),
+    ({"instances": {"nodes": [0, 7]}}, "instances.nodes", "node 7 does not exist"),
+    ({"cpufreq": {"lock": 9000}}, "cpufreq.lock", "outside"),
+    ({"cpufreq": {"governor": "ondemand"}}, "cpufreq.governor", "not offered"),
+    ({"cpufreq": {"epp": "turbo"}}, "cpufreq.epp", "not offered"),
+])
+def test_policy_that_does_not_fit_the_host(make_tree, pol, field, words):
+    with pytest.raises(PolicyError) as info:
+        make(make_tree(sockets=2, cores_per_node=4), pol)
+    assert info.value.where == field and words in info.value.message
+
+
+def test_smt_split_by_user_is_refused(make_tree):
+    with pytest.raises(PolicyError, match="SMT siblings"):
+        make(make_tree(sockets=1, cores_per_node=4, threads=2), {"housekeeping": {"cpus": "0"}})
+
+
+def test_required_area_unsupported(make_tree):
+    root = make_tree(cpufreq=None)
+    with pytest.raises(PolicyError, match="cpufreq is required but unsupported"):
+        make(root, {"required": ["cpufreq"]})
+    assert make(root)["settings"]["cpufreq"]["status"] == "unsupported"
+
+
+def test_plan_cli_bad_input_exit_2(make_tree, tmp_path):
+    root = make_tree(sockets=2, cores_per_node=2)
+    pol = tmp_path / "p.yaml"
+    pol.write_text("housekeeping:\n  cores_per_node: 2\n")
+    proc = run_cli("plan", "--root", root, "--policy", str(pol))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "housekeeping.cores_per_node: 2 >= the 2 core(s) of node 0" in proc.stderr
+    proc = run_cli("plan", "--root", str(tmp_path / "missing"))
+    assert proc.returncode == 2 and "no such directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_human_view_lists_nodes(make_tree):
+    text = run_cli("plan", "--root", make_tree(sockets=2, cores_per_node=4), check=0).stdout
+    assert "   0  0                1-3                  node0       9000  0" in text
+    assert "kernel arguments: isolcpus=managed_irq,domain,1-3,5-7" in text
+
+
+def test_plan_of_capture_equals_plan_of_live_host(tmp_path):
+    live = json.loads(run_cli("plan", "--json", check=0).stdout)
+    cap = tmp_path / "c.tar.gz"
+    run_cli("capture", "-o", str(cap), check=0)
+    captured = json.loads(run_cli("plan", "--root", str(cap), "--json", check=0).stdout)
+    assert captured == live
+
+
+# -- properties over generated topologies ------------------------------------------------------
+specs = st.builds(
+    Spec,
+    sockets=st.integers(1, 3),
+    nodes_per_socket=st.integers(1, 2),
+    cores_per_node=st.integers(2, 5),
+    threads=st.sampled_from([1, 2]),
+    irqs=st.integers(0, 12),
+    cpu_stride=st.sampled_from([1, 2]),
+    smt_interleaved=st.booleans(),
+    cpufreq=st.sampled_from(["intel_pstate", "acpi-cpufreq", None]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(spec=specs, hk=st.integers(1, 3), profile=st.sampled_from(["latency", "throughput"]),
+       offline_pick=st.lists(st.integers(0, 200), max_size=3), memoryless=st.lists(st.integers(0, 5), max_size=2))
+def test_plan_invariants(spec, hk, profile, offline_pick, memoryless):
+    assume(hk < spec.cores_per_node)
+    spec.memoryless = [m for m in memoryless if m < spec.nodes - 1]  # keep one node with memory
+    ncpus = spec.sockets * spec.nodes_per_socket * spec.cores_per_node * spec.threads
+    spec.offline = sorted({(p % ncpus) * spec.cpu_stride for p in offline_pick})
+    with tempfile.TemporaryDirectory() as root:
+        write_tree(root, spec)
+        topo = discovery.discover(HostFS.open(root))
+        try:
+            p = plan.make_plan(topo, policy.validate({"profile": profile, "housekeeping": {"cores_per_node": hk}}))
+        except PolicyError as exc:
+            # only refusal allowed: offline CPUs left a node with too few cores
+            assert exc.where == "housekeeping.cores_per_node", exc
+            return
+    hk_set, iso_set = set(p["housekeeping"]), set(p["isolated"])
+    assert not hk_set & iso_set
+    assert hk_set | iso_set == set(topo.online_cpus)
+    assert cpulist.parse(p["kernel_args"][0].split(",", 2)[2]) == p["isolated"]
+    for row in p["nodes"]:
+        online_here = [c for c in row["cpus"] if topo.cpu(c).online]
+        if online_here:
+            assert row["housekeeping"], f"node {row['id']} lost its housekeeping CPUs"
+    for cpu_id in hk_set:  # SMT siblings kept together
+        assert set(topo.cpu(cpu_id).siblings) <= hk_set
+    seen: set[int] = set()
+    node_cpus = {n.id: set(n.cpus) for n in topo.nodes}
+    for inst in p["instances"]:
+        cpus = set(inst["cpus"])
+        assert not cpus & seen and cpus <= node_cpus[inst["node"]] and cpus <= iso_set
+        seen |= cpus
+        mem_node = next(n for n in topo.nodes if n.id == inst["mems"][0])
+        assert mem_node.memory_bytes > 0
+        ov = inst["openvino"]
+        assert not ("NUM_STREAMS" in ov and "PERFORMANCE_HINT" in ov)
+        assert inst["streams"] <= inst["cores"] and ov["INFERENCE_NUM_THREADS"] <= inst["cores"]
+        assert inst["ovms"]["nireq"] >= inst["streams"]
+    assert len({i["port"] for i in p["instances"]}) == len(p["instances"])
