@@ -1,0 +1,296 @@
+"""Console tables and the self-contained HTML report (inline SVG charts) of bench results."""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+from hosttune import cpulist
+from hosttune.bench import stats
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+          "#bcbd22", "#17becf"]
+
+
+def _cpus(value: Any) -> str:
+    return cpulist.format(value) if value else "-"
+
+
+def console(doc: dict[str, Any]) -> str:
+    cfg = doc["config"]
+    lines = [f"hosttune bench ({doc['kind']}{', ' + doc['label'] if doc.get('label') else ''}): "
+             f"{cfg['runs']} run(s) x {cfg['duration_s']} s after {cfg['warmup_s']} s warmup, "
+             f"{'pinned' if cfg['pinned'] else 'unpinned'}, noise "
+             f"{_noise(cfg['noise'])}"]
+    w = max([10] + [len(i["name"]) for i in doc["instances"]])
+    head = f"{'instance':<{w}} {'run':>3} {'count':>7} {'thr/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+    lines.append(head)
+    lines.append("-" * len(head))
+    for inst in doc["instances"]:
+        for r in inst["runs"]:
+            lat = r["latency_ms"]
+            lines.append(f"{inst['name']:<{w}} {r['index'] + 1:>3} {r['count']:>7} {r['throughput']:>9.1f} "
+                         f"{lat['p50']:>8.3f} {lat['p90']:>8.3f} {lat['p95']:>8.3f} {lat['p99']:>8.3f} {lat['max']:>8.3f}")
+    lines.append("")
+    head = (f"{'instance':<{w}} {'cpus':<8} {'model':<14} {'prec':<5} {'thr/s':>9} {'cv':>6} {'p99 ms':>8} "
+            f"{'cv':>6} {'spread':>7} {'verdict':<9} more")
+    lines.append(head)
+    lines.append("-" * len(head))
+    for inst in doc["instances"]:
+        s = inst["summary"]
+        st = s["stability"]
+        prec = inst.get("execution_precision") or inst.get("precision") or "?"
+        lines.append(f"{inst['name']:<{w}} {_cpus(inst.get('cpus')):<8} {str(inst.get('model')):<14.14} {prec:<5} "
+                     f"{s['throughput']['mean']:>9.1f} {s['throughput']['cv']:>6.1%} {s['p99_ms']['mean']:>8.3f} "
+                     f"{s['p99_ms']['cv']:>6.1%} {s['throughput']['spread']:>7.1%} {st['verdict']:<9} "
+                     f"{st['more_runs'] if st['verdict'] != 'stable' else '-'}")
+    agg = doc["aggregate"]
+    lines.append(f"{'all':<{w}} {'':<8} {'':<14} {'':<5} {agg['throughput']['mean']:>9.1f} "
+                 f"{agg['throughput']['cv']:>6.1%} {agg['p99_ms']['mean']:>8.3f} {agg['p99_ms']['cv']:>6.1%} "
+                 f"{agg['throughput']['spread']:>7.1%} {agg['stability']['verdict']:<9}")
+    lines.append("")
+    lines.append(f"verdict: {doc['verdict']}")
+    for inst in doc["instances"]:
+        for reason in inst["summary"]["stability"]["reasons"]:
+            lines.append(f"  {inst['name']}: {reason}")
+    return "\n".join(lines)
+
+
+def _noise(noise: dict[str, Any]) -> str:
+    if not noise.get("enabled"):
+        return "off"
+    where = f"confined to CPUs {_cpus(noise['cpus'])}" if noise.get("confined") else "unconfined"
+    return f"{noise['hogs']} hog(s) {where}"
+
+
+# -- compare ------------------------------------------------------------------------------------
+def compare(a: dict[str, Any], b: dict[str, Any], alpha: float = stats.ALPHA) -> dict[str, Any]:
+    """B against A for every instance present in both, and for the aggregate."""
+    rows = []
+    names_b = {i["name"]: i for i in b["instances"]}
+    for ia in a["instances"]:
+        ib = names_b.get(ia["name"])
+        if ib is None:
+            continue
+        rows.append(_compare_one(ia["name"], [r["throughput"] for r in ia["runs"]],
+                                 [r["throughput"] for r in ib["runs"]],
+                                 [r["latency_ms"]["p99"] for r in ia["runs"]],
+                                 [r["latency_ms"]["p99"] for r in ib["runs"]],
+                                 [v for r in ia["runs"] for v in r["samples_ms"]],
+                                 [v for r in ib["runs"] for v in r["samples_ms"]], alpha))
+        rows[-1]["verdict_a"], rows[-1]["verdict_b"] = ia["verdict"], ib["verdict"]
+    agg = _compare_one("aggregate", a["aggregate"]["throughput"]["values"], b["aggregate"]["throughput"]["values"],
+                       a["aggregate"]["p99_ms"]["values"], b["aggregate"]["p99_ms"]["values"], None, None, alpha)
+    agg["verdict_a"], agg["verdict_b"] = a["verdict"], b["verdict"]
+    return {"schema": "hosttune.bench-compare/1", "alpha": alpha,
+            "a": {"label": a.get("label"), "created": a.get("created"), "kind": a.get("kind")},
+            "b": {"label": b.get("label"), "created": b.get("created"), "kind": b.get("kind")},
+            "instances": rows, "aggregate": agg,
+            "unmatched": sorted({i["name"] for i in a["instances"]} ^ set(names_b))}
+
+
+def _metric(va: list[float], vb: list[float], alpha: float, higher_better: bool) -> dict[str, Any]:
+    ma, mb = stats.mean(va), stats.mean(vb)
+    out: dict[str, Any] = {"a": ma, "b": mb, "delta": (mb - ma) / ma if ma else None,
+                           "mann_whitney": stats.mann_whitney_u(va, vb)}
+    if len(va) >= 2 and len(vb) >= 2:
+        out["welch"] = stats.welch_t(va, vb)
+    p = out["mann_whitney"]["p"]
+    if "welch" in out:
+        p = min(p, out["welch"]["p"]) if len(va) < 4 or len(vb) < 4 else p
+    out["significant"] = p < alpha
+    if not out["significant"]:
+        out["change"] = "no significant difference"
+    else:
+        better = (mb > ma) == higher_better
+        out["change"] = "better" if better else "worse"
+    return out
+
+
+def _compare_one(name: str, ta: list[float], tb: list[float], pa: list[float], pb: list[float],
+                 la: list[float] | None, lb: list[float] | None, alpha: float) -> dict[str, Any]:
+    row = {"name": name, "throughput": _metric(ta, tb, alpha, True), "p99_ms": _metric(pa, pb, alpha, False)}
+    if la and lb:
+        mw = stats.mann_whitney_u(la, lb)
+        row["latency_distribution"] = {"mann_whitney": mw, "significant": mw["p"] < alpha,
+                                       "p50_a": stats.percentile(sorted(la), 50),
+                                       "p50_b": stats.percentile(sorted(lb), 50)}
+    return row
+
+
+def compare_console(c: dict[str, Any], a_name: str, b_name: str) -> str:
+    lines = [f"A: {a_name} ({c['a'].get('label') or c['a'].get('created')})",
+             f"B: {b_name} ({c['b'].get('label') or c['b'].get('created')})",
+             f"significance: Mann-Whitney U on per-run values (Welch t beside it), alpha {c['alpha']}", ""]
+    head = f"{'instance':<10} {'metric':<10} {'A':>10} {'B':>10} {'delta':>8} {'p (MWU)':>8} {'p (Welch)':>9}  result"
+    lines += [head, "-" * len(head)]
+    for row in c["instances"] + [c["aggregate"]]:
+        for key, label in (("throughput", "thr/s"), ("p99_ms", "p99 ms")):
+            m = row[key]
+            welch = m.get("welch", {}).get("p")
+            delta = f"{m['delta']:+.1%}" if m["delta"] is not None else "-"
+            lines.append(f"{row['name']:<10} {label:<10} {m['a']:>10.3f} {m['b']:>10.3f} {delta:>8} "
+                         f"{m['mann_whitney']['p']:>8.4f} {welch if welch is None else round(welch, 4)!s:>9}  {m['change']}")
+        if "latency_distribution" in row:
+            ld = row["latency_distribution"]
+            lines.append(f"{row['name']:<10} {'latencies':<10} {ld['p50_a']:>10.3f} {ld['p50_b']:>10.3f} "
+                         f"{'':>8} {ld['mann_whitney']['p']:>8.4f} {'':>9}  "
+                         f"{'distributions differ' if ld['significant'] else 'same distribution'}")
+        lines.append(f"{row['name']:<10} {'verdict':<10} {row['verdict_a']:>10} {row['verdict_b']:>10}")
+    if c["unmatched"]:
+        lines.append(f"instances in only one result: {', '.join(c['unmatched'])}")
+    return "\n".join(lines)
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    if hi <= lo:
+        hi = lo + 1
+    raw = (hi - lo) / count
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=10 * mag)
+    start = math.floor(lo / step) * step
+    ticks = []
+    v = start
+    while v <= hi + step * 1e-9:
+        if v >= lo - step * 1e-9:
+            ticks.append(round(v, 10))
+        v += step
+    return ticks
+
+
+def _svg_frame(width: int, height: int, x0: float, x1: float, y0: float, y1: float, xlabel: str,
+               ylabel: str) -> tuple[list[str], Any, Any]:
+    ml, mr, mt, mb = 60, 20, 15, 45
+    pw, ph = width - ml - mr, height - mt - mb
+
+    def sx(x: float) -> float:
+        return ml + (x - x0) / ((x1 - x0) or 1) * pw
+
+    def sy(y: float) -> float:
+        return mt + ph - (y - y0) / ((y1 - y0) or 1) * ph
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+             f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>']
+    for t in _nice_ticks(x0, x1):
+        parts.append(f'<line x1="{sx(t):.1f}" y1="{mt + ph}" x2="{sx(t):.1f}" y2="{mt + ph + 4}" stroke="#999"/>'
+                     f'<text x="{sx(t):.1f}" y="{mt + ph + 16}" text-anchor="middle">{t:g}</text>')
+    for t in _nice_ticks(y0, y1):
+        parts.append(f'<line x1="{ml - 4}" y1="{sy(t):.1f}" x2="{ml + pw}" y2="{sy(t):.1f}" stroke="#eee"/>'
+                     f'<text x="{ml - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    parts.append(f'<text x="{ml + pw / 2}" y="{height - 8}" text-anchor="middle">{html.escape(xlabel)}</text>'
+                 f'<text x="14" y="{mt + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {mt + ph / 2})">'
+                 f'{html.escape(ylabel)}</text>')
+    return parts, sx, sy
+
+
+def svg_cdf(series: list[tuple[str, list[float]]], width: int = 640, height: int = 300) -> str:
+    """Latency CDFs (x: ms, up to the largest p99.9 so the tail stays readable; y: fraction)."""
+    values = [v for _, s in series for v in s]
+    if not values:
+        return ""
+    x_hi = max(stats.percentile(sorted(s), 99.9) for _, s in series if s) * 1.05
+    x_lo = min(values)
+    x_lo = max(0.0, x_lo - (x_hi - x_lo) * 0.05)
+    parts, sx, sy = _svg_frame(width, height, x_lo, x_hi, 0, 1, "latency (ms)", "fraction of requests")
+    for i, (label, s) in enumerate(series):
+        s = sorted(s)
+        n = len(s)
+        pts = " ".join(f"{sx(min(v, x_hi)):.1f},{sy((k + 1) / n):.1f}" for k, v in enumerate(s))
+        color = COLORS[i % len(COLORS)]
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
+        parts.append(f'<text x="{width - 150}" y="{30 + 14 * i}" fill="{color}">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_bars(series: list[tuple[str, list[float]]], ylabel: str, width: int = 640, height: int = 260) -> str:
+    """Per-run values as grouped bars (one group per run, one bar per series)."""
+    runs = max((len(v) for _, v in series), default=0)
+    if not runs:
+        return ""
+    top = max(v for _, vals in series for v in vals) * 1.15 or 1
+    parts, sx, sy = _svg_frame(width, height, 0.5, runs + 0.5, 0, top, "run", ylabel)
+    group = 0.8 / max(1, len(series))
+    for i, (label, vals) in enumerate(series):
+        color = COLORS[i % len(COLORS)]
+        for k, v in enumerate(vals):
+            x = sx(k + 1 - 0.4 + i * group)
+            w = sx(k + 1 - 0.4 + (i + 1) * group) - x - 1
+            parts.append(f'<rect x="{x:.1f}" y="{sy(v):.1f}" width="{max(w, 1):.1f}" height="{sy(0) - sy(v):.1f}" '
+                         f'fill="{color}"><title>{html.escape(label)} run {k + 1}: {v:.2f}</title></rect>')
+        parts.append(f'<text x="{width - 150}" y="{30 + 14 * i}" fill="{color}">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(rows: list[list[Any]], head: list[str]) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for r in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def html_report(docs: list[tuple[str, dict[str, Any]]], title: str = "hosttune bench") -> str:
+    """One self-contained page for one or more results (e.g. tuned and untuned side by side)."""
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    summary_rows = []
+    for label, doc in docs:
+        for inst in doc["instances"]:
+            s = inst["summary"]
+            summary_rows.append([label, inst["name"], _cpus(inst.get("cpus")), inst.get("model"),
+                                 inst.get("execution_precision") or inst.get("precision") or "?",
+                                 f"{s['throughput']['mean']:.1f}", f"{s['throughput']['cv']:.1%}",
+                                 f"{s['latency_ms']['p50']:.3f}", f"{s['p99_ms']['mean']:.3f}",
+                                 f"{s['p99_ms']['cv']:.1%}", f"{s['latency_ms']['max']:.3f}",
+                                 s["stability"]["verdict"], "; ".join(s["stability"]["reasons"]) or "-"])
+    body.append("<h2>Summary</h2>")
+    body.append(_table(summary_rows, ["result", "instance", "cpus", "model", "precision", "throughput/s",
+                                      "CV", "p50 ms (pooled)", "p99 ms (mean of runs)", "p99 CV", "max ms",
+                                      "verdict", "why"]))
+    body.append("<h2>Latency CDF per instance</h2>")
+    series = []
+    for label, doc in docs:
+        for inst in doc["instances"]:
+            pooled = [v for r in inst["runs"] for v in r["samples_ms"]]
+            series.append((f"{label} {inst['name']}" if len(docs) > 1 else inst["name"], pooled))
+    body.append(svg_cdf(series))
+    for label, doc in docs:
+        for inst in doc["instances"]:
+            runs = [(f"run {r['index'] + 1}", r["samples_ms"]) for r in inst["runs"]]
+            body.append(f"<h3>{html.escape(label)} {html.escape(inst['name'])}: CDF of each run</h3>")
+            body.append(svg_cdf(runs, height=240))
+    body.append("<h2>Throughput per run</h2>")
+    bars = []
+    for label, doc in docs:
+        for inst in doc["instances"]:
+            bars.append((f"{label} {inst['name']}" if len(docs) > 1 else inst["name"],
+                         [r["throughput"] for r in inst["runs"]]))
+    body.append(svg_bars(bars, "inferences/s"))
+    body.append("<h2>p99 latency per run</h2>")
+    p99s = [((f"{label} {inst['name']}" if len(docs) > 1 else inst["name"]),
+             [r["latency_ms"]["p99"] for r in inst["runs"]]) for label, doc in docs for inst in doc["instances"]]
+    body.append(svg_bars(p99s, "p99 ms"))
+    for label, doc in docs:
+        sysinfo = doc["system"]
+        cfg = doc["config"]
+        body.append(f"<h2>{html.escape(label)}: configuration and system state</h2>")
+        rows = [["kind", doc["kind"]], ["created", doc["created"]], ["runs x duration",
+                f"{cfg['runs']} x {cfg['duration_s']} s (warmup {cfg['warmup_s']} s)"],
+                ["pinned", cfg["pinned"]], ["noise", _noise(cfg["noise"])],
+                ["concurrency", cfg.get("concurrency")], ["verdict", doc["verdict"]]]
+        for key in ("hostname", "cpu_model", "governor", "turbo", "frequencies", "isolated", "nohz_full",
+                    "allowed_cpus", "cpuset", "thp", "openvino_version", "kernel_cmdline", "unsupported"):
+            rows.append([key, sysinfo.get(key)])
+        for inst in doc["instances"]:
+            rows.append([f"{inst['name']} openvino", inst.get("openvino")])
+            rows.append([f"{inst['name']} streams / nireq", f"{inst.get('streams')} / {inst.get('nireq')}"])
+        body.append(_table(rows, ["what", "value"]))
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
+             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px;"
+             "vertical-align:top}th{background:#f3f3f3}svg{display:block;margin:0.5em 0}")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

@@ -1,0 +1,382 @@
+"""`hosttune bench run`: repeated runs with warmup, in-process (one worker per instance, pinned to
+the instance's cpuset) or over HTTP against the running instances; optional CPU hog (`--noise`);
+the result document `hosttune.bench/1` (see docs/serve-and-bench.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hosttune import __version__, cpulist
+from hosttune.bench import stats
+from hosttune.errors import HosttuneError
+
+SCHEMA = "hosttune.bench/1"
+SAMPLES_KEPT = 1000
+
+
+@dataclass
+class Target:
+    """One instance under test."""
+    name: str
+    cpus: list[int] | None = None
+    node: int | None = None
+    model: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    streams: int | None = None
+    nireq: int | None = None
+    host: str = "127.0.0.1"
+    port: int = 9000
+    model_path: str | None = None
+    model_version: int | None = None
+    precision: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    runs: list[list[float]] = field(default_factory=list)  # latencies (ms) per run
+    elapsed: list[float] = field(default_factory=list)
+    errors: list[int] = field(default_factory=list)
+
+
+# -- system state -------------------------------------------------------------------------------
+def system_state(root: str) -> dict[str, Any]:
+    """The host state that explains the numbers, read through discovery (never /sys directly)."""
+    from hosttune import discovery
+    from hosttune.sysfs import HostFS
+
+    topo = discovery.discover(HostFS.open(root))
+    f = topo.features
+    cpufreq = f.get("cpufreq", {})
+    turbo = f.get("turbo", {})
+    cgroup = f.get("cgroup", {})
+    state: dict[str, Any] = {
+        "hostname": topo.hostname,
+        "cpu_model": f.get("cpu", {}).get("model"),
+        "cpu_flags": f.get("cpu", {}).get("flags", []),
+        "online_cpus": topo.online_cpus,
+        "nodes": [{"id": n.id, "cpus": n.cpus} for n in topo.nodes],
+        "kernel_cmdline": topo.kernel_cmdline,
+        "isolated": topo.isolated,
+        "nohz_full": topo.nohz_full,
+        "allowed_cpus": topo.allowed_cpus,
+        "governor": None, "frequencies": None,
+        "turbo": turbo.get("enabled") if turbo.get("status") == "ok" else None,
+        "turbo_switch": turbo.get("switch"),
+        "cpuset": {"cgroup": cgroup.get("path"), "cpus": cgroup.get("cpuset_cpus_effective"),
+                   "mems": cgroup.get("cpuset_mems_effective")},
+        "thp": f.get("thp", {}).get("enabled"),
+        "smt": f.get("smt"),
+        "sysctls": f.get("sysctls", {}),
+        "cstates": [s["name"] for s in f.get("cstates", {}).get("states", []) if not s.get("disabled")]
+        if f.get("cstates", {}).get("status") == "ok" else None,
+        "unsupported": {},
+    }
+    if cpufreq.get("status") == "ok":
+        state["governor"] = sorted({p["governor"] for p in cpufreq["policies"] if p["governor"]})
+        state["frequencies"] = [{"policy": p["id"], "cpus": p["cpus"], "min_khz": p["min_khz"],
+                                 "max_khz": p["max_khz"], "base_khz": p["base_khz"]} for p in cpufreq["policies"]]
+    for area in ("cpufreq", "turbo", "cstates"):
+        if f.get(area, {}).get("status") == "unsupported":
+            state["unsupported"][area] = f[area].get("reason")
+    try:
+        import openvino as ov
+
+        state["openvino_version"] = ov.get_version()
+    except ImportError:
+        state["openvino_version"] = None
+    return state
+
+
+# -- noise --------------------------------------------------------------------------------------
+class Noise:
+    """Busy-loop subprocesses: confined to `cpus` (the housekeeping CPUs) or unconfined."""
+
+    def __init__(self, count: int, cpus: list[int] | None):
+        self.count, self.cpus = count, cpus
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Noise:
+        cpus = self.cpus
+
+        def confine() -> None:
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
+        for _ in range(self.count):
+            self.procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=confine,
+                                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+
+    def describe(self) -> dict[str, Any]:
+        return {"enabled": self.count > 0, "hogs": self.count, "cpus": self.cpus, "confined": bool(self.cpus)}
+
+
+# -- progress -----------------------------------------------------------------------------------
+class Progress:
+    def __init__(self, total_s: float, enabled: bool):
+        self.total = max(total_s, 1e-9)
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self.label = ""
+
+    def show(self, label: str | None = None) -> None:
+        if label is not None:
+            self.label = label
+        if not self.enabled:
+            return
+        frac = min(1.0, (time.monotonic() - self.start) / self.total)
+        width = 30
+        filled = int(frac * width)
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {frac:4.0%} {self.label:<40.40}")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 80 + "\r")
+            sys.stderr.flush()
+
+
+# -- in-process ---------------------------------------------------------------------------------
+def run_inprocess(targets: list[Target], runs: int, warmup_s: float, duration_s: float, api: str | None,
+                  pinned: bool, progress: Progress) -> None:
+    workers = []
+    try:
+        for t in targets:
+            use_api = api or ("sync" if t.config.get("PERFORMANCE_HINT", "").upper() == "LATENCY"
+                              or (t.streams or 1) <= 1 and "NUM_STREAMS" not in t.config else "async")
+            config = dict(t.config)
+            if not pinned:
+                config["ENABLE_CPU_PINNING"] = False
+            cfg = {"model_path": t.model_path, "config": config, "cpus": t.cpus if pinned else None,
+                   "api": use_api, "nireq": t.nireq, "warmup_s": warmup_s, "duration_s": duration_s}
+            proc = subprocess.Popen([sys.executable, "-m", "hosttune.bench.worker", json.dumps(cfg)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+            workers.append((t, proc))
+        progress.show("compiling and warming up")
+        for t, proc in workers:
+            msg = _read_event(proc, progress)
+            if msg.get("event") != "ready":
+                raise HosttuneError(msg.get("error", "the worker failed"), where=t.name)
+            t.info = {k: msg[k] for k in ("cpus", "api", "nireq", "streams", "threads", "precision",
+                                          "warmup_count") if k in msg}
+        for k in range(runs):
+            progress.show(f"run {k + 1}/{runs}")
+            for _, proc in workers:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            for t, proc in workers:
+                msg = _read_event(proc, progress)
+                if msg.get("event") != "run":
+                    raise HosttuneError(msg.get("error", "the worker failed"), where=t.name)
+                t.runs.append(msg["latencies_ms"])
+                t.elapsed.append(msg["elapsed_s"])
+                t.errors.append(0)
+    finally:
+        for _, proc in workers:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        for _, proc in workers:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _read_event(proc: subprocess.Popen, progress: Progress) -> dict[str, Any]:
+    while True:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.25)
+        progress.show()
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                rc = proc.wait()
+                return {"event": "error", "error": f"the benchmark worker exited with {rc}"}
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+
+
+# -- over HTTP ----------------------------------------------------------------------------------
+def run_http(targets: list[Target], runs: int, warmup_s: float, duration_s: float, concurrency: int,
+             progress: Progress) -> None:
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(_http_main(targets, runs, warmup_s, duration_s, concurrency, progress))
+
+
+async def _http_main(targets: list[Target], runs: int, warmup_s: float, duration_s: float, concurrency: int,
+                     progress: Progress) -> None:
+    from hosttune.bench.httpclient import Connection, HTTPStatusError, binary_request, metadata
+
+    requests = {}
+    for t in targets:
+        try:
+            meta = await metadata(t.host, t.port, t.model)
+        except (OSError, HTTPStatusError, ValueError) as exc:
+            raise HosttuneError(f"cannot get the metadata of model {t.model!r}: {exc}",
+                                where=f"{t.host}:{t.port}") from None
+        requests[t.name] = binary_request(meta)
+        t.info = {"endpoint": f"http://{t.host}:{t.port}", "concurrency": concurrency}
+    conns = {t.name: [Connection(t.host, t.port) for _ in range(concurrency)] for t in targets}
+
+    async def stream(t: Target, conn: Connection, deadline: float, lat: list[float], errs: list[int]) -> None:
+        body, headers = requests[t.name]
+        path = f"/v2/models/{t.model}/infer"
+        clock = time.perf_counter
+        while clock() < deadline:
+            t0 = clock()
+            try:
+                status, _, _ = await conn.request("POST", path, body, headers)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                errs[0] += 1
+                await conn.close()
+                await asyncio.sleep(0.01)
+                continue
+            if status == 200:
+                lat.append((clock() - t0) * 1000.0)
+            else:
+                errs[0] += 1
+
+    async def one_round(duration: float, label: str) -> list[tuple[list[float], float, int]]:
+        progress.show(label)
+        start = time.perf_counter()
+        deadline = start + duration
+        results = []
+        tasks = []
+        for t in targets:
+            lat: list[float] = []
+            errs = [0]
+            results.append((lat, errs))
+            tasks += [asyncio.ensure_future(stream(t, c, deadline, lat, errs)) for c in conns[t.name]]
+        pending = set(tasks)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.25)
+            progress.show()
+        for task in tasks:
+            task.result()
+        elapsed = time.perf_counter() - start
+        return [(lat, elapsed, errs[0]) for lat, errs in results]
+
+    try:
+        warm = await one_round(warmup_s, "warming up")
+        for t, (lat, _, errs) in zip(targets, warm):
+            if not lat:
+                raise HosttuneError(f"no successful request during the warmup ({errs} errors)",
+                                    where=f"{t.host}:{t.port}")
+            t.info["warmup_count"] = len(lat)
+        for k in range(runs):
+            for t, (lat, elapsed, errs) in zip(targets, await one_round(duration_s, f"run {k + 1}/{runs}")):
+                t.runs.append(lat)
+                t.elapsed.append(elapsed)
+                t.errors.append(errs)
+    finally:
+        for cs in conns.values():
+            for c in cs:
+                await c.close()
+
+
+# -- results ------------------------------------------------------------------------------------
+def summarize(targets: list[Target]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    instances = []
+    for t in targets:
+        runs = []
+        for k, (lat, elapsed, errs) in enumerate(zip(t.runs, t.elapsed, t.errors)):
+            if not lat:
+                raise HosttuneError(f"run {k + 1} completed no inference ({errs} errors)", where=t.name)
+            summary = stats.run_summary(lat, elapsed, errs)
+            summary["index"] = k
+            summary["samples_ms"] = [round(v, 4) for v in stats.reduce_samples(lat, SAMPLES_KEPT)]
+            runs.append(summary)
+        thr = [r["throughput"] for r in runs]
+        p99 = [r["latency_ms"]["p99"] for r in runs]
+        p50 = [r["latency_ms"]["p50"] for r in runs]
+        pooled = sorted(v for lat in t.runs for v in lat)
+        instances.append({
+            "name": t.name, "node": t.node, "cpus": t.cpus, "model": t.model, "model_version": t.model_version,
+            "precision": t.precision, "execution_precision": (t.info.get("precision") or {}).get("execution_precision"),
+            "openvino": t.config, "streams": t.info.get("streams", t.streams), "nireq": t.info.get("nireq", t.nireq),
+            "worker": t.info,
+            "runs": runs,
+            "summary": {"throughput": stats.describe(thr), "p99_ms": stats.describe(p99),
+                        "p50_ms": stats.describe(p50), "latency_ms": stats.latency_summary(pooled),
+                        "stability": stats.verdict(thr, p99)},
+            "throughput": stats.mean(thr), "p99_ms": stats.mean(p99),
+            "verdict": None,
+        })
+        instances[-1]["verdict"] = instances[-1]["summary"]["stability"]["verdict"]
+    nruns = min(len(t.runs) for t in targets)
+    agg_thr = [sum(inst["runs"][k]["throughput"] for inst in instances) for k in range(nruns)]
+    agg_p99 = [stats.percentile(sorted(v for t in targets for v in t.runs[k]), 99) for k in range(nruns)]
+    stability = stats.verdict(agg_thr, agg_p99)
+    aggregate = {
+        "instances": len(instances),
+        "throughput": stats.describe(agg_thr), "p99_ms": stats.describe(agg_p99), "stability": stability,
+        "verdict": stats.worst([i["verdict"] for i in instances] + [stability["verdict"]]),
+    }
+    return instances, aggregate
+
+
+def build_document(kind: str, config: dict[str, Any], system: dict[str, Any], targets: list[Target],
+                   started: float) -> dict[str, Any]:
+    instances, aggregate = summarize(targets)
+    return {
+        "schema": SCHEMA,
+        "hosttune_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(time.time() - started, 3),
+        "kind": kind,
+        "label": config.get("label"),
+        "config": config,
+        "system": system,
+        "instances": instances,
+        "aggregate": aggregate,
+        "verdict": aggregate["verdict"],
+    }
+
+
+def load_document(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise HosttuneError(f"cannot read: {exc.strerror}", where=path) from None
+    except ValueError as exc:
+        raise HosttuneError(f"not JSON: {exc}", where=path) from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise HosttuneError(f"not a {SCHEMA} result", where=path)
+    if not doc.get("instances"):
+        raise HosttuneError("the result has no instances", where=path)
+    return doc
+
+
+def hog_cpus(plan: dict[str, Any] | None) -> list[int] | None:
+    """Where a confined hog goes: the plan's housekeeping CPUs that this process may use."""
+    if not plan:
+        return None
+    allowed = os.sched_getaffinity(0)
+    cpus = sorted(set(plan.get("housekeeping") or []) & allowed)
+    if not cpus:
+        raise HosttuneError(f"none of the plan's housekeeping CPUs {cpulist.format(plan.get('housekeeping') or [])} "
+                            f"is allowed to this process", where="--noise")
+    return cpus
+
