@@ -98,6 +98,8 @@ def recover(fs: HostFS, st: state.State) -> list[str]:
         return []
     restored = []
     for change in reversed(st.run.get("changes", [])):
+        if change["kind"] == "file":
+            _remove_temp_files(fs, change["path"])
         try:
             _write_raw(fs, change["path"], change["kind"], change["before"])
             restored.append(change["path"])
@@ -106,6 +108,14 @@ def recover(fs: HostFS, st: state.State) -> list[str]:
     st.run = None
     state.save(fs, st)
     return restored
+
+
+def _remove_temp_files(fs: HostFS, path: str) -> None:
+    """A kill during an atomic write leaves its temp file; the journal says where to look."""
+    folder, _, name = path.rpartition("/")
+    for entry in fs.listdir(folder) or []:
+        if entry.startswith(name + ".hosttune-tmp."):
+            fs.remove(f"{folder}/{entry}")
 
 
 def _write_raw(fs: HostFS, path: str, kind: str, value: str | None) -> None:

@@ -123,14 +123,14 @@ class HostFS:
             raise OSError(exc.errno, exc.strerror, "/" + key) from None
         finally:
             os.close(fd)
-        self._cache.pop(key, None)
+        self._invalidate(key)
 
     def write_file_atomic(self, path: str, content: str, mode: int = 0o644) -> None:
         """Replace a regular file (config, state) atomically: temp file in the same dir + rename."""
         key = _rel(path)
         real = os.path.join(self.root, key)
         os.makedirs(os.path.dirname(real), exist_ok=True)
-        tmp = f"{real}.hosttune-tmp.{os.getpid()}"
+        tmp = f"{real}.hosttune-tmp.{os.getpid()}"  # engine.recover removes leftovers of a killed run
         try:
             with open(tmp, "w", encoding="utf-8") as handle:
                 handle.write(content)
@@ -144,7 +144,7 @@ class HostFS:
             except OSError:
                 pass
             raise OSError(exc.errno, exc.strerror, "/" + key) from None
-        self._cache.pop(key, None)
+        self._invalidate(key)
 
     def remove(self, path: str) -> None:
         key = _rel(path)
@@ -154,7 +154,12 @@ class HostFS:
             pass
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, "/" + key) from None
+        self._invalidate(key)
+
+    def _invalidate(self, key: str) -> None:
         self._cache.pop(key, None)
+        self._exists.pop(key, None)
+        self._dirs.pop(key.rpartition("/")[0], None)
 
     def forget(self) -> None:
         """Drop the read cache (the agent re-reads live values on every check)."""

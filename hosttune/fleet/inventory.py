@@ -138,6 +138,10 @@ def _parse_failure(captured: str, source: str) -> str:
 
 def load(sources: list[str], limit: str | None = None) -> list[FleetHost]:
     """The hosts of the inventory `sources` matching `limit`, in inventory order."""
+    for source in sources:
+        if "," not in source and not os.path.exists(source):
+            raise HosttuneError("no such inventory file or directory", where=source)
+    _import_ansible()
     from ansible import constants as C
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
@@ -145,33 +149,60 @@ def load(sources: list[str], limit: str | None = None) -> list[FleetHost]:
     from ansible.vars.manager import VariableManager
 
     C.INVENTORY_ANY_UNPARSED_IS_FAILED = True  # a broken inventory is an error, not an empty fleet
-    loader = DataLoader()
-    captured = io.StringIO()
-    for source in sources:
-        if "," not in source and not os.path.exists(source):
-            raise HosttuneError("no such inventory file or directory", where=source)
+    captured = io.StringIO()  # ansible's display writes warnings to stderr: sort them (_replay_warnings)
     try:
         with contextlib.redirect_stderr(captured):
-            inventory = InventoryManager(loader=loader, sources=list(sources))
-    except AnsibleError as exc:
-        bad = next((s for s in sources if s in str(exc)), sources[0])
-        raise HosttuneError(f"cannot parse inventory ({_parse_failure(captured.getvalue(), bad)})",
-                            where=bad) from None
-    warnings = captured.getvalue().strip()
-    if warnings:
-        print(warnings, file=sys.stderr)
-    variables = VariableManager(loader=loader, inventory=inventory)
+            loader = DataLoader()
+            try:
+                inventory = InventoryManager(loader=loader, sources=list(sources))
+            except AnsibleError as exc:
+                bad = next((s for s in sources if s in str(exc)), sources[0])
+                raise HosttuneError(f"cannot parse inventory ({_parse_failure(captured.getvalue(), bad)})",
+                                    where=bad) from None
+            variables = VariableManager(loader=loader, inventory=inventory)
+            try:
+                if limit:
+                    inventory.subset(limit)
+                hosts = inventory.get_hosts("all")
+            except AnsibleError as exc:
+                raise HosttuneError(f"bad host pattern ({_first_line(exc)})", where="--limit") from None
+            if not hosts:
+                what = f"match --limit {limit!r}" if limit else "in the inventory"
+                raise HosttuneError(f"no hosts {what}", where=", ".join(sources))
+            result = [_host(h, variables, loader) for h in hosts]
+    finally:
+        _replay_warnings(captured.getvalue())
+    return result
+
+
+def _import_ansible() -> None:
+    """Import ansible's config without its deprecation notices about ansible.cfg settings (printed
+    at import time; they concern playbook runs, not the inventory fleet reads)."""
+    if "ansible.constants" in sys.modules:
+        return
+    saved = os.environ.get("ANSIBLE_DEPRECATION_WARNINGS")
+    os.environ["ANSIBLE_DEPRECATION_WARNINGS"] = "False"
     try:
-        with contextlib.redirect_stderr(io.StringIO()):  # "could not match pattern" is reported below
-            if limit:
-                inventory.subset(limit)
-            hosts = inventory.get_hosts("all")
-    except AnsibleError as exc:
-        raise HosttuneError(f"bad host pattern ({exc.message})", where="--limit") from None
-    if not hosts:
-        what = f"match --limit {limit!r}" if limit else "in the inventory"
-        raise HosttuneError(f"no hosts {what}", where=", ".join(sources))
-    return [_host(h, variables, loader) for h in hosts]
+        import ansible.constants  # noqa: F401
+        import ansible.utils.display  # noqa: F401
+    finally:
+        if saved is None:
+            del os.environ["ANSIBLE_DEPRECATION_WARNINGS"]
+        else:
+            os.environ["ANSIBLE_DEPRECATION_WARNINGS"] = saved
+
+
+def _replay_warnings(text: str) -> None:
+    """Pass ansible's own warnings on to stderr, less its deprecation notices (about ansible.cfg
+    settings, not about the inventory) and the parse-failure chatter already in our message."""
+    keep, skipping = [], False
+    for block in re.split(r"\n(?=\[)", text.strip()):
+        skipping = (block.startswith("[DEPRECATION WARNING]") or "Deprecation warnings can be disabled" in block
+                    or "Failed to parse inventory" in block or "Could not match supplied host pattern" in block)
+        if block.strip() and not skipping:
+            keep.append(block.rstrip())
+    if keep:
+        print("\n".join(keep), file=sys.stderr)
 
 
 def _host(host: Any, variables: Any, loader: Any) -> FleetHost:
@@ -182,7 +213,7 @@ def _host(host: Any, variables: Any, loader: Any) -> FleetHost:
         hostvars = variables.get_vars(host=host)
     except AnsibleError as exc:  # a group_vars/host_vars file that is not valid YAML
         raise HosttuneError(f"cannot read the variables of host {host.name} ({_first_line(exc)})",
-                            where=_where(origin(getattr(exc, "obj", None))) or "group_vars/host_vars") from None
+                            where=_where(_error_origin(exc)) or "group_vars/host_vars") from None
     templar = Templar(loader=loader, variables=hostvars)
 
     def var(*names: str, default: Any = None) -> Any:
@@ -240,6 +271,23 @@ def _set_policy(fh: FleetHost, raw_policy: Any, var: Any) -> None:
         field_path = f"{POLICY_VAR}.{exc.where}" if exc.where else POLICY_VAR
         at = _where(_locate_field(raw_policy, exc.where)) or fh.policy_source or f"host {fh.name}"
         fh.policy_error = PolicyError(f"{field_path}: {exc.message}", where=at)
+
+
+def _error_origin(exc: BaseException) -> tuple[str, int | None] | None:
+    """The file/line an ansible error is about: its `obj` (an Origin, or a tagged value), or that of
+    the exception it was raised from (host_group_vars re-raises YAML errors without the origin)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        obj = getattr(exc, "obj", None)
+        if obj is not None:
+            if getattr(obj, "path", None) and hasattr(obj, "line_num"):
+                return obj.path, obj.line_num
+            found = origin(obj)
+            if found:
+                return found
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _first_line(exc: Exception) -> str:

@@ -123,7 +123,7 @@ class ServedModel:
             fut = loop.create_future()
             self._waiters[index] = (loop, fut)
             for i, arr in enumerate(tensors):
-                req.set_input_tensor(i, ov.Tensor(arr, shared_memory=True))
+                req.set_input_tensor(i, ov.Tensor(arr, shared_memory=arr.flags.writeable))
             req.start_async()
             await fut
             outputs = [req.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]

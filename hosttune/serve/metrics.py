@@ -10,7 +10,10 @@ BUCKETS_US = tuple(round(10 * 1.8 ** i) for i in range(33))
 
 class Metrics:
     def __init__(self) -> None:
+        import prometheus_client
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        prometheus_client.disable_created_metrics()  # no *_created series (OVMS has none)
 
         self.registry = CollectorRegistry()
         labels = ["api", "interface", "method", "name", "version"]

@@ -1,0 +1,136 @@
+"""The agent's configuration: <root>/etc/hosttune/hosttune.yaml (or --config).
+
+Either a bare policy, or {policy: {...}, agent: {...}}. The policy part is checked by
+hosttune.policy; the agent part here. Errors name the file and the field (exit 2).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import yaml
+
+from hosttune import policy as policy_mod
+from hosttune.errors import HosttuneError, PolicyError
+from hosttune.sysfs import HostFS
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    interval: float = 30.0  # seconds between full checks
+    listen: str = "127.0.0.1"  # address of the metrics/status server
+    port: int = 9477  # 0: any free port (tests)
+    reapply: bool = True  # false: only verify and report
+    fast_check_interval: float = 5.0  # seconds between cheap IRQ/CPU-hotplug checks; 0: off
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Config:
+    path: str | None  # None: no file, embedded defaults
+    policy: dict[str, Any]
+    agent: AgentSettings
+
+
+def _number(value: Any, field: str, minimum: float, allow_zero: bool) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < minimum or (value == 0 and not allow_zero):
+        what = "a number of seconds >= 0 (0 turns it off)" if allow_zero else f"a number of seconds >= {minimum:g}"
+        raise PolicyError(f"must be {what}, got {value!r}", where=field)
+    return float(value)
+
+
+def validate_agent(raw: Any) -> AgentSettings:
+    """The `agent:` section; unknown keys and wrong types name the field."""
+    if raw is None:
+        return AgentSettings()
+    if not isinstance(raw, dict):
+        raise PolicyError(f"must be a mapping, got {type(raw).__name__}", where="agent")
+    known = AgentSettings.__dataclass_fields__
+    for key in raw:
+        if key not in known:
+            raise PolicyError(f"unknown key (known: {', '.join(sorted(known))})", where=f"agent.{key}")
+    values = {**AgentSettings().to_dict(), **raw}
+    interval = _number(values["interval"], "agent.interval", 0.1, allow_zero=False)
+    fast = _number(values["fast_check_interval"], "agent.fast_check_interval", 0.0, allow_zero=True)
+    listen = values["listen"]
+    if not isinstance(listen, str) or not _is_ip(listen):
+        raise PolicyError(f"must be an IP address to listen on, such as 127.0.0.1 or ::1, got {listen!r}",
+                          where="agent.listen")
+    port = values["port"]
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+        raise PolicyError(f"must be a TCP port (0-65535; 0 picks a free one), got {port!r}", where="agent.port")
+    reapply = values["reapply"]
+    if not isinstance(reapply, bool):
+        raise PolicyError(f"must be true or false, got {reapply!r}", where="agent.reapply")
+    return AgentSettings(interval=interval, listen=listen, port=port, reapply=reapply, fast_check_interval=fast)
+
+
+def _is_ip(text: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def parse(raw: Any, where: str) -> Config:
+    """A loaded YAML document -> Config. `where` names the file in errors."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise PolicyError(f"must be a mapping (a policy, or policy: and agent: sections), got {type(raw).__name__}",
+                          where=where)
+    nested = "agent" in raw or "policy" in raw
+    if nested:
+        extra = [k for k in raw if k not in ("policy", "agent")]
+        if extra:
+            raise PolicyError("unknown top-level key: with policy:/agent: sections, policy fields go under "
+                              "policy:", where=f"{where}: {extra[0]}")
+    try:
+        agent = validate_agent(raw.get("agent") if nested else None)
+    except PolicyError as exc:
+        exc.where = f"{where}: {exc.where}"
+        raise
+    pol_raw = (raw.get("policy") or {}) if nested else raw
+    try:
+        pol = policy_mod.validate(pol_raw, source=where)
+    except PolicyError as exc:
+        field = f"policy.{exc.where}" if nested and exc.where else (exc.where or "policy")
+        exc.where = f"{where}: {field}"
+        raise
+    return Config(path=where, policy=pol, agent=agent)
+
+
+def load(fs: HostFS, path: str | None) -> Config:
+    """--config FILE, else <root>/etc/hosttune/hosttune.yaml, else the defaults."""
+    if path is None:
+        default = fs.host_path(policy_mod.CONFIG_FILE)
+        try:
+            with open(default, encoding="utf-8") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            return Config(path=None, policy=policy_mod.validate({}), agent=AgentSettings())
+        except OSError as exc:
+            raise HosttuneError(f"cannot read the configuration ({exc.strerror})", where=default) from None
+        path = default
+    else:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except OSError as exc:
+            raise HosttuneError(f"cannot read the configuration ({exc.strerror})", where=path) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PolicyError(f"not valid YAML{at}", where=path) from None
+    return parse(raw, path)
