@@ -39,6 +39,34 @@ class ModelEntry:
     meta: dict[str, Any]
 
 
+def ov_error_text(exc: BaseException, limit: int = 300) -> str:
+    """The useful part of an OpenVINO exception (its first lines name C++ source files)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not re.match(r"^(Exception from |\[ GENERAL_ERROR \]$)", ln)]
+    text = " ".join(useful or lines) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def native_stderr_quiet():
+    """Silence what native libraries (protobuf/absl in the ONNX frontend) write straight to fd 2
+    while a model is read; our own error message says what went wrong."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 # -- reading the repository ---------------------------------------------------------------------
 def model_file(version_dir: str) -> str:
     """The model file of a version directory: one .xml (with its .bin) or one .onnx."""
@@ -129,10 +157,10 @@ def read_model(core: Any, path: str) -> Any:
     if path.endswith(".xml") and not os.path.exists(path[:-4] + ".bin"):
         raise HosttuneError(f"IR without its weights file {os.path.basename(path[:-4])}.bin", where=path)
     try:
-        model = core.read_model(path)
+        with native_stderr_quiet():
+            model = core.read_model(path)
     except Exception as exc:  # openvino raises RuntimeError/generic exceptions with long texts
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HosttuneError(f"not a readable ONNX or OpenVINO IR model: {first[:300]}", where=path) from None
+        raise HosttuneError(f"not a readable ONNX or OpenVINO IR model: {ov_error_text(exc)}", where=path) from None
     _name_ports(model)
     return model
 
@@ -182,8 +210,8 @@ def reshape(model: Any, shapes: dict[str, list[int]]) -> None:
     try:
         model.reshape(shapes)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HosttuneError(f"shape {shapes} does not fit the model: {first[:300]}", where="--static-shape") from None
+        raise HosttuneError(f"shape {shapes} does not fit the model: {ov_error_text(exc)}",
+                            where="--static-shape") from None
 
 
 def _static_shape(port: Any, where: str) -> list[int]:
@@ -265,7 +293,7 @@ def quantize_int8(model: Any, data: list[dict[str, Any]]) -> Any:
     except HosttuneError:
         raise
     except Exception as exc:
-        raise HosttuneError(f"quantization failed: {str(exc).strip().splitlines()[0][:300]}", where="--int8") from None
+        raise HosttuneError(f"quantization failed: {ov_error_text(exc)}", where="--int8") from None
 
 
 def _ports(model: Any) -> dict[str, list[dict[str, Any]]]:
@@ -304,13 +332,13 @@ def _write_version(core: Any, model: Any, out_dir: str, meta: dict[str, Any], fp
     try:
         ov.save_model(model, xml, compress_to_fp16=fp16)
     except Exception as exc:
-        raise HosttuneError(f"cannot write the IR: {str(exc).strip().splitlines()[0][:300]}", where=out_dir) from None
+        raise HosttuneError(f"cannot write the IR: {ov_error_text(exc)}", where=out_dir) from None
     # compile what was written: catches an IR that does not load, and records the runtime precision
     try:
         compiled = core.compile_model(core.read_model(xml), "CPU")
     except Exception as exc:
-        raise HosttuneError(f"the converted model does not compile on CPU: "
-                            f"{str(exc).strip().splitlines()[0][:300]}", where=meta["name"]) from None
+        raise HosttuneError(f"the converted model does not compile on CPU: {ov_error_text(exc)}",
+                            where=meta["name"]) from None
     runtime = check_int8(compiled, where=meta["name"]) if expect_int8 else runtime_precision(compiled)
     meta = {**meta, **_ports(model), "runtime": {k: v for k, v in runtime.items() if k != "compute"}}
     with open(os.path.join(out_dir, META), "w") as f:

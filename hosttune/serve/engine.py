@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hosttune.errors import HosttuneError
-from hosttune.model.repo import ModelEntry, read_model
+from hosttune.model.repo import ModelEntry, ov_error_text, read_model
 from hosttune.model.types import KSERVE_TO_NUMPY, kserve_datatype
 
 
@@ -60,8 +60,8 @@ class ServedModel:
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise HosttuneError(f"cannot compile on CPU with {config}: {first[:400]}", where=entry.path) from None
+            raise HosttuneError(f"cannot compile on CPU with {config}: {ov_error_text(exc, 400)}",
+                                where=entry.path) from None
         self.config = config
         optimal = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.streams = int(self.compiled.get_property("NUM_STREAMS"))

@@ -1,0 +1,68 @@
+"""Start a real `hosttune serve` in a subprocess (port 0: any free port) and wait until it listens.
+
+Used by the tests and the benchmark scripts."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+
+HOSTTUNE = [sys.executable, "-m", "hosttune"]
+
+
+class Server:
+    def __init__(self, *args: str, cwd: str | None = None, env: dict | None = None, timeout: float = 90):
+        self.proc = subprocess.Popen([*HOSTTUNE, "serve", "--port", "0", *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+        self.port = None
+        deadline = time.monotonic() + timeout
+        buf = ""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stderr], [], [], 0.5)
+            if ready:
+                line = self.proc.stderr.readline()
+                if not line:
+                    break
+                buf += line
+                m = re.search(r"listening on http://[^ ]*:(\d+)", line)
+                if m:
+                    self.port = int(m.group(1))
+                    self.banner = line
+                    return
+            elif self.proc.poll() is not None:
+                break
+        self.stop()
+        raise RuntimeError(f"server did not start: {buf}")
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_without_repo() -> dict:
+    env = dict(os.environ)
+    env.pop("HOSTTUNE_MODEL_REPO", None)
+    return env

@@ -1,0 +1,306 @@
+"""The real server in a subprocess, spoken to over raw HTTP and with tritonclient (a standard
+KServe v2 client)."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+from hosttune.model import repo as model_repo  # noqa: E402
+from hosttune.serve.process import HOSTTUNE, Server, free_port  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models")
+    model_repo.sample(str(path), variant="tiny", int8=False)
+    model_repo.sample(str(path), variant="trivial", int8=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(models, tmp_path_factory):
+    # run from an unrelated directory: no assumption about the source tree (systemd unit, container)
+    cwd = tmp_path_factory.mktemp("cwd")
+    srv = Server("--repo", str(models), "--max-body", str(2**20), "--config", '{"NUM_STREAMS": 2}',
+                 cwd=str(cwd))
+    yield srv
+    assert srv.stop() == 0 or srv.proc.returncode == -15
+
+
+def request(srv, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def expected_tiny(models, x):
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(models / "tiny" / "1" / "model.xml")), "CPU")
+    return compiled.create_infer_request().infer({0: x})[0]
+
+
+def test_health_and_metadata(server):
+    assert request(server, "GET", "/v2/health/live")[0] == 200
+    assert request(server, "GET", "/v2/health/ready")[0] == 200
+    status, _, body = request(server, "GET", "/v2/models/tiny")
+    assert status == 200
+    meta = json.loads(body)
+    assert meta["name"] == "tiny" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32]}]
+    assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [1, 10]}]
+    assert request(server, "GET", "/v2/models/tiny/versions/1")[0] == 200
+    status, _, body = request(server, "GET", "/v2/models/tiny/ready")
+    assert status == 200 and json.loads(body)["ready"] is True
+    assert json.loads(request(server, "GET", "/v2")[2])["extensions"] == ["binary_tensor_data"]
+
+
+def test_json_infer_matches_openvino(server, models):
+    status, headers, body = request(server, "POST", "/v2/models/trivial/infer", json.dumps(
+        {"id": "r1", "inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                                 "data": list(range(16))}]}))
+    assert status == 200, body
+    out = json.loads(body)
+    assert out["id"] == "r1" and out["model_name"] == "trivial"
+    assert out["outputs"][0]["data"] == [float(v + 1) for v in range(16)]
+    x = np.random.default_rng(3).random((1, 3, 32, 32)).astype(np.float32)
+    status, _, body = request(server, "POST", "/v2/models/tiny/versions/1/infer", json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": x.tolist()}]}))
+    got = np.array(json.loads(body)["outputs"][0]["data"], np.float32).reshape(1, 10)
+    np.testing.assert_allclose(got, expected_tiny(models, x), rtol=1e-5, atol=1e-6)
+
+
+def test_binary_extension_raw_http(server, models):
+    x = np.random.default_rng(4).random((1, 3, 32, 32)).astype(np.float32)
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    status, headers, body = request(server, "POST", "/v2/models/tiny/infer", header + x.tobytes(),
+                                    {"Inference-Header-Content-Length": str(len(header)),
+                                     "Content-Type": "application/octet-stream"})
+    assert status == 200, body
+    n = int(headers["inference-header-content-length"])
+    meta = json.loads(body[:n])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 40
+    got = np.frombuffer(body[n:], np.float32).reshape(1, 10)
+    np.testing.assert_allclose(got, expected_tiny(models, x), rtol=1e-5, atol=1e-6)
+
+
+def test_standard_kserve_client(server, models):
+    httpclient = pytest.importorskip("tritonclient.http")
+    client = httpclient.InferenceServerClient(server.url)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("tiny")
+        assert client.get_model_metadata("tiny")["inputs"][0]["shape"] == [1, 3, 32, 32]
+        x = np.random.default_rng(5).random((1, 3, 32, 32)).astype(np.float32)
+        want = expected_tiny(models, x)
+        for binary in (True, False):
+            inp = httpclient.InferInput("input", [1, 3, 32, 32], "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            out = httpclient.InferRequestedOutput("probabilities", binary_data=binary)
+            result = client.infer("tiny", [inp], outputs=[out], request_id="abc")
+            np.testing.assert_allclose(result.as_numpy("probabilities"), want, rtol=1e-5, atol=1e-6)
+            assert result.get_response()["id"] == "abc"
+        # errors surface as the client's exception with our message
+        bad = httpclient.InferInput("input", [1, 3, 16, 16], "FP32")
+        bad.set_data_from_numpy(np.zeros((1, 3, 16, 16), np.float32))
+        with pytest.raises(Exception, match="does not match"):
+            client.infer("tiny", [bad])
+        with pytest.raises(Exception, match="not served"):
+            client.get_model_metadata("nope")
+    finally:
+        client.close()
+
+
+def _infer_body(shape, datatype="FP32", data=None, name="input"):
+    n = int(np.prod(shape))
+    return json.dumps({"inputs": [{"name": name, "shape": shape, "datatype": datatype,
+                                   "data": data if data is not None else [0.5] * n}]})
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    ("/v2/models/nope/infer", _infer_body([1, 16]), 404, "not served"),
+    ("/v2/models/trivial/versions/7/infer", _infer_body([1, 16]), 404, "version 7"),
+    ("/v2/models/trivial/infer", _infer_body([1, 15]), 400, "does not match the model's [1, 16]"),
+    ("/v2/models/trivial/infer", _infer_body([1, 16], "FP64"), 400, "datatype FP64"),
+    ("/v2/models/trivial/infer", _infer_body([1, 16], "INT9"), 400, "unsupported datatype"),
+    ("/v2/models/trivial/infer", _infer_body([1, 16], data=[1, 2]), 400, "2 values"),
+    ("/v2/models/trivial/infer", _infer_body([1, 16], data=["a"] * 16), 400, "not a (nested) list"),
+    ("/v2/models/trivial/infer", _infer_body([1, 16], name="other"), 400, "no input 'other'"),
+    ("/v2/models/trivial/infer", '{"inputs": [{"name": "input", "shape"', 400, "malformed JSON"),
+    ("/v2/models/trivial/infer", '[1, 2]', 400, "\"inputs\" list"),
+    ("/v2/models/trivial/infer", '{"inputs": []}', 400, "missing input"),
+    ("/v2/models/trivial/infer", json.dumps({"inputs": json.loads(_infer_body([1, 16]))["inputs"],
+                                             "outputs": [{"name": "zzz"}]}), 400, "unknown output"),
+    ("/v2/nothing", "", 404, "no such endpoint"),
+])
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, path, body, status, message):
+    got, _, data = request(server, "POST", path, body)
+    assert got == status, data
+    assert message in json.loads(data)["error"]
+    ok, _, _ = request(server, "POST", "/v2/models/trivial/infer", _infer_body([1, 16]))
+    assert ok == 200
+
+
+def test_oversized_body_and_wrong_method(server):
+    big = b"x" * (2**20 + 10)
+    status, _, data = request(server, "POST", "/v2/models/trivial/infer", big)
+    assert status == 413 and "exceeds" in json.loads(data)["error"]
+    assert request(server, "GET", "/v2/models/trivial/infer")[0] == 405
+    assert request(server, "POST", "/v2/models/trivial/infer", _infer_body([1, 16]))[0] == 200
+    # the binary header length must fit in the body
+    status, _, data = request(server, "POST", "/v2/models/trivial/infer", b"{}",
+                              {"Inference-Header-Content-Length": "99"})
+    assert status == 400 and "outside the body" in json.loads(data)["error"]
+
+
+def test_metrics_count_requests(server):
+    def scrape():
+        text = request(server, "GET", "/metrics")[2].decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                values[key] = float(value)
+        return values
+
+    key = 'ovms_requests_success_total{api="KServe",interface="REST",method="ModelInfer",name="trivial",version="1"}'
+    fail = 'ovms_requests_fail_total{api="KServe",interface="REST",method="ModelInfer",name="trivial",version="1"}'
+    hist = 'ovms_request_time_us_count{interface="REST",name="trivial",version="1"}'
+    before = scrape()
+    for _ in range(3):
+        assert request(server, "POST", "/v2/models/trivial/infer", _infer_body([1, 16]))[0] == 200
+    assert request(server, "POST", "/v2/models/trivial/infer", _infer_body([1, 3]))[0] == 400
+    after = scrape()
+    assert after[key] - before.get(key, 0) == 3
+    assert after[fail] - before.get(fail, 0) == 1
+    assert after[hist] - before.get(hist, 0) == 3
+    assert after['ovms_streams{name="tiny",version="1"}'] == 2
+    assert after['ovms_infer_req_queue_size{name="tiny",version="1"}'] >= 2
+
+
+def test_concurrent_requests_are_all_served(server):
+    async def main():
+        from hosttune.bench.httpclient import Connection
+
+        async def one(i):
+            conn = Connection("127.0.0.1", server.port)
+            try:
+                data = [float(i)] * 16
+                status, _, body = await conn.request("POST", "/v2/models/trivial/infer",
+                                                     _infer_body([1, 16], data=data).encode())
+                return status, json.loads(body)["outputs"][0]["data"][0]
+            finally:
+                await conn.close()
+        return await asyncio.gather(*(one(i) for i in range(16)))
+
+    results = asyncio.run(main())
+    assert results == [(200, float(i + 1)) for i in range(16)]
+
+
+def test_pool_runs_requests_in_parallel(models):
+    """Two requests are in flight in OpenVINO at once with a pool of two (two streams)."""
+    from hosttune.serve.engine import ServedModel
+
+    core = ov.Core()
+    served = ServedModel(core, model_repo.find(str(models), "tiny"), {"NUM_STREAMS": 2}, nireq=2)
+    assert served.streams == 2 and served.nireq == 2
+    peak = [0]
+    original = served._requests[0].start_async
+
+    async def main():
+        x = np.zeros((1, 3, 32, 32), np.float32)
+
+        async def watch():
+            while True:
+                peak[0] = max(peak[0], served.active)
+                await asyncio.sleep(0)
+
+        w = asyncio.ensure_future(watch())
+        outs = await asyncio.gather(*(served.infer([x]) for _ in range(6)))
+        w.cancel()
+        return outs
+
+    outs = asyncio.run(main())
+    assert original is not None and len(outs) == 6
+    assert peak[0] == 2
+    assert all(np.allclose(o[0], outs[0][0]) for o in outs)
+
+
+def test_start_errors_are_one_line_exit_2(models, tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--model", "trivial", "--port", str(port)],
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        busy.close()
+    assert r.returncode == 2 and "already in use" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+    def serve(*args):
+        return subprocess.run([*HOSTTUNE, "serve", "--port", "0", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    r = serve("--repo", str(models), "--model", "missing")
+    assert r.returncode == 2 and "no model 'missing'" in r.stderr
+    r = serve("--repo", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    broken = tmp_path / "repo" / "broken" / "1"
+    broken.mkdir(parents=True)
+    (broken / "model.xml").write_text("<net name='x'><layers><oops")
+    (broken / "model.bin").write_bytes(b"")
+    r = serve("--repo", str(tmp_path / "repo"), "--model", "broken")
+    assert r.returncode == 2 and "not a readable ONNX or OpenVINO IR model" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (broken / "model.bin").unlink()
+    r = serve("--repo", str(tmp_path / "repo"), "--model", "broken")
+    assert r.returncode == 2 and "no weights file" in r.stderr
+    r = serve("--repo", str(models), "--model", "trivial", "--config", '{"NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}')
+    assert r.returncode == 2 and "not both" in r.stderr
+    r = serve("--repo", str(models), "--model", "trivial", "--config", "{nope")
+    assert r.returncode == 2 and "--config" in r.stderr
+
+
+def test_plan_instance_sets_port_cpus_and_openvino(models, tmp_path):
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    port = free_port()
+    plan = {"schema": "hosttune.plan/1", "housekeeping": [0], "instances": [{
+        "name": "node0", "node": 0, "cpus": [cpu], "cpus_list": str(cpu), "mems": [0], "mems_list": "0",
+        "cores": 1, "port": port, "bind": "127.0.0.1", "model": "tiny", "streams": 1,
+        "openvino": {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": True},
+        "ovms": {"nireq": 1}}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    proc = subprocess.Popen([*HOSTTUNE, "serve", "--plan", str(tmp_path / "plan.json"), "--plan-instance", "node0",
+                             "--repo", str(models)], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert f"127.0.0.1:{port}" in line and "tiny:1 (streams 1, nireq 1)" in line, line
+        assert os.sched_getaffinity(proc.pid) == {cpu}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/v2/models/tiny")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+    r = subprocess.run([*HOSTTUNE, "serve", "--plan", str(tmp_path / "plan.json"), "--plan-instance", "node9",
+                        "--repo", str(models)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no instance 'node9'" in r.stderr
