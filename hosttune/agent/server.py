@@ -104,6 +104,8 @@ class StatusServer:
 
     def stop(self) -> None:
         """Stop serving and close the listening socket (requests in flight finish on their own)."""
+        if self._stopping:
+            return
         self._stopping = True
         try:
             os.write(self._wake_w, b"x")
