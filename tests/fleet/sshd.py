@@ -97,10 +97,12 @@ class Sshd:
             "LogLevel ERROR",
             "Subsystem sftp internal-sftp",
         ]
-        if force_command:
-            lines.append(f"ForceCommand {force_command}")
+        self.forced_pids = os.path.join(workdir, "forced.pids")
+        if force_command:  # its pid is noted: sshd lets it outlive the session, stop() ends it
+            lines.append(f"ForceCommand echo $$ >> {self.forced_pids}; exec {force_command}")
         with open(self.config, "w") as handle:
             handle.write("\n".join(lines) + "\n")
+        self.forced_command_name = force_command.split()[0] if force_command else ""
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Sshd:
@@ -138,6 +140,17 @@ class Sshd:
             self.proc.wait()
         psutil.wait_procs(children, timeout=3)
         self.proc = None
+        if os.path.exists(self.forced_pids):
+            with open(self.forced_pids) as handle:
+                pids = [int(x) for x in handle.read().split() if x.isdigit()]
+            for pid in pids:
+                try:
+                    p = psutil.Process(pid)
+                    if self.forced_command_name in p.name():
+                        p.terminate()
+                except psutil.NoSuchProcess:
+                    pass
+            os.unlink(self.forced_pids)
 
 
 class SilentListener:

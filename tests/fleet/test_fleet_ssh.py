@@ -1,0 +1,215 @@
+"""Fleet over real SSH: sshd endpoints on 127.0.0.1 ports (tests/fleet/sshd.py), each "host" with its own
+hosttune_root, the remote hosttune being this checkout's. Needs root and openssh-server."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.fleet import sshd as sshd_mod
+from tests.fleet.conftest import REPO, ssh_vars, write_inventory
+
+pytestmark = pytest.mark.skipif(sshd_mod.missing() is not None, reason=sshd_mod.missing() or "")
+
+
+def fleet(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "hosttune", "fleet", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout)
+
+
+def script(path, body: str) -> str:
+    """An executable shell script (used as a host's hosttune_command)."""
+    with open(path, "w") as handle:
+        handle.write("#!/bin/sh\n" + body)
+    os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+    return str(path)
+
+
+def temp_files(prefix: str) -> set[str]:
+    return set(glob.glob(f"/tmp/{prefix}.*"))
+
+
+def test_verify_statuses_unreachable_hung_and_bad_key(tmp_path, sshd_factory, ssh_keys, host_roots, silent_listener):
+    a, b = sshd_factory("a"), sshd_factory("b")
+    sleepy = sshd_factory("sleepy", force_command="sleep 60")  # logs in, then never answers
+    good, wrong = ssh_keys["good"], ssh_keys["wrong"]
+    inv = write_inventory(tmp_path / "inv", {
+        "ok": ssh_vars(a, good, host_roots["ok"]),
+        "pending": ssh_vars(a, good, host_roots["pending"]),
+        "drift": ssh_vars(b, good, host_roots["drift"]),
+        "tarball": ssh_vars(b, good, host_roots["tarball"]),
+        "closed": ssh_vars(sshd_mod.closed_port(), good, host_roots["ok"]),
+        "silent": ssh_vars(silent_listener.port, good, host_roots["ok"]),
+        "badkey": ssh_vars(a, wrong, host_roots["ok"]),
+        "hung": ssh_vars(sleepy, good, host_roots["ok"]),
+    })
+    out = tmp_path / "report"
+    started = time.monotonic()
+    proc = fleet("verify", "-i", inv, "--forks", "8", "--connect-timeout", "2", "--timeout", "4",
+                 "--json", "--report", str(out))
+    wall = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    rep = json.loads(proc.stdout)
+    assert rep["schema"] == "hosttune.fleet/1" and rep["command"] == "verify"
+    hosts = {h["host"]: h for h in rep["hosts"]}
+    status = {name: h["status"] for name, h in hosts.items()}
+    assert status == {"ok": "ok", "pending": "pending-reboot", "drift": "drift", "tarball": "drift",
+                      "closed": "unreachable", "silent": "unreachable", "badkey": "unreachable", "hung": "failed"}
+    assert hosts["ok"]["result"]["schema"] == "hosttune.verify/1" and hosts["ok"]["result"]["hostname"] == "alpha"
+    assert hosts["ok"]["exit_code"] == 0 and hosts["drift"]["exit_code"] == 1 and hosts["pending"]["exit_code"] == 3
+    assert hosts["tarball"]["result"]["hostname"] == "delta"
+    assert "drift:" in hosts["drift"]["reason"]
+    assert "Connection refused" in hosts["closed"]["reason"]
+    assert "no SSH handshake" in hosts["silent"]["reason"] and "within 2s" in hosts["silent"]["reason"]
+    assert "authentication failed" in hosts["badkey"]["reason"] and "id_wrong" in hosts["badkey"]["reason"]
+    assert hosts["hung"]["reason"].startswith("timed out after 4s running: hosttune verify")
+    # a hung host costs its own timeout, nothing more, and blocks nobody
+    assert hosts["silent"]["elapsed_s"] < 2 + 2.5 and hosts["hung"]["elapsed_s"] < 4 + 2 + 2.5
+    assert rep["elapsed_s"] < sum(h["elapsed_s"] for h in rep["hosts"])  # hosts overlapped
+    assert wall < 30
+    assert rep["counts"] == {"ok": 1, "drift": 2, "pending-reboot": 1, "unreachable": 3, "failed": 1,
+                             "invalid": 0, "cancelled": 0}
+    assert json.loads((out / "report.json").read_text()) == rep
+    assert "<table>" in (out / "report.html").read_text()
+    # progress on stderr, n/N
+    assert "fleet verify: 8 host(s), forks 8" in proc.stderr and "8/8 done" in proc.stderr
+    assert "Traceback" not in proc.stderr and "paramiko" not in proc.stderr
+
+
+def test_verify_uploads_the_inventory_policy(tmp_path, sshd_factory, ssh_keys, host_roots):
+    a = sshd_factory("a")
+    before = temp_files("hosttune-policy")
+    inv = write_inventory(tmp_path / "inv", {
+        "same": ssh_vars(a, ssh_keys["good"], host_roots["ok"]),
+        "madvise": ssh_vars(a, ssh_keys["good"], host_roots["ok"]),
+    }, groups={"default": ["same"], "other": ["madvise"]},
+        group_vars={"other": {"hosttune_policy": {"thp": "madvise"}}})
+    proc = fleet("verify", "-i", inv, "--json", "-q", "--connect-timeout", "5")
+    rep = json.loads(proc.stdout)
+    hosts = {h["host"]: h for h in rep["hosts"]}
+    assert hosts["same"]["status"] == "ok"  # no hosttune_policy: the host's default
+    assert hosts["madvise"]["status"] == "drift"  # the same tree, judged by the inventory's policy
+    assert "thp" in hosts["madvise"]["reason"] and "'madvise'" in hosts["madvise"]["reason"]
+    assert hosts["madvise"]["policy_source"].endswith(".yml:2") and "group_vars/other.yml" in hosts["madvise"]["policy_source"]
+    assert proc.returncode == 1 and proc.stderr == ""
+    assert temp_files("hosttune-policy") == before  # the uploaded policy was removed
+
+
+def test_capture_then_plan_offline(tmp_path, sshd_factory, ssh_keys, host_roots):
+    a, b = sshd_factory("a"), sshd_factory("b")
+    before = temp_files("hosttune-capture")
+    inv = write_inventory(tmp_path / "inv", {
+        "alpha.example": ssh_vars(a, ssh_keys["good"], host_roots["ok"]),
+        "delta.example": ssh_vars(b, ssh_keys["good"], host_roots["tarball"]),
+        "gone.example": ssh_vars(sshd_mod.closed_port(), ssh_keys["good"]),
+    }, group_vars={"fleet": {"hosttune_policy": {"profile": "throughput"}}})
+    caps = tmp_path / "caps"
+    proc = fleet("capture", "-i", inv, "--out", str(caps), "--json", "--connect-timeout", "5")
+    assert proc.returncode == 1, proc.stderr  # one host unreachable
+    hosts = {h["host"]: h for h in json.loads(proc.stdout)["hosts"]}
+    assert hosts["alpha.example"]["status"] == "ok" and hosts["alpha.example"]["hostname"] == "alpha"
+    assert hosts["delta.example"]["capture"] == str(caps / "delta.example.tar.gz")
+    assert hosts["gone.example"]["status"] == "unreachable"
+    assert sorted(os.listdir(caps)) == ["alpha.example.tar.gz", "delta.example.tar.gz"]
+    assert temp_files("hosttune-capture") == before  # remote temp captures removed
+    # plan from the captures, hosts untouched (the unreachable one has no capture)
+    proc = fleet("plan", "-i", inv, "--captures", str(caps), "--limit", "alpha.example:delta.example", "--json")
+    assert proc.returncode == 0, proc.stderr
+    plans = {h["host"]: h["result"] for h in json.loads(proc.stdout)["hosts"]}
+    assert plans["alpha.example"]["hostname"] == "alpha" and plans["delta.example"]["hostname"] == "delta"
+    assert len(plans["delta.example"]["nodes"]) == 4 and plans["delta.example"]["profile"] == "throughput"
+    # the same plan as `hosttune plan` run on the host itself
+    (tmp_path / "p.yml").write_text("profile: throughput\n")
+    local = subprocess.run([sys.executable, "-m", "hosttune", "plan", "--root", host_roots["tarball"],
+                            "--policy", str(tmp_path / "p.yml"), "--json"], capture_output=True, text=True,
+                           cwd=REPO, check=True)
+    assert json.loads(local.stdout)["instances"] == plans["delta.example"]["instances"]
+
+
+def test_forks_caps_concurrency(tmp_path, sshd_factory, ssh_keys, host_roots):
+    a = sshd_factory("a")
+    log = tmp_path / "concurrency.log"
+    wrapper = script(tmp_path / "hosttune-wrapper", f"""
+echo "start $(date +%s.%N)" >> {log}
+sleep 0.8
+echo "end $(date +%s.%N)" >> {log}
+exec {sshd_mod.hosttune_command()} "$@"
+""")
+    hosts = {f"h{i}": ssh_vars(a, ssh_keys["good"], host_roots["ok"], command=wrapper) for i in range(5)}
+    inv = write_inventory(tmp_path / "inv", hosts)
+    proc = fleet("verify", "-i", inv, "--forks", "2", "-q", "--connect-timeout", "5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    events = sorted((float(t), +1 if kind == "start" else -1)
+                    for kind, t in (line.split() for line in log.read_text().splitlines()))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert len(events) == 10 and peak == 2
+
+
+def test_ctrl_c_reports_what_finished(tmp_path, sshd_factory, ssh_keys, host_roots):
+    a = sshd_factory("a")
+    sleepy = sshd_factory("sleepy", force_command="sleep 60")
+    inv = write_inventory(tmp_path / "inv", {
+        "fast": ssh_vars(a, ssh_keys["good"], host_roots["ok"]),
+        **{f"slow{i}": ssh_vars(sleepy, ssh_keys["good"], host_roots["ok"]) for i in range(4)},
+    })
+    proc = subprocess.Popen([sys.executable, "-m", "hosttune", "fleet", "verify", "-i", inv, "--forks", "2",
+                             "--timeout", "60", "--json"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen = []
+    deadline = time.monotonic() + 60
+    for line in proc.stderr:  # wait until the fast host is done and the slow ones are hanging
+        seen.append(line)
+        if "fast ok" in line or time.monotonic() > deadline:
+            break
+    time.sleep(1.0)
+    interrupted_at = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    stopped_in = time.monotonic() - interrupted_at
+    assert proc.returncode == 130, "".join(seen) + err
+    assert stopped_in < 8  # not the 60 s command timeout
+    rep = json.loads(out)
+    status = {h["host"]: h["status"] for h in rep["hosts"]}
+    assert status["fast"] == "ok"
+    assert all(status[f"slow{i}"] == "cancelled" for i in range(4))
+    assert rep["interrupted"] is True and rep["exit_code"] == 130
+    reasons = {h["host"]: h["reason"] for h in rep["hosts"]}
+    assert sum("before it started" in reasons[f"slow{i}"] for i in range(4)) >= 2
+    assert "interrupted: 1/5 host(s) finished" in err and "Traceback" not in err
+
+
+def test_bench_collects_throughput_and_p99(tmp_path, sshd_factory, ssh_keys):
+    a = sshd_factory("a")
+
+    def fake_bench(name, tput, p99, verdict):
+        doc = {"schema": "hosttune.bench/1", "hostname": name, "verdict": verdict, "instances": [
+            {"name": "node0", "throughput": tput, "latency_ms": {"p99": p99}, "verdict": verdict},
+            {"name": "node1", "throughput": tput * 0.9, "latency_ms": {"p99": p99 * 1.2}, "verdict": verdict}]}
+        args_log = tmp_path / f"{name}.args"
+        return script(tmp_path / f"bench-{name}", f"echo \"$@\" > {args_log}\ncat <<'EOF'\n{json.dumps(doc)}\nEOF\n")
+
+    inv = write_inventory(tmp_path / "inv", {
+        "fast": ssh_vars(a, ssh_keys["good"], command=fake_bench("fast", 900.0, 3.5, "pass")),
+        "slow": ssh_vars(a, ssh_keys["good"], command=fake_bench("slow", 450.0, 9.0, "fail")),
+    })
+    out = tmp_path / "report"
+    proc = fleet("bench", "-i", inv, "--no-policy", "--report", str(out), "-q", "--", "--duration", "5")
+    assert proc.returncode == 1, proc.stderr  # one host's verdict is fail
+    assert (tmp_path / "fast.args").read_text().split() == ["bench", "--json", "--duration", "5"]
+    assert "node0 900.0/s p99 3.50ms pass" in proc.stdout and "verdict fail" in proc.stdout
+    rep = json.loads((out / "report.json").read_text())
+    fast = next(h for h in rep["hosts"] if h["host"] == "fast")
+    assert fast["bench"]["instances"][1] == {"name": "node1", "throughput": 810.0, "p99_ms": 4.2, "verdict": "pass"}
+    page = (out / "report.html").read_text()
+    assert page.count("<svg") == 2 and "fast node0" in page and "slow node1" in page and "900.00" in page
