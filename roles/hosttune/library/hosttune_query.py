@@ -1,0 +1,92 @@
+#!/usr/bin/python
+"""Ansible module: read-only hosttune calls (plan, verify, topology) with their JSON."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: hosttune_query
+short_description: Run a read-only hosttune command (plan, verify, topology) and return its JSON
+description:
+  - Runs C(hosttune COMMAND --json --root ROOT [--policy ...]) on the managed host.
+  - Changes nothing, so it runs in check mode too.
+  - A failure carries hosttune's own message (its stderr), e.g. a policy error naming the field.
+options:
+  command:
+    description: The hosttune command.
+    type: str
+    required: true
+    choices: [plan, verify, topology]
+  bin:
+    description: The hosttune executable on the host.
+    type: path
+    default: /opt/hosttune/bin/hosttune
+  root:
+    description: Passed as C(--root).
+    type: path
+    default: /
+  config:
+    description: The configuration file passed as C(--policy) (plan, verify).
+    type: path
+    default: /etc/hosttune/hosttune.yaml
+  policy:
+    description: An inline policy used instead of I(config) (written to a temporary file, then removed).
+    type: dict
+  ok_rcs:
+    description: Exit codes that are not failures (verify exits 1 on drift, 3 when a reboot is pending).
+    type: list
+    elements: int
+    default: [0]
+author: hosttune maintainers
+"""
+
+RETURN = r"""
+data:
+  description: The command's JSON output (the plan, hosttune.verify/1, or the topology).
+  returned: success
+  type: dict
+rc:
+  description: hosttune's exit code.
+  returned: always
+  type: int
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.hosttune_run import HosttuneRunError, policy_args, run_json
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "command": {"type": "str", "required": True, "choices": ["plan", "verify", "topology"]},
+            "bin": {"type": "path", "default": "/opt/hosttune/bin/hosttune"},
+            "root": {"type": "path", "default": "/"},
+            "config": {"type": "path", "default": "/etc/hosttune/hosttune.yaml"},
+            "policy": {"type": "dict"},
+            "ok_rcs": {"type": "list", "elements": "int", "default": [0]},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    argv = [p["bin"], p["command"], "--root", p["root"], "--json"]
+    temp = None
+    try:
+        if p["command"] != "topology":
+            extra, temp = policy_args(module, p["config"], p["policy"])
+            argv += extra
+        rc, data, _, stderr = run_json(module, argv, ok_rcs=tuple(p["ok_rcs"]))
+    except HosttuneRunError as exc:
+        module.fail_json(msg=exc.msg, **exc.details)
+    finally:
+        if temp:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+    module.exit_json(changed=False, rc=rc, data=data, stderr=stderr, cmd=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+# Shared by the hosttune_query and hosttune_apply modules: run the hosttune CLI on the host.
+"""Run `hosttune ... --json` on the managed host and parse its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+NOT_INSTALLED = "hosttune is not installed at {bin} (run the hosttune_agent role first, or set hosttune_bin)"
+NO_CONFIG = ("hosttune configuration {config} does not exist (the hosttune_agent role writes it from "
+             "hosttune_policy; run it first, or set hosttune_config)")
+
+
+class HosttuneRunError(Exception):
+    def __init__(self, msg, **details):
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+
+def policy_file(policy):
+    """A temporary configuration file holding `policy` (JSON is YAML); the caller deletes it."""
+    handle, path = tempfile.mkstemp(prefix="hosttune-policy-", suffix=".yaml")
+    with os.fdopen(handle, "w") as out:
+        json.dump({"policy": policy}, out)
+    return path
+
+
+def run_json(module, argv, ok_rcs=(0,)):
+    """Run argv (the hosttune command first); return (rc, parsed JSON or None, stdout, stderr).
+
+    An exit code outside ok_rcs raises HosttuneRunError carrying hosttune's own message (stderr)."""
+    if not os.path.exists(argv[0]):
+        raise HosttuneRunError(NOT_INSTALLED.format(bin=argv[0]), cmd=argv)
+    rc, stdout, stderr = module.run_command(argv, environ_update={"LC_ALL": "C.UTF-8"})
+    data = None
+    if stdout.strip():
+        try:
+            data = json.loads(stdout)
+        except ValueError:
+            data = None
+    if rc not in ok_rcs:
+        message = stderr.strip() or stdout.strip() or "no output"
+        raise HosttuneRunError(f"{' '.join(argv[1:2])} failed (exit {rc}): {message}",
+                               rc=rc, stdout=stdout, stderr=stderr, cmd=argv, data=data)
+    if data is None:
+        raise HosttuneRunError(f"{' '.join(argv[1:2])} printed no JSON (exit {rc}): {stderr.strip()}",
+                               rc=rc, stdout=stdout, stderr=stderr, cmd=argv)
+    return rc, data, stdout, stderr
+
+
+def policy_args(module, config, policy):
+    """(--policy arguments, temp file to delete or None). An inline policy wins over the file."""
+    if policy is not None:
+        path = policy_file(policy)
+        return ["--policy", path], path
+    if not os.path.exists(config):
+        raise HosttuneRunError(NO_CONFIG.format(config=config))
+    return ["--policy", config], None

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Build hosttune's wheel (and its dependencies' wheels) on the controller, reproducibly.
+
+    build_wheelhouse.py --src CHECKOUT --out DIR [--deps]
+
+The source tree is copied to a temporary directory first (without .git, .venv, build/ and other
+leftovers: stale build/ files would end up in the wheel), and SOURCE_DATE_EPOCH is fixed, so the
+same source gives the same wheel, byte for byte: the roles compare checksums to stay idempotent.
+Prints JSON: {"hosttune_wheel": name, "sha256": hex, "wheels": [names]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+IGNORE = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__",
+                                "*.pyc", ".pytest_cache", ".hypothesis", ".benchmarks", ".cache",
+                                "artifacts", ".tox", ".mypy_cache", ".ruff_cache")
+EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can hold
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pip(args: list[str], env: dict[str, str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    if proc.returncode:
+        sys.stderr.write(proc.stdout[-4000:])
+        raise SystemExit(f"pip {' '.join(args[:1])} failed (exit {proc.returncode})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--src", required=True, help="hosttune source tree (with pyproject.toml)")
+    parser.add_argument("--out", required=True, help="directory to put the wheels in (emptied first)")
+    parser.add_argument("--deps", action="store_true", help="also build/download the dependencies' wheels")
+    args = parser.parse_args()
+    src = os.path.abspath(args.src)
+    if not os.path.isfile(os.path.join(src, "pyproject.toml")):
+        raise SystemExit(f"{src}: not a hosttune source tree (no pyproject.toml); set hosttune_agent_src")
+    env = dict(os.environ, SOURCE_DATE_EPOCH=EPOCH, PYTHONDONTWRITEBYTECODE="1")
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    for name in os.listdir(out):
+        if name.endswith(".whl"):
+            os.unlink(os.path.join(out, name))
+    with tempfile.TemporaryDirectory(prefix="hosttune-build-") as tmp:
+        tree = os.path.join(tmp, "src")
+        shutil.copytree(src, tree, symlinks=True, ignore=IGNORE)
+        pip(["wheel", "--no-deps", "--quiet", "--wheel-dir", out, tree], env)
+        built = [n for n in os.listdir(out) if n.startswith("hosttune-") and n.endswith(".whl")]
+        if len(built) != 1:
+            raise SystemExit(f"expected one hosttune wheel in {out}, found {built}")
+        wheel = built[0]
+        if args.deps:
+            pip(["wheel", "--quiet", "--wheel-dir", out, os.path.join(out, wheel)], env)
+    wheels = sorted(n for n in os.listdir(out) if n.endswith(".whl"))
+    json.dump({"hosttune_wheel": wheel, "sha256": sha256(os.path.join(out, wheel)), "wheels": wheels},
+              sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
