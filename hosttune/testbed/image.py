@@ -45,6 +45,7 @@ CHROOT_PACKAGES = [
     "linux-image-amd64", "grub-pc-bin", "grub2-common", "irqbalance", "linux-cpupower",
     "numactl", "python3-venv", "ca-certificates", "curl", "sudo",
     "python3-apt",  # Ansible's apt module; it would otherwise install it on first use
+    "dbus",  # systemd-logind needs it; without logind the ACPI power button is ignored
 ]
 DOWNLOAD_ONLY = ["docker.io"]
 DISK_MIB = 8192
@@ -55,7 +56,9 @@ FILES: dict[str, str] = {
     "/etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {HOSTNAME}\n::1 localhost ip6-localhost\n",
     "/etc/network/interfaces": (
         "source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n\n"
-        "auto eth0\niface eth0 inet dhcp\n"
+        # allow-hotplug, not auto: with auto, ifupdown-pre.service runs `udevadm settle`, which
+        # took 34 s of a 16-vCPU TCG boot; udev brings eth0 up as soon as it appears instead.
+        "allow-hotplug eth0\niface eth0 inet dhcp\n"
     ),
     "/etc/ssh/sshd_config.d/10-hosttune-testbed.conf": (
         "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\n"

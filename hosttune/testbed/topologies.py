@@ -18,8 +18,11 @@ TOPOLOGIES: dict[str, dict[str, Any]] = {
         ],
     },
     "smt4n": {
-        "description": "2 sockets x 4 cores x 2 threads = 16 CPUs, 4 NUMA nodes (2 per socket)",
-        "sockets": 2, "cores": 4, "threads": 2,
+        # One node per die: QEMU shares the L3 per die, so each node is its own LLC domain.
+        # (With 4 cores per socket split into 2 nodes, the guest kernel WARNs at boot:
+        # "sched: CPU #4's llc-sibling CPU #0 is not on the same node!")
+        "description": "2 sockets x 2 dies x 2 cores x 2 threads = 16 CPUs, one NUMA node per die",
+        "sockets": 2, "dies": 2, "cores": 2, "threads": 2,
         "nodes": [
             {"cpus": "0-3", "memory_mib": 512},
             {"cpus": "4-7", "memory_mib": 512},

@@ -554,13 +554,21 @@ class Guest:
 
     def _stop_qemu(self, graceful: bool, timeout: float = 90) -> None:
         if graceful and self.alive():
+            deadline = time.monotonic() + timeout
             try:
                 QMP(self.qmp_socket).command("system_powerdown")
-                deadline = time.monotonic() + timeout
-                while self.alive() and time.monotonic() < deadline:
-                    time.sleep(0.5)
             except (OSError, EOFError, GuestError, ValueError):
                 pass
+            acpi_deadline = time.monotonic() + min(timeout / 2, 60)
+            while self.alive() and time.monotonic() < acpi_deadline:
+                time.sleep(0.5)
+            if self.alive() and self.port:  # ACPI ignored (guest still booting?): ask the OS
+                try:
+                    self.ssh("systemctl poweroff", check=False, timeout=20)
+                except GuestError:
+                    pass
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.5)
         if self.alive():
             try:
                 QMP(self.qmp_socket, timeout=5).command("quit")
