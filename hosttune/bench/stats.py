@@ -155,15 +155,20 @@ def ci_halfwidth(cv_value: float, n: int, confidence: float = 0.95) -> float:
 
 
 def runs_needed(cv_value: float, target: float, confidence: float = 0.95) -> int:
-    """Smallest n (>= MIN_RUNS) whose CI half-width at this CV is within `target` (capped)."""
-    if cv_value <= 0:
+    """Smallest n (>= MIN_RUNS) whose CI half-width at this CV is within `target` (capped at
+    MAX_RUNS_ESTIMATE). The half-width falls as n grows, so a binary search finds it."""
+    if cv_value <= 0 or ci_halfwidth(cv_value, MIN_RUNS, confidence) <= target:
         return MIN_RUNS
-    n = MIN_RUNS
-    while n < MAX_RUNS_ESTIMATE:
-        if ci_halfwidth(cv_value, n, confidence) <= target:
-            return n
-        n += 1
-    return MAX_RUNS_ESTIMATE
+    if ci_halfwidth(cv_value, MAX_RUNS_ESTIMATE, confidence) > target:
+        return MAX_RUNS_ESTIMATE
+    lo, hi = MIN_RUNS, MAX_RUNS_ESTIMATE  # half-width(lo) > target >= half-width(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ci_halfwidth(cv_value, mid, confidence) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def verdict(throughputs: Sequence[float], p99s: Sequence[float]) -> dict[str, Any]:

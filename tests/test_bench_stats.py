@@ -1,0 +1,161 @@
+"""hosttune.bench.stats: unit tests, property tests, and agreement with scipy where installed."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from hosttune.bench import stats
+
+finite = st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False)
+samples = st.lists(finite, min_size=1, max_size=60)
+
+
+def test_percentiles_match_numpy_linear():
+    np = pytest.importorskip("numpy")
+    rng = random.Random(1)
+    for _ in range(50):
+        values = sorted(rng.random() * 100 for _ in range(rng.randint(1, 40)))
+        for q in (0, 1, 50, 90, 95, 99, 100):
+            assert stats.percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-12, abs=1e-12)
+
+
+def test_run_summary_and_errors():
+    s = stats.run_summary([1.0, 2.0, 3.0, 4.0], 2.0, errors=1)
+    assert s["throughput"] == 2.0 and s["count"] == 4 and s["errors"] == 1
+    assert s["latency_ms"]["p50"] == 2.5 and s["latency_ms"]["max"] == 4.0
+    with pytest.raises(ValueError):
+        stats.run_summary([1.0], 0)
+    with pytest.raises(ValueError):
+        stats.percentile([], 50)
+    with pytest.raises(ValueError):
+        stats.percentile([1.0], 101)
+
+
+def test_iqr_outliers():
+    assert stats.iqr_outliers([10, 10.1, 9.9, 10, 20]) == [4]
+    assert stats.iqr_outliers([10, 10.1, 9.9]) == []  # too few values to call anything an outlier
+    # tight data: 1 % away is an IQR outlier but not a relevant one at min_rel 2 %
+    assert stats.iqr_outliers([100, 100, 100.1, 99.9, 101]) == [4]
+    assert stats.iqr_outliers([100, 100, 100.1, 99.9, 101], min_rel=0.02) == []
+
+
+def test_verdict_rules():
+    v = stats.verdict([100, 101, 99, 100.5, 100], [5, 5.1, 5.05, 4.9, 5.0])
+    assert v["verdict"] == "stable" and v["more_runs"] == 0
+    v = stats.verdict([100, 80, 120, 100, 90], [5, 5, 5, 5, 5])
+    assert v["verdict"] == "unstable" and "throughput CV" in v["reasons"][0]
+    v = stats.verdict([100, 100, 100, 100], [5, 8, 5, 3])
+    assert v["verdict"] == "unstable" and "p99 CV" in v["reasons"][0]
+    v = stats.verdict([100, 101], [5, 5])
+    assert v["verdict"] == "unsure" and v["more_runs"] >= 1
+    v = stats.verdict([100, 103, 97, 101, 99], [5, 5.4, 4.7, 5.1, 5.0])  # CV ~2.3% / 5%: more runs
+    assert v["verdict"] == "unsure" and v["more_runs"] > 0
+    # after the suggested number of runs with the same spread, the CI target is met
+    assert stats.ci_halfwidth(v["cv_throughput"], v["runs_needed"]) <= stats.TARGET_THROUGHPUT
+    assert stats.ci_halfwidth(v["cv_p99"], v["runs_needed"]) <= stats.TARGET_P99
+    assert stats.verdict([], [])["verdict"] == "unsure"
+    assert stats.worst(["stable", "unsure"]) == "unsure" and stats.worst(["unsure", "unstable"]) == "unstable"
+
+
+def test_t_quantiles():
+    assert stats.t_quantile(0.975, 4) == pytest.approx(2.776445, rel=1e-5)
+    assert stats.t_quantile(0.975, 1) == pytest.approx(12.7062, rel=1e-4)
+    assert stats.t_quantile(0.975, 1e6) == pytest.approx(1.959966, rel=1e-4)
+    assert stats.t_quantile(0.025, 10) == pytest.approx(-stats.t_quantile(0.975, 10))
+
+
+def test_tests_agree_with_scipy():
+    sps = pytest.importorskip("scipy.stats")
+    rng = random.Random(7)
+    for _ in range(30):
+        a = [rng.gauss(10, 2) for _ in range(rng.randint(2, 15))]
+        b = [rng.gauss(11, 3) for _ in range(rng.randint(2, 15))]
+        assert stats.welch_t(a, b)["p"] == pytest.approx(sps.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-7)
+        ours = stats.mann_whitney_u(a, b)
+        ref = sps.mannwhitneyu(a, b, alternative="two-sided", method="exact")
+        assert ours["u"] == ref.statistic and ours["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    a = [round(rng.gauss(10, 2), 1) for _ in range(300)]  # ties: normal approximation
+    b = [round(rng.gauss(10.4, 2), 1) for _ in range(250)]
+    ref = sps.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic")
+    ours = stats.mann_whitney_u(a, b)
+    assert ours["method"] == "normal" and ours["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_significance_detects_a_real_shift_and_not_noise():
+    rng = random.Random(3)
+    base = [rng.gauss(100, 1) for _ in range(8)]
+    shifted = [rng.gauss(110, 1) for _ in range(8)]
+    same = [rng.gauss(100, 1) for _ in range(8)]
+    assert stats.mann_whitney_u(base, shifted)["p"] < 0.01
+    assert stats.welch_t(base, shifted)["p"] < 0.001
+    assert stats.welch_t(base, same)["p"] > 0.01
+
+
+@given(samples)
+def test_percentiles_are_ordered_and_bounded(values):
+    s = sorted(values)
+    ps = [stats.percentile(s, q) for q in (0, 50, 90, 95, 99, 100)]
+    assert ps[0] == s[0] and ps[-1] == s[-1]
+    assert all(x <= y * (1 + 1e-12) + 1e-12 for x, y in zip(ps, ps[1:]))
+
+
+@given(st.lists(finite, min_size=2, max_size=40), st.floats(min_value=1e-2, max_value=1e3))
+def test_cv_is_scale_invariant(values, k):
+    assume(stats.mean(values) > 0)
+    assert stats.cv([v * k for v in values]) == pytest.approx(stats.cv(values), rel=1e-6, abs=1e-9)
+
+
+@given(st.lists(finite, min_size=1, max_size=30), st.lists(finite, min_size=1, max_size=30))
+@settings(max_examples=60, deadline=None)
+def test_mann_whitney_is_symmetric(a, b):
+    ab, ba = stats.mann_whitney_u(a, b), stats.mann_whitney_u(b, a)
+    assert ab["u"] + ba["u"] == pytest.approx(len(a) * len(b))
+    assert ab["p"] == pytest.approx(ba["p"], rel=1e-9, abs=1e-12)
+    assert 0 <= ab["p"] <= 1
+
+
+@given(st.lists(finite, min_size=1, max_size=12), st.lists(finite, min_size=1, max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_verdict_is_consistent(thr, p99):
+    n = min(len(thr), len(p99))
+    thr, p99 = thr[:n], p99[:n]
+    v = stats.verdict(thr, p99)
+    assert v["verdict"] in ("stable", "unstable", "unsure")
+    if v["verdict"] == "stable":
+        assert n >= stats.MIN_RUNS and v["more_runs"] == 0 and not v["outlier_runs"]
+        assert v["cv_throughput"] <= stats.UNSTABLE_CV_THROUGHPUT
+    if v["verdict"] == "unsure":
+        assert v["more_runs"] >= 1
+    # identical runs are stable as soon as there are enough of them
+    assert stats.verdict([thr[0]] * 5, [p99[0]] * 5)["verdict"] == "stable"
+
+
+@given(st.lists(finite, min_size=1, max_size=3000), st.integers(min_value=2, max_value=500))
+def test_reduce_samples_keeps_the_shape(values, keep):
+    out = stats.reduce_samples(values, keep)
+    assert len(out) == min(len(values), keep)
+    assert out[0] == min(values) and out[-1] == max(values)
+    assert out == sorted(out)
+
+
+@given(st.lists(finite, min_size=4, max_size=30))
+def test_outliers_lie_outside_the_fences(values):
+    s = sorted(values)
+    q1, q3 = stats.percentile(s, 25), stats.percentile(s, 75)
+    for i in stats.iqr_outliers(values):
+        assert values[i] < q1 - 1.5 * (q3 - q1) or values[i] > q3 + 1.5 * (q3 - q1)
+
+
+@given(st.floats(min_value=0.001, max_value=0.3), st.floats(min_value=0.005, max_value=0.1))
+def test_runs_needed_meets_the_target(cv_value, target):
+    n = stats.runs_needed(cv_value, target)
+    if n < stats.MAX_RUNS_ESTIMATE:
+        assert stats.ci_halfwidth(cv_value, n) <= target
+        if n > stats.MIN_RUNS:
+            assert stats.ci_halfwidth(cv_value, n - 1) > target
+    assert math.isinf(stats.ci_halfwidth(cv_value, 1))
