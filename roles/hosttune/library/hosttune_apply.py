@@ -31,7 +31,7 @@ options:
   bin:
     description: The hosttune executable on the host.
     type: path
-    default: /opt/hosttune/bin/hosttune
+    default: /opt/hosttune/venv/bin/hosttune
   root:
     description: Passed as C(--root).
     type: path
@@ -64,10 +64,19 @@ unsupported:
   returned: success
   type: list
   elements: dict
+unsupported_text:
+  description: The same, one line each (area name, reason).
+  returned: success
+  type: list
+  elements: str
 result:
   description: hosttune's whole JSON output.
   returned: success
   type: dict
+exit_code:
+  description: hosttune's exit code (0 done, 3 done and a reboot is required).
+  returned: success
+  type: int
 """
 
 import os
@@ -75,16 +84,19 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.hosttune_run import HosttuneRunError, policy_args, run_json
 
+GRUB_DROPIN = "/etc/default/grub.d/hosttune.cfg"
 AREAS = ["cpufreq", "turbo", "epp", "cstates", "sysctls", "thp", "irqs", "irqbalance", "kernel_args"]
 
 
-def _line(change, side):
-    where = change.get("path") or change.get("name") or ""
-    name = change.get("name") or ""
-    label = f"{change.get('area', '?')} {name}".strip()
+def _block(change, side):
+    """One change as text: a header naming it, then its value (a whole file for file changes)."""
+    where = change.get("path") or ""
     value = change.get(side)
-    value = "(absent)" if value is None else value
-    return f"{label} [{where}]: {value}" if where and where != name else f"{label}: {value}"
+    value = "(absent)" if value is None else str(value)
+    header = f"# {change.get('area', '?')} {change.get('name') or ''}".rstrip()
+    if where and where != change.get("name"):
+        header += f" ({where})"
+    return f"{header}\n{value.rstrip(chr(10))}\n"
 
 
 def diff_of(changes, title):
@@ -93,8 +105,8 @@ def diff_of(changes, title):
     return {
         "before_header": f"{title} (before)",
         "after_header": f"{title} (after)",
-        "before": "\n".join(_line(c, "before") for c in changes) + "\n",
-        "after": "\n".join(_line(c, "after") for c in changes) + "\n",
+        "before": "".join(_block(c, "before") for c in changes),
+        "after": "".join(_block(c, "after") for c in changes),
     }
 
 
@@ -103,7 +115,7 @@ def main():
         argument_spec={
             "command": {"type": "str", "default": "apply", "choices": ["apply", "restore"]},
             "areas": {"type": "list", "elements": "str", "default": [], "choices": AREAS},
-            "bin": {"type": "path", "default": "/opt/hosttune/bin/hosttune"},
+            "bin": {"type": "path", "default": "/opt/hosttune/venv/bin/hosttune"},
             "root": {"type": "path", "default": "/"},
             "config": {"type": "path", "default": "/etc/hosttune/hosttune.yaml"},
             "policy": {"type": "dict"},
@@ -115,7 +127,7 @@ def main():
     dry_run = module.check_mode
     argv = [p["bin"], p["command"], "--root", p["root"], "--json"]
     if p["command"] == "restore" and dry_run:
-        module.exit_json(changed=False, changes=[], reboot_required=False, unsupported=[], result={},
+        module.exit_json(changed=False, changes=[], reboot_required=False, unsupported=[], unsupported_text=[], result={},
                          msg="check mode: hosttune restore has no dry run, nothing was run")
     temp = None
     try:
@@ -128,6 +140,10 @@ def main():
                 argv.append("--dry-run")
         rc, data, _, stderr = run_json(module, argv, ok_rcs=(0, 3))
     except HosttuneRunError as exc:
+        data = exc.details.get("data")
+        failed = data.get("failed") if isinstance(data, dict) else None
+        if failed:  # restore reports what it could not put back in its JSON, not on stderr
+            exc.msg += "; " + "; ".join(f"{f.get('path')}: {f.get('error')}" for f in failed)
         module.fail_json(msg=exc.msg, **exc.details)
     finally:
         if temp:
@@ -135,16 +151,26 @@ def main():
                 os.unlink(temp)
             except OSError:
                 pass
-    changes = data.get("changes") or []
-    changed = bool(data.get("changed")) or (dry_run and bool(changes))
-    reboot_required = bool(data.get("reboot_required")) or rc == 3
+    if p["command"] == "restore":
+        # hosttune.restore/1: {restored: [paths], failed: [...], commands: [...]}
+        restored = data.get("restored") or []
+        changes = [{"area": "restore", "name": path, "path": path, "before": "(tuned)", "after": "(original)"}
+                   for path in restored]
+        changed = bool(restored)
+        reboot_required = GRUB_DROPIN in restored
+    else:
+        changes = data.get("changes") or []
+        changed = bool(data.get("changed")) or (dry_run and bool(changes))
+        reboot_required = bool(data.get("reboot_required")) or rc == 3
     result = {
         "changed": changed,
         "changes": changes,
         "reboot_required": reboot_required,
         "unsupported": data.get("unsupported") or [],
+        "unsupported_text": [" ".join(str(x) for x in (u.get("area"), u.get("name")) if x) + f": {u.get('reason')}"
+                             for u in data.get("unsupported") or []],
         "result": data,
-        "rc": rc,
+        "exit_code": rc,
         "stderr": stderr,
         "cmd": argv,
     }

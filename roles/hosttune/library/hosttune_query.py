@@ -20,7 +20,7 @@ options:
   bin:
     description: The hosttune executable on the host.
     type: path
-    default: /opt/hosttune/bin/hosttune
+    default: /opt/hosttune/venv/bin/hosttune
   root:
     description: Passed as C(--root).
     type: path
@@ -45,7 +45,7 @@ data:
   description: The command's JSON output (the plan, hosttune.verify/1, or the topology).
   returned: success
   type: dict
-rc:
+exit_code:
   description: hosttune's exit code.
   returned: always
   type: int
@@ -61,7 +61,7 @@ def main():
     module = AnsibleModule(
         argument_spec={
             "command": {"type": "str", "required": True, "choices": ["plan", "verify", "topology"]},
-            "bin": {"type": "path", "default": "/opt/hosttune/bin/hosttune"},
+            "bin": {"type": "path", "default": "/opt/hosttune/venv/bin/hosttune"},
             "root": {"type": "path", "default": "/"},
             "config": {"type": "path", "default": "/etc/hosttune/hosttune.yaml"},
             "policy": {"type": "dict"},
@@ -85,7 +85,7 @@ def main():
                 os.unlink(temp)
             except OSError:
                 pass
-    module.exit_json(changed=False, rc=rc, data=data, stderr=stderr, cmd=argv)
+    module.exit_json(changed=False, exit_code=rc, data=data, stderr=stderr, cmd=argv)
 
 
 if __name__ == "__main__":

@@ -41,12 +41,12 @@ def run_json(module, argv, ok_rcs=(0,)):
         except ValueError:
             data = None
     if rc not in ok_rcs:
-        message = stderr.strip() or stdout.strip() or "no output"
+        message = stderr.strip() or ("see its JSON output" if data is not None else stdout.strip()) or "no output"
         raise HosttuneRunError(f"{' '.join(argv[1:2])} failed (exit {rc}): {message}",
-                               rc=rc, stdout=stdout, stderr=stderr, cmd=argv, data=data)
+                               exit_code=rc, stdout=stdout, stderr=stderr, cmd=argv, data=data)
     if data is None:
         raise HosttuneRunError(f"{' '.join(argv[1:2])} printed no JSON (exit {rc}): {stderr.strip()}",
-                               rc=rc, stdout=stdout, stderr=stderr, cmd=argv)
+                               exit_code=rc, stdout=stdout, stderr=stderr, cmd=argv)
     return rc, data, stdout, stderr
 
 
