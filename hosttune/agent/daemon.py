@@ -55,6 +55,7 @@ BENCH_VALUES = {"stable": 1.0, "unstable": 0.0, "unsure": -1.0}
 HEAVY_MODULES = ("openvino", "numpy", "torch", "ansible", "ansible_runner", "fabric", "paramiko",
                  "prometheus_client", "ssl")
 LOCK_HELD = 4  # state.Lock's exit code when another run holds the lock
+REPLAN_AFTER = 300.0  # seconds: re-discover at least this often (see Agent._replan_due)
 HEALTH_PATH = "/v2/health/ready"
 HEALTH_TIMEOUT = 1.0
 STATUS_SCHEMA = "hosttune.agent-status/1"
@@ -150,6 +151,8 @@ class Agent:
         self.state = "starting"
         self.prev_ok: set[tuple[str, str]] = set()
         self.prev_drift: dict[str, list[str]] = {}
+        self.plan: dict[str, Any] | None = None
+        self.planned_at = 0.0
         self.seen_irqs: frozenset[str] | None = None
         self.seen_online: str | None = None
         self.drift_events: Counter[str] = Counter()
@@ -316,9 +319,15 @@ class Agent:
             self.log("skipped", level="warning", reason="lock held", detail=str(exc), next_in_s=self.config.agent.interval)
             return "locked"
         try:
-            plan = self._plan()
+            self.fs.forget()
+            if self._replan_due(reason):
+                self.plan = None  # a host that cannot be planned any more gets no stale plan applied
+                self.plan = plan_mod.make_plan(discovery.discover(self.fs), self.config.policy)
+                self.planned_at = time.time()
+                self._remember_topology(self.fs)  # from discovery's reads: no extra I/O
+            plan = self.plan
+            assert plan is not None
             report = engine.verify(plan, self.fs)
-            self._remember_topology(self.fs)  # from discovery's reads: no extra I/O
         finally:
             lock.__exit__(None, None, None)
 
@@ -350,9 +359,19 @@ class Agent:
             report = engine.verify(plan, self.fs)
 
         self._update(plan, report)
+        self.fs.forget()  # nothing read is kept between checks
         if report["counts"]["drift"]:
             return "drift"
         return "repaired" if applied else "ok"
+
+    def _replan_due(self, reason: str) -> bool:
+        """Discovery is most of a check's cost (every CPU's and IRQ's files), and the topology only
+        changes with IRQs or CPUs coming and going, which the fast check sees. So a check re-discovers
+        and re-plans at start, after a reload or a topology change, when the fast check is off, and
+        every REPLAN_AFTER seconds for what it cannot see (a driver or irqbalance installed);
+        otherwise it verifies the current plan."""
+        return (self.plan is None or reason != "interval" or not self.config.agent.fast_check_interval
+                or time.time() - self.planned_at >= REPLAN_AFTER)
 
     def _report_apply(self, result: dict[str, Any]) -> int:
         if result.get("recovered"):
@@ -432,7 +451,8 @@ class Agent:
             "drifted": [r for r in report["settings"] if r["status"] == "drift"][:50],
             "reboot_required": report["reboot_required"], "kernel_args": plan["kernel_args"],
             "instances": instances, "bench": bench,
-            "topology": {"irqs": len(self.seen_irqs or ()), "online": self.seen_online},
+            "topology": {"irqs": len(self.seen_irqs or ()), "online": self.seen_online,
+                         "planned_at": _iso(self.planned_at)},
         })
 
     def _bench(self) -> dict[str, Any] | None:
@@ -528,6 +548,7 @@ class Agent:
             host, port = self.server.address
             self.log("listening", address=host, port=port)
         self.config = new
+        self.plan = None
         self.metrics.reloads.inc(result="ok")
         self.log("reloaded", config=new.path or "defaults", profile=new.policy["profile"], **new.agent.to_dict())
         self.notifier.ready(self._status_line())

@@ -42,11 +42,12 @@ def main(argv: list[str]) -> int:
     cfg = json.loads(argv[0])
     cpus = cfg.get("cpus")
     if cpus:
-        usable = sorted(set(cpus) & os.sched_getaffinity(0))
-        if not usable:
-            _emit({"event": "error", "error": f"none of CPUs {cpus} is allowed to this process"})
+        # not limited to the inherited affinity: isolated CPUs are outside every default affinity
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError as exc:
+            _emit({"event": "error", "error": f"cannot run on CPUs {cpus}: {exc.strerror} (cgroup cpuset?)"})
             return 2
-        os.sched_setaffinity(0, usable)
     import openvino as ov
 
     from hosttune.model.precision import runtime_precision

@@ -38,21 +38,21 @@ def _json(out: Output) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _with_policy(s: Session, host: FleetHost, args: list[str]) -> str | None:
-    """Upload the host's inventory policy to a temp file and add --policy; returns the temp path.
-    Without hosttune_policy, the host's own default applies (its /etc/hosttune/hosttune.yaml)."""
+def _run_with_policy(s: Session, host: FleetHost, args: list[str]) -> Output:
+    """Run hosttune with `args` plus --policy: the host's inventory policy, uploaded to a temp file
+    (put), removed by the same remote command line. Without hosttune_policy, no --policy: the host's
+    own default applies (its /etc/hosttune/hosttune.yaml, else the embedded default)."""
     if host.policy_raw is None:
-        return None
+        return s.run(s.hosttune(args))
     import yaml
 
-    path = s.mktemp("hosttune-policy")
+    path = s.temp_path("hosttune-policy", ".yaml")
     try:
         s.put_text(yaml.safe_dump(plain(host.policy_raw), sort_keys=False), path)
+        return s.run(s.then_remove(s.hosttune(args + ["--policy", path]), path))
     except Exception:
-        s.remove(path)
+        s.remove(path)  # timed out or upload failed: best effort (skipped after Ctrl-C)
         raise
-    args += ["--policy", path]
-    return path
 
 
 # -- capture -------------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def capture(ctx: Context, out_dir: str) -> HostResult:
     h = ctx.host
     local = capture_file(out_dir, h.name)
     with ctx.session() as s:
-        remote = s.mktemp("hosttune-capture")
+        remote = s.temp_path("hosttune-capture", ".tar.gz")
         try:
             out = s.run(s.hosttune(["capture", "--root", h.root, "-o", remote]))
             if out.exit_code != 0:
@@ -119,13 +119,7 @@ def verify(ctx: Context) -> HostResult:
     """`hosttune verify --json --root R [--policy TMP]` on the host."""
     h = ctx.host
     with ctx.session() as s:
-        args = ["verify", "--json", "--root", h.root]
-        tmp = _with_policy(s, h, args)
-        try:
-            out = s.run(s.hosttune(args))
-        finally:
-            if tmp:
-                s.remove(tmp)
+        out = _run_with_policy(s, h, ["verify", "--json", "--root", h.root])
     return verify_result(h, out)
 
 
@@ -162,17 +156,10 @@ def bench(ctx: Context, extra_args: list[str], pass_policy: bool) -> HostResult:
     throughput/p99/verdict are pulled out by hosttune.fleet.bench.summarize."""
     h = ctx.host
     with ctx.session() as s:
-        args = ["bench", "--json"]
-        tmp = None
         if pass_policy:
-            args += ["--root", h.root]
-            tmp = _with_policy(s, h, args)
-        args += extra_args
-        try:
-            out = s.run(s.hosttune(args))
-        finally:
-            if tmp:
-                s.remove(tmp)
+            out = _run_with_policy(s, h, ["bench", "--json", "--root", h.root, *extra_args])
+        else:
+            out = s.run(s.hosttune(["bench", "--json", *extra_args]))
     doc = _json(out)
     if doc is None:
         raise _remote_failure("hosttune bench", h, out) if out.exit_code else \

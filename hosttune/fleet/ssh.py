@@ -15,6 +15,7 @@ import os
 import shlex
 import socket
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,13 +212,15 @@ class Session:
             self._check_cancel()
             raise Failed(f"cannot download {remote}: {_exc_text(exc)}") from None
 
-    def mktemp(self, prefix: str) -> str:
-        """A new empty file in the host's temp dir (mktemp honours $TMPDIR)."""
-        out = self.run(f"mktemp -t {shlex.quote(prefix + '.XXXXXXXX')}")
-        path = out.stdout.strip()
-        if out.exit_code != 0 or not path.startswith("/"):
-            raise Failed(f"cannot create a temp file on the host: {tail(out.stderr) or out.stdout.strip()}")
-        return path
+    @staticmethod
+    def temp_path(prefix: str, suffix: str = "") -> str:
+        """A fresh, unguessable path in the host's /tmp (chosen here: no round trip for mktemp)."""
+        return f"/tmp/{prefix}.{uuid.uuid4().hex}{suffix}"
+
+    @staticmethod
+    def then_remove(command: str, path: str) -> str:
+        """`command`, then remove `path` on the host, keeping the command's exit code."""
+        return f"{command}; rc=$?; rm -f {shlex.quote(path)}; exit $rc"
 
     def remove(self, path: str) -> None:
         """Best-effort cleanup of a temp file (never raises)."""

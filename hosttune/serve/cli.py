@@ -167,8 +167,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hosttune.serve import placement
 
     instance = None
+    multi_node = False
     if args.plan_instance:
-        instance = find_instance(read_plan(args), args.plan_instance)
+        plan = read_plan(args)
+        instance = find_instance(plan, args.plan_instance)
+        multi_node = len(plan.get("nodes") or []) > 1
     elif args.plan:
         raise HosttuneError("--plan needs --plan-instance NAME", where="--plan")
     repo = _repo(args)
@@ -189,8 +192,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if cpus and not args.no_pin:
             placement.pin_cpus(cpus, where="--cpus" if args.cpus else f"instance {instance['name']}")
-            if instance and instance.get("mems") and len(instance["mems"]) < len(os.sched_getaffinity(0)) + 1:
-                placement.bind_memory(instance["mems"])
+            if instance and instance.get("mems") and multi_node and not placement.bind_memory(instance["mems"]):
+                print(f"hosttune: warning: could not bind memory to node(s) {instance['mems_list']}; "
+                      f"use NUMAPolicy=bind/NUMAMask= in the unit or --cpuset-mems", file=sys.stderr)
         import openvino as ov
 
         from hosttune.serve.engine import ServedModel

@@ -2,7 +2,7 @@
 
 CPU sets come from the plan (or the command line), never computed here. Inside a systemd unit
 with AllowedCPUs= or a container cpuset, the CPUs allowed to the process may be fewer than the
-plan's: the process then runs on the intersection (with a warning), and fails when it is empty.
+plan's: the kernel then runs it on the intersection (we warn), and it fails when that is empty.
 """
 
 from __future__ import annotations
@@ -20,18 +20,22 @@ MPOL_BIND = 2
 
 
 def pin_cpus(cpus: list[int], where: str = "cpus") -> list[int]:
-    """sched_setaffinity to `cpus` ∩ the allowed CPUs; returns the CPUs now in use."""
-    allowed = os.sched_getaffinity(0)
-    usable = sorted(set(cpus) & allowed)
-    if not usable:
-        raise HosttuneError(f"none of CPUs {cpulist.format(cpus)} is allowed to this process "
-                            f"(allowed: {cpulist.format(allowed)}; check AllowedCPUs= / the container cpuset)",
-                            where=where)
-    if len(usable) < len(set(cpus)):
-        print(f"hosttune: warning: CPUs {cpulist.format(set(cpus) - allowed)} are not allowed to this "
-              f"process; running on {cpulist.format(usable)}", file=sys.stderr)
-    os.sched_setaffinity(0, usable)
-    return usable
+    """sched_setaffinity to `cpus`; returns the CPUs now in use.
+
+    The request is not limited to the current affinity: with isolcpus= the isolated CPUs are not in
+    any process's default affinity, and the instance must be placed on them explicitly. The kernel
+    limits the mask to the cgroup's cpuset (AllowedCPUs=, a container's --cpuset-cpus)."""
+    want = set(cpus)
+    try:
+        os.sched_setaffinity(0, want)
+    except OSError as exc:
+        raise HosttuneError(f"cannot run on CPUs {cpulist.format(want)}: {exc.strerror} (check AllowedCPUs= / "
+                            f"the container cpuset and that the CPUs are online)", where=where) from None
+    got = os.sched_getaffinity(0)
+    if got != want:
+        print(f"hosttune: warning: CPUs {cpulist.format(want - got)} are not allowed to this process "
+              f"(cgroup cpuset); running on {cpulist.format(got)}", file=sys.stderr)
+    return sorted(got)
 
 
 def bind_memory(nodes: list[int]) -> bool:

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Footprint of `hosttune agent`: resident memory and CPU time over a run.
+
+Runs the agent in --foreground on a writable copy of a host tree (a fresh capture of this
+machine by default, a given capture, or a synthetic big host) for --seconds (default 600),
+samples /proc/PID/stat (utime, stime, and children's) and /proc/PID/status (VmRSS, VmHWM), and
+prints the figures against the budget: RSS <= 25 MB and <= 0.1 % of one core averaged over the
+run at the default interval. A Prometheus scrape of /metrics every --scrape seconds is simulated
+(0: none); the scraper's own CPU is not counted, the agent's work to answer it is.
+
+    .venv/bin/python benchmarks/agent_footprint.py                 # 10 minutes, this host's capture
+    .venv/bin/python benchmarks/agent_footprint.py --seconds 120 --synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RSS_BUDGET_KB = 25 * 1024
+CPU_BUDGET_PCT = 0.1
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(own user+system seconds, children's user+system seconds)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    utime, stime, cutime, cstime = (int(f) for f in fields[11:15])
+    return (utime + stime) / TICK, (cutime + cstime) / TICK
+
+
+def proc_mem(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "Threads"):
+                out[key] = int(value.split()[0])
+    return out
+
+
+def make_root(args: argparse.Namespace, work: str) -> str:
+    root = os.path.join(work, "root")
+    os.makedirs(root)
+    if args.synthetic:
+        sys.path.insert(0, REPO)
+        from tests.treegen import Spec, write_tree
+
+        write_tree(root, Spec(sockets=2, cores_per_node=24, threads=2, irqs=args.synthetic_irqs, hostname="bench"))
+        source = f"synthetic: 2 sockets x 24 cores x 2 threads, {args.synthetic_irqs} IRQs"
+    else:
+        capture = args.capture
+        if capture is None:
+            capture = os.path.join(work, "capture.tar.gz")
+            subprocess.run([sys.executable, "-m", "hosttune", "capture", "-o", capture], cwd=REPO, check=True,
+                           capture_output=True)
+        with tarfile.open(capture) as archive:
+            archive.extractall(root, filter="data")
+        source = f"capture: {args.capture or 'this machine, captured now'}"
+    grub = os.path.join(root, "etc/default/grub")
+    if not os.path.exists(grub):
+        os.makedirs(os.path.dirname(grub), exist_ok=True)
+        with open(grub, "w") as handle:
+            handle.write('GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n')
+    agent = {"port": 0}
+    if args.interval is not None:
+        agent["interval"] = args.interval
+    os.makedirs(os.path.join(root, "etc/hosttune"), exist_ok=True)
+    with open(os.path.join(root, "etc/hosttune/hosttune.yaml"), "w") as handle:
+        json.dump({"policy": {}, "agent": agent}, handle)  # JSON is YAML
+    return root, source
+
+
+def wait_for_event(log_path: str, event: str, proc: subprocess.Popen, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"agent exited with {proc.returncode}:\n" + open(log_path).read())
+        with open(log_path) as handle:
+            for line in handle:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if rec.get("event") == event:
+                    return rec
+        time.sleep(0.1)
+    raise SystemExit(f"no {event} event in {timeout}s:\n" + open(log_path).read())
+
+
+def checks(port: int) -> dict[str, float]:
+    out = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("hosttune_checks_total{"):
+                label, value = line.split("} ")
+                out[label.split('"')[1]] = float(value)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=600, help="measured run length (default 600)")
+    parser.add_argument("--capture", help="capture tarball to copy (default: capture this machine now)")
+    parser.add_argument("--synthetic", action="store_true", help="a synthetic 96-CPU, 2-socket host instead")
+    parser.add_argument("--synthetic-irqs", type=int, default=512, help="IRQs of the synthetic host (default 512)")
+    parser.add_argument("--interval", type=float, help="agent.interval (default: the agent's default, 30 s)")
+    parser.add_argument("--scrape", type=float, default=15, help="scrape /metrics every N s (default 15; 0: never)")
+    parser.add_argument("--sample", type=float, default=5, help="sample RSS every N s (default 5)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="hosttune-agent-bench-") as work:
+        root, source = make_root(args, work)
+        log_path = os.path.join(work, "agent.log")
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "hosttune", "agent", "--foreground", "--root", root],
+                                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            port = wait_for_event(log_path, "listening", proc)["port"]
+            wait_for_event(log_path, "ready", proc)
+            startup_cpu, _ = proc_cpu(proc.pid)
+            t0 = time.monotonic()
+            cpu0, child0 = proc_cpu(proc.pid)
+            samples = []
+            next_sample = next_scrape = t0
+            while (now := time.monotonic()) < t0 + args.seconds:
+                if now >= next_sample:
+                    samples.append(proc_mem(proc.pid))
+                    next_sample += args.sample
+                if args.scrape and now >= next_scrape:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+                    next_scrape += args.scrape
+                time.sleep(max(0.0, min(next_sample, next_scrape if args.scrape else next_sample) - time.monotonic()))
+            wall = time.monotonic() - t0
+            cpu1, child1 = proc_cpu(proc.pid)
+            samples.append(proc_mem(proc.pid))
+            done = checks(port)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    rss = [s["VmRSS"] for s in samples]
+    steady_cpu = (cpu1 - cpu0) + (child1 - child0)
+    pct = 100 * steady_cpu / wall
+    figures = {
+        "source": source, "seconds": round(wall, 1), "interval": args.interval or 30.0, "scrape": args.scrape,
+        "rss_kb": {"min": min(rss), "mean": round(statistics.mean(rss)), "max": max(rss)},
+        "hwm_kb": samples[-1]["VmHWM"], "rss_anon_kb": samples[-1]["RssAnon"], "rss_file_kb": samples[-1]["RssFile"],
+        "threads": samples[-1]["Threads"],
+        "startup_cpu_s": round(startup_cpu, 3), "cpu_s": round(steady_cpu, 3), "children_cpu_s": round(child1 - child0, 3),
+        "cpu_pct_one_core": round(pct, 4),
+        "cpu_pct_incl_startup": round(100 * (steady_cpu + startup_cpu) / wall, 4),
+        "checks": done,
+        "within_budget": {"rss": samples[-1]["VmHWM"] <= RSS_BUDGET_KB, "cpu": pct <= CPU_BUDGET_PCT},
+    }
+    if args.json:
+        print(json.dumps(figures, indent=1))
+    else:
+        print(f"hosttune agent footprint: {figures['source']}")
+        print(f"  run: {wall:.0f} s at interval {figures['interval']:g} s, /metrics scraped every "
+              f"{args.scrape:g} s" if args.scrape else f"  run: {wall:.0f} s at interval {figures['interval']:g} s, no scrapes")
+        print(f"  full checks: {', '.join(f'{k} {v:g}' for k, v in done.items() if v) or 'none'}")
+        print(f"  RSS: min {min(rss) / 1024:.1f} MB, mean {statistics.mean(rss) / 1024:.1f} MB, max {max(rss) / 1024:.1f} MB, "
+              f"peak (VmHWM) {figures['hwm_kb'] / 1024:.1f} MB   budget 25 MB: "
+              f"{'ok' if figures['within_budget']['rss'] else 'OVER'}")
+        print(f"  CPU: {steady_cpu:.2f} s in {wall:.0f} s = {pct:.4f} % of one core "
+              f"(startup {startup_cpu:.2f} s more; {figures['cpu_pct_incl_startup']:.4f} % with it)   budget 0.1 %: "
+              f"{'ok' if figures['within_budget']['cpu'] else 'OVER'}")
+    return 0 if all(figures["within_budget"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
