@@ -53,7 +53,8 @@ def test_verify_statuses_unreachable_hung_and_bad_key(tmp_path, sshd_factory, ss
     })
     out = tmp_path / "report"
     started = time.monotonic()
-    proc = fleet("verify", "-i", inv, "--forks", "8", "--connect-timeout", "2", "--timeout", "4",
+    # timeouts generous enough for a loaded 2-CPU machine to log in to 6 sshd sessions at once
+    proc = fleet("verify", "-i", inv, "--forks", "8", "--connect-timeout", "5", "--timeout", "5",
                  "--json", "--report", str(out))
     wall = time.monotonic() - started
     assert proc.returncode == 1, proc.stderr
@@ -68,13 +69,13 @@ def test_verify_statuses_unreachable_hung_and_bad_key(tmp_path, sshd_factory, ss
     assert hosts["tarball"]["result"]["hostname"] == "delta"
     assert "drift:" in hosts["drift"]["reason"]
     assert "Connection refused" in hosts["closed"]["reason"]
-    assert "no SSH handshake" in hosts["silent"]["reason"] and "within 2s" in hosts["silent"]["reason"]
+    assert "no SSH handshake" in hosts["silent"]["reason"] and "within 5s" in hosts["silent"]["reason"]
     assert "authentication failed" in hosts["badkey"]["reason"] and "id_wrong" in hosts["badkey"]["reason"]
-    assert hosts["hung"]["reason"].startswith("timed out after 4s running: hosttune verify")
+    assert hosts["hung"]["reason"].startswith("timed out after 5s running: hosttune verify")
     # a hung host costs its own timeout, nothing more, and blocks nobody
-    assert hosts["silent"]["elapsed_s"] < 2 + 2.5 and hosts["hung"]["elapsed_s"] < 4 + 2 + 2.5
+    assert 5 <= hosts["silent"]["elapsed_s"] < 5 + 3 and 5 <= hosts["hung"]["elapsed_s"] < 5 + 5 + 3
     assert rep["elapsed_s"] < sum(h["elapsed_s"] for h in rep["hosts"])  # hosts overlapped
-    assert wall < 30
+    assert wall < 40
     assert rep["counts"] == {"ok": 1, "drift": 2, "pending-reboot": 1, "unreachable": 3, "failed": 1,
                              "invalid": 0, "cancelled": 0}
     assert json.loads((out / "report.json").read_text()) == rep
