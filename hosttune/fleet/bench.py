@@ -1,9 +1,12 @@
 """Pull the per-instance throughput, p99 latency and verdict out of `hosttune bench --json`.
 
-The bench JSON (schema `hosttune.bench/1`, docs/serve-and-bench.md) is owned by `hosttune bench`.
-This collector only needs, per instance, a name, a throughput, a p99 latency and a verdict, and
-looks for them under the key names below: adjust these tables if that schema changes; nothing
-else in fleet reads the bench document.
+The bench JSON (schema `hosttune.bench/1`, docs/serve-and-bench.md) is owned by `hosttune bench`:
+`instances[]` with `name`, `throughput` (mean of the runs, inferences/s), `p99_ms` (mean of the runs)
+and `verdict` (the stability verdict: stable | unsure | unstable), `aggregate` and an overall
+`verdict`. This collector looks for those under the key names below -- adjust these tables if that
+schema changes; nothing else in fleet reads the bench document. The verdict is about how repeatable
+the numbers are, not pass/fail: a host's bench status comes from the exit code of `hosttune bench`
+(1 with --fail-unstable and a verdict other than stable).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ P99_KEYS: tuple[Any, ...] = ("p99_ms", "latency_p99_ms", ("latency_ms", "p99"), 
                              ("latency", "p99"), ("percentiles_ms", "p99"), "p99")
 VERDICT_KEYS: tuple[Any, ...] = ("verdict", ("verdict", "status"), "status", "result")
 UNIT_KEYS: tuple[Any, ...] = ("throughput_unit", "unit", ("throughput", "unit"))
-PASSING = {"pass", "passed", "ok", "good", "success", None}
+AGGREGATE_THROUGHPUT_KEYS: tuple[Any, ...] = (("aggregate", "throughput", "mean"), ("aggregate", "throughput"))
+AGGREGATE_P99_KEYS: tuple[Any, ...] = (("aggregate", "p99_ms", "mean"), ("aggregate", "p99_ms"))
 
 
 def _get(doc: Any, keys: tuple[Any, ...]) -> Any:
@@ -67,19 +71,17 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
         })
     verdict = _get(doc, VERDICT_KEYS)
     return {"verdict": str(verdict) if verdict is not None else None,
-            "unit": _get(doc, UNIT_KEYS) or "inferences/s", "instances": instances}
+            "unit": _get(doc, UNIT_KEYS) or "inferences/s",
+            "throughput": _num(_get(doc, AGGREGATE_THROUGHPUT_KEYS)),
+            "p99_ms": _num(_get(doc, AGGREGATE_P99_KEYS)),
+            "instances": instances}
 
 
-def failing(summary: dict[str, Any]) -> str | None:
-    """A reason if the bench's own verdict (overall or an instance's) is not a pass."""
-    bad = [f"{i['name']} {i['verdict']}" for i in summary["instances"]
-           if i["verdict"] and i["verdict"].lower() not in PASSING]
-    overall = summary.get("verdict")
-    if overall and overall.lower() not in PASSING:
-        return f"verdict {summary['verdict']}" + (f" ({', '.join(bad)})" if bad else "")
-    if bad:
-        return "verdict " + ", ".join(bad)
-    return None
+def verdict_text(summary: dict[str, Any]) -> str:
+    """`verdict unstable (node0 unstable, node1 stable)`, for a reason."""
+    per = ", ".join(f"{i['name']} {i['verdict']}" for i in summary["instances"] if i["verdict"])
+    overall = summary.get("verdict") or "?"
+    return f"verdict {overall}" + (f" ({per})" if per else "")
 
 
 def describe(summary: dict[str, Any]) -> str:

@@ -191,26 +191,61 @@ def test_ctrl_c_reports_what_finished(tmp_path, sshd_factory, ssh_keys, host_roo
 
 
 def test_bench_collects_throughput_and_p99(tmp_path, sshd_factory, ssh_keys):
+    """The collector and the HTML report, with stand-in `hosttune bench` commands (fixed numbers)."""
     a = sshd_factory("a")
 
-    def fake_bench(name, tput, p99, verdict):
-        doc = {"schema": "hosttune.bench/1", "hostname": name, "verdict": verdict, "instances": [
-            {"name": "node0", "throughput": tput, "latency_ms": {"p99": p99}, "verdict": verdict},
-            {"name": "node1", "throughput": tput * 0.9, "latency_ms": {"p99": p99 * 1.2}, "verdict": verdict}]}
+    def fake_bench(name, tput, p99, verdict, code):
+        doc = {"schema": "hosttune.bench/1", "verdict": verdict, "instances": [
+            {"name": "node0", "throughput": tput, "p99_ms": p99, "verdict": verdict},
+            {"name": "node1", "throughput": tput * 0.9, "p99_ms": p99 * 1.2, "verdict": verdict}],
+            "aggregate": {"throughput": {"mean": tput * 1.9}, "p99_ms": {"mean": p99 * 1.1}}}
         args_log = tmp_path / f"{name}.args"
-        return script(tmp_path / f"bench-{name}", f"echo \"$@\" > {args_log}\ncat <<'EOF'\n{json.dumps(doc)}\nEOF\n")
+        return script(tmp_path / f"bench-{name}",
+                      f"echo \"$@\" > {args_log}\ncat <<'EOF'\n{json.dumps(doc)}\nEOF\nexit {code}\n")
 
     inv = write_inventory(tmp_path / "inv", {
-        "fast": ssh_vars(a, ssh_keys["good"], command=fake_bench("fast", 900.0, 3.5, "pass")),
-        "slow": ssh_vars(a, ssh_keys["good"], command=fake_bench("slow", 450.0, 9.0, "fail")),
+        "fast": ssh_vars(a, ssh_keys["good"], command=fake_bench("fast", 900.0, 3.5, "stable", 0)),
+        "slow": ssh_vars(a, ssh_keys["good"], command=fake_bench("slow", 450.0, 9.0, "unstable", 1)),
     })
     out = tmp_path / "report"
-    proc = fleet("bench", "-i", inv, "--no-policy", "--report", str(out), "-q", "--", "--duration", "5")
-    assert proc.returncode == 1, proc.stderr  # one host's verdict is fail
-    assert (tmp_path / "fast.args").read_text().split() == ["bench", "--json", "--duration", "5"]
-    assert "node0 900.0/s p99 3.50ms pass" in proc.stdout and "verdict fail" in proc.stdout
+    proc = fleet("bench", "-i", inv, "--no-policy", "--report", str(out), "-q", "--", "--fail-unstable")
+    assert proc.returncode == 1, proc.stderr  # `hosttune bench --fail-unstable` failed on one host
+    assert (tmp_path / "fast.args").read_text().split() == ["bench", "--json", "--fail-unstable"]
+    assert "node0 900.0/s p99 3.50ms stable" in proc.stdout
+    assert "hosttune bench exited 1: verdict unstable (node0 unstable, node1 unstable)" in proc.stdout
     rep = json.loads((out / "report.json").read_text())
     fast = next(h for h in rep["hosts"] if h["host"] == "fast")
-    assert fast["bench"]["instances"][1] == {"name": "node1", "throughput": 810.0, "p99_ms": 4.2, "verdict": "pass"}
+    assert fast["status"] == "ok" and fast["bench"]["throughput"] == 1710.0
+    assert fast["bench"]["instances"][1] == {"name": "node1", "throughput": 810.0, "p99_ms": 4.2, "verdict": "stable"}
     page = (out / "report.html").read_text()
     assert page.count("<svg") == 2 and "fast node0" in page and "slow node1" in page and "900.00" in page
+
+
+def test_bench_real_hosttune_bench(tmp_path, sshd_factory, ssh_keys, host_roots):
+    """`hosttune bench` itself on two hosts (OpenVINO, a trivial model, one short run each)."""
+    pytest.importorskip("openvino")
+    from hosttune.model import repo as model_repo
+
+    models = tmp_path / "models"
+    model_repo.sample(str(models), variant="trivial", int8=False)
+    live = tmp_path / "live.tar.gz"  # this machine: the plan's instance CPUs must exist here
+    subprocess.run([sys.executable, "-m", "hosttune", "capture", "-o", str(live)], check=True, cwd=REPO,
+                   capture_output=True)
+    a, b = sshd_factory("a"), sshd_factory("b")
+    inv = write_inventory(tmp_path / "inv", {
+        "one": ssh_vars(a, ssh_keys["good"], str(live)),
+        "two": ssh_vars(b, ssh_keys["good"], str(live)),
+    }, group_vars={"fleet": {"hosttune_policy": {"instances": {"model": "trivial"}}}})
+    out = tmp_path / "report"
+    proc = fleet("bench", "-i", inv, "--forks", "1", "--json", "--report", str(out), "--",
+                 "--repo", str(models), "--runs", "1", "--duration", "0.3", "--warmup", "0.1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = json.loads(proc.stdout)
+    for host in rep["hosts"]:
+        assert host["status"] == "ok", host["reason"]
+        assert host["result"]["schema"] == "hosttune.bench/1"
+        inst = host["bench"]["instances"][0]
+        assert inst["name"] == "node0" and inst["throughput"] > 0 and inst["p99_ms"] > 0
+        assert inst["verdict"] in ("stable", "unsure", "unstable")
+        assert host["result"]["instances"][0]["model"] == "trivial"  # the inventory policy reached bench
+    assert (out / "report.html").read_text().count("<svg") == 2
