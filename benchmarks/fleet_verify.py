@@ -37,10 +37,28 @@ from tests.fleet.conftest import ssh_vars, write_inventory  # noqa: E402
 from tests.treegen import Spec, write_tree  # noqa: E402
 
 
-def timed(hosts, forks: int, options: Options) -> tuple[float, list[str]]:
-    t0 = time.perf_counter()
+SERVERS: list = []
+
+
+def cpu_seconds() -> float:
+    """CPU used so far by this process (the controller) and the sshd endpoints, including their reaped
+    children (login sessions, the remote hosttune processes)."""
+    import psutil
+
+    total = time.process_time()
+    for server in SERVERS:
+        t = psutil.Process(server.proc.pid).cpu_times()
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+def timed(hosts, forks: int, options: Options) -> tuple[float, list[str], float]:
+    """(wall seconds, statuses, CPU seconds used by controller + hosts)."""
+    c0, t0 = cpu_seconds(), time.perf_counter()
     results, _ = runner.run(hosts, ops.verify, forks=forks, options=options, label="verify", progress=None)
-    return time.perf_counter() - t0, [r.status for r in results]
+    wall = time.perf_counter() - t0
+    time.sleep(0.2)  # let the sshd sessions be reaped, so their CPU is counted
+    return wall, [r.status for r in results], cpu_seconds() - c0
 
 
 def main() -> int:
@@ -62,7 +80,7 @@ def main() -> int:
     command = sshd_mod.hosttune_command()
     if args.remote_delay:
         command = f"sleep {args.remote_delay:g}; {command}"
-    servers = []
+    servers = SERVERS
     try:
         hosts_vars = {}
         for i in range(args.hosts):
@@ -75,22 +93,29 @@ def main() -> int:
         options = Options(connect_timeout=10, timeout=120)
         timed(hosts[:1], 1, options)  # warm-up: page cache, host keys
 
-        single = statistics.median(timed(hosts[:1], 1, options)[0] for _ in range(args.repeat))
+        single_runs = [timed(hosts[:1], 1, options) for _ in range(args.repeat)]
+        single = statistics.median(t for t, _, _ in single_runs)
+        single_cpu = statistics.median(c for _, _, c in single_runs)
         fleet_runs = [timed(hosts, args.forks, options) for _ in range(args.repeat)]
-        fleet = statistics.median(t for t, _ in fleet_runs)
+        fleet = statistics.median(t for t, _, _ in fleet_runs)
+        fleet_cpu = statistics.median(c for _, _, c in fleet_runs)
         statuses = fleet_runs[-1][1]
         serial = None if args.no_serial else timed(hosts, 1, options)[0]
+        load = os.getloadavg()[0]
     finally:
         for s in servers:
             s.stop()
 
     waves = math.ceil(args.hosts / args.forks)
+    cpus = len(os.sched_getaffinity(0))
     print(f"fleet verify: {args.hosts} sshd endpoints on 127.0.0.1, forks {args.forks}, "
-          f"remote delay {args.remote_delay:g}s, {os.cpu_count()} CPUs, median of {args.repeat}")
+          f"remote delay {args.remote_delay:g}s, {cpus} CPUs (load average {load:.1f}), median of {args.repeat}")
     print(f"  statuses:             {', '.join(f'{statuses.count(s)} {s}' for s in sorted(set(statuses)))}")
-    print(f"  single host:          {single:.2f} s")
+    print(f"  single host:          {single:.2f} s  ({single_cpu:.2f} CPU-s, controller + host)")
     print(f"  {args.hosts} hosts, forks {args.forks}:  {fleet:.2f} s = {fleet / single:.1f} host-times "
           f"(ideal {waves}, serial {args.hosts})")
+    print(f"                        {fleet_cpu:.2f} CPU-s for all hosts: on {cpus} shared CPUs no fan-out can "
+          f"take less than {fleet_cpu / cpus:.2f} s")
     if serial is not None:
         print(f"  {args.hosts} hosts, forks 1:   {serial:.2f} s = {serial / single:.1f} host-times")
     return 0
