@@ -22,6 +22,9 @@ from typing import Any
 from hosttune.fleet.inventory import SSH_CONNECTIONS, FleetHost
 
 
+KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "~/.ssh/known_hosts")
+
+
 class HostFailure(Exception):
     """The host's work stopped: `status` is unreachable, failed or cancelled."""
 
@@ -98,6 +101,14 @@ class Session:
             connect_kwargs["password"] = h.password
         conn = Connection(h.address, user=h.user, port=h.port, config=Config(),
                           connect_timeout=max(1, int(o.connect_timeout)), connect_kwargs=connect_kwargs)
+        # Fabric loads no known_hosts at all (any key would be accepted): load them like ssh does,
+        # so a changed host key is refused (BadHostKeyException); unknown hosts are accepted
+        # in memory only, unless --strict-host-keys
+        for path in KNOWN_HOSTS:
+            try:
+                conn.client.load_system_host_keys(os.path.expanduser(path))
+            except (OSError, ValueError):
+                pass  # absent or unreadable: nothing known from it
         if o.strict_host_keys:
             conn.client.set_missing_host_key_policy(RejectPolicy())
         self._conn = conn

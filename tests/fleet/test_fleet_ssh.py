@@ -249,3 +249,34 @@ def test_bench_real_hosttune_bench(tmp_path, sshd_factory, ssh_keys, host_roots)
         assert inst["verdict"] in ("stable", "unsure", "unstable")
         assert host["result"]["instances"][0]["model"] == "trivial"  # the inventory policy reached bench
     assert (out / "report.html").read_text().count("<svg") == 2
+
+
+def test_host_keys(tmp_path, sshd_factory, ssh_keys, host_roots):
+    """A changed host key is refused; --strict-host-keys also refuses unknown hosts (HOME's known_hosts)."""
+    a, b = sshd_factory("a"), sshd_factory("b")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    key_a = open(a.host_key + ".pub").read().split()[:2]
+    key_b = open(b.host_key + ".pub").read().split()[:2]
+    (home / ".ssh" / "known_hosts").write_text(
+        f"[127.0.0.1]:{a.port} {' '.join(key_a)}\n"
+        f"[127.0.0.1]:{b.port} {' '.join(key_a)}\n")  # b is recorded with a's key: a mismatch
+    c = sshd_factory("c")  # not in known_hosts
+    inv = write_inventory(tmp_path / "inv", {
+        "known": ssh_vars(a, ssh_keys["good"], host_roots["ok"]),
+        "changed": ssh_vars(b, ssh_keys["good"], host_roots["ok"]),
+        "new": ssh_vars(c, ssh_keys["good"], host_roots["ok"]),
+    })
+    env = dict(os.environ, HOME=str(home))
+    for strict, new_status in ((False, "ok"), (True, "unreachable")):
+        args = [sys.executable, "-m", "hosttune", "fleet", "verify", "-i", inv, "--json", "-q",
+                "--connect-timeout", "5"] + (["--strict-host-keys"] if strict else [])
+        proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+        hosts = {h["host"]: h for h in json.loads(proc.stdout)["hosts"]}
+        assert hosts["known"]["status"] == "ok"
+        assert hosts["changed"]["status"] == "unreachable" and "host key mismatch" in hosts["changed"]["reason"]
+        assert hosts["new"]["status"] == new_status
+        if strict:
+            assert "not in known_hosts" in hosts["new"]["reason"]
+    assert key_b != key_a
+    assert (home / ".ssh" / "known_hosts").read_text().count("\n") == 2  # nothing was added
