@@ -162,10 +162,13 @@ class Session:
         self._closed.set()
         conn = self._conn
         if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - closing a half-open connection may raise; it is closed
-                pass
+            # Fabric's close() does nothing until the handshake has finished; closing paramiko's
+            # client too ends a handshake in progress (a host that accepted TCP and went quiet)
+            for close in (conn.close, conn.client.close):
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - closing a half-open connection may raise; it is closed
+                    pass
 
     # -- commands and transfers ----------------------------------------------------------------
     def run(self, command: str, timeout: float | None = None) -> Output:

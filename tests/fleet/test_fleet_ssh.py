@@ -157,15 +157,16 @@ exec {sshd_mod.hosttune_command()} "$@"
     assert len(events) == 10 and peak == 2
 
 
-def test_ctrl_c_reports_what_finished(tmp_path, sshd_factory, ssh_keys, host_roots):
+def test_ctrl_c_reports_what_finished(tmp_path, sshd_factory, ssh_keys, host_roots, silent_listener):
     a = sshd_factory("a")
     sleepy = sshd_factory("sleepy", force_command="sleep 60")
     inv = write_inventory(tmp_path / "inv", {
         "fast": ssh_vars(a, ssh_keys["good"], host_roots["ok"]),
+        "quiet": ssh_vars(silent_listener.port, ssh_keys["good"], host_roots["ok"]),  # stuck in the handshake
         **{f"slow{i}": ssh_vars(sleepy, ssh_keys["good"], host_roots["ok"]) for i in range(4)},
     })
-    proc = subprocess.Popen([sys.executable, "-m", "hosttune", "fleet", "verify", "-i", inv, "--forks", "2",
-                             "--timeout", "60", "--json"], cwd=REPO, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "hosttune", "fleet", "verify", "-i", inv, "--forks", "3",
+                             "--timeout", "60", "--connect-timeout", "60", "--json"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     seen = []
     deadline = time.monotonic() + 60
@@ -179,15 +180,16 @@ def test_ctrl_c_reports_what_finished(tmp_path, sshd_factory, ssh_keys, host_roo
     out, err = proc.communicate(timeout=30)
     stopped_in = time.monotonic() - interrupted_at
     assert proc.returncode == 130, "".join(seen) + err
-    assert stopped_in < 8  # not the 60 s command timeout
+    assert stopped_in < 8  # not the 60 s command or connect timeouts
     rep = json.loads(out)
     status = {h["host"]: h["status"] for h in rep["hosts"]}
     assert status["fast"] == "ok"
+    assert status["quiet"] == "cancelled"
     assert all(status[f"slow{i}"] == "cancelled" for i in range(4))
     assert rep["interrupted"] is True and rep["exit_code"] == 130
     reasons = {h["host"]: h["reason"] for h in rep["hosts"]}
     assert sum("before it started" in reasons[f"slow{i}"] for i in range(4)) >= 2
-    assert "interrupted: 1/5 host(s) finished" in err and "Traceback" not in err
+    assert "interrupted: 1/6 host(s) finished" in err and "Traceback" not in err
 
 
 def test_bench_collects_throughput_and_p99(tmp_path, sshd_factory, ssh_keys):
