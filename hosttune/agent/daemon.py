@@ -34,31 +34,34 @@ import traceback
 from collections import Counter
 from typing import Any
 
-from hosttune import __version__, discovery, engine, state
-from hosttune import plan as plan_mod
+from hosttune import __version__, engine
 from hosttune.agent import cli as agent_cli
 from hosttune.agent import config as config_mod
+from hosttune.agent import worker
 from hosttune.agent.log import JsonLog
 from hosttune.agent.metrics import Registry
 from hosttune.agent.notify import Notifier
 from hosttune.agent.server import StatusServer
 from hosttune.errors import HosttuneError, PolicyError
 from hosttune.policy import AREAS
-from hosttune.settings import CPU
 from hosttune.sysfs import HostFS, TarHostFS
 
-RUNTIME_AREAS = tuple(a for a in AREAS if a != "kernel_args")
+RUNTIME_AREAS = worker.RUNTIME_AREAS
 STATUSES = ("ok", "drift", "unsupported", "pending-reboot")
 RESULTS = ("ok", "repaired", "drift", "locked", "apply_failed", "error")
-BENCH_FILE = f"{state.STATE_DIR}/bench/last.json"
+BENCH_FILE = "/var/lib/hosttune/bench/last.json"
 BENCH_VALUES = {"stable": 1.0, "unstable": 0.0, "unsure": -1.0}
 HEAVY_MODULES = ("openvino", "numpy", "torch", "ansible", "ansible_runner", "fabric", "paramiko",
                  "prometheus_client", "ssl")
-LOCK_HELD = 4  # state.Lock's exit code when another run holds the lock
+CHECK_TIMEOUT = 900.0  # seconds; engine commands (systemctl, update-grub) time out after 300 s each
 REPLAN_AFTER = 300.0  # seconds: re-discover at least this often (see Agent._replan_due)
 HEALTH_PATH = "/v2/health/ready"
 HEALTH_TIMEOUT = 1.0
 STATUS_SCHEMA = "hosttune.agent-status/1"
+
+
+def _level(name: str) -> str:
+    return name if name in ("debug", "info", "warning", "error") else "error" if name == "critical" else "info"
 
 
 def _iso(ts: float | None) -> str | None:
@@ -97,7 +100,8 @@ class Metrics:
         self.reloads = r.counter("hosttune_config_reloads_total", "SIGHUP reloads by result (ok, failed)", ["result"])
         self.info = r.gauge("hosttune_agent_info", "Constant 1; the agent's version and policy profile",
                             ["version", "profile"])
-        self.cpu = r.gauge("hosttune_agent_cpu_seconds", "CPU time (user+system) the agent process has used")
+        self.cpu = r.gauge("hosttune_agent_cpu_seconds", "CPU time (user+system) used by the agent and its "
+                           "finished check processes")
         self.max_rss = r.gauge("hosttune_agent_max_rss_bytes", "Peak resident memory of the agent process")
         for area in AREAS:
             self.drift.inc(0, area=area)
@@ -111,7 +115,7 @@ class Metrics:
 
     def render(self) -> str:
         times = os.times()
-        self.cpu.set(times.user + times.system)
+        self.cpu.set(times.user + times.system + times.children_user + times.children_system)
         self.max_rss.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         return self.registry.render()
 
@@ -144,15 +148,18 @@ class Agent:
         self.fast_fs = HostFS(root=self.fs.root)  # its own cache, dropped on every fast check
         self.config_arg = args.config
         self.config = config_mod.load(self.fs, args.config)
-        self._check_plan(self.config)
         self.metrics = Metrics()
+        self.notify_every = notifier.watchdog_period
+        self.child_max_rss_kb = 0
+        self._check_plan(self.config)  # a policy that cannot be planned on this host is a config error (2)
         self.server = self._bind(self.config)
         self.started = time.time()
         self.state = "starting"
-        self.prev_ok: set[tuple[str, str]] = set()
-        self.prev_drift: dict[str, list[str]] = {}
-        self.plan: dict[str, Any] | None = None
+        self.plan_json: str | None = None  # the current plan, as the check children get it
         self.planned_at = 0.0
+        self.prev_ok: frozenset[int] = frozenset()  # settings ok at the last check (worker._key)
+        self.prev_drift: dict[str, list[str]] = {}
+        self.instances: list[dict[str, Any]] = []
         self.seen_irqs: frozenset[str] | None = None
         self.seen_online: str | None = None
         self.drift_events: Counter[str] = Counter()
@@ -166,9 +173,19 @@ class Agent:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- set-up ----------------------------------------------------------------------------------
-    def _plan(self, policy: dict[str, Any] | None = None) -> dict[str, Any]:
-        self.fs.forget()
-        return plan_mod.make_plan(discovery.discover(self.fs), policy or self.config.policy)
+    def _work(self, fn: Any, *args: Any) -> Any:
+        """fn(*args) in a forked child (hosttune.agent.worker); its log records are logged here."""
+        try:
+            result, logs, rss = worker.run(fn, *args, timeout=CHECK_TIMEOUT, tick=self.notifier.watchdog,
+                                           tick_every=self.notify_every)
+        except HosttuneError as exc:
+            for rec in getattr(exc, "logs", []):
+                self.log("log", level=_level(rec["level"]), logger=rec["logger"], msg=rec["msg"])
+            raise
+        for rec in logs:
+            self.log("log", level=_level(rec["level"]), logger=rec["logger"], msg=rec["msg"])
+        self.child_max_rss_kb = max(self.child_max_rss_kb, rss)
+        return result
 
     def _bind(self, cfg: config_mod.Config) -> StatusServer:
         try:
@@ -266,18 +283,13 @@ class Agent:
     # -- recovery, checks --------------------------------------------------------------------------
     def _recover(self) -> None:
         """Roll back an apply that was killed midway (its journal is in the state file)."""
-        try:
-            with state.Lock(self.fs, wait=0):
-                st = state.load(self.fs)
-                if st.run:
-                    run = st.run
-                    paths = engine.recover(self.fs, st)
-                    self.log("recovered", level="warning", interrupted_pid=run.get("pid"),
-                             interrupted_at=_iso(run.get("started")), restored=len(paths), paths=paths[:50])
-        except HosttuneError as exc:
-            if exc.exit_code != LOCK_HELD:
-                raise
-            self.log("skipped", level="warning", phase="recover", reason="lock held", detail=str(exc))
+        result = self._work(worker.recover, self.fs.root)
+        if result.get("locked"):
+            self.log("skipped", level="warning", phase="recover", reason="lock held", detail=result["detail"])
+        elif result["restored"]:
+            self.log("recovered", level="warning", interrupted_pid=result.get("pid"),
+                     interrupted_at=_iso(result.get("started")), restored=len(result["restored"]),
+                     paths=result["restored"][:50])
 
     def check(self, reason: str) -> str:
         started, t0 = time.time(), time.monotonic()
@@ -287,7 +299,8 @@ class Agent:
         except HosttuneError as exc:
             result = "apply_failed" if isinstance(exc, engine.ApplyFailed) else "error"
             error = str(exc)
-            self.log("check_failed", level="error", reason=reason, result=result, error=error)
+            self.log("check_failed", level="error", reason=reason, result=result, error=error,
+                     traceback=getattr(exc, "traceback", None))
         except Exception as exc:  # noqa: BLE001 - a bug in one check must not stop the agent
             result, error = "error", f"{type(exc).__name__}: {exc}"
             self.log("check_failed", level="error", reason=reason, result=result, error=error,
@@ -311,56 +324,35 @@ class Agent:
         return result
 
     def _check(self, reason: str) -> str:
-        try:
-            lock = state.Lock(self.fs, wait=0).__enter__()
-        except HosttuneError as exc:
-            if exc.exit_code != LOCK_HELD:
-                raise
-            self.log("skipped", level="warning", reason="lock held", detail=str(exc), next_in_s=self.config.agent.interval)
+        replan = self._replan_due(reason)
+        if replan:
+            self.plan_json = None  # a host that cannot be planned any more gets no stale plan applied
+        out = self._work(worker.check, self.fs.root, self.config.policy, self.plan_json, self.prev_ok,
+                         self.config.agent.reapply)
+        if out.get("plan_json"):
+            self.plan_json = out["plan_json"]
+            self.planned_at = time.time()
+            self.seen_irqs = frozenset(out["topology"]["irqs"])
+            self.seen_online = out["topology"]["online"]
+        for area, d in out.get("drift", {}).items():
+            if d["events"]:
+                self.metrics.drift.inc(d["events"], area=area)
+                self.drift_events[area] += d["events"]
+            if d["events"] or d["names"] != self.prev_drift.get(area):  # not the same drift every interval
+                self.log("drift", level="warning" if d["events"] else "info", area=area, count=d["count"],
+                         events=d["events"], settings=d["names"],
+                         fix=self.config.agent.reapply and area in RUNTIME_AREAS)
+        if "drift" in out:
+            self.prev_drift = {area: d["names"] for area, d in out["drift"].items()}
+        if "ok" in out:
+            self.prev_ok = frozenset(out["ok"])
+        applied = self._report_apply(out["applied"]) if "applied" in out else 0
+        if out["locked"]:
+            self.log("skipped", level="warning", reason="lock held", phase=out["phase"], detail=out["detail"],
+                     next_in_s=self.config.agent.interval)
             return "locked"
-        try:
-            self.fs.forget()
-            if self._replan_due(reason):
-                self.plan = None  # a host that cannot be planned any more gets no stale plan applied
-                self.plan = plan_mod.make_plan(discovery.discover(self.fs), self.config.policy)
-                self.planned_at = time.time()
-                self._remember_topology(self.fs)  # from discovery's reads: no extra I/O
-            plan = self.plan
-            assert plan is not None
-            report = engine.verify(plan, self.fs)
-        finally:
-            lock.__exit__(None, None, None)
-
-        drifted = [r for r in report["settings"] if r["status"] == "drift"]
-        by_area: dict[str, list[str]] = {}
-        for row in drifted:
-            by_area.setdefault(row["area"], []).append(row["name"])
-            if (row["area"], row["name"]) in self.prev_ok:
-                self.metrics.drift.inc(area=row["area"])
-                self.drift_events[row["area"]] += 1
-        for area, names in by_area.items():
-            events = sum(1 for n in names if (area, n) in self.prev_ok)
-            if events or names != self.prev_drift.get(area):  # not the same drift again, every interval
-                self.log("drift", level="warning" if events else "info", area=area, count=len(names), events=events,
-                         settings=names[:20], fix=self.config.agent.reapply and area in RUNTIME_AREAS)
-        self.prev_drift = by_area
-
-        applied = 0
-        fix = sorted(set(by_area) & set(RUNTIME_AREAS))
-        if fix and self.config.agent.reapply:
-            try:
-                result = engine.apply(plan, self.fs, only=fix, lock_wait=0)
-            except HosttuneError as exc:
-                if exc.exit_code != LOCK_HELD:
-                    raise
-                self.log("skipped", level="warning", reason="lock held", phase="apply", detail=str(exc))
-                return "locked"
-            applied = self._report_apply(result)
-            report = engine.verify(plan, self.fs)
-
-        self._update(plan, report)
-        self.fs.forget()  # nothing read is kept between checks
-        if report["counts"]["drift"]:
+        self._update(out)
+        if out["counts"]["drift"]:
             return "drift"
         return "repaired" if applied else "ok"
 
@@ -370,37 +362,31 @@ class Agent:
         and re-plans at start, after a reload or a topology change, when the fast check is off, and
         every REPLAN_AFTER seconds for what it cannot see (a driver or irqbalance installed);
         otherwise it verifies the current plan."""
-        return (self.plan is None or reason != "interval" or not self.config.agent.fast_check_interval
+        return (self.plan_json is None or reason != "interval" or not self.config.agent.fast_check_interval
                 or time.time() - self.planned_at >= REPLAN_AFTER)
 
-    def _report_apply(self, result: dict[str, Any]) -> int:
-        if result.get("recovered"):
-            self.log("recovered", level="warning", restored=len(result["recovered"]), paths=result["recovered"][:50])
-        per_area: dict[str, list[str]] = {}
-        for change in result["changes"]:
-            per_area.setdefault(change["area"], []).append(change["name"])
-        for area, names in per_area.items():
-            self.metrics.reapplied.inc(len(names), area=area)
-            self.reapplied[area] += len(names)
-            self.log("reapplied", area=area, count=len(names), settings=names[:20])
-        for item in result["unsupported"]:
-            if item.get("name"):  # a write the host refused (e.g. a kernel-managed IRQ)
-                self.log("unsupported", level="warning", area=item["area"], setting=item["name"], reason=item["reason"])
-        for cmd in result.get("commands", []):
+    def _report_apply(self, applied: dict[str, Any]) -> int:
+        if applied["recovered"]:
+            self.log("recovered", level="warning", restored=len(applied["recovered"]), paths=applied["recovered"][:50])
+        total = 0
+        for area, change in applied["changes"].items():
+            self.metrics.reapplied.inc(change["count"], area=area)
+            self.reapplied[area] += change["count"]
+            total += change["count"]
+            self.log("reapplied", area=area, count=change["count"], settings=change["names"])
+        for item in applied["refused"]:  # a write the host refused (e.g. a kernel-managed IRQ)
+            self.log("unsupported", level="warning", area=item["area"], setting=item["name"], reason=item["reason"])
+        for cmd in applied["commands"]:
             self.log("command", argv=cmd["argv"], result=cmd.get("result"), why=cmd.get("why"))
-        return len(result["changes"])
-
-    def _remember_topology(self, fs: HostFS) -> tuple[frozenset[str], str | None]:
-        irqs = frozenset(e for e in fs.listdir("/proc/irq") or () if e.isdigit())
-        online = fs.read(f"{CPU}/online")
-        self.seen_irqs, self.seen_online = irqs, online
-        return irqs, online
+        return total
 
     def fast_check(self) -> list[str]:
         """Cheap: one directory listing and one small read. Returns what changed since last seen."""
-        before_irqs, before_online = self.seen_irqs, self.seen_online
         self.fast_fs.forget()
-        irqs, online = self._remember_topology(self.fast_fs)
+        irq_list, online = worker.topology_seen(self.fast_fs)
+        irqs = frozenset(irq_list)
+        before_irqs, before_online = self.seen_irqs, self.seen_online
+        self.seen_irqs, self.seen_online = irqs, online
         changed = []
         if before_irqs is not None and irqs != before_irqs:
             changed.append("irqs")
@@ -414,30 +400,27 @@ class Agent:
         return changed
 
     # -- metrics and status ----------------------------------------------------------------------
-    def _update(self, plan: dict[str, Any], report: dict[str, Any]) -> None:
+    def _update(self, out: dict[str, Any]) -> None:
         m = self.metrics
-        per_area: dict[str, Counter[str]] = {}
-        for row in report["settings"]:
-            per_area.setdefault(row["area"], Counter())[row["status"]] += 1
+        per_area = out["areas"]
         for area in AREAS:
             counts = per_area.get(area)
             for status in STATUSES:
                 if counts is None:
                     m.settings.remove(area=area, status=status)
                 else:
-                    m.settings.set(counts[status], area=area, status=status)
-            if counts is None or sum(counts.values()) == counts["unsupported"]:
+                    m.settings.set(counts.get(status, 0), area=area, status=status)
+            if counts is None or sum(counts.values()) == counts.get("unsupported", 0):
                 m.setting_ok.remove(area=area)
             else:
-                m.setting_ok.set(0 if counts["drift"] else 1, area=area)
-        m.reboot.set(1 if report["reboot_required"] else 0)
+                m.setting_ok.set(0 if counts.get("drift") else 1, area=area)
+        m.reboot.set(1 if out["reboot_required"] else 0)
         m.info.clear()
-        m.info.set(1, version=__version__, profile=plan["profile"])
-        self.prev_ok = {(r["area"], r["name"]) for r in report["settings"] if r["status"] == "ok"}
+        m.info.set(1, version=__version__, profile=out["profile"])
 
         instances = []
         m.instance_ready.clear()
-        for inst in plan["instances"]:
+        for inst in out["instances"]:
             host = _probe_host(inst["bind"])
             ready, detail = probe(host, inst["port"])
             m.instance_ready.set(1 if ready else 0, instance=inst["name"])
@@ -446,16 +429,15 @@ class Agent:
         bench = self._bench()
 
         self._status.update({
-            "hostname": plan["hostname"], "status": report["status"], "counts": report["counts"],
-            "areas": {a: dict(c) for a, c in per_area.items()},
-            "drifted": [r for r in report["settings"] if r["status"] == "drift"][:50],
-            "reboot_required": report["reboot_required"], "kernel_args": plan["kernel_args"],
+            "hostname": out["hostname"], "status": out["status"], "counts": out["counts"], "areas": per_area,
+            "drifted": out["drifted"], "reboot_required": out["reboot_required"], "kernel_args": out["kernel_args"],
             "instances": instances, "bench": bench,
             "topology": {"irqs": len(self.seen_irqs or ()), "online": self.seen_online,
                          "planned_at": _iso(self.planned_at)},
         })
 
     def _bench(self) -> dict[str, Any] | None:
+        self.fs.forget()
         text = self.fs.read(BENCH_FILE)
         if text is None:
             self.metrics.bench.clear()
@@ -489,7 +471,9 @@ class Agent:
             "process": {"heavy_modules": sorted(m for m in HEAVY_MODULES if sys.modules.get(m) is not None),
                         "modules": len(sys.modules), "threads": threading.active_count(),
                         "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                        "cpu_seconds": round(times.user + times.system, 3)},
+                        "check_max_rss_kb": self.child_max_rss_kb,
+                        "cpu_seconds": round(times.user + times.system, 3),
+                        "check_cpu_seconds": round(times.children_user + times.children_system, 3)},
         }
 
     def _status_line(self) -> str:
@@ -505,7 +489,7 @@ class Agent:
     def _check_plan(self, cfg: config_mod.Config) -> None:
         """A policy that validates but cannot be planned on this host is a config error too."""
         try:
-            self._plan(cfg.policy)
+            self._work(worker.trial_plan, self.fs.root, cfg.policy)
         except PolicyError as exc:
             exc.where = f"{cfg.path or 'defaults'}: {exc.where}" if exc.where else cfg.path
             raise
@@ -548,7 +532,7 @@ class Agent:
             host, port = self.server.address
             self.log("listening", address=host, port=port)
         self.config = new
-        self.plan = None
+        self.plan_json = None
         self.metrics.reloads.inc(result="ok")
         self.log("reloaded", config=new.path or "defaults", profile=new.policy["profile"], **new.agent.to_dict())
         self.notifier.ready(self._status_line())

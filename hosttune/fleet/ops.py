@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 from typing import Any
 
 from hosttune.errors import HosttuneError, PolicyError
@@ -64,14 +65,18 @@ def capture(ctx: Context, out_dir: str) -> HostResult:
     h = ctx.host
     local = capture_file(out_dir, h.name)
     with ctx.session() as s:
-        remote = s.temp_path("hosttune-capture", ".tar.gz")
+        # a directory of the login user's, so that the user can remove the capture even when
+        # hosttune_command runs as another user (sudo) and wrote it
+        remote_dir = s.temp_path("hosttune-capture")
+        remote = f"{remote_dir}/capture.tar.gz"
         try:
-            out = s.run(s.hosttune(["capture", "--root", h.root, "-o", remote]))
+            out = s.run(f"mkdir -m 700 {shlex.quote(remote_dir)} && "
+                        + s.hosttune(["capture", "--root", h.root, "-o", remote]))
             if out.exit_code != 0:
                 raise _remote_failure("hosttune capture", h, out)
             s.get(remote, local)
         finally:
-            s.remove(remote)
+            s.remove(remote_dir)
     try:  # a capture the controller cannot plan from is not a capture
         topo = discovery.discover(HostFS.open(local))
     except HosttuneError as exc:

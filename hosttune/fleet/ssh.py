@@ -237,11 +237,11 @@ class Session:
         return f"{command}; rc=$?; rm -f {shlex.quote(path)}; exit $rc"
 
     def remove(self, path: str) -> None:
-        """Best-effort cleanup of a temp file (never raises)."""
+        """Best-effort cleanup of a temp file or directory of ours (never raises)."""
         if self.cancel.is_set() or self._closed.is_set() or self._conn is None:
             return
         try:
-            self._conn.run(f"rm -f {shlex.quote(path)}", hide=True, warn=True, in_stream=False,
+            self._conn.run(f"rm -rf {shlex.quote(path)}", hide=True, warn=True, in_stream=False,
                            timeout=self.options.connect_timeout)
         except Exception:  # noqa: BLE001 - leftover temp file is not worth failing the host
             pass
