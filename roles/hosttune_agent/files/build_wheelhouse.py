@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build hosttune's wheel (and its dependencies' wheels) on the controller, reproducibly.
 
-    build_wheelhouse.py --src CHECKOUT --out DIR [--deps]
+    build_wheelhouse.py --src CHECKOUT --out DIR [--deps [--extras inference]]
 
 The source tree is copied to a temporary directory first (without .git, .venv, build/ and other
 leftovers: stale build/ files would end up in the wheel), and SOURCE_DATE_EPOCH is fixed, so the
@@ -47,6 +47,7 @@ def main() -> int:
     parser.add_argument("--src", required=True, help="hosttune source tree (with pyproject.toml)")
     parser.add_argument("--out", required=True, help="directory to put the wheels in (emptied first)")
     parser.add_argument("--deps", action="store_true", help="also build/download the dependencies' wheels")
+    parser.add_argument("--extras", default="", help="comma-separated extras whose dependencies --deps includes")
     args = parser.parse_args()
     src = os.path.abspath(args.src)
     if not os.path.isfile(os.path.join(src, "pyproject.toml")):
@@ -66,7 +67,8 @@ def main() -> int:
             raise SystemExit(f"expected one hosttune wheel in {out}, found {built}")
         wheel = built[0]
         if args.deps:
-            pip(["wheel", "--quiet", "--wheel-dir", out, os.path.join(out, wheel)], env)
+            spec = os.path.join(out, wheel) + (f"[{args.extras}]" if args.extras else "")
+            pip(["wheel", "--quiet", "--wheel-dir", out, spec], env)
     wheels = sorted(n for n in os.listdir(out) if n.endswith(".whl"))
     json.dump({"hosttune_wheel": wheel, "sha256": sha256(os.path.join(out, wheel)), "wheels": wheels},
               sys.stdout)
