@@ -26,9 +26,9 @@ def capture_file(out_dir: str, host: str) -> str:
 def _remote_failure(what: str, host: FleetHost, out: Output) -> Failed:
     if out.exit_code == NOT_FOUND:
         return Failed(f"hosttune_command {host.command!r} not found on the host ({tail(out.stderr, 1)})",
-                      {"stderr": tail(out.stderr)})
+                      {"exit_code": out.exit_code, "stderr": tail(out.stderr)})
     why = tail(out.stderr) or tail(out.stdout) or "no output"
-    return Failed(f"{what} exited {out.exit_code}: {why}", {"stderr": tail(out.stderr, 10)})
+    return Failed(f"{what} exited {out.exit_code}: {why}", {"exit_code": out.exit_code, "stderr": tail(out.stderr, 10)})
 
 
 def _json(out: Output) -> dict[str, Any] | None:

@@ -150,7 +150,8 @@ def _guarded(work: Work, ctx: Context) -> HostResult:
             return HostResult(ctx.host, "cancelled", "interrupted (Ctrl-C) before it started")
         r = work(ctx)
     except HostFailure as exc:
-        r = HostResult(ctx.host, exc.status, exc.reason, detail=exc.detail)
+        detail = dict(exc.detail)
+        r = HostResult(ctx.host, exc.status, exc.reason, exit_code=detail.pop("exit_code", None), detail=detail)
     except Exception as exc:  # noqa: BLE001 - one host's bug must not take the fleet down
         log.debug("fleet work failed on %s", ctx.host.name, exc_info=True)
         r = HostResult(ctx.host, "failed", f"internal error: {type(exc).__name__}: {exc}")

@@ -282,3 +282,24 @@ def test_host_keys(tmp_path, sshd_factory, ssh_keys, host_roots):
             assert "not in known_hosts" in hosts["new"]["reason"]
     assert key_b != key_a
     assert (home / ".ssh" / "known_hosts").read_text().count("\n") == 2  # nothing was added
+
+
+def test_remote_problems_are_failed_with_the_reason(tmp_path, sshd_factory, ssh_keys, host_roots):
+    a = sshd_factory("a")
+    good = ssh_keys["good"]
+    inv = write_inventory(tmp_path / "inv", {
+        "nohosttune": ssh_vars(a, good, host_roots["ok"], command="/nonexistent/bin/hosttune"),
+        "badroot": ssh_vars(a, good, "/nonexistent/root"),
+        "local": dict(ssh_vars(a, good, host_roots["ok"]), ansible_connection="local"),
+        "fine": ssh_vars(a, good, host_roots["ok"]),
+    })
+    proc = fleet("verify", "-i", inv, "--json", "-q", "--connect-timeout", "5")
+    assert proc.returncode == 1
+    hosts = {h["host"]: h for h in json.loads(proc.stdout)["hosts"]}
+    assert {n: h["status"] for n, h in hosts.items()} == {
+        "nohosttune": "failed", "badroot": "failed", "local": "failed", "fine": "ok"}
+    assert "hosttune_command '/nonexistent/bin/hosttune' not found on the host" in hosts["nohosttune"]["reason"]
+    assert hosts["nohosttune"]["exit_code"] == 127 and hosts["badroot"]["exit_code"] == 2
+    assert hosts["badroot"]["reason"].startswith("hosttune verify exited 2:")
+    assert "/nonexistent/root" in hosts["badroot"]["reason"]
+    assert "ansible_connection=local is not supported" in hosts["local"]["reason"]
