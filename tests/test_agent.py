@@ -102,6 +102,14 @@ def wait_for(predicate, timeout: float, what: str, step: float = 0.05):
         time.sleep(step)
 
 
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, just not reaped
+    except FileNotFoundError:
+        return False
+
+
 class AgentProcess:
     """A running agent; its JSON log lines are collected as they come."""
 
@@ -109,8 +117,10 @@ class AgentProcess:
         argv = [sys.executable, "-m", "hosttune", "agent", "--root", root, *args]
         if foreground:
             argv.append("--foreground")
+        # its own process group, which stands in for the unit's cgroup: the agent forks a child
+        # for each check, and systemd kills the whole cgroup, not just the main process
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env=env)
+                                     env=env, start_new_session=True)
         self.events: list[dict] = []
         self.other: list[str] = []
         self.stderr: list[str] = []
@@ -187,9 +197,12 @@ class AgentProcess:
         return self.proc.wait(timeout)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
+        """SIGKILL the agent and its check process, as systemd does to a unit's cgroup."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(5)
 
 
 @pytest.fixture
@@ -445,14 +458,14 @@ def test_killed_in_the_middle_of_an_apply_the_next_start_rolls_back_and_finishes
         time.sleep(0.3)  # it is now blocked writing the last IRQ
         assert read(root, "/proc/sys/vm/swappiness") == "10"  # written before the IRQs
         assert read(root, first) != original_irq
-        agent.proc.send_signal(signal.SIGKILL)
-        agent.proc.wait(5)
+        agent.kill()
     finally:
         fifo.close()
 
     with open(state_file) as handle:  # consistent: the journal of the killed run, whole
         killed = json.load(handle)
-    assert killed["schema"] == "hosttune.state/1" and killed["run"]["pid"] == agent.pid
+    assert killed["schema"] == "hosttune.state/1" and killed["run"] is not None
+    wait_for(lambda: not alive(killed["run"]["pid"]), 5, "the check process that wrote it to be gone too")
     journalled = {c["path"] for c in killed["run"]["changes"]}
     assert {"/proc/sys/vm/swappiness", first, last} <= journalled
     assert killed["originals"]["/proc/sys/vm/swappiness"]["value"] == original_swappiness

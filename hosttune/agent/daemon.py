@@ -3,16 +3,18 @@
     start:  load + check the config (exit 2 if bad) -> bind the status server -> roll back an
             interrupted apply (journal in the state file) -> first check, applying what differs
             -> READY=1
-    loop:   every agent.interval s       full check: discover, plan, verify, re-apply drift
-            every fast_check_interval s  list /proc/irq, read cpu/online: a change -> full check now
+    loop:   every agent.interval s       full check: verify the plan, re-apply what drifted
+            every fast_check_interval s  list /proc/irq, read cpu/online: a change -> re-discover,
+                                         re-plan and check now
             every WATCHDOG_USEC/2        WATCHDOG=1
             SIGHUP                       reload the config (a bad one is logged, the old one kept)
             SIGTERM / SIGINT             STOPPING=1, exit 0
 
-A full check holds the state lock (state.Lock) while it reads, and engine.apply takes it to write;
-when another hosttune run (an Ansible apply) holds it, the check is skipped and logged, and the
-next interval tries again. Only runtime areas are re-applied; kernel_args is verified (reboot
-pending) but never staged by the agent.
+Checks, recovery and trial plans run in forked children (hosttune.agent.worker), so this process
+stays small whatever the host's size. A check holds the state lock (state.Lock) while it reads,
+and engine.apply takes it to write; when another hosttune run (an Ansible apply) holds it, the
+check is skipped and logged, and the next interval tries again. Only runtime areas are
+re-applied; kernel_args is verified (reboot pending) but never staged by the agent.
 
 Drift events count settings that were ok at the end of the previous check and are not now:
 the first apply, settings of new IRQs and settings that stay wrong are not events.
@@ -159,7 +161,6 @@ class Agent:
         self.planned_at = 0.0
         self.prev_ok: frozenset[int] = frozenset()  # settings ok at the last check (worker._key)
         self.prev_drift: dict[str, list[str]] = {}
-        self.instances: list[dict[str, Any]] = []
         self.seen_irqs: frozenset[str] | None = None
         self.seen_online: str | None = None
         self.drift_events: Counter[str] = Counter()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import select
 import signal
 import time
@@ -88,8 +89,6 @@ def _child(fn: Callable[..., Any], args: tuple[Any, ...], out: int) -> None:
 
 
 def _max_rss_kb() -> int:
-    import resource
-
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
