@@ -182,3 +182,20 @@ def test_bad_input_exit_2(models, plan_file, args, message):
     path, _ = plan_file
     r = bench("--plan", str(path), "--repo", str(models), *FAST, *args)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_throughput_instance_runs_async_with_the_plan_streams(models, plan_file, tmp_path):
+    _, plan = plan_file
+    tp = json.loads(json.dumps(plan))
+    inst = tp["instances"][0]
+    inst["openvino"] = {"NUM_STREAMS": 2, "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": False}
+    inst["streams"], inst["ovms"] = 2, {"nireq": 4}
+    inst["cpus"] = sorted(os.sched_getaffinity(0))  # OpenVINO caps the streams at the CPUs it has
+    path = tmp_path / "tp.json"
+    path.write_text(json.dumps(tp))
+    out = tmp_path / "r.json"
+    r = bench("run", "--plan", str(path), "--repo", str(models), *FAST, "-o", str(out))  # explicit `run`
+    assert r.returncode == 0, r.stderr
+    worker = json.loads(out.read_text())["instances"][0]["worker"]
+    assert worker["api"] == "async" and worker["nireq"] == 4
+    assert worker["streams"] == min(2, len(os.sched_getaffinity(0)))
