@@ -262,7 +262,39 @@ def test_applies_at_start_and_puts_back_drift_within_an_interval(root, agents):
     assert agent.events[-1]["event"] == "stopped"
 
 
+class ReadyInstance:
+    """Stands in for an inference instance: GET /v2/health/ready -> 200."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                self.send_response(200 if self.path == "/v2/health/ready" else 404)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 def test_status_metrics_loopback_only_and_footprint(root, agents):
+    instance = ReadyInstance()
+    write_config(root, CONFIG.replace("profile: latency", f"profile: latency\n  instances: {{base_port: {instance.port}}}"))
+    try:
+        _status_metrics_loopback_only_and_footprint(root, agents, instance)
+    finally:
+        instance.close()
+
+
+def _status_metrics_loopback_only_and_footprint(root, agents, instance):
     agent = agents(root).ready()
     status = agent.status()
     assert status["schema"] == "hosttune.agent-status/1"
@@ -271,7 +303,9 @@ def test_status_metrics_loopback_only_and_footprint(root, agents):
     assert status["counts"]["ok"] > 0 and status["last_check"]["result"] in ("ok", "drift", "repaired")
     assert status["reboot_required"] is True  # the capture's kernel lacks the planned isolation arguments
     assert status["process"]["heavy_modules"] == []
-    assert [i["name"] for i in status["instances"]] == [i["name"] for i in plan_of(root)["instances"]]
+    planned = plan_of(root)["instances"]
+    assert [i["name"] for i in status["instances"]] == [i["name"] for i in planned]
+    assert planned[0]["port"] == instance.port and status["instances"][0]["ready"] is True
 
     samples = agent.metrics()  # parsed by prometheus_client's own parser
     names = {name for name, _ in samples}
@@ -280,6 +314,9 @@ def test_status_metrics_loopback_only_and_footprint(root, agents):
                  "hosttune_checks_total", "hosttune_instance_ready", "hosttune_reapplied_total"):
         assert name in names, name
     assert metric(samples, "hosttune_reboot_pending") == 1
+    assert metric(samples, "hosttune_instance_ready", instance=planned[0]["name"]) == 1
+    if len(planned) > 1:  # nothing listens on the next ports
+        assert metric(samples, "hosttune_instance_ready", instance=planned[1]["name"]) == 0
     assert abs(metric(samples, "hosttune_last_check_timestamp_seconds") - time.time()) < 30
     assert "hosttune_bench_stable" not in names  # no verdict file yet
 
@@ -329,6 +366,15 @@ def test_new_irq_is_pinned_by_the_fast_check(root, agents):
     assert metric(samples, "hosttune_topology_changes_total", kind="irqs") == 1
     assert metric(samples, "hosttune_drift_events_total", area="irqs") == 0  # new, not drifted
 
+    # a CPU going offline: seen, and re-planned at once (whether the policy still fits or not)
+    mark = agent.mark()
+    online = read(root, "/sys/devices/system/cpu/online")
+    write(root, "/sys/devices/system/cpu/online", "0" if online != "0" else "0-1")
+    assert agent.wait("topology_changed", kind="cpus", after=mark, timeout=5)["online"] != online
+    check = agent.wait("check", after=mark, reason="cpus", timeout=5)
+    assert check["result"] in ("ok", "repaired", "drift", "error")
+    assert agent.proc.poll() is None
+
 
 # -- configuration -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, field", [
@@ -350,6 +396,23 @@ def test_bad_config_at_start_exits_2_naming_the_field(root, text, field):
     assert "Traceback" not in proc.stderr
     logged = json.loads(proc.stdout.splitlines()[-1])
     assert logged["event"] == "start_failed" and field in logged["error"]
+
+
+def test_config_option_and_monitor_only(root, agents, tmp_path):
+    missing = str(tmp_path / "nope.yaml")
+    proc = subprocess.run([sys.executable, "-m", "hosttune", "agent", "--foreground", "--root", root,
+                           "--config", missing], cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and missing in proc.stderr
+
+    config = tmp_path / "agent.yaml"
+    config.write_text(CONFIG.replace("fast_check_interval:", "reapply: false\n  fast_check_interval:"))
+    before = read(root, "/proc/sys/vm/swappiness")
+    agent = agents(root, "--config", str(config)).ready()
+    assert agent.status()["config"]["path"] == str(config)
+    assert read(root, "/proc/sys/vm/swappiness") == before  # reapply: false only reports
+    drift = agent.wait("drift", area="sysctls")
+    assert drift["fix"] is False and "vm.swappiness" in drift["settings"]
+    assert metric(agent.metrics(), "hosttune_setting_ok", area="sysctls") == 0
 
 
 def test_without_systemd_or_foreground_it_says_what_to_do(root):
