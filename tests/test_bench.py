@@ -188,7 +188,7 @@ def test_throughput_instance_runs_async_with_the_plan_streams(models, plan_file,
     _, plan = plan_file
     tp = json.loads(json.dumps(plan))
     inst = tp["instances"][0]
-    inst["openvino"] = {"NUM_STREAMS": 2, "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": False}
+    inst["openvino"] = {"NUM_STREAMS": 2, "INFERENCE_NUM_THREADS": 2, "ENABLE_CPU_PINNING": False}
     inst["streams"], inst["ovms"] = 2, {"nireq": 4}
     inst["cpus"] = sorted(os.sched_getaffinity(0))  # OpenVINO caps the streams at the CPUs it has
     path = tmp_path / "tp.json"
