@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -105,6 +106,7 @@ def main() -> int:
     finally:
         for s in servers:
             s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     waves = math.ceil(args.hosts / args.forks)
     cpus = len(os.sched_getaffinity(0))
