@@ -112,6 +112,8 @@ class Session:
         if o.strict_host_keys:
             conn.client.set_missing_host_key_policy(RejectPolicy())
         self._conn = conn
+        if self._closed.is_set():  # closed (Ctrl-C) while this was being set up
+            raise Cancelled("interrupted (Ctrl-C)")
         try:
             conn.open()
         except Exception as exc:  # noqa: BLE001 - classified below
