@@ -2,13 +2,15 @@
 
 (1) p50 latency of the sample model over HTTP with one client, minus the in-process p50 (same
     CPUs, same OpenVINO settings): what the HTTP layer, JSON header and copies cost per request.
+    Measured in paired rounds (an in-process run, then an HTTP run) and reported as the median of
+    the paired differences, so that a shared machine's changing load cancels out.
 (2) requests/s of the server on the trivial model (one Add) at concurrency 8: the server's own
     ceiling.
 
 The server runs as the plan's instance (pinned to its CPUs); the load client runs pinned to the
 housekeeping CPUs. Everything goes through `hosttune bench` (in-process and --mode http).
 
-    python benchmarks/serve_overhead.py --runs 5 --duration 5 --out /tmp/overhead
+    python benchmarks/serve_overhead.py --rounds 7 --runs 5 --duration 4 --out /tmp/overhead
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def run(cmd: list[str], cpus: list[int] | None = None) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", help="model repository (default: build sample + trivial into a temp dir)")
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7, help="paired in-process/HTTP rounds for (1)")
+    ap.add_argument("--runs", type=int, default=5, help="runs of the trivial-model throughput test (2)")
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--concurrency", type=int, default=8)
@@ -60,48 +63,73 @@ def main() -> int:
         p = json.load(f)
     inst = p["instances"][0]
     client_cpus = sorted(set(p["housekeeping"]) & os.sched_getaffinity(0)) or None
-    common = ["--plan", plan, "--repo", repo, "--instances", inst["name"], "--runs", str(args.runs),
+    common = ["--plan", plan, "--repo", repo, "--instances", inst["name"],
               "--duration", str(args.duration), "--warmup", str(args.warmup)]
     print(f"server/instance on CPUs {inst['cpus_list']} ({inst['openvino']}), client on CPUs {client_cpus}")
 
-    docs = {}
+    docs: dict[str, dict] = {}
 
-    def bench(name: str, extra: list[str]) -> dict:
+    def bench(name: str, extra: list[str], runs: int) -> dict:
         path = os.path.join(out, f"{name}.json")
         http = "--mode" in extra  # the HTTP load client runs on the housekeeping CPUs
-        run([*HOSTTUNE, "bench", *common, "--label", name, "-o", path, *extra], cpus=client_cpus if http else None)
+        run([*HOSTTUNE, "bench", *common, "--runs", str(runs), "--label", name, "-o", path, *extra],
+            cpus=client_cpus if http else None)
         with open(path) as f:
             docs[name] = json.load(f)
         return docs[name]["instances"][0]
 
-    inproc = bench("inprocess-sample", ["--model", "sample"])
+    def scrape(port: int) -> dict[str, float]:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        values = {}
+        for line in text.splitlines():
+            if line.startswith(("ovms_request_time_us_", "ovms_inference_time_us_")) and 'name="sample"' in line:
+                key, _, value = line.rpartition(" ")
+                if key.split("{")[0].endswith(("_sum", "_count")):
+                    values[key.split("{")[0]] = float(value)
+        return values
+
+    # (1) paired rounds: one in-process run and one HTTP run right after each other, so that the
+    # load of a shared machine changes as little as possible between the two halves of a pair
     srv = Server("--plan", plan, "--plan-instance", inst["name"], "--repo", repo, "--model", "sample",
                  "--model", "trivial", "--port", str(inst["port"]))
     try:
-        over_http = bench("http-sample-c1", ["--mode", "http", "--model", "sample", "--concurrency", "1"])
+        a, b = [], []
+        m0 = scrape(inst["port"])
+        for k in range(args.rounds):
+            a.append(bench(f"inprocess-sample-{k + 1}", ["--model", "sample"], 1)["summary"]["latency_ms"]["p50"])
+            b.append(bench(f"http-sample-c1-{k + 1}", ["--mode", "http", "--model", "sample", "--concurrency", "1"],
+                           1)["summary"]["latency_ms"]["p50"])
+        m1 = scrape(inst["port"])
         trivial = bench(f"http-trivial-c{args.concurrency}", ["--mode", "http", "--model", "trivial",
-                                                              "--concurrency", str(args.concurrency)])
-        trivial1 = bench("http-trivial-c1", ["--mode", "http", "--model", "trivial", "--concurrency", "1"])
+                                                              "--concurrency", str(args.concurrency)], args.runs)
+        trivial1 = bench("http-trivial-c1", ["--mode", "http", "--model", "trivial", "--concurrency", "1"], args.runs)
     finally:
         srv.stop()
 
-    def p50s(i: dict) -> list[float]:
-        return [r["latency_ms"]["p50"] for r in i["runs"]]
-
-    a, b = p50s(inproc), p50s(over_http)
-    med_a = sorted(a)[len(a) // 2]
-    med_b = sorted(b)[len(b) // 2]
-    print(f"\nsample model, in-process p50 per run (ms):   {' '.join(f'{v:.3f}' for v in a)}")
-    print(f"sample model, HTTP c=1 p50 per run (ms):      {' '.join(f'{v:.3f}' for v in b)}")
-    print(f"HTTP overhead at p50 (median of runs): {med_b - med_a:.3f} ms "
-          f"({med_b:.3f} - {med_a:.3f}; per-run differences "
-          f"{' '.join(f'{y - x:+.3f}' for x, y in zip(a, b))})")
+    diffs = sorted(y - x for x, y in zip(a, b))
+    median = diffs[len(diffs) // 2] if len(diffs) % 2 else (diffs[len(diffs) // 2 - 1] + diffs[len(diffs) // 2]) / 2
+    print(f"\nsample model, in-process p50 per round (ms): {' '.join(f'{v:.3f}' for v in a)}")
+    print(f"sample model, HTTP c=1 p50 per round (ms):   {' '.join(f'{v:.3f}' for v in b)}")
+    print(f"HTTP overhead at p50: median of the paired differences {median:.3f} ms "
+          f"(differences {' '.join(f'{y - x:+.3f}' for x, y in zip(a, b))})")
+    n = m1["ovms_request_time_us_count"] - m0.get("ovms_request_time_us_count", 0)
+    req_us = (m1["ovms_request_time_us_sum"] - m0.get("ovms_request_time_us_sum", 0)) / n
+    inf_us = (m1["ovms_inference_time_us_sum"] - m0.get("ovms_inference_time_us_sum", 0)) / n
+    print(f"inside the server (its /metrics, {n:.0f} requests): request {req_us:.0f} us - inference "
+          f"{inf_us:.0f} us = {req_us - inf_us:.0f} us per request for JSON header, binary tensors and response")
     print(f"trivial model over HTTP, concurrency {args.concurrency}: "
-          f"{trivial['summary']['throughput']['mean']:.0f} req/s (CV {trivial['summary']['throughput']['cv']:.1%}), "
+          f"{trivial['summary']['throughput']['mean']:.0f} req/s (CV {trivial['summary']['throughput']['cv']:.1%}, "
+          f"runs {' '.join(f'{v:.0f}' for v in trivial['summary']['throughput']['values'])}), "
           f"p50 {trivial['summary']['latency_ms']['p50']:.3f} ms, p99 {trivial['summary']['p99_ms']['mean']:.3f} ms")
     print(f"trivial model over HTTP, concurrency 1: {trivial1['summary']['throughput']['mean']:.0f} req/s, "
           f"p50 {trivial1['summary']['latency_ms']['p50']:.3f} ms (round trip incl. client)")
-    summary = {"inprocess_p50_ms": a, "http_p50_ms": b, "overhead_p50_ms": med_b - med_a,
+    summary = {"inprocess_p50_ms": a, "http_p50_ms": b, "overhead_p50_ms": median,
+               "server_request_us": req_us, "server_inference_us": inf_us,
                "trivial_rps": trivial["summary"]["throughput"]["mean"], "trivial_rps_cv": trivial["summary"]["throughput"]["cv"],
                "trivial_c1_p50_ms": trivial1["summary"]["latency_ms"]["p50"], "concurrency": args.concurrency}
     with open(os.path.join(out, "summary.json"), "w") as f:

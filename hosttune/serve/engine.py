@@ -1,7 +1,8 @@
 """The OpenVINO side of the server: a model compiled once with the instance's settings, and a pool
 of infer requests sized to its streams. Requests wait for an idle infer request on an asyncio queue
 (the event loop never blocks) and run through `start_async`; OpenVINO's completion callback wakes
-the waiting coroutine, so as many requests run in parallel as the pool holds.
+the waiting coroutine, so as many requests run in parallel as the pool holds. A pool of one (one
+stream) runs the inference inline on the event loop thread instead: nothing could run beside it.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ class ServedModel:
         Returns copies of the outputs (the infer request is reused at once)."""
         import openvino as ov
 
+        if self.nireq == 1:
+            return self._infer_inline(tensors, timings)
         if self._idle is None:
             self._idle = asyncio.Queue()
             for i in range(self.nireq):
@@ -133,6 +136,28 @@ class ServedModel:
             self._idle.put_nowait(index)
         if timings is not None:
             timings["wait_us"] = (t1 - t0) * 1e6
+            timings["infer_us"] = (time.perf_counter() - t1) * 1e6
+        return outputs
+
+
+    def _infer_inline(self, tensors: list[Any], timings: dict[str, float] | None) -> list[Any]:
+        """A pool of one (one stream, LATENCY): requests are serialized anyway, so the inference
+        runs right here on the event loop thread. This saves the hand-off to an OpenVINO thread and
+        back (two context switches, ~0.1-0.2 ms when the instance has a single CPU)."""
+        import openvino as ov
+
+        t1 = time.perf_counter()
+        req = self._requests[0]
+        self.active += 1
+        try:
+            for i, arr in enumerate(tensors):
+                req.set_input_tensor(i, ov.Tensor(arr, shared_memory=arr.flags.writeable))
+            req.infer()
+            outputs = [req.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
+        finally:
+            self.active -= 1
+        if timings is not None:
+            timings["wait_us"] = 0.0
             timings["infer_us"] = (time.perf_counter() - t1) * 1e6
         return outputs
 
