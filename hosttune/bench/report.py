@@ -162,13 +162,27 @@ def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return ticks
 
 
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    ticks = []
+    decade = 10 ** math.floor(math.log10(lo))
+    while decade <= hi:
+        for m in (1, 2, 5):
+            v = m * decade
+            if lo <= v <= hi:
+                ticks.append(v)
+        decade *= 10
+    return ticks
+
+
 def _svg_frame(width: int, height: int, x0: float, x1: float, y0: float, y1: float, xlabel: str,
-               ylabel: str) -> tuple[list[str], Any, Any]:
-    ml, mr, mt, mb = 60, 20, 15, 45
+               ylabel: str, logx: bool = False, legend: int = 170) -> tuple[list[str], Any, Any]:
+    ml, mr, mt, mb = 60, 20 + legend, 15, 45
     pw, ph = width - ml - mr, height - mt - mb
+    fx = (lambda v: math.log10(v)) if logx else (lambda v: v)
+    fx0, fx1 = fx(x0), fx(x1)
 
     def sx(x: float) -> float:
-        return ml + (x - x0) / ((x1 - x0) or 1) * pw
+        return ml + (fx(x) - fx0) / ((fx1 - fx0) or 1) * pw
 
     def sy(y: float) -> float:
         return mt + ph - (y - y0) / ((y1 - y0) or 1) * ph
@@ -176,39 +190,53 @@ def _svg_frame(width: int, height: int, x0: float, x1: float, y0: float, y1: flo
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
              f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>']
-    for t in _nice_ticks(x0, x1):
-        parts.append(f'<line x1="{sx(t):.1f}" y1="{mt + ph}" x2="{sx(t):.1f}" y2="{mt + ph + 4}" stroke="#999"/>'
+    for t in (_log_ticks(x0, x1) if logx else _nice_ticks(x0, x1)):
+        parts.append(f'<line x1="{sx(t):.1f}" y1="{mt}" x2="{sx(t):.1f}" y2="{mt + ph + 4}" stroke="#eee"/>'
                      f'<text x="{sx(t):.1f}" y="{mt + ph + 16}" text-anchor="middle">{t:g}</text>')
     for t in _nice_ticks(y0, y1):
         parts.append(f'<line x1="{ml - 4}" y1="{sy(t):.1f}" x2="{ml + pw}" y2="{sy(t):.1f}" stroke="#eee"/>'
                      f'<text x="{ml - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
-    parts.append(f'<text x="{ml + pw / 2}" y="{height - 8}" text-anchor="middle">{html.escape(xlabel)}</text>'
+    parts.append(f'<text x="{ml + pw / 2}" y="{height - 8}" text-anchor="middle">{html.escape(xlabel)}'
+                 f'{" (log scale)" if logx else ""}</text>'
                  f'<text x="14" y="{mt + ph / 2}" text-anchor="middle" transform="rotate(-90 14 {mt + ph / 2})">'
                  f'{html.escape(ylabel)}</text>')
     return parts, sx, sy
 
 
-def svg_cdf(series: list[tuple[str, list[float]]], width: int = 640, height: int = 300) -> str:
-    """Latency CDFs (x: ms, up to the largest p99.9 so the tail stays readable; y: fraction)."""
+def _legend(parts: list[str], width: int, labels: list[str], legend: int = 170) -> None:
+    for i, label in enumerate(labels):
+        color = COLORS[i % len(COLORS)]
+        y = 24 + 15 * i
+        parts.append(f'<rect x="{width - legend + 6}" y="{y - 8}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{width - legend + 20}" y="{y + 1}">{html.escape(label)}</text>')
+
+
+def svg_cdf(series: list[tuple[str, list[float]]], width: int = 800, height: int = 300) -> str:
+    """Latency CDFs (y: fraction of requests). The x axis (ms) is logarithmic when the tail is more
+    than 20 times the fastest request, so both the body and the tail stay readable."""
     values = [v for _, s in series for v in s]
     if not values:
         return ""
-    x_hi = max(stats.percentile(sorted(s), 99.9) for _, s in series if s) * 1.05
+    x_hi = max(max(s) for _, s in series if s)
     x_lo = min(values)
-    x_lo = max(0.0, x_lo - (x_hi - x_lo) * 0.05)
-    parts, sx, sy = _svg_frame(width, height, x_lo, x_hi, 0, 1, "latency (ms)", "fraction of requests")
+    logx = x_lo > 0 and x_hi / x_lo > 20
+    if logx:
+        x_lo, x_hi = x_lo / 1.1, x_hi * 1.1
+    else:
+        pad = (x_hi - x_lo) * 0.05 or max(x_hi * 0.05, 1e-3)
+        x_lo, x_hi = max(0.0, x_lo - pad), x_hi + pad
+    parts, sx, sy = _svg_frame(width, height, x_lo, x_hi, 0, 1, "latency (ms)", "fraction of requests", logx)
     for i, (label, s) in enumerate(series):
         s = sorted(s)
         n = len(s)
-        pts = " ".join(f"{sx(min(v, x_hi)):.1f},{sy((k + 1) / n):.1f}" for k, v in enumerate(s))
-        color = COLORS[i % len(COLORS)]
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
-        parts.append(f'<text x="{width - 150}" y="{30 + 14 * i}" fill="{color}">{html.escape(label)}</text>')
+        pts = " ".join(f"{sx(v):.1f},{sy((k + 1) / n):.1f}" for k, v in enumerate(s))
+        parts.append(f'<polyline fill="none" stroke="{COLORS[i % len(COLORS)]}" stroke-width="1.5" points="{pts}"/>')
+    _legend(parts, width, [label for label, _ in series])
     parts.append("</svg>")
     return "".join(parts)
 
 
-def svg_bars(series: list[tuple[str, list[float]]], ylabel: str, width: int = 640, height: int = 260) -> str:
+def svg_bars(series: list[tuple[str, list[float]]], ylabel: str, width: int = 800, height: int = 260) -> str:
     """Per-run values as grouped bars (one group per run, one bar per series)."""
     runs = max((len(v) for _, v in series), default=0)
     if not runs:
@@ -223,7 +251,7 @@ def svg_bars(series: list[tuple[str, list[float]]], ylabel: str, width: int = 64
             w = sx(k + 1 - 0.4 + (i + 1) * group) - x - 1
             parts.append(f'<rect x="{x:.1f}" y="{sy(v):.1f}" width="{max(w, 1):.1f}" height="{sy(0) - sy(v):.1f}" '
                          f'fill="{color}"><title>{html.escape(label)} run {k + 1}: {v:.2f}</title></rect>')
-        parts.append(f'<text x="{width - 150}" y="{30 + 14 * i}" fill="{color}">{html.escape(label)}</text>')
+    _legend(parts, width, [label for label, _ in series])
     parts.append("</svg>")
     return "".join(parts)
 
