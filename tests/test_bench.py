@@ -75,6 +75,11 @@ def test_inprocess_result_document(models, plan_file, tmp_path):
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>") and text.count("<svg") >= 3 and "Latency CDF" in text
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")  # self-contained
+    import re
+    import xml.etree.ElementTree as ET
+
+    for svg in re.findall(r"<svg.*?</svg>", text, re.S):
+        ET.fromstring(svg)  # well-formed
     assert f"verdict: {doc['verdict']}" in r.stdout and "node0" in r.stdout
     # the same without --fail-unstable: exit 0; INT8 variant really runs INT8
     r = bench("--plan", str(path), "--repo", str(models), "--model", "tiny-int8", *FAST, "--json")
