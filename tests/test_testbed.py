@@ -359,23 +359,30 @@ def boot(name: str) -> tb_vm.Guest:
     guest = tb_vm.Guest(topology=name, name=f"pytest-{name}-{os.getpid()}")
     try:
         guest.start()
-    except Exception as exc:  # GuestError carries the console tail already
+    except tb_vm.GuestError as exc:  # carries the console tail already
         pytest.fail(f"guest {name} did not boot: {exc}", pytrace=False)
     return guest
 
 
-@pytest.fixture(scope="module")
-def default_guest():
-    guest = boot("default")
+def guest_fixture(request, topology: str):
+    """Boot one guest for a test class; shut it down when the class is done (so two guests
+    never run at once) and delete its run directory unless a test failed (logs kept then)."""
+    failed_before = request.session.testsfailed
+    guest = boot(topology)
     yield guest
     guest.shutdown()
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(guest.run_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def smt_guest():
-    guest = boot("smt4n")
-    yield guest
-    guest.shutdown()
+@pytest.fixture(scope="class")
+def default_guest(request):
+    yield from guest_fixture(request, "default")
+
+
+@pytest.fixture(scope="class")
+def smt_guest(request):
+    yield from guest_fixture(request, "smt4n")
 
 
 def guest_nodes(guest) -> dict[str, str]:
@@ -392,112 +399,116 @@ def siblings(guest) -> dict[int, str]:
 
 @needs_qemu
 @pytest.mark.guest
-def test_default_guest_numa_and_threads(default_guest):
-    g = default_guest
-    with console_on_failure(g):
-        assert guest_nodes(g) == {"node0": "0-3", "node1": "4-7"}
-        assert siblings(g) == {cpu: str(cpu) for cpu in range(8)}
-        meminfo = g.ssh("cat /sys/devices/system/node/node1/meminfo").stdout
-        total_kb = int(meminfo.split("MemTotal:")[1].split()[0])
-        assert 800 * 1024 < total_kb <= 1024 * 1024
-        assert "console=ttyS0" in g.ssh("cat /proc/cmdline").stdout
-        assert g.ssh("grep -c '^' /etc/machine-id").stdout.strip() == "1"
+class TestDefaultGuest:
+    """One `default` guest (2 nodes, no SMT) for these tests; the last one reboots it."""
+
+    def test_default_guest_numa_and_threads(self, default_guest):
+        g = default_guest
+        with console_on_failure(g):
+            assert guest_nodes(g) == {"node0": "0-3", "node1": "4-7"}
+            assert siblings(g) == {cpu: str(cpu) for cpu in range(8)}
+            meminfo = g.ssh("cat /sys/devices/system/node/node1/meminfo").stdout
+            total_kb = int(meminfo.split("MemTotal:")[1].split()[0])
+            assert 800 * 1024 < total_kb <= 1024 * 1024
+            assert "console=ttyS0" in g.ssh("cat /proc/cmdline").stdout
+            assert g.ssh("grep -c '^' /etc/machine-id").stdout.strip() == "1"
+
+    def test_default_guest_files_and_tools(self, default_guest, tmp_path):
+        g = default_guest
+        with console_on_failure(g):
+            src = tmp_path / "in.txt"
+            src.write_text("hello guest\n")
+            g.put(src, "/root/in.txt")
+            g.get("/root/in.txt", tmp_path / "out.txt")
+            assert (tmp_path / "out.txt").read_text() == "hello guest\n"
+            r = g.ssh("numactl --hardware | head -1; command -v cpupower irqbalance python3",
+                      check=False)
+            assert r.returncode == 0 and "available: 2 nodes" in r.stdout, r.stdout + r.stderr
+            debs = g.ssh("ls /var/cache/apt/archives/").stdout.split()
+            assert any(d.startswith("docker.io_") for d in debs)
+            state = json.loads(g.state_file.read_text())
+            assert state["status"] == "running" and state["port"] == g.port
+            other = tb_vm.Guest.attach(g.name)  # what another process would do
+            assert other.ssh("hostname").stdout.strip() == "hosttune-guest"
+
+    def test_grub_dropin_isolcpus_after_reboot(self, default_guest):
+        """A /etc/default/grub.d drop-in + update-grub + reboot changes the kernel command line:
+        the guest boots through GRUB from its disk."""
+        g = default_guest
+        with console_on_failure(g):
+            g.ssh("printf '%s\\n' 'GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT "
+                  "isolcpus=managed_irq,domain,3,7\"' > /etc/default/grub.d/zz-test.cfg && "
+                  "update-grub", timeout=300)
+            seconds = g.reboot()
+            print(f"reboot took {seconds:.0f} s")
+            assert g.ssh("cat /sys/devices/system/cpu/isolated").stdout.strip() == "3,7"
+            assert "isolcpus=managed_irq,domain,3,7" in g.ssh("cat /proc/cmdline").stdout
 
 
 @needs_qemu
 @pytest.mark.guest
-def test_default_guest_files_and_tools(default_guest, tmp_path):
-    g = default_guest
-    with console_on_failure(g):
-        src = tmp_path / "in.txt"
-        src.write_text("hello guest\n")
-        g.put(src, "/root/in.txt")
-        g.get("/root/in.txt", tmp_path / "out.txt")
-        assert (tmp_path / "out.txt").read_text() == "hello guest\n"
-        r = g.ssh("numactl --hardware | head -1; command -v cpupower irqbalance python3",
-                  check=False)
-        assert r.returncode == 0 and "available: 2 nodes" in r.stdout, r.stdout + r.stderr
-        assert g.ssh("ls /var/cache/apt/archives/ | grep -c '^docker.io_'").stdout.strip() == "1"
-        state = json.loads(g.state_file.read_text())
-        assert state["status"] == "running" and state["port"] == g.port
-        other = tb_vm.Guest.attach(g.name)  # what another process would do
-        assert other.ssh("hostname").stdout.strip() == "hosttune-guest"
+class TestSmtGuest:
+    """One `smt4n` guest (16 CPUs, 4 nodes, 2 threads per core)."""
+
+    def test_smt_guest_four_nodes_two_threads(self, smt_guest):
+        g = smt_guest
+        with console_on_failure(g):
+            assert guest_nodes(g) == {"node0": "0-3", "node1": "4-7", "node2": "8-11",
+                                      "node3": "12-15"}
+            sib = siblings(g)
+            assert len(sib) == 16
+            for cpu, text in sib.items():
+                first = cpu - cpu % 2
+                assert text == f"{first}-{first + 1}", (cpu, text)
+            lscpu = g.ssh("lscpu").stdout
+            assert "Thread(s) per core:" in lscpu
+            assert lscpu.split("Thread(s) per core:")[1].split()[0] == "2"
+            assert "llc-sibling" not in g.ssh("dmesg").stdout  # one node per die, L3 per die
 
 
-@needs_qemu
-@pytest.mark.guest
-def test_grub_dropin_isolcpus_after_reboot(default_guest):
-    """A /etc/default/grub.d drop-in + update-grub + reboot changes the kernel command line:
-    the guest boots through GRUB from its disk."""
-    g = default_guest
-    with console_on_failure(g):
-        g.ssh("printf '%s\\n' 'GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT "
-              "isolcpus=managed_irq,domain,3,7\"' > /etc/default/grub.d/zz-test.cfg && "
-              "update-grub", timeout=300)
-        seconds = g.reboot()
-        print(f"reboot took {seconds:.0f} s")
-        assert g.ssh("cat /sys/devices/system/cpu/isolated").stdout.strip() == "3,7"
-        assert "isolcpus=managed_irq,domain,3,7" in g.ssh("cat /proc/cmdline").stdout
-
-
-@needs_qemu
-@pytest.mark.guest
-def test_smt_guest_four_nodes_two_threads(smt_guest):
-    g = smt_guest
-    with console_on_failure(g):
-        assert guest_nodes(g) == {"node0": "0-3", "node1": "4-7", "node2": "8-11",
-                                  "node3": "12-15"}
-        sib = siblings(g)
-        assert len(sib) == 16
-        for cpu, text in sib.items():
-            first = cpu - cpu % 2
-            assert text == f"{first}-{first + 1}", (cpu, text)
-        lscpu = g.ssh("lscpu").stdout
-        assert "Thread(s) per core:" in lscpu
-        assert lscpu.split("Thread(s) per core:")[1].split()[0] == "2"
-        assert "llc-sibling" not in g.ssh("dmesg").stdout  # one node per die, L3 per die
+@contextmanager
+def extra_guest(topology: str):
+    """Boot a guest for one test; keep its run directory (console log) only if the test fails."""
+    g = boot(topology)
+    ok = False
+    try:
+        with console_on_failure(g):
+            yield g
+        ok = True
+    finally:
+        g.shutdown()
+        if ok:
+            shutil.rmtree(g.run_dir, ignore_errors=True)
 
 
 @needs_qemu
 @pytest.mark.guest
 @extra
 def test_memoryless_node():
-    g = boot("memoryless")
-    try:
-        with console_on_failure(g):
-            assert g.ssh("cat /sys/devices/system/node/has_cpu").stdout.strip() == "0-2"
-            assert g.ssh("cat /sys/devices/system/node/has_memory").stdout.strip() == "0-1"
-            assert guest_nodes(g) == {"node0": "0-1", "node1": "2-3", "node2": "4-5"}
-    finally:
-        g.shutdown()
+    with extra_guest("memoryless") as g:
+        assert g.ssh("cat /sys/devices/system/node/has_cpu").stdout.strip() == "0-2"
+        assert g.ssh("cat /sys/devices/system/node/has_memory").stdout.strip() == "0-1"
+        assert guest_nodes(g) == {"node0": "0-1", "node1": "2-3", "node2": "4-5"}
 
 
 @needs_qemu
 @pytest.mark.guest
 @extra
 def test_sparse_cpu_lists():
-    g = boot("sparse")
-    try:
-        with console_on_failure(g):
-            assert guest_nodes(g) == {"node0": "0-1,4-5", "node1": "2-3,6-7"}
-    finally:
-        g.shutdown()
+    with extra_guest("sparse") as g:
+        assert guest_nodes(g) == {"node0": "0-1,4-5", "node1": "2-3,6-7"}
 
 
 @needs_qemu
 @pytest.mark.guest
 @extra
 def test_offline_cpus_including_cpu0():
-    g = boot("offline")
-    try:
-        with console_on_failure(g):
-            assert "cpu0_hotplug" in g.ssh("cat /proc/cmdline").stdout
-            assert g.ssh("cat /sys/devices/system/cpu/offline").stdout.strip() == "0,5"
-            assert g.ssh("cat /sys/devices/system/cpu/online").stdout.strip() == "1-4,6-7"
-            tb_vm.online_cpus(g, [5])
-            assert g.ssh("cat /sys/devices/system/cpu/offline").stdout.strip() == "0"
-    finally:
-        g.shutdown()
+    with extra_guest("offline") as g:
+        assert "cpu0_hotplug" in g.ssh("cat /proc/cmdline").stdout
+        assert g.ssh("cat /sys/devices/system/cpu/offline").stdout.strip() == "0,5"
+        assert g.ssh("cat /sys/devices/system/cpu/online").stdout.strip() == "1-4,6-7"
+        tb_vm.online_cpus(g, [5])
+        assert g.ssh("cat /sys/devices/system/cpu/offline").stdout.strip() == "0"
 
 
 def test_console_log_path_is_in_run_dir(run_root):

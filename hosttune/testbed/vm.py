@@ -45,6 +45,7 @@ SSH_OPTIONS = [
     "-o", "ServerAliveInterval=15",
     "-o", "ServerAliveCountMax=8",
 ]
+CONSOLE_QUIET_S = 90  # past the boot timeout, a console silent this long means a stuck guest
 KERNEL_ARGS_DROPIN = "/etc/default/grub.d/05-hosttune-testbed.cfg"
 
 _live: dict[str, Guest] = {}  # guests this process must not leave running
@@ -370,7 +371,8 @@ class Guest:
                 self._boot_once("kvm", kvm_timeout)
                 return
             except GuestError as exc:
-                say(f"{self.name}: KVM boot failed ({str(exc).splitlines()[0]}); falling back to TCG")
+                first = str(exc).splitlines()[0]
+                say(f"{self.name}: KVM boot failed ({first}); falling back to TCG")
                 self._stop_qemu(graceful=False)
         else:
             say(f"{self.name}: /dev/kvm not usable; using TCG")
@@ -436,7 +438,7 @@ class Guest:
             raise GuestError("QEMU could not get a free SSH port in 5 tries")
         self.used_accel = accel
         self._write_state("booting")
-        self._wait_ssh(time.monotonic() + timeout)
+        self._wait_ssh(timeout)
         self.boot_seconds = time.monotonic() - t0
         say(f"{self.name}: SSH up after {self.boot_seconds:.0f} s ({accel})")
 
@@ -473,13 +475,24 @@ class Guest:
             time.sleep(0.2)
         raise GuestError("QEMU did not answer on its QMP socket within 60 s")
 
-    def _wait_ssh(self, deadline: float, not_boot_id: str | None = None) -> str:
-        """Wait until `ssh true` works (and the boot_id differs from `not_boot_id`)."""
+    def _wait_ssh(self, timeout: float, not_boot_id: str | None = None) -> str:
+        """Wait until `ssh true` works (and the boot_id differs from `not_boot_id`).
+
+        `timeout` is stretched while the console log is still growing (a loaded host makes a
+        TCG boot slow, not stuck), up to twice `timeout`; a silent console past it fails."""
+        start = time.monotonic()
+        last_size, last_growth, said = -1, start, False
         while True:
             if not self.alive():
                 raise GuestError(f"QEMU exited while waiting for SSH (see {self.qemu_log})")
-            text = tail(self.console_log, 15)
-            if "Kernel panic" in text:
+            try:
+                size = self.console_log.stat().st_size
+            except OSError:
+                size = 0
+            now = time.monotonic()
+            if size != last_size:
+                last_size, last_growth = size, now
+            if "Kernel panic" in tail(self.console_log, 15):
                 raise GuestError("kernel panic on the console")
             try:
                 proc = subprocess.run(
@@ -491,8 +504,18 @@ class Guest:
                     return boot
             except subprocess.TimeoutExpired:
                 pass
-            if time.monotonic() > deadline:
-                raise GuestError("timed out waiting for SSH")
+            now = time.monotonic()
+            if now - start > timeout:
+                quiet = now - last_growth
+                if quiet > CONSOLE_QUIET_S or now - start > 2 * timeout:
+                    raise GuestError(
+                        f"timed out waiting for SSH after {now - start:.0f} s "
+                        f"(console silent for {quiet:.0f} s)"
+                    )
+                if not said:
+                    say(f"{self.name}: no SSH after {timeout:.0f} s but the console is still "
+                        f"moving; waiting up to {2 * timeout:.0f} s")
+                    said = True
             time.sleep(2)
 
     def alive(self) -> bool:
@@ -512,7 +535,7 @@ class Guest:
         except GuestError:
             pass
         try:
-            self._wait_ssh(time.monotonic() + timeout, not_boot_id=old)
+            self._wait_ssh(timeout, not_boot_id=old)
         except GuestError as exc:
             raise GuestError(
                 f"guest {self.name}: reboot failed: {exc}\nconsole log {self.console_log} "
