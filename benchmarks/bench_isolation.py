@@ -1,17 +1,20 @@
 """Isolation benchmark: does pinning by the plan protect inference from a noisy neighbour?
 
-Four in-process benchmarks of the sample model, all with `hosttune bench` and the live plan:
+Four in-process benchmarks of the sample model with `hosttune bench` and the live plan:
 
-  tuned   quiet   instance pinned to its plan CPUs (e.g. CPU 1)
-  tuned   noise   + busy-loop hogs (one per CPU) confined to the housekeeping CPUs (e.g. CPU 0)
-  untuned quiet   --no-pin: instance unpinned
-  untuned noise   --no-pin --noise: instance and hogs unpinned
+  tuned-quiet     instance pinned to its plan CPUs (e.g. CPU 1)
+  tuned-noise     + busy-loop hogs (one per CPU) confined to the housekeeping CPUs (e.g. CPU 0)
+  untuned-quiet   --no-pin: instance unpinned
+  untuned-noise   --no-pin --noise: instance and hogs unpinned
 
-Prints p50/p99/CV per case, the ratios noise/quiet (target: tuned p99 under the hog <= 1.3 x the
-tuned quiet p99), and writes an HTML report with all cases. `--repeat K` repeats the whole set:
-on a shared 2-core machine other processes add noise, so look at every repetition.
+The cases are interleaved: each round runs every case once (one timed run each, in a rotating
+order), so that the changing load of a shared machine falls evenly on all four. The rounds of a
+case are then merged into one result (hosttune.bench.runner.merge_documents). Printed: p50, p99,
+max, throughput and CVs per case; the ratio of p99 under the hog to the quiet p99, both as the
+ratio of the means and as the median of the per-round ratios (target for tuned: <= 1.3x); an
+HTML report with all four.
 
-    python benchmarks/bench_isolation.py --runs 5 --duration 5 --out /tmp/iso
+    python benchmarks/bench_isolation.py --rounds 8 --duration 5 --out /tmp/iso
 """
 
 from __future__ import annotations
@@ -34,17 +37,26 @@ def run(cmd: list[str]) -> None:
         sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr}")
 
 
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repo", help="model repository (default: build the sample model into a temp dir)")
+    ap.add_argument("--repo", help="model repository (default: build the sample model into --out)")
     ap.add_argument("--model", default="sample")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--duration", type=float, default=5.0)
-    ap.add_argument("--warmup", type=float, default=2.0)
-    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=8, help="rounds; each runs every case once")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per timed run")
+    ap.add_argument("--warmup", type=float, default=1.0, help="warmup seconds before each timed run")
     ap.add_argument("--plan", help="plan JSON (default: hosttune plan --json of this host)")
     ap.add_argument("--out", default=None, help="directory for the JSON results and report.html")
     args = ap.parse_args()
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from hosttune.bench import report, stats
+    from hosttune.bench.runner import merge_documents
 
     out = args.out or tempfile.mkdtemp(prefix="hosttune-iso-")
     os.makedirs(out, exist_ok=True)
@@ -62,51 +74,62 @@ def main() -> int:
         p = json.load(f)
     inst = p["instances"][0]
     print(f"plan: instance {inst['name']} on CPUs {inst['cpus_list']}, housekeeping {p['housekeeping']}; "
-          f"model {args.model}; {args.runs} runs x {args.duration} s, warmup {args.warmup} s")
+          f"model {args.model}; {args.rounds} rounds x 4 cases x {args.duration} s (warmup {args.warmup} s each)")
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from hosttune.bench import report, stats
-
-    all_docs = []
-    summary = []
-    for rep in range(args.repeat):
-        docs = {}
-        for name, extra in CASES:
-            path = os.path.join(out, f"{name}-{rep + 1}.json")
+    per_case: dict[str, list[dict]] = {name: [] for name, _ in CASES}
+    for k in range(args.rounds):
+        order = CASES[k % len(CASES):] + CASES[:k % len(CASES)]
+        for name, extra in order:
+            path = os.path.join(out, f"{name}-round{k + 1}.json")
             run([*HOSTTUNE, "bench", "--plan", plan, "--repo", repo, "--model", args.model,
-                 "--instances", inst["name"], "--runs", str(args.runs), "--duration", str(args.duration),
+                 "--instances", inst["name"], "--runs", "1", "--duration", str(args.duration),
                  "--warmup", str(args.warmup), "--label", name, "-o", path, *extra])
             with open(path) as f:
-                docs[name] = json.load(f)
-            all_docs.append((f"{name} #{rep + 1}" if args.repeat > 1 else name, docs[name]))
-        print(f"\nrepetition {rep + 1}/{args.repeat}")
-        print(f"{'case':<15} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'thr/s':>8} {'CV thr':>7} {'CV p99':>7}  verdict")
-        row = {}
-        for name, _ in CASES:
-            i = docs[name]["instances"][0]
-            s = i["summary"]
-            row[name] = s
-            print(f"{name:<15} {s['latency_ms']['p50']:>8.3f} {s['p99_ms']['mean']:>8.3f} "
-                  f"{s['latency_ms']['max']:>8.3f} {s['throughput']['mean']:>8.1f} {s['throughput']['cv']:>7.1%} "
-                  f"{s['p99_ms']['cv']:>7.1%}  {i['verdict']}")
-        t_ratio = row["tuned-noise"]["p99_ms"]["mean"] / row["tuned-quiet"]["p99_ms"]["mean"]
-        u_ratio = row["untuned-noise"]["p99_ms"]["mean"] / row["untuned-quiet"]["p99_ms"]["mean"]
-        mw = stats.mann_whitney_u(row["tuned-quiet"]["p99_ms"]["values"], row["tuned-noise"]["p99_ms"]["values"])
-        print(f"tuned   p99 noise/quiet: {t_ratio:.2f}x (target <= 1.3x: {'met' if t_ratio <= 1.3 else 'NOT met'}; "
-              f"Mann-Whitney p {mw['p']:.3f} on per-run p99)")
-        print(f"untuned p99 noise/quiet: {u_ratio:.2f}x")
-        print(f"untuned-noise p99 / tuned-noise p99: "
-              f"{row['untuned-noise']['p99_ms']['mean'] / row['tuned-noise']['p99_ms']['mean']:.2f}x")
-        summary.append({"repetition": rep + 1, "tuned_ratio": t_ratio, "untuned_ratio": u_ratio,
-                        **{name: {"p50_ms": row[name]["latency_ms"]["p50"], "p99_ms": row[name]["p99_ms"]["mean"],
-                                  "cv_p99": row[name]["p99_ms"]["cv"], "cv_throughput": row[name]["throughput"]["cv"],
-                                  "throughput": row[name]["throughput"]["mean"]} for name, _ in CASES}})
+                per_case[name].append(json.load(f))
+        print(f"round {k + 1}/{args.rounds}: p99 ms " + "  ".join(
+            f"{name} {per_case[name][-1]['instances'][0]['runs'][0]['latency_ms']['p99']:.2f}" for name, _ in CASES),
+            flush=True)
+
+    merged = {name: merge_documents(docs, label=name) for name, docs in per_case.items()}
+    for name, doc in merged.items():
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            json.dump(doc, f, indent=1)
+    print(f"\n{'case':<15} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'thr/s':>8} {'CV thr':>7} {'CV p99':>7}  verdict")
+    rows = {}
+    for name, _ in CASES:
+        i = merged[name]["instances"][0]
+        s = i["summary"]
+        rows[name] = s
+        print(f"{name:<15} {s['latency_ms']['p50']:>8.3f} {s['p99_ms']['mean']:>8.3f} {s['latency_ms']['max']:>8.3f} "
+              f"{s['throughput']['mean']:>8.1f} {s['throughput']['cv']:>7.1%} {s['p99_ms']['cv']:>7.1%}  {i['verdict']}")
+
+    def ratios(noisy: str, quiet: str) -> tuple[float, float, float]:
+        a, b = rows[quiet]["p99_ms"]["values"], rows[noisy]["p99_ms"]["values"]
+        per_round = [y / x for x, y in zip(a, b)]
+        mw = stats.mann_whitney_u(a, b)
+        return stats.mean(b) / stats.mean(a), median(per_round), mw["p"]
+
+    t_mean, t_med, t_p = ratios("tuned-noise", "tuned-quiet")
+    u_mean, u_med, u_p = ratios("untuned-noise", "untuned-quiet")
+    print(f"\ntuned   p99 under the hog / quiet p99: {t_mean:.2f}x (ratio of means), {t_med:.2f}x (median of "
+          f"per-round ratios); target <= 1.3x: {'met' if t_med <= 1.3 else 'NOT met'}; Mann-Whitney p {t_p:.3f}")
+    print(f"untuned p99 under the hog / quiet p99: {u_mean:.2f}x (ratio of means), {u_med:.2f}x (median of "
+          f"per-round ratios); Mann-Whitney p {u_p:.3f}")
+    print(f"under the hog, untuned p99 / tuned p99: "
+          f"{rows['untuned-noise']['p99_ms']['mean'] / rows['tuned-noise']['p99_ms']['mean']:.2f}x")
+    summary = {"rounds": args.rounds, "duration_s": args.duration,
+               "tuned_ratio_of_means": t_mean, "tuned_median_round_ratio": t_med, "tuned_mwu_p": t_p,
+               "untuned_ratio_of_means": u_mean, "untuned_median_round_ratio": u_med, "untuned_mwu_p": u_p,
+               **{name: {"p50_ms": rows[name]["latency_ms"]["p50"], "p99_ms": rows[name]["p99_ms"]["mean"],
+                         "p99_per_round": rows[name]["p99_ms"]["values"], "cv_p99": rows[name]["p99_ms"]["cv"],
+                         "cv_throughput": rows[name]["throughput"]["cv"], "throughput": rows[name]["throughput"]["mean"],
+                         "verdict": merged[name]["verdict"]} for name, _ in CASES}}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    page = os.path.join(out, "report.html")
-    with open(page, "w") as f:
-        f.write(report.html_report(all_docs, title="hosttune isolation benchmark: tuned vs untuned, quiet vs hog"))
-    print(f"\nresults in {out} (report.html, summary.json)")
+    with open(os.path.join(out, "report.html"), "w") as f:
+        f.write(report.html_report(list(merged.items()),
+                                   title="hosttune isolation benchmark: tuned vs untuned, quiet vs hog"))
+    print(f"\nresults in {out} (report.html, summary.json, one JSON per case)")
     return 0
 
 

@@ -204,3 +204,32 @@ def test_throughput_instance_runs_async_with_the_plan_streams(models, plan_file,
     worker = json.loads(out.read_text())["instances"][0]["worker"]
     assert worker["api"] == "async" and worker["nireq"] == 4
     assert worker["streams"] == min(2, len(os.sched_getaffinity(0)))
+
+
+def test_merge_documents_recomputes_from_the_runs():
+    import random
+
+    from hosttune.bench import runner, stats
+
+    rng = random.Random(2)
+
+    def doc(seed_runs):
+        t = runner.Target(name="node0", cpus=[1], model="m")
+        for n in seed_runs:
+            t.runs.append([rng.uniform(4, 6) for _ in range(n)])
+            t.elapsed.append(1.0)
+            t.errors.append(0)
+        return runner.build_document("inprocess", {"runs": len(seed_runs), "label": "x"}, {}, [t], time.time())
+
+    a, b = doc([100, 120]), doc([90])
+    m = runner.merge_documents([a, b], label="merged")
+    inst = m["instances"][0]
+    assert [r["index"] for r in inst["runs"]] == [0, 1, 2] and m["config"]["runs"] == 3
+    assert [r["count"] for r in inst["runs"]] == [100, 120, 90]
+    assert inst["throughput"] == pytest.approx(stats.mean([100, 120, 90]))
+    assert inst["summary"]["stability"]["runs"] == 3 and m["label"] == "merged"
+    assert m["aggregate"]["throughput"]["values"] == pytest.approx([100, 120, 90])
+    other = doc([10])
+    other["instances"][0]["name"] = "node1"
+    with pytest.raises(Exception, match="cannot be merged"):
+        runner.merge_documents([a, other])

@@ -296,6 +296,32 @@ async def _http_main(targets: list[Target], runs: int, warmup_s: float, duration
 
 
 # -- results ------------------------------------------------------------------------------------
+def _instance_summary(runs: list[dict[str, Any]], pooled: list[float]) -> dict[str, Any]:
+    thr = [r["throughput"] for r in runs]
+    p99 = [r["latency_ms"]["p99"] for r in runs]
+    p50 = [r["latency_ms"]["p50"] for r in runs]
+    return {"throughput": stats.describe(thr), "p99_ms": stats.describe(p99), "p50_ms": stats.describe(p50),
+            "latency_ms": stats.latency_summary(pooled), "stability": stats.verdict(thr, p99)}
+
+
+def _finish(instances: list[dict[str, Any]], per_run_pooled: list[list[float]]) -> dict[str, Any]:
+    """Fill each instance's headline figures; return the aggregate (runs are simultaneous across
+    instances: per run, throughput adds up and the p99 is taken over all instances' latencies)."""
+    for inst in instances:
+        inst["throughput"] = inst["summary"]["throughput"]["mean"]
+        inst["p99_ms"] = inst["summary"]["p99_ms"]["mean"]
+        inst["verdict"] = inst["summary"]["stability"]["verdict"]
+    nruns = min(len(i["runs"]) for i in instances)
+    agg_thr = [sum(inst["runs"][k]["throughput"] for inst in instances) for k in range(nruns)]
+    agg_p99 = [stats.percentile(sorted(per_run_pooled[k]), 99) for k in range(nruns)]
+    stability = stats.verdict(agg_thr, agg_p99)
+    return {
+        "instances": len(instances),
+        "throughput": stats.describe(agg_thr), "p99_ms": stats.describe(agg_p99), "stability": stability,
+        "verdict": stats.worst([i["verdict"] for i in instances] + [stability["verdict"]]),
+    }
+
+
 def summarize(targets: list[Target]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     instances = []
     for t in targets:
@@ -307,9 +333,6 @@ def summarize(targets: list[Target]) -> tuple[list[dict[str, Any]], dict[str, An
             summary["index"] = k
             summary["samples_ms"] = [round(v, 4) for v in stats.reduce_samples(lat, SAMPLES_KEPT)]
             runs.append(summary)
-        thr = [r["throughput"] for r in runs]
-        p99 = [r["latency_ms"]["p99"] for r in runs]
-        p50 = [r["latency_ms"]["p50"] for r in runs]
         pooled = sorted(v for lat in t.runs for v in lat)
         instances.append({
             "name": t.name, "node": t.node, "cpus": t.cpus, "model": t.model, "model_version": t.model_version,
@@ -317,23 +340,41 @@ def summarize(targets: list[Target]) -> tuple[list[dict[str, Any]], dict[str, An
             "openvino": t.config, "streams": t.info.get("streams", t.streams), "nireq": t.info.get("nireq", t.nireq),
             "worker": t.info,
             "runs": runs,
-            "summary": {"throughput": stats.describe(thr), "p99_ms": stats.describe(p99),
-                        "p50_ms": stats.describe(p50), "latency_ms": stats.latency_summary(pooled),
-                        "stability": stats.verdict(thr, p99)},
-            "throughput": stats.mean(thr), "p99_ms": stats.mean(p99),
-            "verdict": None,
+            "summary": _instance_summary(runs, pooled),
+            "throughput": None, "p99_ms": None, "verdict": None,
         })
-        instances[-1]["verdict"] = instances[-1]["summary"]["stability"]["verdict"]
     nruns = min(len(t.runs) for t in targets)
-    agg_thr = [sum(inst["runs"][k]["throughput"] for inst in instances) for k in range(nruns)]
-    agg_p99 = [stats.percentile(sorted(v for t in targets for v in t.runs[k]), 99) for k in range(nruns)]
-    stability = stats.verdict(agg_thr, agg_p99)
-    aggregate = {
-        "instances": len(instances),
-        "throughput": stats.describe(agg_thr), "p99_ms": stats.describe(agg_p99), "stability": stability,
-        "verdict": stats.worst([i["verdict"] for i in instances] + [stability["verdict"]]),
-    }
+    aggregate = _finish(instances, [[v for t in targets for v in t.runs[k]] for k in range(nruns)])
     return instances, aggregate
+
+
+def merge_documents(docs: list[dict[str, Any]], label: str | None = None) -> dict[str, Any]:
+    """One result from several results of the same setup (e.g. runs interleaved with other setups
+    to spread a shared machine's changing load evenly): the runs are concatenated and everything
+    is recomputed from them. Latencies pooled across runs come from each run's `samples_ms`."""
+    if not docs:
+        raise HosttuneError("nothing to merge")
+    first = docs[0]
+    names = [i["name"] for i in first["instances"]]
+    for d in docs[1:]:
+        if [i["name"] for i in d["instances"]] != names or d.get("kind") != first.get("kind"):
+            raise HosttuneError("results of different setups cannot be merged (instances or kind differ)")
+    out = json.loads(json.dumps(first))
+    out["label"] = label or first.get("label")
+    out["config"]["label"] = out["label"]
+    out["config"]["runs"] = sum(d["config"]["runs"] for d in docs)
+    out["config"]["merged_from"] = [d.get("created") for d in docs]
+    out["wall_s"] = sum(d.get("wall_s") or 0 for d in docs)
+    for n, inst in enumerate(out["instances"]):
+        runs = [r for d in docs for r in d["instances"][n]["runs"]]
+        runs = [{**r, "index": k} for k, r in enumerate(runs)]
+        inst["runs"] = runs
+        inst["summary"] = _instance_summary(runs, sorted(v for r in runs for v in r["samples_ms"]))
+    per_run = [[v for inst in out["instances"] for v in inst["runs"][k]["samples_ms"]]
+               for k in range(min(len(i["runs"]) for i in out["instances"]))]
+    out["aggregate"] = _finish(out["instances"], per_run)
+    out["verdict"] = out["aggregate"]["verdict"]
+    return out
 
 
 def build_document(kind: str, config: dict[str, Any], system: dict[str, Any], targets: list[Target],
