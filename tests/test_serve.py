@@ -320,3 +320,63 @@ def test_plan_instance_sets_port_cpus_and_openvino(models, tmp_path):
     r = subprocess.run([*HOSTTUNE, "serve", "--plan", str(tmp_path / "plan.json"), "--plan-instance", "node9",
                         "--repo", str(models)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no instance 'node9'" in r.stderr
+
+
+def _cpuset_cgroup(tmp_name: str, cpus: str):
+    """A cgroup-v1 cpuset holding only our own child (like AllowedCPUs= or a container's
+    --cpuset-cpus), or None where that cannot be made."""
+    base = "/sys/fs/cgroup/cpuset"
+    if os.geteuid() != 0 or not os.path.isdir(base) or not os.access(base, os.W_OK):
+        return None
+    path = os.path.join(base, tmp_name)
+    try:
+        os.mkdir(path)
+        for name, value in (("cpuset.cpus", cpus), ("cpuset.mems", "0")):
+            with open(os.path.join(path, name), "w") as f:
+                f.write(value)
+    except OSError:
+        if os.path.isdir(path):
+            os.rmdir(path)
+        return None
+    return path
+
+
+def test_inside_a_cpuset_narrower_than_the_plan(models, tmp_path):
+    """In a unit with AllowedCPUs= / a container cpuset: the kernel keeps the instance inside it;
+    hosttune warns about the plan CPUs it cannot have and fails when none is left."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    group = _cpuset_cgroup(f"hosttune-test-{os.getpid()}", str(cpus[0]))
+    if group is None:
+        pytest.skip("no writable cgroup-v1 cpuset here")
+
+    def enter():
+        with open(os.path.join(group, "tasks"), "w") as f:
+            f.write(str(os.getpid()))
+
+    def serve(plan_cpus):
+        plan = {"schema": "hosttune.plan/1", "nodes": [{"id": 0}], "instances": [{
+            "name": "node0", "node": 0, "cpus": plan_cpus, "cpus_list": "", "mems": [0], "mems_list": "0",
+            "port": free_port(), "bind": "127.0.0.1", "model": "trivial", "streams": 1,
+            "openvino": {"PERFORMANCE_HINT": "LATENCY"}, "ovms": {"nireq": 1}}]}
+        (tmp_path / "plan.json").write_text(json.dumps(plan))
+        return subprocess.Popen([*HOSTTUNE, "serve", "--plan", str(tmp_path / "plan.json"), "--plan-instance",
+                                 "node0", "--repo", str(models)], stderr=subprocess.PIPE, text=True,
+                                preexec_fn=enter)
+
+    try:
+        proc = serve([cpus[1]])  # entirely outside the cpuset
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2 and "cannot run on CPUs" in err and "Traceback" not in err
+        proc = serve(cpus[:2])  # partly outside: runs on what is left, with a warning
+        try:
+            lines = [proc.stderr.readline(), proc.stderr.readline()]
+            assert "are not allowed to this process" in lines[0], lines
+            assert "listening on" in lines[1], lines
+            assert os.sched_getaffinity(proc.pid) == {cpus[0]}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=15)
+    finally:
+        os.rmdir(group)
