@@ -184,6 +184,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     nireq = args.nireq or ((instance or {}).get("ovms") or {}).get("nireq")
     if args.nireq is not None and args.nireq < 1:
         raise HosttuneError("must be at least 1", where="--nireq")
+    if args.max_body < 1024:
+        raise HosttuneError("must be at least 1024 bytes", where="--max-body")
     cpus = cpulist.parse(args.cpus, where="--cpus") if args.cpus else (instance or {}).get("cpus")
 
     from hosttune.serve.server import App, bind_socket, serve_forever
