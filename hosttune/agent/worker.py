@@ -184,10 +184,14 @@ def _ok_keys(report: dict[str, Any]) -> list[int]:
     return [_key(r["area"], r["name"]) for r in report["settings"] if r["status"] == "ok"]
 
 
-def check(root: str, policy: dict[str, Any], plan_json: str | None, prev_ok: frozenset[int],
-          reapply: bool) -> dict[str, Any]:
+def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | None, prev_ok: frozenset[int],
+          reapply: bool, apply: bool = True) -> dict[str, Any]:
     """One full check: (re)plan if no plan is given, verify, re-apply drifted runtime areas, verify
-    again. Returns the summary the daemon turns into metrics, status and log lines."""
+    again. Returns the summary the daemon turns into metrics, status and log lines.
+
+    With apply=False (the daemon's own cheap path, no fork) it stops before writing: when something
+    needs re-applying the summary only says {"needs_apply": True}, and the daemon runs the check
+    again in a child."""
     fs = HostFS(root=root)
     try:
         lock = state.Lock(fs, wait=0).__enter__()
@@ -197,29 +201,21 @@ def check(root: str, policy: dict[str, Any], plan_json: str | None, prev_ok: fro
         return {"locked": True, "phase": "verify", "detail": str(exc)}
     out: dict[str, Any] = {"locked": False}
     try:
-        if plan_json is None:
+        if plan is None:
             plan = plan_mod.make_plan(discovery.discover(fs), policy)
             irqs, online = topology_seen(fs)  # discovery's reads, from its cache
             out["plan_json"] = json.dumps(plan, separators=(",", ":"))
             out["topology"] = {"irqs": irqs, "online": online}
-        else:
-            plan = json.loads(plan_json)
         report = engine.verify(plan, fs)
     finally:
         lock.__exit__(None, None, None)
+        fs.forget()
 
-    drift: dict[str, dict[str, Any]] = {}
-    for row in report["settings"]:
-        if row["status"] == "drift":
-            entry = drift.setdefault(row["area"], {"count": 0, "events": 0, "names": []})
-            entry["count"] += 1
-            entry["events"] += _key(row["area"], row["name"]) in prev_ok
-            if len(entry["names"]) < MAX_NAMES:
-                entry["names"].append(row["name"])
-    out["drift"] = drift
-
+    fix = sorted({r["area"] for r in report["settings"] if r["status"] == "drift"} & set(RUNTIME_AREAS))
+    if fix and reapply and not apply:
+        return {"locked": False, "needs_apply": True}
+    out["drift"] = _drift(report, prev_ok)
     out["ok"] = _ok_keys(report)
-    fix = sorted(set(drift) & set(RUNTIME_AREAS))
     if fix and reapply:
         try:
             applied = engine.apply(plan, fs, only=fix, lock_wait=0)
@@ -238,7 +234,7 @@ def check(root: str, policy: dict[str, Any], plan_json: str | None, prev_ok: fro
                           "refused": [u for u in applied["unsupported"] if u.get("name")],
                           "commands": applied.get("commands", [])}
         report = engine.verify(plan, fs)
-
+        fs.forget()
         out["ok"] = _ok_keys(report)
 
     per_area: dict[str, dict[str, int]] = {}
@@ -254,3 +250,15 @@ def check(root: str, policy: dict[str, Any], plan_json: str | None, prev_ok: fro
         "drifted": [r for r in report["settings"] if r["status"] == "drift"][:MAX_ROWS],
     })
     return out
+
+
+def _drift(report: dict[str, Any], prev_ok: frozenset[int]) -> dict[str, dict[str, Any]]:
+    drift: dict[str, dict[str, Any]] = {}
+    for row in report["settings"]:
+        if row["status"] == "drift":
+            entry = drift.setdefault(row["area"], {"count": 0, "events": 0, "names": []})
+            entry["count"] += 1
+            entry["events"] += _key(row["area"], row["name"]) in prev_ok
+            if len(entry["names"]) < MAX_NAMES:
+                entry["names"].append(row["name"])
+    return drift
