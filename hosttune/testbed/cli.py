@@ -1,6 +1,6 @@
 """`python -m hosttune.testbed ...` and `hosttune testbed ...`.
 
-    image [--rebuild]                      build the guest image, or print the cached one's path
+    image [--rebuild] [--list] [--prune]   build the guest image, or print the cached one's path
     up --name N [--topology T] [--memory MIB] [--accel tcg|kvm|auto] [--json]
                                            boot a guest, leave it running, print its SSH command
     down --name N [--missing-ok]           power it off (ACPI, then kill) and delete its overlay
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -42,6 +43,8 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("image", help="build the guest image or print the cached image's path")
     p.add_argument("--rebuild", action="store_true", help="build again even if cached")
     p.add_argument("--list", action="store_true", help="list the cached images")
+    p.add_argument("--prune", action="store_true",
+                   help="delete cached images of other recipes (not ones running guests use)")
     p.set_defaults(func=cmd_image)
 
     p = sub.add_parser("up", help="boot a guest and leave it running; prints its SSH command")
@@ -91,6 +94,10 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def cmd_image(args) -> int:
     from hosttune.testbed import image
 
+    if args.prune:
+        for path in image.prune_images():
+            print(f"removed {path}", file=sys.stderr)
+        return 0
     if args.list:
         for entry in image.cached_images():
             print(f"{entry['path']}  {entry['bytes'] / 2**20:.0f} MiB  built {entry['built']}")
@@ -109,7 +116,13 @@ def cmd_up(args) -> int:
         raise TestbedError("--memory must be at least 128 MiB")
     guest = Guest(name=args.name, topology=topo, memory_mib=args.memory, accel=args.accel,
                   detach=True, boot_timeout=args.timeout)
-    guest.start()
+    # The daemonized QEMU outlives this process: a SIGTERM during the boot must still stop it
+    # (start() kills the guest on any exception, SystemExit included).
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        guest.start()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if args.json:
         print(guest.state_file.read_text().strip())
     else:
@@ -118,6 +131,10 @@ def cmd_up(args) -> int:
               f"console: {guest.console_log}; stop: {PROG} down --name {guest.name}",
               file=sys.stderr)
     return 0
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def cmd_down(args) -> int:

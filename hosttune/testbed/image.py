@@ -425,3 +425,26 @@ def cached_images() -> list[dict[str, Any]]:
         out.append({"path": str(disk), "hash": disk.parent.name, "bytes": st.st_size,
                     "built": time.strftime("%Y-%m-%d %H:%M", time.localtime(st.st_mtime))})
     return out
+
+
+def prune_images() -> list[str]:
+    """Delete cached images other than the current recipe's (and failed-build logs), except
+    those a running guest uses as its backing file. Returns the deleted paths."""
+    from hosttune.testbed.vm import list_states
+
+    keep = image_path().parent.name
+    in_use = {Path(s["image"]).parent.name for s in list_states()
+              if s.get("running") and s.get("image")}
+    removed = []
+    with paths.file_lock(images_dir() / ".prune.lock"):
+        for entry in sorted(images_dir().iterdir()):
+            if not entry.is_dir() or entry.name.startswith((".build-", ".old-")):
+                continue
+            if entry.name == keep or entry.name in in_use:
+                continue
+            _rmtree(entry)
+            lock = images_dir() / f"{entry.name}.lock"
+            if lock.exists():
+                lock.unlink()
+            removed.append(str(entry))
+    return removed

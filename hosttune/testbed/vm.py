@@ -334,8 +334,8 @@ class Guest:
             else:
                 self._boot_with_retry(self.accel)
             if self.topology.kernel_args:
-                self._apply_kernel_args()
-            if self.topology.offline:
+                self._apply_kernel_args()  # reboots, which takes topology.offline CPUs offline
+            elif self.topology.offline:
                 offline_cpus(self, self.topology.offline)
             self._write_state("running")
         except BaseException:
@@ -433,7 +433,8 @@ class Guest:
             if "hostfwd" in log or "forwarding rule" in log:
                 say(f"{self.name}: port {self.port} was taken, trying another")
                 continue
-            raise GuestError(f"QEMU failed to start: {log.strip()[-2000:]}")
+            lines = [ln for ln in log.strip().splitlines() if "warning:" not in ln] or [log]
+            raise GuestError(f"QEMU failed to start: {' | '.join(lines[-3:])[-2000:]}")
         else:
             raise GuestError("QEMU could not get a free SSH port in 5 tries")
         self.used_accel = accel
@@ -481,7 +482,7 @@ class Guest:
         `timeout` is stretched while the console log is still growing (a loaded host makes a
         TCG boot slow, not stuck), up to twice `timeout`; a silent console past it fails."""
         start = time.monotonic()
-        last_size, last_growth, said = -1, start, False
+        last_size, last_growth, said = None, start, False
         while True:
             if not self.alive():
                 raise GuestError(f"QEMU exited while waiting for SSH (see {self.qemu_log})")
@@ -490,8 +491,9 @@ class Guest:
             except OSError:
                 size = 0
             now = time.monotonic()
-            if size != last_size:
-                last_size, last_growth = size, now
+            if last_size is not None and size != last_size:
+                last_growth = now
+            last_size = size
             if "Kernel panic" in tail(self.console_log, 15):
                 raise GuestError("kernel panic on the console")
             try:
@@ -507,7 +509,7 @@ class Guest:
             now = time.monotonic()
             if now - start > timeout:
                 quiet = now - last_growth
-                if quiet > CONSOLE_QUIET_S or now - start > 2 * timeout:
+                if quiet > min(CONSOLE_QUIET_S, timeout / 2) or now - start > 2 * timeout:
                     raise GuestError(
                         f"timed out waiting for SSH after {now - start:.0f} s "
                         f"(console silent for {quiet:.0f} s)"
@@ -526,7 +528,7 @@ class Guest:
     def reboot(self, timeout: float | None = None) -> float:
         """Reboot through the guest OS; wait for SSH and a new boot_id. Returns seconds taken.
         CPUs the topology lists as offline are taken offline again."""
-        timeout = timeout or boot_timeout(self.used_accel or self.accel)
+        timeout = timeout or self._boot_timeout or boot_timeout(self.used_accel or self.accel)
         t0 = time.monotonic()
         old = self.boot_id()
         say(f"{self.name}: rebooting")
