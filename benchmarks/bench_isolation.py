@@ -31,6 +31,17 @@ CASES = [("tuned-quiet", []), ("tuned-noise", ["--noise"]),
          ("untuned-quiet", ["--no-pin"]), ("untuned-noise", ["--no-pin", "--noise"])]
 
 
+def wait_quiet(max_load: float | None, timeout: float = 600.0) -> float:
+    """On a shared machine: wait (at most `timeout` s) until the 1-minute load average is below
+    `max_load`; returns the load average when the round starts (recorded beside the figures)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while max_load is not None and os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
 def run(cmd: list[str]) -> None:
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if r.returncode not in (0, 1):
@@ -51,6 +62,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per timed run")
     ap.add_argument("--warmup", type=float, default=1.0, help="warmup seconds before each timed run")
     ap.add_argument("--plan", help="plan JSON (default: hosttune plan --json of this host)")
+    ap.add_argument("--max-load", type=float, help="before each round, wait (up to 10 min) until the 1-minute "
+                                                   "load average is below this (shared machines)")
     ap.add_argument("--out", default=None, help="directory for the JSON results and report.html")
     args = ap.parse_args()
 
@@ -77,7 +90,9 @@ def main() -> int:
           f"model {args.model}; {args.rounds} rounds x 4 cases x {args.duration} s (warmup {args.warmup} s each)")
 
     per_case: dict[str, list[dict]] = {name: [] for name, _ in CASES}
+    loads = []
     for k in range(args.rounds):
+        loads.append(wait_quiet(args.max_load))
         order = CASES[k % len(CASES):] + CASES[:k % len(CASES)]
         for name, extra in order:
             path = os.path.join(out, f"{name}-round{k + 1}.json")
@@ -86,7 +101,7 @@ def main() -> int:
                  "--warmup", str(args.warmup), "--label", name, "-o", path, *extra])
             with open(path) as f:
                 per_case[name].append(json.load(f))
-        print(f"round {k + 1}/{args.rounds}: p99 ms " + "  ".join(
+        print(f"round {k + 1}/{args.rounds} (load average {loads[-1]:.1f}): p99 ms " + "  ".join(
             f"{name} {per_case[name][-1]['instances'][0]['runs'][0]['latency_ms']['p99']:.2f}" for name, _ in CASES),
             flush=True)
 
@@ -117,7 +132,7 @@ def main() -> int:
           f"per-round ratios); Mann-Whitney p {u_p:.3f}")
     print(f"under the hog, untuned p99 / tuned p99: "
           f"{rows['untuned-noise']['p99_ms']['mean'] / rows['tuned-noise']['p99_ms']['mean']:.2f}x")
-    summary = {"rounds": args.rounds, "duration_s": args.duration,
+    summary = {"rounds": args.rounds, "duration_s": args.duration, "load_average_per_round": loads,
                "tuned_ratio_of_means": t_mean, "tuned_median_round_ratio": t_med, "tuned_mwu_p": t_p,
                "untuned_ratio_of_means": u_mean, "untuned_median_round_ratio": u_med, "untuned_mwu_p": u_p,
                **{name: {"p50_ms": rows[name]["latency_ms"]["p50"], "p99_ms": rows[name]["p99_ms"]["mean"],

@@ -25,6 +25,17 @@ import tempfile
 HOSTTUNE = [sys.executable, "-m", "hosttune"]
 
 
+def wait_quiet(max_load: float | None, timeout: float = 600.0) -> float:
+    """On a shared machine: wait (at most `timeout` s) until the 1-minute load average is below
+    `max_load`; returns the load average when the round starts (recorded beside the figures)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while max_load is not None and os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
 def run(cmd: list[str], cpus: list[int] | None = None) -> None:
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
@@ -41,6 +52,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--plan", help="plan JSON (default: hosttune plan --json of this host)")
+    ap.add_argument("--max-load", type=float, help="before each round, wait (up to 10 min) until the 1-minute "
+                                                   "load average is below this (shared machines)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -100,7 +113,9 @@ def main() -> int:
     try:
         a, b = [], []
         m0 = scrape(inst["port"])
+        loads = []
         for k in range(args.rounds):
+            loads.append(wait_quiet(args.max_load))
             a.append(bench(f"inprocess-sample-{k + 1}", ["--model", "sample"], 1)["summary"]["latency_ms"]["p50"])
             b.append(bench(f"http-sample-c1-{k + 1}", ["--mode", "http", "--model", "sample", "--concurrency", "1"],
                            1)["summary"]["latency_ms"]["p50"])
@@ -128,7 +143,8 @@ def main() -> int:
           f"p50 {trivial['summary']['latency_ms']['p50']:.3f} ms, p99 {trivial['summary']['p99_ms']['mean']:.3f} ms")
     print(f"trivial model over HTTP, concurrency 1: {trivial1['summary']['throughput']['mean']:.0f} req/s, "
           f"p50 {trivial1['summary']['latency_ms']['p50']:.3f} ms (round trip incl. client)")
-    summary = {"inprocess_p50_ms": a, "http_p50_ms": b, "overhead_p50_ms": median,
+    print(f"load average at the start of each round: {' '.join(f'{v:.1f}' for v in loads)}")
+    summary = {"inprocess_p50_ms": a, "http_p50_ms": b, "overhead_p50_ms": median, "load_average_per_round": loads,
                "server_request_us": req_us, "server_inference_us": inf_us,
                "trivial_rps": trivial["summary"]["throughput"]["mean"], "trivial_rps_cv": trivial["summary"]["throughput"]["cv"],
                "trivial_c1_p50_ms": trivial1["summary"]["latency_ms"]["p50"], "concurrency": args.concurrency}
