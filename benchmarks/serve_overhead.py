@@ -6,6 +6,8 @@
     the paired differences, so that a shared machine's changing load cancels out.
 (2) requests/s of the server on the trivial model (one Add) at concurrency 8: the server's own
     ceiling.
+(3) CPU time per request of the server process (psutil) against the CPU time of one in-process
+    inference: the overhead in CPU time, which a loaded machine disturbs far less than wall time.
 
 The server runs as the plan's instance (pinned to its CPUs); the load client runs pinned to the
 housekeeping CPUs. Everything goes through `hosttune bench` (in-process and --mode http).
@@ -106,6 +108,43 @@ def main() -> int:
                     values[key.split("{")[0]] = float(value)
         return values
 
+    def cpu_s(pid: int) -> float:
+        import psutil
+
+        t = psutil.Process(pid).cpu_times()
+        return t.user + t.system
+
+    def inprocess_cpu_us(model: str) -> float:
+        """CPU time (not wall time: robust on a loaded machine) of one synchronous inference,
+        on the instance's CPUs with its OpenVINO settings."""
+        code = (
+            "import os, sys, json, time, numpy as np, openvino as ov\n"
+            "cfg = json.loads(sys.argv[1]); os.sched_setaffinity(0, cfg['cpus'])\n"
+            "core = ov.Core(); m = core.read_model(cfg['path'])\n"
+            "c = core.compile_model(m, 'CPU', cfg['config']); r = c.create_infer_request()\n"
+            "x = np.random.rand(*m.inputs[0].shape).astype(np.float32)\n"
+            "[r.infer({0: x}) for _ in range(20)]\n"
+            "t = time.process_time(); n = 0; end = time.monotonic() + cfg['seconds']\n"
+            "while time.monotonic() < end: r.infer({0: x}); n += 1\n"
+            "print((time.process_time() - t) / n * 1e6)\n")
+        cfg = {"cpus": inst["cpus"], "config": inst["openvino"], "seconds": args.duration,
+               "path": os.path.join(repo, model, "1", "model.xml")}
+        r = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True, check=True)
+        return float(r.stdout.strip().splitlines()[-1])
+
+    def scrape_count(port: int, model: str) -> float:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        for line in text.splitlines():
+            if line.startswith("ovms_requests_success_total{") and 'method="ModelInfer"' in line \
+                    and f'name="{model}"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     # (1) paired rounds: one in-process run and one HTTP run right after each other, so that the
     # load of a shared machine changes as little as possible between the two halves of a pair
     srv = Server("--plan", plan, "--plan-instance", inst["name"], "--repo", repo, "--model", "sample",
@@ -113,6 +152,7 @@ def main() -> int:
     try:
         a, b = [], []
         m0 = scrape(inst["port"])
+        c0 = cpu_s(srv.proc.pid)
         loads = []
         for k in range(args.rounds):
             loads.append(wait_quiet(args.max_load))
@@ -120,8 +160,12 @@ def main() -> int:
             b.append(bench(f"http-sample-c1-{k + 1}", ["--mode", "http", "--model", "sample", "--concurrency", "1"],
                            1)["summary"]["latency_ms"]["p50"])
         m1 = scrape(inst["port"])
+        c1 = cpu_s(srv.proc.pid)
+        t0 = scrape_count(inst["port"], "trivial")
         trivial = bench(f"http-trivial-c{args.concurrency}", ["--mode", "http", "--model", "trivial",
                                                               "--concurrency", str(args.concurrency)], args.runs)
+        c2 = cpu_s(srv.proc.pid)
+        t1 = scrape_count(inst["port"], "trivial")
         trivial1 = bench("http-trivial-c1", ["--mode", "http", "--model", "trivial", "--concurrency", "1"], args.runs)
     finally:
         srv.stop()
@@ -137,6 +181,14 @@ def main() -> int:
     inf_us = (m1["ovms_inference_time_us_sum"] - m0.get("ovms_inference_time_us_sum", 0)) / n
     print(f"inside the server (its /metrics, {n:.0f} requests): request {req_us:.0f} us - inference "
           f"{inf_us:.0f} us = {req_us - inf_us:.0f} us per request for JSON header, binary tensors and response")
+    cpu_sample = (c1 - c0) / n * 1e6
+    cpu_trivial = (c2 - c1) / max(1.0, t1 - t0) * 1e6
+    cpu_inproc_sample = inprocess_cpu_us("sample")
+    cpu_inproc_trivial = inprocess_cpu_us("trivial")
+    print(f"server CPU time per request: sample {cpu_sample:.0f} us (in-process inference {cpu_inproc_sample:.0f} us: "
+          f"overhead {cpu_sample - cpu_inproc_sample:.0f} us); trivial at c={args.concurrency} {cpu_trivial:.0f} us "
+          f"(in-process inference {cpu_inproc_trivial:.0f} us: overhead {cpu_trivial - cpu_inproc_trivial:.0f} us, "
+          f"i.e. at most {1e6 / max(cpu_trivial, 1):.0f} req/s per server CPU)")
     print(f"trivial model over HTTP, concurrency {args.concurrency}: "
           f"{trivial['summary']['throughput']['mean']:.0f} req/s (CV {trivial['summary']['throughput']['cv']:.1%}, "
           f"runs {' '.join(f'{v:.0f}' for v in trivial['summary']['throughput']['values'])}), "
@@ -146,6 +198,8 @@ def main() -> int:
     print(f"load average at the start of each round: {' '.join(f'{v:.1f}' for v in loads)}")
     summary = {"inprocess_p50_ms": a, "http_p50_ms": b, "overhead_p50_ms": median, "load_average_per_round": loads,
                "server_request_us": req_us, "server_inference_us": inf_us,
+               "server_cpu_us_per_request_sample": cpu_sample, "inprocess_cpu_us_sample": cpu_inproc_sample,
+               "server_cpu_us_per_request_trivial": cpu_trivial, "inprocess_cpu_us_trivial": cpu_inproc_trivial,
                "trivial_rps": trivial["summary"]["throughput"]["mean"], "trivial_rps_cv": trivial["summary"]["throughput"]["cv"],
                "trivial_c1_p50_ms": trivial1["summary"]["latency_ms"]["p50"], "concurrency": args.concurrency}
     with open(os.path.join(out, "summary.json"), "w") as f:
