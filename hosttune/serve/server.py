@@ -157,7 +157,8 @@ class App:
                 return
             header = json.dumps(response, separators=(",", ":")).encode()
             if binary:
-                await _respond(send, 200, [header, *binary], [JSON_CT, (HEADER_LEN, str(len(header)).encode())])
+                await _respond(send, 200, [header, *binary], [(b"content-type", b"application/octet-stream"),
+                                                             (HEADER_LEN, str(len(header)).encode())])
             else:
                 await _respond(send, 200, header, [JSON_CT])
             bound["success"]["ModelInfer"].inc()
