@@ -126,6 +126,7 @@ def test_http_against_a_running_instance(models, plan_file, tmp_path):
         doc = json.loads(out.read_text())
         inst = doc["instances"][0]
         assert doc["kind"] == "http" and doc["config"]["concurrency"] == 2
+        assert doc["config"]["client_cpus"] == plan["housekeeping"]  # the client stays off the instance
         assert inst["worker"]["endpoint"] == f"http://127.0.0.1:{port}"
         assert all(run["errors"] == 0 and run["count"] > 5 for run in inst["runs"])
         assert inst["summary"]["stability"]["verdict"] in ("stable", "unstable", "unsure")

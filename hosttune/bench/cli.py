@@ -34,6 +34,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="inprocess: sync (LATENCY, one stream) or async (THROUGHPUT, the plan's streams); "
                         "default from the instance's PERFORMANCE_HINT / NUM_STREAMS")
     p.add_argument("--concurrency", type=int, default=1, help="http: concurrent connections per instance (default 1)")
+    p.add_argument("--client-cpus", metavar="LIST|all",
+                   help="http: CPUs of the load client (default: the plan's housekeeping CPUs, so the client "
+                        "does not compete with the instances; all with --no-pin)")
     p.add_argument("--url", action="append", metavar="HOST:PORT",
                    help="http: benchmark these endpoints instead of the plan's instances (repeatable)")
     p.add_argument("--noise", nargs="?", type=int, const=-1, default=0, metavar="N",
@@ -147,7 +150,20 @@ def cmd_run(args: argparse.Namespace) -> int:
               "pinned": pinned, "api": args.api, "concurrency": args.concurrency if args.mode == "http" else None,
               "noise": noise.describe(), "label": args.label, "repo": repo if args.mode == "inprocess" else None,
               "plan": args.plan, "root": args.root}
+    client_cpus = None
+    if args.mode == "http":
+        from hosttune import cpulist
+
+        if args.client_cpus and args.client_cpus != "all":
+            client_cpus = cpulist.parse(args.client_cpus, where="--client-cpus")
+        elif args.client_cpus is None and pinned and plan and plan.get("housekeeping"):
+            client_cpus = list(plan["housekeeping"])
+        config["client_cpus"] = client_cpus
     with noise:
+        if client_cpus:
+            from hosttune.serve.placement import pin_cpus
+
+            pin_cpus(client_cpus, where="--client-cpus")  # after the hogs started: they keep their own CPUs
         try:
             if args.mode == "inprocess":
                 runner.run_inprocess(targets, args.runs, args.warmup, args.duration, args.api, pinned, progress)

@@ -102,11 +102,11 @@ class Noise:
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> Noise:
-        cpus = self.cpus
+        # unconfined hogs get every CPU this process may use, whatever the load client is pinned to
+        cpus = self.cpus or sorted(os.sched_getaffinity(0))
 
         def confine() -> None:
-            if cpus:
-                os.sched_setaffinity(0, cpus)  # the kernel keeps it within the cgroup's cpuset
+            os.sched_setaffinity(0, cpus)  # the kernel keeps it within the cgroup's cpuset
 
         for _ in range(self.count):
             self.procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"], preexec_fn=confine,
