@@ -2,7 +2,8 @@
 
 No download: the graph is built here, the weights come from a seeded generator, so two builds are
 bit-identical. Variants trade size for speed: `sample` costs a few milliseconds per inference on
-one core (about 0.3 GFLOP), `tiny` is for tests, `trivial` (one Add) measures the server alone.
+one core (about 0.19 G multiply-adds), `tiny` is for tests, `trivial` (one Add) measures the
+server alone.
 """
 
 from __future__ import annotations
