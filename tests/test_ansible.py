@@ -1,0 +1,701 @@
+"""The Ansible roles and playbooks: lint (production profile), syntax, argument specs, and real runs
+against this machine (ansible_connection=local) that only ever touch temporary directories.
+
+Every hosttune call the roles make gets `--root <a synthetic 2-node tree>` (hosttune_root), the
+configuration file, unit files and venv go to tmp_path, packages are not installed and systemd is
+not called (hosttune_*_systemd: false), Docker is a fake CLI on PATH. So nothing here changes this
+machine's boot configuration or tuning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.treegen import Spec, write_tree
+
+ansible_runner = pytest.importorskip("ansible_runner")
+
+VENV_BIN = os.path.dirname(sys.executable)
+HOSTTUNE = os.path.join(VENV_BIN, "hosttune")
+PLAYBOOKS = sorted(f for f in os.listdir(os.path.join(REPO, "playbooks")) if f.endswith(".yml"))
+ROLES = sorted(d for d in os.listdir(os.path.join(REPO, "roles")) if not d.startswith("."))
+
+pytestmark = pytest.mark.skipif(not os.access(HOSTTUNE, os.X_OK), reason=f"no hosttune executable at {HOSTTUNE}")
+
+
+# -- running playbooks -----------------------------------------------------------------------------
+class Run:
+    """An ansible-runner run: rc, status, events, and a few views of them."""
+
+    def __init__(self, runner: Any, private: str):
+        self.rc = runner.rc
+        self.status = runner.status
+        self.stats = runner.stats or {}
+        self.events = list(runner.events)
+        self.private = private
+        with open(os.path.join(runner.config.artifact_dir, "stdout"), encoding="utf-8", errors="replace") as f:
+            self.stdout = f.read()
+
+    def results(self, kinds=("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped")):
+        return [e for e in self.events if e["event"] in kinds]
+
+    def changed(self) -> list[str]:
+        return [f"{e['event_data'].get('role')}: {e['event_data']['task']}" for e in self.results(("runner_on_ok",))
+                if e["event_data"]["res"].get("changed")]
+
+    def failed(self) -> list[dict[str, Any]]:
+        return [e["event_data"] for e in self.results(("runner_on_failed",))
+                if not e["event_data"].get("ignore_errors")]
+
+    def task(self, name: str) -> list[dict[str, Any]]:
+        """event_data of the results of tasks whose name contains `name`."""
+        return [e["event_data"] for e in self.results() if name in e["event_data"].get("task", "")]
+
+    def skipped(self, name: str) -> bool:
+        return any(name in e["event_data"].get("task", "") for e in self.results(("runner_on_skipped",)))
+
+    def warnings(self) -> list[str]:
+        out = []
+        for e in self.results(("runner_on_ok",)):
+            for w in e["event_data"]["res"].get("warnings") or []:
+                out.append(w.get("message") if isinstance(w, dict) else str(w))
+        return out
+
+    def explain(self) -> str:
+        return f"rc={self.rc} status={self.status}\n{self.stdout[-6000:]}"
+
+
+def message(data: dict[str, Any]) -> str:
+    """A failed result's messages, its loop items' included."""
+    res = data.get("res", data)
+    parts = [str(res.get("msg", ""))]
+    parts += [str(item.get("msg", "")) for item in res.get("results") or [] if isinstance(item, dict)]
+    return "\n".join(parts)
+
+
+def ansible_env(extra_path: str | None = None) -> dict[str, str]:
+    path = os.pathsep.join(p for p in (extra_path, VENV_BIN, os.environ.get("PATH", "")) if p)
+    return {
+        "ANSIBLE_CONFIG": os.path.join(REPO, "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": os.path.join(REPO, "roles"),
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": path,
+    }
+
+
+def play(tmp_path, playbook: str, extravars: dict[str, Any], check=False, diff=False, inventory=None,
+         extra_path=None, limit=None) -> Run:
+    """Run a playbook (a path, or a name under playbooks/) with ansible-runner against localhost."""
+    if not os.path.isabs(playbook):
+        playbook = os.path.join(REPO, "playbooks", playbook)
+    index = len([d for d in os.listdir(tmp_path) if d.startswith("runner")])
+    private = str(tmp_path / f"runner{index}")
+    os.makedirs(private)
+    flags = " ".join(f for f, on in (("--check", check), ("--diff", diff)) if on)
+    kwargs = dict(private_data_dir=private, project_dir=REPO, playbook=playbook,
+                  inventory=inventory or os.path.join(REPO, "inventory", "localhost"),
+                  extravars=extravars, envvars=ansible_env(extra_path), quiet=True)
+    if flags:
+        kwargs["cmdline"] = flags
+    if limit:
+        kwargs["limit"] = limit
+    runner = ansible_runner.run(**kwargs)
+    return Run(runner, private)
+
+
+def write_playbook(tmp_path, name: str, roles: list[str], gather_facts=False) -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump([{"name": f"Test {name}", "hosts": "hosttune", "gather_facts": gather_facts,
+                                     "roles": [{"role": r} for r in roles]}], sort_keys=False))
+    return str(path)
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+@pytest.fixture
+def host(tmp_path):
+    """A synthetic 2-socket host tree (2 nodes x 4 cores, intel_pstate, 16 IRQs)."""
+    return write_tree(str(tmp_path / "host"), Spec())
+
+
+@pytest.fixture
+def base_vars(tmp_path, host):
+    """Role variables that keep every run inside tmp_path."""
+    units = tmp_path / "units"
+    units.mkdir()
+    return {
+        "hosttune_root": host,
+        "hosttune_bin": HOSTTUNE,
+        "hosttune_config": str(tmp_path / "etc" / "hosttune.yaml"),
+        "hosttune_policy": {},
+        "hosttune_agent_install_method": "none",
+        "hosttune_agent_packages": [],
+        "hosttune_agent_systemd": False,
+        "hosttune_agent_unit_dir": str(units),
+        "hosttune_cpu_packages": [],
+        "hosttune_irq_packages": [],
+        "hosttune_instances_kind": "systemd",
+        "hosttune_instances_unit_dir": str(units),
+        "hosttune_instances_systemd": False,
+        "hosttune_bench_enabled": False,
+        "hosttune_verify_instances": False,
+        "hosttune_restore_agent": False,  # no systemd on this machine
+    }
+
+
+def tree_digest(root: str) -> str:
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in sorted(os.walk(root)):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            digest.update(path.encode())
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def read(root: str, path: str) -> str:
+    with open(os.path.join(root, path.lstrip("/"))) as f:
+        return f.read().strip()
+
+
+def plan_of(root: str, policy: dict | None = None, tmp_path=None) -> dict[str, Any]:
+    argv = [HOSTTUNE, "plan", "--root", root, "--json"]
+    if policy is not None:
+        path = tmp_path / "policy-for-plan.yaml"
+        path.write_text(yaml.safe_dump({"policy": policy}))
+        argv += ["--policy", str(path)]
+    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+
+# -- static checks ---------------------------------------------------------------------------------
+def test_ansible_lint_production_profile_is_clean():
+    lint = os.path.join(VENV_BIN, "ansible-lint")
+    if not os.access(lint, os.X_OK):
+        pytest.skip("ansible-lint is not installed")
+    proc = subprocess.run([lint, "--profile", "production", "--nocolor", "roles", "playbooks"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **ansible_env(), "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("inventory", ["example", "localhost"])
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_playbook_syntax(playbook, inventory):
+    proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "--syntax-check", "-i",
+                           os.path.join(REPO, "inventory", inventory), os.path.join(REPO, "playbooks", playbook)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **ansible_env()})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_role_has_meta_and_argument_specs():
+    for role in ROLES:
+        meta = yaml.safe_load(open(os.path.join(REPO, "roles", role, "meta", "main.yml")))
+        assert meta["galaxy_info"]["role_name"] == role
+        specs = yaml.safe_load(open(os.path.join(REPO, "roles", role, "meta", "argument_specs.yml")))
+        options = specs["argument_specs"]["main"]["options"]
+        defaults_path = os.path.join(REPO, "roles", role, "defaults", "main.yml")
+        defaults = yaml.safe_load(open(defaults_path)) if os.path.exists(defaults_path) else {}
+        for name in defaults:
+            assert name.startswith(f"{role}_"), f"{role}: public variable {name} lacks the role prefix"
+            documented = name in options or name in ("hosttune_instances_container_args", "hosttune_instances_serve_args")
+            assert documented, f"{role}: {name} is not in meta/argument_specs.yml"
+        for name, spec in options.items():
+            assert spec.get("description"), f"{role}: {name} has no description"
+            assert spec.get("type"), f"{role}: {name} has no type"
+
+
+def test_example_inventory_policies_are_valid_hosttune_policies(tmp_path, host):
+    """Each hardware class's hosttune_policy plans on a 2-node host (hosttune validates it)."""
+    proc = subprocess.run([os.path.join(VENV_BIN, "ansible-inventory"), "-i", os.path.join(REPO, "inventory", "example"),
+                           "--list"], capture_output=True, text=True, check=True, env={**os.environ, **ansible_env()})
+    inv = json.loads(proc.stdout)
+    classes = inv["hosttune"]["children"]
+    assert {"xeon_2s", "epyc_4n"} <= set(classes)
+    for group in classes:
+        first = inv[group]["hosts"][0]
+        policy = inv["_meta"]["hostvars"][first]["hosttune_policy"]
+        plan = plan_of(host, policy, tmp_path)
+        assert plan["instances"], group
+
+
+# -- argument validation and policy errors ---------------------------------------------------------
+@pytest.mark.parametrize("bad, named", [
+    ({"hosttune_kernel_reboot_ok": "maybe"}, "hosttune_kernel_reboot_ok"),
+    ({"hosttune_instances_kind": "podman"}, "hosttune_instances_kind"),
+    ({"hosttune_policy": "latency"}, "hosttune_policy"),
+    ({"hosttune_agent_options": {"intervall": 5}}, "hosttune_agent_options.intervall"),
+    ({"hosttune_cpu_areas": ["cpufreq", "gpu"]}, "hosttune_cpu_areas"),
+    ({"hosttune_instances_container_args": "--nireq 4"}, "hosttune_instances_container_args"),
+])
+def test_bad_variable_fails_in_validation_before_any_change(tmp_path, host, base_vars, bad, named):
+    before = tree_digest(host)
+    run = play(tmp_path, "site.yml", {**base_vars, **bad})
+    assert run.rc != 0, run.explain()
+    failed = run.failed()
+    assert len(failed) == 1, run.explain()
+    assert named in message(failed[0]), message(failed[0])
+    # the very first task of the play after gathering facts: nothing ran, nothing changed
+    assert failed[0]["role"] == "hosttune", failed[0]["task"]
+    assert run.changed() == []
+    roles_that_ran = {e["event_data"].get("role") for e in run.results()} - {None, "hosttune"}
+    assert roles_that_ran == set()
+    assert not os.path.exists(base_vars["hosttune_config"])
+    assert tree_digest(host) == before
+
+
+@pytest.mark.parametrize("policy, message", [
+    ({"profile": "fast"}, "profile: must be one of latency, throughput"),
+    ({"housekeeping": {"cores_per_node": 4}}, "housekeeping.cores_per_node"),
+    ({"thp": "sometimes"}, "thp: must be one of"),
+])
+def test_policy_error_fails_with_hosttunes_own_message(tmp_path, host, base_vars, policy, message):
+    before = tree_digest(host)
+    run = play(tmp_path, "tune.yml", {**base_vars, "hosttune_policy": policy})
+    assert run.rc != 0, run.explain()
+    failed = run.failed()
+    assert len(failed) == 1, run.explain()
+    assert failed[0]["role"] == "hosttune_agent" and failed[0]["task"] == "Check the policy with hosttune"
+    msg = failed[0]["res"]["msg"]
+    assert message in msg and "hosttune: error:" in msg, msg
+    assert not os.path.exists(base_vars["hosttune_config"]), "a bad policy must not be written"
+    assert tree_digest(host) == before
+
+
+# -- tuning ----------------------------------------------------------------------------------------
+def test_tune_check_diff_reports_changes_and_changes_nothing(tmp_path, host, base_vars):
+    before = tree_digest(host)
+    run = play(tmp_path, "tune.yml", base_vars, check=True, diff=True)
+    assert run.rc == 0, run.explain()
+    changed = run.changed()
+    for task in ("hosttune_kernel: Stage the kernel arguments", "hosttune_cpu: Apply the CPU power settings",
+                 "hosttune_irq: Apply the IRQ, irqbalance, sysctl and THP settings"):
+        assert any(c.startswith(task) for c in changed), (task, changed)
+    cpu = run.task("Apply the CPU power settings")[0]["res"]
+    assert "--dry-run" in cpu["cmd"] and cpu["result"]["dry_run"] is True
+    assert cpu["changes"] and "governor" in cpu["diff"]["after"]
+    irq = run.task("Apply the IRQ, irqbalance")[0]["res"]
+    assert "vm.swappiness" in irq["diff"]["before"] and "vm.swappiness" in irq["diff"]["after"]
+    assert any("a reboot is required" in w and "check mode" in w for w in run.warnings()), run.warnings()
+    assert tree_digest(host) == before
+    assert not os.path.exists(base_vars["hosttune_config"])
+
+
+def test_tune_applies_then_second_run_changes_nothing(tmp_path, host, base_vars):
+    run = play(tmp_path, "tune.yml", base_vars)
+    assert run.rc == 0, run.explain()
+    assert run.changed(), run.explain()
+    assert read(host, "/proc/sys/vm/swappiness") == "10"
+    assert "isolcpus=managed_irq,domain,1-3,5-7" in read(host, "/etc/default/grub.d/hosttune.cfg")
+    config = yaml.safe_load(open(base_vars["hosttune_config"]))
+    assert config == {"policy": {}, "agent": {}}
+    unit = open(os.path.join(base_vars["hosttune_agent_unit_dir"], "hosttune-agent.service")).read()
+    assert f"ExecStart={HOSTTUNE} agent --root {host} --config {base_vars['hosttune_config']}" in unit
+    assert "Type=notify" in unit
+    # not the live root: no reboot, the fact says a reboot is required, a warning says why
+    assert any("Not rebooting: hosttune_root is" in w for w in run.warnings()), run.warnings()
+    reboot = run.task("Record whether a reboot is still required")[0]["res"]
+    assert reboot["ansible_facts"]["hosttune_kernel_reboot_required"] is True
+    assert run.skipped("Reboot into the new kernel arguments")
+
+    again = play(tmp_path, "tune.yml", base_vars)
+    assert again.rc == 0, again.explain()
+    assert again.changed() == [], again.changed()
+
+    check = play(tmp_path, "tune.yml", base_vars, check=True)
+    assert check.rc == 0 and check.changed() == [], check.changed()
+
+
+def test_kernel_role_asserts_cmdline_and_isolated_cpus_against_the_plan(tmp_path, host, base_vars):
+    plan = plan_of(host)
+    # as if the host had rebooted into the planned arguments
+    with open(os.path.join(host, "proc/cmdline"), "w") as f:
+        f.write("BOOT_IMAGE=/vmlinuz root=/dev/vda1 " + " ".join(plan["kernel_args"]) + "\n")
+    with open(os.path.join(host, "sys/devices/system/cpu/isolated"), "w") as f:
+        f.write("1-3,5-7\n")
+    run = play(tmp_path, "tune.yml", base_vars)
+    assert run.rc == 0, run.explain()
+    assert run.task("Check that /proc/cmdline holds every planned kernel argument")[0]["res"]["msg"].startswith(
+        "/proc/cmdline holds")
+    assert "as planned" in run.task("Check that the isolated CPUs are the planned ones")[0]["res"]["msg"]
+
+    with open(os.path.join(host, "sys/devices/system/cpu/isolated"), "w") as f:
+        f.write("1-3\n")
+    run = play(tmp_path, "tune.yml", base_vars)
+    assert run.rc != 0
+    failed = run.failed()
+    assert failed[0]["task"] == "Check that the isolated CPUs are the planned ones"
+    assert "the plan isolates [1, 2, 3, 5, 6, 7]" in failed[0]["res"]["msg"]
+
+
+def test_verify_fails_on_drift_naming_the_setting_and_restore_puts_values_back(tmp_path, host, base_vars):
+    swappiness = read(host, "/proc/sys/vm/swappiness")
+    assert play(tmp_path, "tune.yml", base_vars).rc == 0
+    ok = play(tmp_path, "verify.yml", base_vars)
+    assert ok.rc == 0, ok.explain()
+    assert "pending-reboot" in ok.task("Report the verification")[0]["res"]["msg"]
+
+    with open(os.path.join(host, "proc/sys/vm/swappiness"), "w") as f:
+        f.write("60\n")
+    drift = play(tmp_path, "verify.yml", base_vars)
+    assert drift.rc != 0
+    msg = drift.failed()[0]["res"]["msg"]
+    assert "vm.swappiness (expected 10, actual 60)" in msg, msg
+
+    strict = play(tmp_path, "verify.yml", {**base_vars, "hosttune_verify_allow_pending_reboot": False})
+    assert strict.rc != 0
+
+    restored = play(tmp_path, "restore.yml", base_vars)
+    assert restored.rc == 0, restored.explain()
+    assert read(host, "/proc/sys/vm/swappiness") == swappiness
+    assert not os.path.exists(os.path.join(host, "etc/default/grub.d/hosttune.cfg"))
+    assert "stay active until the next reboot" in restored.task("Say that a reboot is still needed")[0]["res"]["msg"]
+
+
+# -- instances -------------------------------------------------------------------------------------
+FAKE_DOCKER = r'''#!/usr/bin/env python3
+"""A fake docker CLI: containers live in $FAKE_DOCKER_STATE (JSON)."""
+import json, os, sys
+path = os.environ["FAKE_DOCKER_STATE"]
+try:
+    state = json.load(open(path))
+except FileNotFoundError:
+    state = {"containers": {}, "images": {}, "log": []}
+argv = sys.argv[1:]
+state["log"].append(argv)
+rc = 0
+def emit(obj):
+    print(json.dumps(obj))
+if argv[:1] == ["version"]:
+    print("Server: fake")
+elif argv[:2] == ["image", "inspect"]:
+    if argv[2] in state["images"]:
+        emit([{"Id": state["images"][argv[2]]}])
+    else:
+        print("Error: No such image: " + argv[2], file=sys.stderr); rc = 1
+elif argv[:1] == ["pull"]:
+    state["images"][argv[1]] = "sha256:" + "1" * 64
+    print("Status: Downloaded newer image for " + argv[1])
+elif argv[:2] == ["container", "inspect"]:
+    found = [c for c in state["containers"].values() if c["Id"] in argv[2:] or c["Name"][1:] in argv[2:]]
+    if len(found) != len(argv[2:]):
+        print("Error: No such container", file=sys.stderr); rc = 1
+    else:
+        emit(found)
+elif argv[:2] == ["container", "ls"]:
+    for c in state["containers"].values():
+        if "hosttune.instance" in c["Config"]["Labels"]:
+            print(c["Id"])
+elif argv[:1] == ["rm"]:
+    for ref in argv[1:]:
+        for key, c in list(state["containers"].items()):
+            if ref in (c["Id"], c["Name"][1:]):
+                del state["containers"][key]
+elif argv[:1] == ["run"]:
+    opts, labels, i = {}, {}, 1
+    while argv[i].startswith("-"):
+        if argv[i] in ("--detach", "--read-only"):
+            opts[argv[i]] = [True]; i += 1; continue
+        if argv[i] == "--label":
+            key, _, value = argv[i + 1].partition("="); labels[key] = value
+        opts.setdefault(argv[i], []).append(argv[i + 1]); i += 2
+    name = opts["--name"][0]
+    cid = "c%06d" % len(state["log"])
+    state["containers"][name] = {"Id": cid, "Name": "/" + name, "Image": argv[i], "Args": argv[i + 1:],
+                                 "Config": {"Labels": labels}, "State": {"Running": True}, "Options": opts}
+    print(cid)
+else:
+    print("fake docker: unsupported: " + " ".join(argv), file=sys.stderr); rc = 125
+json.dump(state, open(path, "w"))
+sys.exit(rc)
+'''
+
+
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_response(200 if self.path == "/v2/health/ready" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def ready_servers():
+    """Two consecutive local ports answering /v2/health/ready (the 'instances')."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base > 65000:
+            continue
+        try:
+            servers = [http.server.ThreadingHTTPServer(("127.0.0.1", base + i), Ready) for i in range(2)]
+        except OSError:
+            continue
+        for server in servers:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        yield base
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        return
+    pytest.skip("no two consecutive free ports")
+
+
+@pytest.fixture
+def fake_docker(tmp_path):
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    (bindir / "docker").write_text(FAKE_DOCKER.replace("/usr/bin/env python3", sys.executable))
+    (bindir / "docker").chmod(0o755)
+    state = tmp_path / "docker.json"
+    os.environ["FAKE_DOCKER_STATE"] = str(state)
+    yield str(bindir), state
+    os.environ.pop("FAKE_DOCKER_STATE", None)
+
+
+def write_config(base_vars, policy):
+    os.makedirs(os.path.dirname(base_vars["hosttune_config"]), exist_ok=True)
+    with open(base_vars["hosttune_config"], "w") as f:
+        yaml.safe_dump({"policy": policy, "agent": {}}, f)
+
+
+def test_ovms_containers_follow_the_plan_and_are_idempotent(tmp_path, host, base_vars, fake_docker, ready_servers):
+    bindir, state_file = fake_docker
+    policy = {"instances": {"base_port": ready_servers}}
+    write_config(base_vars, policy)
+    plan = plan_of(host, policy, tmp_path)
+    playbook = write_playbook(tmp_path, "instances.yml", ["hosttune_instances"])
+    extravars = {**base_vars, "hosttune_policy": policy, "hosttune_instances_kind": "ovms",
+                 "hosttune_instances_health_delay": 1}
+    run = play(tmp_path, playbook, extravars, extra_path=bindir)
+    assert run.rc == 0, run.explain()
+    state = json.loads(state_file.read_text())
+    assert sorted(state["containers"]) == ["hosttune-node0", "hosttune-node1"]
+    for inst in plan["instances"]:
+        c = state["containers"][f"hosttune-{inst['name']}"]
+        opts = c["Options"]
+        assert opts["--cpuset-cpus"] == [inst["cpus_list"]] and opts["--cpuset-mems"] == [inst["mems_list"]]
+        assert opts["--publish"] == [f"127.0.0.1:{inst['port']}:{inst['port']}"]
+        assert opts["--read-only"] == [True] and opts["--tmpfs"] == ["/tmp"] and opts["--user"] == ["5000:5000"]
+        assert opts["--volume"] == ["/var/lib/hosttune/models:/models:ro"]
+        assert c["Image"] == "openvino/model_server:latest"
+        args = c["Args"]
+        assert json.loads(args[args.index("--plugin_config") + 1]) == inst["ovms"]["plugin_config"]
+        assert args[args.index("--nireq") + 1] == str(inst["ovms"]["nireq"])
+        assert args[args.index("--rest_port") + 1] == str(inst["port"])
+    health = run.task("Wait for each instance to answer")
+    assert health and all(not r["res"].get("failed") for r in health)
+
+    again = play(tmp_path, playbook, extravars, extra_path=bindir)
+    assert again.rc == 0 and again.changed() == [], again.changed()
+
+    # a new plan: only node 1, now on the base port -> node0's container goes, node1's is recreated
+    policy = {"instances": {"base_port": ready_servers, "nodes": [1]}}
+    write_config(base_vars, policy)
+    third = play(tmp_path, playbook, {**extravars, "hosttune_policy": policy}, extra_path=bindir)
+    assert third.rc == 0, third.explain()
+    state = json.loads(state_file.read_text())
+    assert sorted(state["containers"]) == ["hosttune-node1"]
+    assert state["containers"]["hosttune-node1"]["Options"]["--publish"] == [f"127.0.0.1:{ready_servers}:{ready_servers}"]
+
+
+def test_ovms_check_mode_predicts_containers_without_running_them(tmp_path, host, base_vars, fake_docker):
+    bindir, state_file = fake_docker
+    write_config(base_vars, {})
+    playbook = write_playbook(tmp_path, "instances.yml", ["hosttune_instances"])
+    run = play(tmp_path, playbook, {**base_vars, "hosttune_instances_kind": "ovms"}, check=True, extra_path=bindir)
+    assert run.rc == 0, run.explain()
+    would = run.task("Report the container that check mode would recreate")
+    assert len(would) == 2 and all(r["res"]["changed"] for r in would)
+    state = json.loads(state_file.read_text())
+    assert state["containers"] == {}
+    assert not any(argv[:1] in (["run"], ["rm"], ["pull"]) for argv in state["log"]), state["log"]
+
+
+def test_systemd_instances_get_placement_drop_ins_from_the_plan(tmp_path, host, base_vars):
+    write_config(base_vars, {})
+    plan = plan_of(host)
+    playbook = write_playbook(tmp_path, "instances.yml", ["hosttune_instances"])
+    run = play(tmp_path, playbook, base_vars)
+    assert run.rc == 0, run.explain()
+    units = base_vars["hosttune_instances_unit_dir"]
+    template = open(os.path.join(units, "hosttune-instance@.service")).read()
+    assert f"ExecStart={HOSTTUNE} serve --root {host} --policy {base_vars['hosttune_config']} " \
+           f"--plan-instance node%i --repo /var/lib/hosttune/models" in template
+    for inst in plan["instances"]:
+        dropin = open(os.path.join(units, f"hosttune-instance@{inst['node']}.service.d", "placement.conf")).read()
+        assert f"AllowedCPUs={inst['cpus_list']}\n" in dropin
+        assert f"AllowedMemoryNodes={inst['mems_list']}\n" in dropin
+        assert f"CPUAffinity={inst['cpus_list']}\n" in dropin
+        assert f"HOSTTUNE_PORT={inst['port']}" in dropin
+    assert play(tmp_path, playbook, base_vars).changed() == []
+
+
+def test_nginx_exposed_without_tls_or_access_control_fails_before_any_change(tmp_path, host, base_vars):
+    write_config(base_vars, {})
+    playbook = write_playbook(tmp_path, "instances.yml", ["hosttune_instances"])
+    run = play(tmp_path, playbook, {**base_vars, "hosttune_instances_nginx": True,
+                                    "hosttune_instances_nginx_listen": "0.0.0.0"})
+    assert run.rc != 0
+    failed = run.failed()
+    assert failed[0]["task"] == "Check the nginx front's exposure settings"
+    assert "hosttune_instances_nginx_tls_cert" in failed[0]["res"]["msg"]
+    assert os.listdir(base_vars["hosttune_instances_unit_dir"]) == []
+
+
+# -- bench -----------------------------------------------------------------------------------------
+FAKE_BENCH = r'''#!/bin/sh
+# hosttune, except `bench`: writes the reports it is asked for and a verdict from $FAKE_VERDICT
+if [ "$1" != bench ]; then exec "{hosttune}" "$@"; fi
+out=; html=; fail=; inst=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --output) out=$2; shift;; --html) html=$2; shift;; --instances) inst=$2; shift;;
+    --fail-unstable) fail=1;;
+  esac
+  shift
+done
+doc="{{\"schema\": \"hosttune.bench/1\", \"instance\": \"$inst\", \"verdict\": \"$FAKE_VERDICT\"}}"
+echo "$doc" > "$out"; [ -n "$html" ] && echo "<html>$inst</html>" > "$html"
+echo "$doc"
+[ -n "$fail" ] && [ "$FAKE_VERDICT" != stable ] && exit 1
+exit 0
+'''
+
+
+@pytest.mark.parametrize("verdict", ["stable", "unstable"])
+def test_bench_fetches_reports_and_fails_when_unstable(tmp_path, host, base_vars, verdict, monkeypatch):
+    stub = tmp_path / "hosttune-stub"
+    stub.write_text(FAKE_BENCH.format(hosttune=HOSTTUNE))
+    stub.chmod(0o755)
+    # the unit lookup (agent role) is not part of this play; the bench role runs the stub
+    monkeypatch.setenv("FAKE_VERDICT", verdict)
+    write_config(base_vars, {})
+    reports = tmp_path / "reports"
+    playbook = write_playbook(tmp_path, "bench.yml", ["hosttune_bench"])
+    run = play(tmp_path, playbook, {**base_vars, "hosttune_bin": str(stub), "hosttune_bench_report_dir": str(reports),
+                                    "hosttune_bench_remote_dir": str(tmp_path / "remote")})
+    for name in ("node0", "node1"):
+        assert json.loads((reports / "localhost" / f"{name}.json").read_text())["verdict"] == verdict
+        assert (reports / "localhost" / f"{name}.html").read_text().strip() == f"<html>{name}</html>"
+    if verdict == "stable":
+        assert run.rc == 0, run.explain()
+    else:
+        assert run.rc != 0
+        msg = run.failed()[0]["res"]["msg"]
+        assert "unstable benchmark for node0 (verdict unstable)" in msg and str(reports) in msg, msg
+
+
+# -- the agent install, for real, into a temporary prefix -------------------------------------------
+@pytest.fixture(scope="module")
+def source_snapshot(tmp_path_factory):
+    """A copy of this checkout: other work in the tree must not change the wheel between runs."""
+    dest = tmp_path_factory.mktemp("src") / "hosttune"
+    shutil.copytree(REPO, dest, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "artifacts", ".hypothesis",
+        ".benchmarks", ".cache", "tests"))
+    return str(dest)
+
+
+def _venv_python() -> str:
+    for candidate in ("/usr/bin/python3", sys.executable):
+        ok = subprocess.run([candidate, "-c", "import ensurepip, venv, sys; assert sys.version_info >= (3, 11)"],
+                            capture_output=True).returncode == 0
+        if ok:
+            return candidate
+    pytest.skip("no Python >= 3.11 with venv/ensurepip")
+
+
+@pytest.mark.timeout(900)
+def test_agent_installs_hosttune_into_a_temp_prefix_idempotently(tmp_path, host, base_vars, source_snapshot):
+    prefix = tmp_path / "opt"
+    extravars = {
+        **base_vars,
+        "hosttune_agent_install_method": "wheel",
+        "hosttune_agent_src": source_snapshot,
+        "hosttune_agent_build_dir": str(tmp_path / "wheelhouse"),
+        "hosttune_agent_wheel_dir": str(prefix / "wheels"),
+        "hosttune_venv": str(prefix / "venv"),
+        "hosttune_bin": str(prefix / "venv" / "bin" / "hosttune"),
+        "hosttune_agent_python": _venv_python(),
+        "hosttune_policy": {"profile": "throughput"},
+        "hosttune_agent_options": {"interval": 10},
+    }
+    playbook = write_playbook(tmp_path, "agent.yml", ["hosttune_agent"], gather_facts=True)
+
+    check = play(tmp_path, playbook, extravars, check=True)
+    assert check.rc == 0, check.explain()
+    assert any("check mode: hosttune is not installed" in r["res"].get("msg", "")
+               for r in check.task("Say why nothing more can be predicted")), check.explain()
+    assert not prefix.exists()
+
+    run = play(tmp_path, playbook, extravars)
+    assert run.rc == 0, run.explain()
+    hosttune = prefix / "venv" / "bin" / "hosttune"
+    out = subprocess.run([str(hosttune), "plan", "--root", host, "--policy", base_vars["hosttune_config"], "--json"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["profile"] == "throughput"
+    plan_fact = run.task("Publish the plan as the fact hosttune_plan")[-1]["res"]["ansible_facts"]["hosttune_plan"]
+    assert plan_fact["profile"] == "throughput" and len(plan_fact["instances"]) == 2
+    assert yaml.safe_load(open(base_vars["hosttune_config"])) == {"policy": {"profile": "throughput"},
+                                                                  "agent": {"interval": 10}}
+    unit = open(os.path.join(base_vars["hosttune_agent_unit_dir"], "hosttune-agent.service")).read()
+    assert f"ExecStart={hosttune} agent --root {host} --config {base_vars['hosttune_config']}" in unit
+    assert "Type=notify" in unit and "WatchdogSec=" in unit  # the packaged unit, not a copy
+
+    again = play(tmp_path, playbook, extravars)
+    assert again.rc == 0 and again.changed() == [], again.changed()
+    check = play(tmp_path, playbook, extravars, check=True, diff=True)
+    assert check.rc == 0 and check.changed() == [], check.changed()
+
+    # a policy change shows up as an honest diff in check mode, and is not written
+    check = play(tmp_path, playbook, {**extravars, "hosttune_policy": {"profile": "latency"}}, check=True, diff=True)
+    assert check.rc == 0
+    config_task = check.task("Write the hosttune configuration")[0]["res"]
+    assert config_task["changed"] and "latency" in config_task["diff"][0]["after"]
+    assert yaml.safe_load(open(base_vars["hosttune_config"]))["policy"] == {"profile": "throughput"}
+    plan_fact = check.task("Publish the plan as the fact hosttune_plan")[-1]["res"]["ansible_facts"]["hosttune_plan"]
+    assert plan_fact["profile"] == "latency", "check mode plans with the policy the run would write"
+
+
+# -- rolling -----------------------------------------------------------------------------------------
+def test_an_unreachable_host_stops_the_rollout(tmp_path, host, base_vars):
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(textwrap.dedent(f"""\
+        all:
+          children:
+            hosttune:
+              hosts:
+                gone.invalid:
+                  ansible_host: 127.0.0.1
+                  ansible_port: 1
+                  ansible_connection: ssh
+                  ansible_ssh_common_args: -o ConnectTimeout=3 -o StrictHostKeyChecking=no
+                localhost:
+                  ansible_connection: local
+                  ansible_python_interpreter: {sys.executable}
+        """))
+    run = play(tmp_path, "tune.yml", base_vars, inventory=str(inventory))
+    assert run.rc != 0
+    assert "gone.invalid" in run.stats.get("dark", {}), run.stats
+    assert "localhost" not in {e["event_data"].get("host") for e in run.results()}, "the rollout must stop"
+    assert not os.path.exists(base_vars["hosttune_config"])
