@@ -1,17 +1,22 @@
-"""The agent's heavy work, each run in a short-lived forked child.
+"""The agent's heavy work, run in short-lived forked children.
 
-A full check reads every CPU's and IRQ's files, builds the topology, the plan, one Item and one
-verify row per setting (2,300 settings on a 256-CPU host with 1,000 IRQs) and, when something
-drifted, an apply report. In the daemon itself that would leave its RSS at the high-water mark of
-the largest check for good: CPython does not hand fragmented heap back to the system. Measured on
-a synthetic 256-CPU/1,024-IRQ tree: 30 MB in-process against about 21 MB with this module.
+A check that re-discovers reads every CPU's and IRQ's files and builds the topology and the
+plan. A check that re-applies builds an apply report and the state's journal. Both allocate in
+proportion to the host (2,300 settings on a 256-CPU host with 1,024 IRQs). In the daemon itself
+that memory would stay for good, because CPython does not hand fragmented heap back to the
+system. Measured on a synthetic 256-CPU/1,024-IRQ tree: 30 MB in-process, about 22 MB with this
+module.
 
-So the daemon forks for each check (and for recovery and trial plans): the child inherits the
+So the daemon forks for those checks, for recovery and for trial plans. The child inherits the
 current plan and state copy-on-write, does the work, writes a compact JSON summary to a pipe and
-exits; its memory goes with it. The child ignores SIGTERM/SIGHUP/SIGINT, so an apply in progress
-finishes when the service is stopped; the daemon waits for it (the unit uses KillMode=mixed).
-The child never touches the daemon's locks, log or metrics: what it has to say (log records of
-hosttune.engine included) comes back in the summary.
+exits, and its memory goes with it. A check that only verifies runs in the daemon on hosts of up to
+daemon.INPROCESS_MAX_SETTINGS settings (the same `check` function with apply=False), and forked
+on bigger ones.
+
+The child ignores SIGTERM/SIGHUP/SIGINT, so an apply in progress finishes when the service is
+stopped; the daemon waits for it (the unit uses KillMode=mixed). The child never touches the
+daemon's locks, log or metrics. What it has to say, log records of hosttune.engine included,
+comes back in the summary.
 """
 
 from __future__ import annotations
