@@ -107,7 +107,16 @@ def recover(fs: HostFS, st: state.State) -> list[str]:
             log.warning("recover: cannot put back %s: %s", change["path"], exc.strerror)
     st.run = None
     state.save(fs, st)
+    _after_restore(fs, Runner(live=fs.is_live), set(restored))
     return restored
+
+
+def _after_restore(fs: HostFS, runner: Runner, paths: set[str]) -> None:
+    """Commands that make restored config files take effect (shared by recover and restore)."""
+    if settings.GRUB_DROPIN in paths:
+        runner.run(["update-grub"], "regenerate the boot config without hosttune's arguments")
+    if any(p.endswith("/irqbalance") for p in paths):
+        runner.run(["systemctl", "try-restart", "irqbalance"], "irqbalance rereads its configuration")
 
 
 def _remove_temp_files(fs: HostFS, path: str) -> None:
@@ -155,7 +164,7 @@ def _apply_locked(plan: dict[str, Any], fs: HostFS, runner: Runner, dry_run: boo
             if item.kind == "sysfs" and raw is None:
                 unsupported.append({"area": item.area, "name": item.name, "reason": f"{item.path} does not exist"})
                 continue
-            if item.path in immovable or item.normalize(raw) == item.expected():
+            if item.path in immovable or item.matches(raw):
                 continue
             pending.append((item, item.original(fs)))
     service_changes = _service_changes(areas, runner, st)
@@ -287,7 +296,7 @@ def verify(plan: dict[str, Any], fs: HostFS, only: list[str] | None = None) -> d
                 rows.append(_row(item.area, item.name, item.expected(), None, "unsupported", f"{item.path} does not exist"))
                 continue
             actual = item.normalize(raw)
-            if actual == item.expected():
+            if item.matches(raw):
                 status, reason = "ok", None
             elif item.path in immovable:
                 status, reason = "unsupported", "kernel-managed IRQ (writes refused)"
@@ -360,10 +369,7 @@ def restore(fs: HostFS, lock_wait: float = 30.0) -> dict[str, Any]:
             except OSError as exc:
                 failed.append({"path": orig["path"], "error": f"{exc.strerror} (errno {exc.errno})"})
         paths = set(restored)
-        if settings.GRUB_DROPIN in paths:
-            runner.run(["update-grub"], "regenerate the boot config without hosttune's arguments")
-        if any(p.endswith("irqbalance") for p in paths):
-            runner.run(["systemctl", "try-restart", "irqbalance"], "irqbalance rereads its configuration")
+        _after_restore(fs, runner, paths)
         service = st.extras.get("services", {}).get("irqbalance")
         if service and service.get("active"):
             runner.run(["systemctl", "enable" if service.get("enabled") else "start", "--now", "irqbalance"]

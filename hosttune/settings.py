@@ -70,14 +70,23 @@ class Item:
     def read(self, fs: HostFS) -> str | None:
         return fs.read(self.path)
 
+    def __post_init__(self) -> None:
+        self._expected = self.normalize(self.value)  # verify compares thousands of items per check
+
     def actual(self, fs: HostFS) -> str | None:
         return self.normalize(self.read(fs))
 
     def expected(self) -> str | None:
-        return self.normalize(self.value)
+        return self._expected
+
+    def matches(self, raw: str | None) -> bool:
+        """Whether raw text read from the host is the planned value (raw equality first: cheap)."""
+        if raw is not None and self.value is not None and raw.strip() == self.value.strip():
+            return True
+        return self.normalize(raw) == self._expected
 
     def is_ok(self, fs: HostFS) -> bool:
-        return self.actual(fs) == self.expected()
+        return self.matches(self.read(fs))
 
     def original(self, fs: HostFS) -> str | None:
         raw = self.read(fs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import tarfile
 from dataclasses import dataclass, field
 
 from hosttune.errors import TopologyError
@@ -74,7 +73,7 @@ class HostFS:
             chunks = []
             size = 0
             while size < MAX_READ:
-                chunk = os.read(fd, 65536)
+                chunk = os.read(fd, 8192)  # sysfs values are one page at most
                 if not chunk:
                     break
                 chunks.append(chunk)
@@ -185,6 +184,8 @@ class TarHostFS(HostFS):
 
     @classmethod
     def load(cls, tar_path: str) -> TarHostFS:
+        import tarfile  # only for tarball roots: it pulls in bz2/lzma, which the agent need not carry
+
         try:
             archive = tarfile.open(tar_path, "r:*")
         except (tarfile.TarError, OSError) as exc:
@@ -246,6 +247,8 @@ class TarHostFS(HostFS):
 
 def pack(files: dict[str, str], dirs: list[str], out_path: str) -> None:
     """Write a capture tarball of the given files and directories (atomic: temp + rename)."""
+    import tarfile
+
     tmp = f"{out_path}.tmp.{os.getpid()}"
     try:
         with tarfile.open(tmp, "w:gz") as archive:
