@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -131,7 +132,11 @@ def parse_extra_vars(items: list[str]) -> dict[str, Any]:
                 raise HosttuneError("must be a mapping", where=f"-e {item}")
             out.update(data)
         else:
-            for word in item.split():
+            try:
+                words = shlex.split(item)
+            except ValueError:
+                raise HosttuneError("unbalanced quotes", where=f"-e {item}") from None
+            for word in words:
                 key, sep, value = word.partition("=")
                 if not sep or not key.isidentifier():
                     raise HosttuneError("expected NAME=VALUE, a JSON mapping or @FILE", where=f"-e {item}")
