@@ -278,22 +278,28 @@ def _cpufreq(fs: HostFS) -> dict[str, Any]:
     policies = sorted((int(e[6:]) for e in entries or [] if re.fullmatch(r"policy\d+", e)))
     if not policies:
         return unsupported(f"no cpufreq policies under {base} (no cpufreq driver; typical of VMs)")
+    # one driver serves every policy: its driver-wide files are read from the first policy only
+    # (a 1024-CPU host has 1024 policies); per-core limits (hybrid CPUs) are read per policy
+    first = f"{base}/policy{policies[0]}"
+    driver = fs.read(f"{first}/scaling_driver")
+    governors = (fs.read(f"{first}/scaling_available_governors") or "").split()
+    available_epp = (fs.read(f"{first}/energy_performance_available_preferences") or "").split()
     result = []
     for pid in policies:
         p = f"{base}/policy{pid}"
         result.append({
             "id": pid,
             "cpus": _cpus(fs, f"{p}/affected_cpus") or _cpus(fs, f"{p}/related_cpus") or [pid],
-            "driver": fs.read(f"{p}/scaling_driver"),
+            "driver": driver,
             "governor": fs.read(f"{p}/scaling_governor"),
-            "available_governors": (fs.read(f"{p}/scaling_available_governors") or "").split(),
+            "available_governors": governors,
             "min_khz": _int(fs, f"{p}/scaling_min_freq"),
             "max_khz": _int(fs, f"{p}/scaling_max_freq"),
             "cpuinfo_min_khz": _int(fs, f"{p}/cpuinfo_min_freq"),
             "cpuinfo_max_khz": _int(fs, f"{p}/cpuinfo_max_freq"),
             "base_khz": _base_khz(fs, p),
             "epp": fs.read(f"{p}/energy_performance_preference"),
-            "available_epp": (fs.read(f"{p}/energy_performance_available_preferences") or "").split(),
+            "available_epp": available_epp,
         })
     return {"status": "ok", "driver": result[0]["driver"], "policies": result}
 
