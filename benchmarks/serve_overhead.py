@@ -58,6 +58,9 @@ def main() -> int:
                                                    "load average is below this (shared machines)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops its server (finally)
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from hosttune.bench import report
