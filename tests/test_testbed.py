@@ -15,6 +15,8 @@ import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -359,9 +361,10 @@ def boot(name: str) -> tb_vm.Guest:
     guest = tb_vm.Guest(topology=name, name=f"pytest-{name}-{os.getpid()}")
     try:
         guest.start()
+        return guest
     except tb_vm.GuestError as exc:  # carries the console tail already
-        pytest.fail(f"guest {name} did not boot: {exc}", pytrace=False)
-    return guest
+        message = f"guest {name} did not come up: {exc}"
+    pytest.fail(message, pytrace=False)
 
 
 def guest_fixture(request, topology: str):
@@ -377,7 +380,28 @@ def guest_fixture(request, topology: str):
 
 @pytest.fixture(scope="class")
 def default_guest(request):
-    yield from guest_fixture(request, "default")
+    """The `default` guest, started and stopped by the CLI in other processes (`up` leaves QEMU
+    running detached, as a Molecule create playbook would use it)."""
+    name = f"pytest-cli-{os.getpid()}"
+    failed_before = request.session.testsfailed
+    up = cli_process("up", "--name", name, "--topology", "default", "--json")
+    if up.returncode != 0:
+        pytest.fail(f"testbed up failed (exit {up.returncode}):\n{up.stderr[-4000:]}",
+                    pytrace=False)
+    state = json.loads(up.stdout)
+    assert state["status"] == "running" and state["port"]
+    guest = tb_vm.Guest.attach(name)
+    yield guest
+    down = cli_process("down", "--name", name)
+    assert down.returncode == 0, down.stderr
+    assert not guest.alive()
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(guest.run_dir, ignore_errors=True)
+
+
+def cli_process(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hosttune.testbed", *args], capture_output=True,
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="class")
@@ -428,8 +452,21 @@ class TestDefaultGuest:
             assert any(d.startswith("docker.io_") for d in debs)
             state = json.loads(g.state_file.read_text())
             assert state["status"] == "running" and state["port"] == g.port
-            other = tb_vm.Guest.attach(g.name)  # what another process would do
-            assert other.ssh("hostname").stdout.strip() == "hosttune-guest"
+            assert g.ssh("hostname").stdout.strip() == "hosttune-guest"
+
+    def test_cli_against_running_guest(self, default_guest):
+        g = default_guest
+        with console_on_failure(g):
+            r = cli_process("ssh", "--name", g.name, "--", "cat", "/sys/devices/system/node/online")
+            assert r.returncode == 0 and r.stdout.strip() == "0-1", r.stderr
+            assert cli_process("ssh", "--name", g.name, "--", "exit 7").returncode == 7
+            r = cli_process("console", "--name", g.name)
+            assert r.returncode == 0 and "Debian GNU/Linux 12" in r.stdout
+            r = cli_process("list", "--json")
+            mine = [s for s in json.loads(r.stdout) if s["name"] == g.name]
+            assert mine and mine[0]["running"] and mine[0]["topology"]["name"] == "default"
+            r = cli_process("up", "--name", g.name)
+            assert r.returncode == 2 and "already running" in r.stderr
 
     def test_grub_dropin_isolcpus_after_reboot(self, default_guest):
         """A /etc/default/grub.d drop-in + update-grub + reboot changes the kernel command line:

@@ -55,6 +55,10 @@ TOPOLOGIES: dict[str, dict[str, Any]] = {
             {"cpus": "0-3", "memory_mib": 1024},
             {"cpus": "4-7", "memory_mib": 1024},
         ],
+        # Linux 6.1 lets CPU 0 go offline only with cpu0_hotplug AND an Intel CPU vendor
+        # (arch_register_cpu: "CPU0 is only hotpluggable on Intel platforms"); TCG's `max`
+        # says AuthenticAMD, so this topology asks for the Intel vendor.
+        "cpu_model": "max,vendor=GenuineIntel",
         "kernel_args": "cpu0_hotplug",
         "offline": "0,5",
     },

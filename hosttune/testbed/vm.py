@@ -692,7 +692,8 @@ def offline_cpus(guest: Guest, cpus: Sequence[int]) -> None:
     """Take `cpus` offline in the guest (echo 0 > /sys/devices/system/cpu/cpuN/online).
 
     CPU 0 has no `online` file unless the kernel was booted with `cpu0_hotplug` (Debian's 6.1
-    kernel is built without CONFIG_BOOTPARAM_HOTPLUG_CPU0); the `offline` topology adds it."""
+    kernel is built without CONFIG_BOOTPARAM_HOTPLUG_CPU0) and the CPU vendor is Intel (the
+    kernel allows CPU 0 hotplug on Intel only); the `offline` topology sets both."""
     set_cpus_online(guest, cpus, online=False)
 
 
@@ -706,8 +707,9 @@ def set_cpus_online(guest: Guest, cpus: Sequence[int], online: bool) -> None:
     for cpu in cpus:
         path = f"/sys/devices/system/cpu/cpu{int(cpu)}/online"
         script.append(
-            f"if [ ! -e {path} ]; then echo 'CPU {cpu}: no {path} (cpu0 needs cpu0_hotplug on "
-            f"the kernel line)' >&2; exit 3; fi; echo {value} > {path} || exit 4"
+            f"if [ ! -e {path} ]; then echo 'CPU {cpu}: no {path} (CPU 0 needs cpu0_hotplug on "
+            f"the kernel line and an Intel CPU vendor)' >&2; exit 3; fi; "
+            f"echo {value} > {path} || exit 4"
         )
     guest.ssh("; ".join(script), timeout=120)
     say(f"{guest.name}: CPUs {cpulist.format(cpus)} {'online' if online else 'offline'}")
