@@ -1,0 +1,1 @@
+"""`hosttune serve`: the KServe v2 REST inference server on the OpenVINO runtime (one instance per NUMA node)."""
