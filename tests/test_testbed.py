@@ -391,6 +391,8 @@ def default_guest(request):
     state = json.loads(up.stdout)
     assert state["status"] == "running" and state["port"]
     guest = tb_vm.Guest.attach(name)
+    guest.detach = False
+    tb_vm._live[name] = guest  # killed at exit should the teardown below not run
     yield guest
     down = cli_process("down", "--name", name)
     assert down.returncode == 0, down.stderr

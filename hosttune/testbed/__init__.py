@@ -7,13 +7,13 @@
 CLI: `python -m hosttune.testbed {image,up,down,ssh,list,console}` (or `hosttune testbed ...`).
 """
 
-from hosttune.testbed.errors import GuestError, TestbedError
+from hosttune.testbed.errors import GuestCommandError, GuestError, TestbedError
 from hosttune.testbed.qemu import NumaNode, Topology
 from hosttune.testbed.topologies import TOPOLOGIES, get_topology
 from hosttune.testbed.vm import Guest, offline_cpus, online_cpus
 
 __all__ = [
-    "Guest", "GuestError", "NumaNode", "TOPOLOGIES", "TestbedError", "Topology",
+    "Guest", "GuestCommandError", "GuestError", "NumaNode", "TOPOLOGIES", "TestbedError", "Topology",
     "get_topology", "offline_cpus", "online_cpus", "ensure_image",
 ]
 

@@ -3,7 +3,7 @@
     image [--rebuild] [--list] [--prune]   build the guest image, or print the cached one's path
     up --name N [--topology T] [--memory MIB] [--accel tcg|kvm|auto] [--json]
                                            boot a guest, leave it running, print its SSH command
-    down --name N [--missing-ok]           power it off (ACPI, then kill) and delete its overlay
+    down (--name N [--missing-ok] | --all) power it off (ACPI, then kill) and delete its overlay
     ssh --name N [-- CMD...]               a shell in the guest, or run CMD (exit code passed on)
     list [--json]                          guests under the run directory and their state
     console --name N [--lines K]           the guest's serial console log
@@ -59,7 +59,9 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="power a guest off and delete its overlay")
-    p.add_argument("--name", required=True)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--name")
+    who.add_argument("--all", action="store_true", help="every running guest")
     p.add_argument("--timeout", type=float, default=90, metavar="S",
                    help="seconds to wait for the ACPI power-down before killing QEMU")
     p.add_argument("--missing-ok", action="store_true",
@@ -138,8 +140,14 @@ def _terminate(signum, frame):
 
 
 def cmd_down(args) -> int:
-    from hosttune.testbed.vm import Guest
+    from hosttune.testbed.vm import Guest, list_states
 
+    if args.all:
+        for state in list_states():
+            if state["running"]:
+                Guest.attach(state["name"]).shutdown(timeout=args.timeout)
+                print(f"guest {state['name']} stopped", file=sys.stderr)
+        return 0
     try:
         guest = Guest.attach(args.name)
     except TestbedError:

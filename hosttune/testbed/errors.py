@@ -20,3 +20,11 @@ class GuestError(HosttuneError):
     """A guest or image build failed (exit code 1)."""
 
     exit_code = 1
+
+
+class GuestCommandError(GuestError):
+    """A command run in the guest with check=True exited non-zero."""
+
+    def __init__(self, message: str, returncode: int, stdout: str, stderr: str):
+        super().__init__(message)
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr

@@ -30,7 +30,7 @@ from typing import Any
 
 from hosttune import cpulist
 from hosttune.testbed import paths
-from hosttune.testbed.errors import GuestError, TestbedError
+from hosttune.testbed.errors import GuestCommandError, GuestError, TestbedError
 from hosttune.testbed.qemu import BootSpec, Topology, qemu_args, resolve_accel
 from hosttune.testbed.util import say, tail
 
@@ -287,16 +287,20 @@ class Guest:
         except subprocess.TimeoutExpired as exc:
             raise GuestError(f"guest {self.name}: {remote!r} timed out after {timeout} s") from exc
         if check and proc.returncode != 0:
-            raise GuestError(
+            raise GuestCommandError(
                 f"guest {self.name}: {remote!r} exited {proc.returncode}\n"
-                f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}"
+                f"stdout: {proc.stdout[-2000:]}\nstderr: {proc.stderr[-2000:]}",
+                proc.returncode, proc.stdout, proc.stderr,
             )
         return proc
 
     def _scp(self, sources: list[str], target: str, timeout: float) -> None:
         argv = ["scp", "-q", "-r", "-i", str(self.key), "-P", str(self.port), *SSH_OPTIONS,
                 *sources, target]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise GuestError(f"guest {self.name}: scp timed out after {timeout} s") from None
         if proc.returncode:
             raise GuestError(f"guest {self.name}: scp failed: {proc.stderr.strip()}")
 
@@ -385,8 +389,9 @@ class Guest:
         except GuestError as first:
             say(f"{self.name}: boot failed, retrying once: {str(first).splitlines()[0]}")
             self._stop_qemu(graceful=False)
-            if self.console_log.exists():
-                self.console_log.replace(self.run_dir / "console.attempt1.log")
+            for log in (self.console_log, self.qemu_log):
+                if log.exists():
+                    log.replace(self.run_dir / f"{log.stem}.attempt1.log")
             try:
                 self._boot_once(accel, timeout)
             except GuestError as second:
@@ -485,7 +490,11 @@ class Guest:
         last_size, last_growth, said = None, start, False
         while True:
             if not self.alive():
-                raise GuestError(f"QEMU exited while waiting for SSH (see {self.qemu_log})")
+                how = ""
+                if self._proc is not None and self._proc.returncode is not None:
+                    code = self._proc.returncode
+                    how = f" (killed by signal {-code})" if code < 0 else f" (exit status {code})"
+                raise GuestError(f"QEMU exited while waiting for SSH{how}; see {self.qemu_log}")
             try:
                 size = self.console_log.stat().st_size
             except OSError:
