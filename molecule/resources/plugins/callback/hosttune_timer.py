@@ -1,0 +1,85 @@
+"""Wall time of each Molecule playbook run and of its slowest tasks.
+
+Enabled by the scenarios' ansible.cfg (callbacks_enabled = hosttune_timer). At the end of every
+ansible-playbook run it prints one line
+
+    hosttune-timing: converge.yml 812.4 s (slowest: Reboot into the new kernel arguments 151.0 s, ...)
+
+and appends a JSON record to $MOLECULE_EPHEMERAL_DIRECTORY/timings.jsonl (tests/test_molecule.py
+reads it): {"playbook", "start", "seconds", "failed", "tasks": [{"name", "host", "seconds"}, ... slowest 10]}.
+The second converge.yml record of a `molecule test` is the idempotence run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ansible.plugins.callback import CallbackBase
+
+DOCUMENTATION = """
+    name: hosttune_timer
+    type: aggregate
+    short_description: wall time per playbook and its slowest tasks (Molecule scenarios)
+    description: Prints one line per playbook run and appends it to timings.jsonl in the Molecule
+      ephemeral directory.
+    requirements: [enable in callbacks_enabled]
+"""
+
+
+class CallbackModule(CallbackBase):
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "hosttune_timer"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._playbook = "?"
+        self._start = time.time()
+        self._tasks: dict[str, dict] = {}
+
+    def v2_playbook_on_start(self, playbook) -> None:
+        self._playbook = os.path.basename(playbook._file_name)
+        self._start = time.time()
+
+    def _task_start(self, task) -> None:
+        self._tasks.setdefault(task._uuid, {"name": task.get_name(), "seconds": 0.0, "hosts": {}})
+
+    def v2_playbook_on_task_start(self, task, is_conditional) -> None:
+        self._task_start(task)
+
+    def v2_playbook_on_handler_task_start(self, task) -> None:
+        self._task_start(task)
+
+    def v2_runner_on_start(self, host, task) -> None:
+        self._task_start(task)
+        self._tasks[task._uuid]["hosts"][host.get_name()] = time.time()
+
+    def _done(self, result, *args, **kwargs) -> None:
+        entry = self._tasks.get(result._task._uuid)
+        if entry is None:
+            return
+        started = entry["hosts"].pop(result._host.get_name(), None)
+        if started is not None:
+            entry["seconds"] += time.time() - started
+            entry["host"] = result._host.get_name()
+
+    v2_runner_on_ok = v2_runner_on_failed = v2_runner_on_skipped = v2_runner_on_unreachable = _done
+
+    def v2_playbook_on_stats(self, stats) -> None:
+        seconds = time.time() - self._start
+        slowest = sorted(self._tasks.values(), key=lambda t: t["seconds"], reverse=True)[:10]
+        tasks = [{"name": t["name"], "host": t.get("host"), "seconds": round(t["seconds"], 1)}
+                 for t in slowest if t["seconds"] >= 0.05]
+        failed = any(stats.failures.values()) or any(stats.dark.values())
+        text = ", ".join(f"{t['name']} {t['seconds']:.0f} s" for t in tasks[:5])
+        self._display.display(f"hosttune-timing: {self._playbook} {seconds:.1f} s"
+                              f"{' FAILED' if failed else ''} (slowest: {text})")
+        directory = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
+        if directory and os.path.isdir(directory):
+            record = {"playbook": self._playbook, "start": round(self._start, 1),
+                      "seconds": round(seconds, 1), "failed": failed, "tasks": tasks}
+            with open(os.path.join(directory, "timings.jsonl"), "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
