@@ -51,6 +51,15 @@ def _mask_as_cpulist(value: str | None) -> str | None:
         return value.strip()
 
 
+def _cpus_within(actual: str | None, planned: str | None) -> bool:
+    if not actual or not planned:
+        return False
+    try:
+        return set(cpulist.parse(actual)) <= set(cpulist.parse(planned))
+    except HosttuneError:
+        return False
+
+
 @dataclass
 class Item:
     area: str
@@ -62,6 +71,8 @@ class Item:
     restore_raw: bool = False  # save the raw text (not the normalized form) as the original
     # errno -> reason: a write failing so means the host cannot do it (unsupported), not an error
     unsupported_errnos: dict[int, str] = field(default_factory=dict)
+    # a CPU list that is ok when it is any non-empty part of the planned one (IRQ affinities)
+    within: bool = False
 
     @property
     def key(self) -> str:
@@ -83,7 +94,10 @@ class Item:
         """Whether raw text read from the host is the planned value (raw equality first: cheap)."""
         if raw is not None and self.value is not None and raw.strip() == self.value.strip():
             return True
-        return self.normalize(raw) == self._expected
+        actual = self.normalize(raw)
+        if actual == self._expected:
+            return True
+        return self.within and _cpus_within(actual, self._expected)
 
     def is_ok(self, fs: HostFS) -> bool:
         return self.matches(self.read(fs))
@@ -206,7 +220,10 @@ def _irqs(s: dict[str, Any], fs: HostFS) -> AreaItems:
     managed = {errno.EIO: "kernel-managed or per-CPU IRQ", errno.EINVAL: "IRQ cannot be moved there"}
     for pin in s["pin"]:
         items.append(Item("irqs", f"irq {pin['irq']} ({pin['name'] or '?'})", f"/proc/irq/{pin['irq']}/smp_affinity_list",
-                          cpulist.format(pin["cpus"]), normalize=_as_cpulist, unsupported_errnos=managed))
+                          cpulist.format(pin["cpus"]), normalize=_as_cpulist, unsupported_errnos=managed,
+                          # irqbalance (ban mode) narrows an IRQ to one CPU of the allowed set; what the
+                          # plan needs is that it stays within its node's housekeeping CPUs
+                          within=True))
     return AreaItems("irqs", items)
 
 

@@ -222,3 +222,35 @@ def test_apply_on_this_machines_capture(live_copy):
     assert "drift" not in out.splitlines()[-1].split("(")[0]
     run_cli("restore", "--root", live_copy, check=0)
     assert normalized(snapshot(live_copy)) == normalized(before)
+
+
+def test_irq_narrowed_within_its_planned_cpus_is_not_drift(tree):
+    """irqbalance (ban mode) moves an IRQ onto one CPU of the set the plan allows it: that is no
+    drift, and apply leaves it; an IRQ moved outside the set is drift and apply puts it back."""
+    p = make_plan(tree)
+    pin = next(pin for pin in p["settings"]["irqs"]["pin"] if len(pin["cpus"]) > 1)
+    rel = f"proc/irq/{pin['irq']}/smp_affinity_list"
+    fs = HostFS.open(tree)
+    engine.apply(p, fs)
+
+    def set_affinity(text):
+        with open(os.path.join(tree, rel), "w") as f:
+            f.write(text)
+        fs.forget()
+
+    def row():
+        v = engine.verify(p, fs)
+        return next(r for r in v["settings"] if r["name"].startswith(f"irq {pin['irq']} ("))
+
+    set_affinity(str(pin["cpus"][-1]))
+    assert row()["status"] == "ok"
+    assert engine.apply(p, fs)["changes"] == []
+    with open(os.path.join(tree, rel)) as f:
+        assert f.read() == str(pin["cpus"][-1])
+    isolated = p["isolated"][0]
+    set_affinity(f"{pin['cpus'][0]},{isolated}")
+    assert row()["status"] == "drift"
+    report = engine.apply(p, fs)
+    assert [c["path"] for c in report["changes"]] == ["/" + rel]
+    with open(os.path.join(tree, rel)) as f:
+        assert f.read() == ",".join(map(str, pin["cpus"]))

@@ -90,7 +90,8 @@ def _timings(ephemeral: Path) -> list[dict]:
 
 def _stages(records: list[dict]) -> list[dict]:
     """Name the playbook runs as Molecule stages: the second converge is the idempotence run, the
-    second verify the verify after it; the reboot inside converge is reported on its own."""
+    second verify the verify after it; the reboots inside converge and cleanup (restore) are reported
+    on their own."""
     seen: dict[str, int] = {}
     stages = []
     for rec in records:
@@ -102,7 +103,7 @@ def _stages(records: list[dict]) -> list[dict]:
         elif base in ("verify", "destroy", "create") and seen[base] > 1:
             name = f"{base} #{seen[base]}"
         stages.append({"stage": name, "seconds": rec["seconds"], "failed": rec.get("failed", False)})
-        if base == "converge":
+        if base in ("converge", "cleanup"):
             reboot = sum(t["seconds"] for t in rec.get("tasks", []) if t["name"].startswith("Reboot"))
             if reboot:
                 stages.append({"stage": f"  ({name}: reboot)", "seconds": round(reboot, 1),
