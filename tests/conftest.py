@@ -72,3 +72,14 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped, which the suite does not allow (set HOSTTUNE_ALLOW_SKIPS=1 to permit): {reason}"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The guest tests first, the longest (Molecule scenarios) leading: pytest-xdist hands out its
+    first work units round-robin, so each long guest run starts at once on a worker of its own
+    while the short tests fill the others (scripts/test)."""
+    def rank(item):
+        if item.get_closest_marker("guest") is None:
+            return 2
+        return 0 if item.module.__name__.endswith("test_molecule") else 1
+    items.sort(key=rank)  # stable: the order within each rank is pytest's

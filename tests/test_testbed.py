@@ -365,17 +365,6 @@ def boot(name: str) -> tb_vm.Guest:
     pytest.fail(message, pytrace=False)
 
 
-def guest_fixture(request, topology: str):
-    """Boot one guest for a test class; shut it down when the class is done (so two guests
-    never run at once) and delete its run directory unless a test failed (logs kept then)."""
-    failed_before = request.session.testsfailed
-    guest = boot(topology)
-    yield guest
-    guest.shutdown()
-    if request.session.testsfailed == failed_before:
-        shutil.rmtree(guest.run_dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="class")
 def default_guest(request):
     """The `default` guest, started and stopped by the CLI in other processes (`up` leaves QEMU
@@ -404,11 +393,6 @@ def cli_process(*args: str, timeout: float = 1500) -> subprocess.CompletedProces
                           text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="class")
-def smt_guest(request):
-    yield from guest_fixture(request, "smt4n")
-
-
 def guest_nodes(guest) -> dict[str, str]:
     out = guest.ssh("cd /sys/devices/system/node && for n in node*; do "
                     "echo $n $(cat $n/cpulist); done").stdout
@@ -421,10 +405,13 @@ def siblings(guest) -> dict[int, str]:
     return {int(a): b for a, b in (line.split() for line in out.strip().splitlines())}
 
 
+# What these guests also prove is in the Molecule scenarios (tests/test_molecule.py): the GRUB
+# drop-in landing isolcpus after a reboot (default), 4 nodes with 2 threads per core (smt4n).
 @needs_qemu
 @pytest.mark.guest
+@pytest.mark.xdist_group("testbed-default")
 class TestDefaultGuest:
-    """One `default` guest (2 nodes, no SMT) for these tests; the last one reboots it."""
+    """One `default` guest (2 nodes, no SMT) for these tests, driven by the testbed CLI."""
 
     def test_default_guest_numa_and_threads(self, default_guest):
         g = default_guest
@@ -467,40 +454,6 @@ class TestDefaultGuest:
             assert mine and mine[0]["running"] and mine[0]["topology"]["name"] == "default"
             r = cli_process("up", "--name", g.name)
             assert r.returncode == 2 and "already running" in r.stderr
-
-    def test_grub_dropin_isolcpus_after_reboot(self, default_guest):
-        """A /etc/default/grub.d drop-in + update-grub + reboot changes the kernel command line:
-        the guest boots through GRUB from its disk."""
-        g = default_guest
-        with console_on_failure(g):
-            g.ssh("printf '%s\\n' 'GRUB_CMDLINE_LINUX_DEFAULT=\"$GRUB_CMDLINE_LINUX_DEFAULT "
-                  "isolcpus=managed_irq,domain,3,7\"' > /etc/default/grub.d/zz-test.cfg && "
-                  "update-grub", timeout=300)
-            seconds = g.reboot()
-            print(f"reboot took {seconds:.0f} s")
-            assert g.ssh("cat /sys/devices/system/cpu/isolated").stdout.strip() == "3,7"
-            assert "isolcpus=managed_irq,domain,3,7" in g.ssh("cat /proc/cmdline").stdout
-
-
-@needs_qemu
-@pytest.mark.guest
-class TestSmtGuest:
-    """One `smt4n` guest (16 CPUs, 4 nodes, 2 threads per core)."""
-
-    def test_smt_guest_four_nodes_two_threads(self, smt_guest):
-        g = smt_guest
-        with console_on_failure(g):
-            assert guest_nodes(g) == {"node0": "0-3", "node1": "4-7", "node2": "8-11",
-                                      "node3": "12-15"}
-            sib = siblings(g)
-            assert len(sib) == 16
-            for cpu, text in sib.items():
-                first = cpu - cpu % 2
-                assert text == f"{first}-{first + 1}", (cpu, text)
-            lscpu = g.ssh("lscpu").stdout
-            assert "Thread(s) per core:" in lscpu
-            assert lscpu.split("Thread(s) per core:")[1].split()[0] == "2"
-            assert "llc-sibling" not in g.ssh("dmesg").stdout  # one node per die, L3 per die
 
 
 @contextmanager

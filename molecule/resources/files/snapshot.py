@@ -11,7 +11,12 @@ existing FILE: the snapshot is of the host before the first apply, not before th
 
 `compare` prints one JSON document: for every path the state file says hosttune changed, its value
 in the snapshot, now, and what hosttune recorded as the original; plus hosttune's own files and
-irqbalance's state, which must also be back as they were. `differ` lists what is not; `cmdline`
+irqbalance's state, which must also be back as they were. One exception: when irqbalance ran
+before hosttune and runs again after restore, each IRQ's affinity is irqbalance's to set. It moves
+IRQs between the snapshot and the first apply (so hosttune rightly records a different original),
+and again within seconds of its restart (also off CPUs that stay isolated until the reboot): those
+are listed as `left_to_irqbalance`, not compared. That restore wrote each of them back is checked
+from its own report (cleanup.yml). `differ` lists what is not; `cmdline`
 gives /proc/cmdline then and now (equal only after the reboot that drops hosttune's arguments).
 Standard library only (the guest's /usr/bin/python3); reads, never writes the host.
 """
@@ -22,6 +27,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -37,6 +43,7 @@ PATTERNS = [
 ]
 # hosttune's own files: absent before the first apply, absent again after restore
 OWN_FILES = ["/etc/default/grub.d/hosttune.cfg", "/etc/sysctl.d/90-hosttune.conf"]
+IRQ_AFFINITY = re.compile(r"^/proc/irq/\d+/smp_affinity(_list)?$")
 # restore puts these back as a whole (the GRUB config is regenerated, irqbalance restarted)
 WHOLE = ["/etc/default/irqbalance", "/boot/grub/grub.cfg", "/etc/default/grub"]
 
@@ -62,11 +69,18 @@ def snapshot() -> dict:
             "irqbalance": unit_state("irqbalance.service"), "cmdline": read("/proc/cmdline")}
 
 
+def words(value: str) -> list[str]:
+    """A value as the kernel means it: its words; of a choice list like THP's
+    "[always] madvise never", the chosen one (hosttune records that)."""
+    if "[" in value and "]" in value:
+        return [value.split("[", 1)[1].split("]", 1)[0]]
+    return value.split()
+
+
 def same(a: str | None, b: str | None) -> bool:
-    """Equal as the kernel means it: sysfs and procfs values compare by their words."""
     if a is None or b is None:
         return a is b
-    return a.split() == b.split()
+    return words(a) == words(b)
 
 
 def compare(before: dict, state: dict) -> dict:
@@ -75,6 +89,7 @@ def compare(before: dict, state: dict) -> dict:
     originals = state.get("originals", {})
     paths = sorted({o["path"] for o in originals.values()} | set(OWN_FILES) | set(WHOLE))
     recorded = {o["path"]: o["value"] for o in originals.values()}
+    left_to_irqbalance = []
     for path in paths:
         was = before["values"].get(path, read(path) if path not in before["values"] else None)
         now = read(path)
@@ -85,12 +100,16 @@ def compare(before: dict, state: dict) -> dict:
         if path not in before["values"] and path not in OWN_FILES:
             # an IRQ that appeared after the snapshot (a new device): nothing to compare with
             continue
+        if before["irqbalance"] == now_irqbalance == "active" and IRQ_AFFINITY.match(path):
+            left_to_irqbalance.append(path)
+            continue
         if not same(was, now) or ("recorded" in entry and entry["recorded"] is not None
                                   and not same(entry["recorded"], was)):
             differ.append(entry)
     if before["irqbalance"] != now_irqbalance:
         differ.append({"path": "irqbalance.service", "before": before["irqbalance"], "now": now_irqbalance})
     return {"checked": len(checked), "touched": len(originals), "differ": differ,
+            "left_to_irqbalance": left_to_irqbalance,
             "irqbalance": now_irqbalance, "cmdline": {"before": before.get("cmdline"), "now": read("/proc/cmdline")}}
 
 
