@@ -40,6 +40,14 @@ rm -rf "$ROOT/usr/share/doc" "$ROOT/usr/share/man" "$ROOT/usr/share/locale" "$RO
 "$PYTHON" -m pip --disable-pip-version-check install --quiet --no-index --find-links "$WHEELS" \
     --target "$ROOT/opt/hosttune/lib" "$@"
 
+# The image serves IR and ONNX models on the CPU: OpenVINO's GPU/NPU plugins, its other frontends
+# and the GPU kernel cache are a quarter of the image, and every MiB costs seconds in the guest's
+# `docker import` under TCG.
+OV=$ROOT/opt/hosttune/lib/openvino/libs
+rm -f "$OV"/libopenvino_intel_gpu_plugin.so "$OV"/libopenvino_intel_npu_plugin.so "$OV"/cache.json \
+      "$OV"/libopenvino_{tensorflow,tensorflow_lite,pytorch,paddle,jax,gguf}_frontend.so*
+find "$ROOT/opt/hosttune/lib" -depth -type d \( -name __pycache__ -o -name tests \) -path '*/numpy/*' -exec rm -rf {} +
+
 mkdir -p "$ROOT/etc" "$ROOT/tmp" "$ROOT/models"
 chmod 1777 "$ROOT/tmp"
 cat > "$ROOT/etc/passwd" <<'EOF'
