@@ -15,6 +15,7 @@ import os
 import shlex
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -179,6 +180,7 @@ class Session:
 
         self._check_cancel()
         limit = timeout if timeout is not None else self.options.timeout
+        started = time.monotonic()
         try:
             result = self._conn.run(command, hide=True, warn=True, pty=False, in_stream=False, timeout=limit)
         except CommandTimedOut:
@@ -188,6 +190,10 @@ class Session:
             self._check_cancel()
             raise Failed(f"SSH error running {self._display(command)}: {_exc_text(exc)}") from None
         self._check_cancel()
+        if result.exited == -1 and limit and time.monotonic() - started >= limit:
+            # invoke's timer closed the channel (no exit status) but, on a loaded machine, the
+            # runner finished before it noticed its own timeout: still a timeout
+            raise Failed(f"timed out after {limit:g}s running: {self._display(command)}")
         return Output(result.exited, result.stdout, result.stderr)
 
     def _display(self, command: str) -> str:
