@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 import time
 
 from hosttune.errors import HosttuneError
@@ -117,7 +118,19 @@ def _run(args: argparse.Namespace, command: str, work, *, check_policy: bool) ->
         print_json(rep)
     else:
         print(report.table(rep))
+    if interrupted:
+        _exit_now_if_workers_hang(rep["exit_code"])
     return rep["exit_code"]
+
+
+def _exit_now_if_workers_hang(code: int) -> None:
+    """After Ctrl-C the report is out; a worker still blocked in a network call (a handshake
+    that ignores the closed socket, a remote command) must not hold the exit: the interpreter
+    joins every pool thread at exit, for up to the SSH timeouts."""
+    if any(t.name.startswith("fleet") and t.is_alive() for t in threading.enumerate()):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def cmd_capture(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
 import time
@@ -100,47 +101,76 @@ def run(hosts: list[FleetHost], work: Work, *, forks: int, options: Options, lab
     prog = Progress(label, len(hosts), progress)
     prog.start(forks)
     results: dict[str, HostResult] = {}
-    interrupted = False
     pool = ThreadPoolExecutor(max_workers=max(1, forks), thread_name_prefix="fleet")
     futures: dict[Future[HostResult], FleetHost] = {}
-    try:
-        for h in hosts:
-            futures[pool.submit(_guarded, work, Context(h, options, cancel, sessions, lock))] = h
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            for fut in done:
-                r = fut.result()
-                results[r.host.name] = r
-                prog.finished(r)
-    except KeyboardInterrupt:
-        interrupted = True
-        cancel.set()
-        for fut in futures:
-            fut.cancel()  # not started yet: never will
-        with lock:
-            open_now = list(sessions)
-        for s in open_now:
-            s.close()
-        running = [f for f in futures if not f.cancelled() and futures[f].name not in results]
+    with _CtrlC() as ctrl_c:
         try:
-            wait(running, timeout=GRACE_S)
-        except KeyboardInterrupt:
-            pass  # a second Ctrl-C: stop waiting
-        for fut, h in futures.items():
-            if h.name in results:
-                continue
-            if fut.done() and not fut.cancelled():
-                results[h.name] = fut.result()  # finished, or noticed its closed connection: cancelled
-            else:
-                state = "before it started" if fut.cancelled() else "while running"
-                results[h.name] = HostResult(h, "cancelled", f"interrupted (Ctrl-C) {state}")
-        if progress is not None:
-            finished = sum(1 for r in results.values() if r.status != "cancelled")
-            print(f"fleet {label}: interrupted: {finished}/{len(hosts)} host(s) finished", file=progress, flush=True)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-    return [results[h.name] for h in hosts], interrupted
+            for h in hosts:
+                futures[pool.submit(_guarded, work, Context(h, options, cancel, sessions, lock))] = h
+            pending = set(futures)
+            while pending and not ctrl_c.pressed:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    r = fut.result()
+                    results[r.host.name] = r
+                    prog.finished(r)
+            if ctrl_c.pressed:
+                _stop(futures, results, cancel, sessions, lock, ctrl_c)
+                if progress is not None:
+                    finished = sum(1 for r in results.values() if r.status != "cancelled")
+                    print(f"fleet {label}: interrupted: {finished}/{len(hosts)} host(s) finished",
+                          file=progress, flush=True)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+    return [results[h.name] for h in hosts], ctrl_c.pressed > 0
+
+
+def _stop(futures: dict[Future[HostResult], FleetHost], results: dict[str, HostResult],
+          cancel: threading.Event, sessions: set[Session], lock: threading.Lock, ctrl_c: _CtrlC) -> None:
+    """Cancel what has not started, close open connections, give running hosts a grace period
+    (a second Ctrl-C ends it), then mark every host without a result as cancelled."""
+    cancel.set()
+    for fut in futures:
+        fut.cancel()  # not started yet: never will
+    with lock:
+        open_now = list(sessions)
+    for s in open_now:
+        s.close()
+    deadline = time.monotonic() + GRACE_S
+    running = {f for f in futures if not f.cancelled() and futures[f].name not in results}
+    while running and ctrl_c.pressed < 2 and time.monotonic() < deadline:
+        _, running = wait(running, timeout=0.1)
+    for fut, h in futures.items():
+        if h.name in results:
+            continue
+        if fut.done() and not fut.cancelled():
+            results[h.name] = fut.result()  # finished, or noticed its closed connection: cancelled
+        else:
+            state = "before it started" if fut.cancelled() else "while running"
+            results[h.name] = HostResult(h, "cancelled", f"interrupted (Ctrl-C) {state}")
+
+
+class _CtrlC:
+    """Counts SIGINTs instead of raising KeyboardInterrupt: an exception raised at a random point
+    of the main thread can leave a future's lock held (concurrent.futures.wait holds them all while
+    it registers), and then cancelling that future would hang. Outside the main thread (no signal
+    handler can be set there) it does nothing."""
+
+    def __init__(self) -> None:
+        self.pressed = 0
+        self._previous: Any = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.pressed += 1
+
+    def __enter__(self) -> _CtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _guarded(work: Work, ctx: Context) -> HostResult:
