@@ -33,6 +33,16 @@ def extract_fixture(name, dest):
     return str(dest)
 
 
+@pytest.fixture(scope="session")
+def cpu_float_precision():
+    """What OpenVINO's CPU plugin runs a floating-point model in here by default: "FP32", or
+    "BF16" on CPUs with AVX512-BF16 / AMX (its INFERENCE_PRECISION_HINT default)."""
+    import openvino as ov
+
+    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    return {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}[hint]
+
+
 @pytest.fixture
 def tree(tmp_path):
     """A writable synthetic 2-socket host tree (intel_pstate, 16 IRQs)."""

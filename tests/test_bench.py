@@ -46,7 +46,7 @@ def bench(*args, timeout=180):
     return subprocess.run([*HOSTTUNE, "bench", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_inprocess_result_document(models, plan_file, tmp_path):
+def test_inprocess_result_document(models, plan_file, tmp_path, cpu_float_precision):
     path, plan = plan_file
     out, page = tmp_path / "r.json", tmp_path / "r.html"
     r = bench("--plan", str(path), "--repo", str(models), *FAST, "-o", str(out), "--html", str(page),
@@ -57,7 +57,7 @@ def test_inprocess_result_document(models, plan_file, tmp_path):
     assert doc["verdict"] in ("unsure", "unstable")  # never stable on two runs
     inst = doc["instances"][0]
     assert inst["name"] == "node0" and inst["model"] == "tiny" and inst["precision"] == "FP32"
-    assert inst["execution_precision"] == "FP32"
+    assert inst["execution_precision"] == cpu_float_precision
     assert inst["worker"]["cpus"] == plan["instances"][0]["cpus"]  # really ran inside the cpuset
     assert inst["worker"]["api"] == "sync" and inst["streams"] == 1
     assert len(inst["runs"]) == 2 and inst["throughput"] > 0 and inst["p99_ms"] > 0

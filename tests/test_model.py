@@ -53,7 +53,7 @@ def test_sample_is_deterministic_and_costs_what_it_says():
     assert list(m.inputs[0].shape) == [1, 3, 112, 112]
 
 
-def test_sample_layout_and_int8_really_runs_int8(tiny_repo):
+def test_sample_layout_and_int8_really_runs_int8(tiny_repo, cpu_float_precision):
     files = tree(tiny_repo)
     assert "tiny/1/model.xml" in files and "tiny/1/model.bin" in files
     assert "tiny-int8/1/model.xml" in files and "tiny-int8/1/hosttune-model.json" in files
@@ -63,10 +63,10 @@ def test_sample_layout_and_int8_really_runs_int8(tiny_repo):
     assert meta["runtime"]["execution_precision"] == "INT8"
     assert meta["runtime"]["int8_layers"] == meta["runtime"]["compute_layers"] > 0
     base = json.loads((tiny_repo / "tiny" / "1" / "hosttune-model.json").read_text())
-    assert base["runtime"]["execution_precision"] == "FP32" and base["runtime"]["int8_layers"] == 0
+    assert base["runtime"]["execution_precision"] == cpu_float_precision and base["runtime"]["int8_layers"] == 0
 
 
-def test_int8_check_catches_a_model_that_fell_back_to_fp32(tiny_repo, tmp_path):
+def test_int8_check_catches_a_model_that_fell_back_to_fp32(tiny_repo, tmp_path, cpu_float_precision):
     core = ov.Core()
     fp32 = core.compile_model(core.read_model(str(tiny_repo / "tiny" / "1" / "model.xml")), "CPU")
     with pytest.raises(HosttuneError, match="does not execute in INT8"):
@@ -80,7 +80,7 @@ def test_int8_check_catches_a_model_that_fell_back_to_fp32(tiny_repo, tmp_path):
         (fake / name).write_bytes((tiny_repo / "tiny" / "1" / name).read_bytes())
     r = cli("model", "check", "fake-int8", "--repo", str(tmp_path), "--expect", "INT8")
     assert r.returncode == 1, r.stderr
-    assert "FP32" in r.stdout
+    assert f"executes in {cpu_float_precision}" in r.stdout
     r = cli("model", "check", "tiny-int8", "--repo", str(tiny_repo), "--expect", "INT8", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["execution_precision"] == "INT8"

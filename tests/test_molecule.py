@@ -13,7 +13,7 @@ Slow (10-30 min per scenario under TCG on a 2-core machine): marked `guest`. Des
   molecule.log and is kept; the ephemeral directory (inventory, state, timings.jsonl) is beside it.
 - A failed `create` (the guest did not boot, after the testbed's own retry) runs the whole
   scenario once more. Any other failure prints the guest's console log and the tail of the output.
-- HOSTTUNE_MOLECULE_TIMEOUT (seconds per scenario, default 3300) bounds a run; on expiry Molecule
+- HOSTTUNE_MOLECULE_TIMEOUT (seconds per scenario, default 4200) bounds a run; on expiry Molecule
   is stopped and `molecule destroy` powers the guest off.
 - The wall time of every stage is printed (run pytest with -s to see it on success too) and
   written to <scenario>/timings.json.
@@ -145,7 +145,7 @@ def molecule_ready():
                                       for s in SCENARIOS])
 def test_molecule_scenario(scenario: str, molecule_ready) -> None:
     guest = SCENARIOS[scenario]
-    timeout = float(os.environ.get("HOSTTUNE_MOLECULE_TIMEOUT", "3300"))
+    timeout = float(os.environ.get("HOSTTUNE_MOLECULE_TIMEOUT", "4200"))
     base = _log_root() / scenario
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)

@@ -37,6 +37,7 @@ from hosttune.testbed.qemu import (
     qemu_args,
     resolve_accel,
     smp_arg,
+    tcg_thread_mode,
 )
 from hosttune.testbed.topologies import TOPOLOGIES, get_topology
 from hosttune.testbed.util import clean_console
@@ -66,7 +67,7 @@ def test_default_topology_command_line():
         "node,nodeid=0,cpus=0-3,memdev=mem0",
         "node,nodeid=1,cpus=4-7,memdev=mem1",
     ]
-    assert _opt_values(argv, "-accel") == ["tcg,thread=multi"]
+    assert _opt_values(argv, "-accel") == [f"tcg,thread={tcg_thread_mode(8)}"]
     assert _opt_values(argv, "-cpu") == [DEFAULT_CPU_MODEL]
     assert "hostfwd=tcp:127.0.0.1:40022-:22" in _opt_values(argv, "-netdev")[0]
     assert _opt_values(argv, "-serial") == ["file:/x/c.log"]
@@ -170,6 +171,17 @@ def test_resolve_accel(monkeypatch):
     monkeypatch.setenv("HOSTTUNE_TESTBED_ACCEL", "xen")
     with pytest.raises(TestbedError, match="HOSTTUNE_TESTBED_ACCEL"):
         resolve_accel()
+
+
+def test_tcg_thread_mode(monkeypatch):
+    monkeypatch.delenv("HOSTTUNE_TESTBED_TCG_THREAD", raising=False)
+    assert tcg_thread_mode(16, host_cpus=2) == "single"  # fewer host CPUs than vCPUs
+    assert tcg_thread_mode(8, host_cpus=8) == "multi"
+    monkeypatch.setenv("HOSTTUNE_TESTBED_TCG_THREAD", "multi")
+    assert tcg_thread_mode(16, host_cpus=2) == "multi"
+    monkeypatch.setenv("HOSTTUNE_TESTBED_TCG_THREAD", "many")
+    with pytest.raises(TestbedError, match="HOSTTUNE_TESTBED_TCG_THREAD"):
+        tcg_thread_mode(8)
 
 
 # ---------------------------------------------------------------- ports, names, QMP, state

@@ -95,6 +95,7 @@ class Progress:
 def run(hosts: list[FleetHost], work: Work, *, forks: int, options: Options, label: str,
         progress: TextIO | None = sys.stderr) -> tuple[list[HostResult], bool]:
     """(results in inventory order, interrupted). Never raises for a host's failure."""
+    _log_stray_thread_errors()
     cancel = threading.Event()
     sessions: set[Session] = set()
     lock = threading.Lock()
@@ -171,6 +172,21 @@ class _CtrlC:
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+def _log_stray_thread_errors() -> None:
+    """Paramiko's and invoke's helper threads may die with EOFError/OSError when a timed-out or
+    cancelled connection is closed under them; the host's result already says what happened, so
+    their traceback goes to the debug log (-v), not onto the operator's console."""
+    if threading.excepthook is not threading.__excepthook__:
+        return  # somebody else's hook (or ours, already): leave it
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        name = args.thread.name if args.thread is not None else "?"
+        log.debug("thread %s ended with %s: %s", name, args.exc_type.__name__, args.exc_value,
+                  exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    threading.excepthook = hook
 
 
 def _guarded(work: Work, ctx: Context) -> HostResult:
