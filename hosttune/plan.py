@@ -328,14 +328,16 @@ def _memory_node(topo: Topology, node_id: int) -> int:
 def _openvino(policy: dict[str, Any], cores: int, cpus: int) -> tuple[dict[str, Any], int]:
     """OpenVINO CPU plugin properties for an instance's cpuset. Never NUM_STREAMS with a hint;
     streams never exceed cores; threads stay on physical cores."""
+    precision = policy["instances"]["inference_precision"]
+    extra = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
     if policy["profile"] == "latency":
         return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cores,
-                "ENABLE_CPU_PINNING": True, "ENABLE_HYPER_THREADING": False}, 1
+                "ENABLE_CPU_PINNING": True, "ENABLE_HYPER_THREADING": False, **extra}, 1
     per_stream = policy["instances"]["threads_per_stream"] or (1 if cores < 8 else 4)
     streams = max(1, min(cores, cores // max(per_stream, 1)))
     threads = min(cores, streams * max(per_stream, 1))
     return {"NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads,
-            "ENABLE_CPU_PINNING": True, "ENABLE_HYPER_THREADING": cpus > cores}, streams
+            "ENABLE_CPU_PINNING": True, "ENABLE_HYPER_THREADING": cpus > cores, **extra}, streams
 
 
 def _check_required(plan: dict[str, Any], policy: dict[str, Any]) -> None:

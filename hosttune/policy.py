@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
         "bind": "127.0.0.1",
         "model": "sample",
         "threads_per_stream": None,  # throughput profile: CPUs per stream (null: derived)
+        # OpenVINO's INFERENCE_PRECISION_HINT: null leaves OpenVINO's default, which runs FP32
+        # models in BF16 on CPUs with AVX512-BF16/AMX; f32 keeps FP32 numbers on every host
+        "inference_precision": None,
     },
     "required": [],  # areas that must be supported on the host (e.g. [cpufreq, turbo])
 }
@@ -77,10 +80,11 @@ _CHOICES = {
     "cpufreq.turbo": ("off", "on", "keep"),
     "thp": ("always", "madvise", "never", "keep"),
     "irqs.irqbalance": ("ban", "stop", "keep"),
+    "instances.inference_precision": (None, "f32", "bf16", "f16"),
 }
 _ISOLCPUS_FLAGS = ("managed_irq", "domain", "nohz")
 _OPTIONAL_INT = {"cstates.max_latency_us", "instances.threads_per_stream"}
-_OPTIONAL_STR = {"cpufreq.epp", "housekeeping.cpus", "isolation.cpus"}
+_OPTIONAL_STR = {"cpufreq.epp", "housekeeping.cpus", "isolation.cpus", "instances.inference_precision"}
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +173,8 @@ def _check_section(values: dict[str, Any], schema: dict[str, Any], prefix: str) 
             if not isinstance(value, str):
                 raise PolicyError(f"must be a string, got {value!r}", where=field)
         if field in _CHOICES and value not in _CHOICES[field]:
-            raise PolicyError(f"must be one of {', '.join(_CHOICES[field])}, got {value!r}", where=field)
+            names = ", ".join("null" if c is None else c for c in _CHOICES[field])
+            raise PolicyError(f"must be one of {names}, got {value!r}", where=field)
 
 
 def _cpulist_field(value: Any, field: str) -> str:

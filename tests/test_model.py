@@ -185,3 +185,15 @@ def test_repository_lookup_errors(tmp_path):
         repo.find(str(tmp_path), "m")
     with pytest.raises(HosttuneError, match="no model 'other'"):
         repo.find(str(tmp_path), "other")
+
+
+def test_policy_f32_keeps_fp32_execution_on_any_cpu(tiny_repo):
+    """instances.inference_precision: f32 puts INFERENCE_PRECISION_HINT in the plan's OpenVINO
+    properties, and OpenVINO then runs the FP32 model in FP32 (BF16 by default on AVX512-BF16)."""
+    from hosttune import plan as plan_mod
+    from hosttune import policy as policy_mod
+
+    props, _ = plan_mod._openvino(policy_mod.validate({"instances": {"inference_precision": "f32"}}), 1, 1)
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(tiny_repo / "tiny" / "1" / "model.xml")), "CPU", props)
+    assert precision.runtime_precision(compiled)["execution_precision"] == "FP32"

@@ -41,6 +41,16 @@ def test_default_plan_two_sockets(make_tree):
     assert pins[26]["node"] == 0 and pins[26]["cpus"] == [0]
 
 
+@pytest.mark.parametrize("profile", ["latency", "throughput"])
+def test_inference_precision_reaches_openvino_and_ovms(make_tree, profile):
+    tree = make_tree(sockets=2, cores_per_node=4)
+    unset = make(tree, {"profile": profile})["instances"][0]
+    assert "INFERENCE_PRECISION_HINT" not in unset["openvino"]  # OpenVINO's own default
+    inst = make(tree, {"profile": profile, "instances": {"inference_precision": "f32"}})["instances"][0]
+    assert inst["openvino"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert inst["ovms"]["plugin_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+
 def test_smt_siblings_stay_together_and_threads_use_cores(make_tree):
     p = make(make_tree(sockets=1, cores_per_node=4, threads=2), {"profile": "throughput"})
     assert p["nodes"][0]["housekeeping"] == [0, 4]

@@ -41,6 +41,7 @@ def test_agent_config_shape_is_accepted():
     ({"sysctls": {"vm.swappiness": [1]}}, "sysctls.vm.swappiness"),
     ({"instances": {"nodes": "some"}}, "instances.nodes"),
     ({"instances": {"base_port": 70000}}, "instances.base_port"),
+    ({"instances": {"inference_precision": "fp64"}}, "instances.inference_precision"),
     ({"required": ["everything"]}, "required"),
     ([1, 2], None),
 ])
