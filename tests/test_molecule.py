@@ -52,6 +52,7 @@ def _env(ephemeral: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["MOLECULE_EPHEMERAL_DIRECTORY"] = str(ephemeral)
+    env["HOSTTUNE_TIMINGS_FILE"] = str(_timings_file(ephemeral))
     env["ANSIBLE_FORCE_COLOR"] = "0"
     env["NO_COLOR"] = "1"
     env["PY_COLORS"] = "0"
@@ -81,8 +82,13 @@ def _run(argv: list[str], env: dict[str, str], log: Path, timeout: float) -> tup
             raise
 
 
+def _timings_file(ephemeral: Path) -> Path:
+    """Beside the ephemeral directory, which `molecule test` empties at its final destroy."""
+    return ephemeral.with_name(f"{ephemeral.name}-timings.jsonl")
+
+
 def _timings(ephemeral: Path) -> list[dict]:
-    path = ephemeral / "timings.jsonl"
+    path = _timings_file(ephemeral)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -170,6 +176,9 @@ def test_molecule_scenario(scenario: str, molecule_ready) -> None:
                                                    "stages": stages, "playbooks": records}, indent=2))
     print(report)
     print(f"Molecule output: {log}")
+    if rc == 0:  # the stage timings are part of the result
+        assert {"converge.yml", "verify.yml"} <= {r["playbook"] for r in records}, (
+            f"no stage timings in {_timings_file(ephemeral)} (the hosttune_timer callback)")
     if rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-120:])
         pytest.fail(

@@ -5,8 +5,8 @@ ansible-playbook run it prints one line
 
     hosttune-timing: converge.yml 812.4 s (slowest: Reboot into the new kernel arguments 151.0 s, ...)
 
-and appends a JSON record to $MOLECULE_EPHEMERAL_DIRECTORY/timings.jsonl (tests/test_molecule.py
-reads it): {"playbook", "start", "seconds", "failed", "tasks": [{"name", "host", "seconds"}, ... slowest 10]}.
+and appends a JSON record to $HOSTTUNE_TIMINGS_FILE (default:
+$MOLECULE_EPHEMERAL_DIRECTORY/timings.jsonl; tests/test_molecule.py reads it): {"playbook", "start", "seconds", "failed", "tasks": [{"name", "host", "seconds"}, ... slowest 10]}.
 The second converge.yml record of a `molecule test` is the idempotence run.
 """
 
@@ -77,9 +77,14 @@ class CallbackModule(CallbackBase):
         text = ", ".join(f"{t['name']} {t['seconds']:.0f} s" for t in tasks[:5])
         self._display.display(f"hosttune-timing: {self._playbook} {seconds:.1f} s"
                               f"{' FAILED' if failed else ''} (slowest: {text})")
+        # HOSTTUNE_TIMINGS_FILE (tests/test_molecule.py) outlives the run: `molecule test` empties
+        # the ephemeral directory at its final destroy
+        path = os.environ.get("HOSTTUNE_TIMINGS_FILE")
         directory = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY")
-        if directory and os.path.isdir(directory):
+        if not path and directory and os.path.isdir(directory):
+            path = os.path.join(directory, "timings.jsonl")
+        if path:
             record = {"playbook": self._playbook, "start": round(self._start, 1),
                       "seconds": round(seconds, 1), "failed": failed, "tasks": tasks}
-            with open(os.path.join(directory, "timings.jsonl"), "a", encoding="utf-8") as fh:
+            with open(path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
