@@ -39,8 +39,10 @@ def cpu_float_precision():
     "BF16" on CPUs with AVX512-BF16 / AMX (its INFERENCE_PRECISION_HINT default)."""
     import openvino as ov
 
+    from hosttune.model.precision import FLOAT_PRECISIONS
+
     hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
-    return {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}[hint]
+    return FLOAT_PRECISIONS[hint]
 
 
 @pytest.fixture

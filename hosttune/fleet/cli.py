@@ -127,7 +127,9 @@ def _exit_now_if_workers_hang(code: int) -> None:
     """After Ctrl-C the report is out; a worker still blocked in a network call (a handshake
     that ignores the closed socket, a remote command) must not hold the exit: the interpreter
     joins every pool thread at exit, for up to the SSH timeouts."""
-    if any(t.name.startswith("fleet") and t.is_alive() for t in threading.enumerate()):
+    from hosttune.fleet import runner
+
+    if any(t.name.startswith(runner.THREAD_PREFIX) and t.is_alive() for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -26,6 +26,7 @@ from hosttune.fleet.ssh import HostFailure, Options, Session
 
 log = logging.getLogger(__name__)
 
+THREAD_PREFIX = "fleet"  # the worker threads' names (the CLI looks for stuck ones at exit)
 GRACE_S = 3.0  # after Ctrl-C, how long running hosts get to notice their closed connection
 
 
@@ -102,7 +103,7 @@ def run(hosts: list[FleetHost], work: Work, *, forks: int, options: Options, lab
     prog = Progress(label, len(hosts), progress)
     prog.start(forks)
     results: dict[str, HostResult] = {}
-    pool = ThreadPoolExecutor(max_workers=max(1, forks), thread_name_prefix="fleet")
+    pool = ThreadPoolExecutor(max_workers=max(1, forks), thread_name_prefix=THREAD_PREFIX)
     futures: dict[Future[HostResult], FleetHost] = {}
     with _CtrlC() as ctrl_c:
         try:

@@ -18,6 +18,8 @@ COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConn
 INT8_PRECISIONS = ("i8", "u8")
 # an INT8 model must run at least this share of its compute layers in i8/u8
 INT8_MIN_SHARE = 0.5
+# OpenVINO element-type names -> the precision names hosttune reports
+FLOAT_PRECISIONS = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
 
 
 def _text(value: Any) -> str:
@@ -49,7 +51,7 @@ def runtime_precision(compiled: Any) -> dict[str, Any]:
         dominant = "INT8"
     else:
         top = by_precision.most_common(1)[0][0]
-        dominant = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}.get(top, top.upper())
+        dominant = FLOAT_PRECISIONS.get(top, top.upper())
     return {
         "execution_precision": dominant,
         "compute_layers": total,

@@ -207,11 +207,11 @@ def numa_args(topo: Topology) -> list[str]:
     return args
 
 
-def accel_args(accel: str, vcpus: int = 1, host_cpus: int | None = None) -> list[str]:
+def accel_args(accel: str, vcpus: int) -> list[str]:
     if accel == "kvm":
         return ["-accel", "kvm"]
     if accel == "tcg":
-        return ["-accel", f"tcg,thread={tcg_thread_mode(vcpus, host_cpus)}"]
+        return ["-accel", f"tcg,thread={tcg_thread_mode(vcpus)}"]
     raise TestbedError(f"unknown accelerator {accel!r} (one of tcg, kvm)")
 
 
