@@ -300,6 +300,10 @@ def _instances(topo: Topology, node_rows: list[dict[str, Any]], policy: dict[str
             "cores": cores,
             "port": want["base_port"] + index,
             "bind": want["bind"],
+            # where the host itself reaches the instance: a wildcard bind is reached on the
+            # loopback address of its family (agent, bench, roles and nginx all read this)
+            "probe_host": probe_host(want["bind"]),
+            "probe_url": f"http://{_url_host(probe_host(want['bind']))}:{want['base_port'] + index}",
             "model": want["model"],
             "openvino": settings,
             "streams": streams,
@@ -311,6 +315,15 @@ def _instances(topo: Topology, node_rows: list[dict[str, Any]], policy: dict[str
             },
         })
     return instances
+
+
+def probe_host(bind: str) -> str:
+    """The address that reaches a server bound to `bind` from the same host."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(bind, bind)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _memory_node(topo: Topology, node_id: int) -> int:
