@@ -24,7 +24,7 @@ COMMAND_MODULES = [
     "hosttune.bench.cli",  # bench
     "hosttune.fleet.cli",  # fleet
     "hosttune.converge",  # converge (ansible-runner)
-    "hosttune.testbed.cli",  # testbed (QEMU guests)
+    "hosttune_testbed.cli",  # testbed (QEMU guests): its own package (testbed/), in a checkout only
 ]
 
 

@@ -125,7 +125,7 @@ def _report(scenario: str, stages: list[dict], total: float) -> str:
 
 
 def _console(guest: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "hosttune.testbed", "console", "--name", guest,
+    proc = subprocess.run([sys.executable, "-m", "hosttune_testbed", "console", "--name", guest,
                            "--lines", "150"], cwd=ROOT, capture_output=True, text=True, check=False,
                           env=dict(os.environ, HOSTTUNE_RUN=_run_dir()))
     return proc.stdout or proc.stderr

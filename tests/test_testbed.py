@@ -1,4 +1,4 @@
-"""The QEMU guest testbed (hosttune.testbed).
+"""The QEMU guest testbed (hosttune_testbed).
 
 Fast tests (no boot): the QEMU command line built from a topology, topology validation, port
 allocation, recipe hashing, apt source parsing, QMP client, CLI error handling.
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from hosttune.testbed import cli as tb_cli
-from hosttune.testbed import image as tb_image
-from hosttune.testbed import vm as tb_vm
-from hosttune.testbed.errors import TestbedError
-from hosttune.testbed.qemu import (
+from hosttune_testbed import cli as tb_cli
+from hosttune_testbed import image as tb_image
+from hosttune_testbed import vm as tb_vm
+from hosttune_testbed.errors import TestbedError
+from hosttune_testbed.qemu import (
     DEFAULT_CPU_MODEL,
     SMT_CPU_MODEL,
     BootSpec,
@@ -39,8 +39,8 @@ from hosttune.testbed.qemu import (
     smp_arg,
     tcg_thread_mode,
 )
-from hosttune.testbed.topologies import TOPOLOGIES, get_topology
-from hosttune.testbed.util import clean_console
+from hosttune_testbed.topologies import TOPOLOGIES, get_topology
+from hosttune_testbed.util import clean_console
 
 
 def _opt_values(argv: list[str], opt: str) -> list[str]:
@@ -360,7 +360,7 @@ def console_on_failure(guest: tb_vm.Guest):
     try:
         yield
     except BaseException:
-        from hosttune.testbed.util import tail
+        from hosttune_testbed.util import tail
 
         print(f"--- console log of {guest.name} ({guest.console_log}), last 80 lines ---")
         print(tail(guest.console_log, 80))
@@ -401,7 +401,7 @@ def default_guest(request):
 
 
 def cli_process(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hosttune.testbed", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hosttune_testbed", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from hosttune import cpulist
-from hosttune.testbed import paths
-from hosttune.testbed.errors import GuestCommandError, GuestError, TestbedError
-from hosttune.testbed.qemu import BootSpec, Topology, qemu_args, resolve_accel
-from hosttune.testbed.util import say, tail
+from hosttune_testbed import paths
+from hosttune_testbed.errors import GuestCommandError, GuestError, TestbedError
+from hosttune_testbed.qemu import BootSpec, Topology, qemu_args, resolve_accel
+from hosttune_testbed.util import say, tail
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SSH_OPTIONS = [
@@ -207,7 +207,7 @@ class Guest:
             name = f"t{os.getpid()}-{_counter}"
         self.name = validate_name(name)
         if isinstance(topology, str):
-            from hosttune.testbed.topologies import get_topology
+            from hosttune_testbed.topologies import get_topology
 
             topology = get_topology(topology)
         if memory_mib:
@@ -330,7 +330,7 @@ class Guest:
         _live[self.name] = self
         try:
             if self.disk is None and self.image is None:
-                from hosttune.testbed.image import ensure_image
+                from hosttune_testbed.image import ensure_image
 
                 self.image = ensure_image()
             if self.accel == "auto":
@@ -360,7 +360,7 @@ class Guest:
                 if _pid_alive(old.get("pid"), _marker(self.name)):
                     raise TestbedError(
                         f"guest {self.name} is already running (pid {old['pid']}, "
-                        f"port {old.get('port')}); stop it with: python -m hosttune.testbed "
+                        f"port {old.get('port')}); stop it with: python -m hosttune_testbed "
                         f"down --name {self.name}"
                     )
             for child in self.run_dir.iterdir():

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hosttune.testbed import paths
-from hosttune.testbed.errors import GuestError
-from hosttune.testbed.util import say
+from hosttune_testbed import paths
+from hosttune_testbed.errors import GuestError
+from hosttune_testbed.util import say
 
 RECIPE_FORMAT = 1
 SUITE = "bookworm"
@@ -311,8 +311,8 @@ def _build(build: Path, digest: str) -> None:
     _rmtree(root)
 
     say(f"image {digest}: [5/7] first boot (direct kernel) to install GRUB in the guest")
-    from hosttune.testbed.qemu import NumaNode, Topology
-    from hosttune.testbed.vm import Guest
+    from hosttune_testbed.qemu import NumaNode, Topology
+    from hosttune_testbed.vm import Guest
 
     topo = Topology(sockets=1, cores=2, threads=1, nodes=(NumaNode((0, 1), 1024),),
                     name="image-build")
@@ -433,7 +433,7 @@ def cached_images() -> list[dict[str, Any]]:
 def prune_images() -> list[str]:
     """Delete cached images other than the current recipe's (and failed-build logs), except
     those a running guest uses as its backing file. Returns the deleted paths."""
-    from hosttune.testbed.vm import list_states
+    from hosttune_testbed.vm import list_states
 
     keep = image_path().parent.name
     in_use = {Path(s["image"]).parent.name for s in list_states()

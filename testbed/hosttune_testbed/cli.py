@@ -1,4 +1,4 @@
-"""`python -m hosttune.testbed ...` and `hosttune testbed ...`.
+"""`python -m hosttune_testbed ...` and `hosttune testbed ...`.
 
     image [--rebuild] [--list] [--prune]   build the guest image, or print the cached one's path
     up --name N [--topology T] [--memory MIB] [--accel tcg|kvm|auto] [--json]
@@ -20,9 +20,9 @@ import subprocess
 import sys
 
 from hosttune.errors import HosttuneError
-from hosttune.testbed.errors import TestbedError
+from hosttune_testbed.errors import TestbedError
 
-PROG = "python -m hosttune.testbed"
+PROG = "python -m hosttune_testbed"
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -94,7 +94,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def cmd_image(args) -> int:
-    from hosttune.testbed import image
+    from hosttune_testbed import image
 
     if args.prune:
         for path in image.prune_images():
@@ -109,8 +109,8 @@ def cmd_image(args) -> int:
 
 
 def cmd_up(args) -> int:
-    from hosttune.testbed.topologies import get_topology
-    from hosttune.testbed.vm import Guest, validate_name
+    from hosttune_testbed.topologies import get_topology
+    from hosttune_testbed.vm import Guest, validate_name
 
     validate_name(args.name)
     topo = get_topology(args.topology)  # a bad name fails before any image build
@@ -140,7 +140,7 @@ def _terminate(signum, frame):
 
 
 def cmd_down(args) -> int:
-    from hosttune.testbed.vm import Guest, list_states
+    from hosttune_testbed.vm import Guest, list_states
 
     if args.all:
         for state in list_states():
@@ -160,7 +160,7 @@ def cmd_down(args) -> int:
 
 
 def cmd_ssh(args) -> int:
-    from hosttune.testbed.vm import Guest
+    from hosttune_testbed.vm import Guest
 
     guest = Guest.attach(args.name)
     cmd = list(args.cmd)
@@ -173,7 +173,7 @@ def cmd_ssh(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from hosttune.testbed.vm import list_states
+    from hosttune_testbed.vm import list_states
 
     states = list_states()
     if args.json:
@@ -194,9 +194,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_console(args) -> int:
-    from hosttune.testbed import paths
-    from hosttune.testbed.util import clean_console
-    from hosttune.testbed.vm import validate_name
+    from hosttune_testbed import paths
+    from hosttune_testbed.util import clean_console
+    from hosttune_testbed.vm import validate_name
 
     validate_name(args.name)
     log = paths.run_root() / args.name / "console.log"
@@ -212,8 +212,8 @@ def cmd_console(args) -> int:
 
 
 def cmd_topologies(args) -> int:
-    from hosttune.testbed.qemu import topology_summary
-    from hosttune.testbed.topologies import get_topology, names
+    from hosttune_testbed.qemu import topology_summary
+    from hosttune_testbed.topologies import get_topology, names
 
     topos = [get_topology(n) for n in names()]
     if args.json:
@@ -226,7 +226,7 @@ def cmd_topologies(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="QEMU guest testbed for hosttune (see hosttune/testbed/cli.py).",
+        prog=PROG, description="QEMU guest testbed for hosttune (see testbed/README.md).",
     )
     _add_commands(parser)
     return parser

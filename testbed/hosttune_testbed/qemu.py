@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hosttune import cpulist
-from hosttune.testbed.errors import TestbedError
+from hosttune_testbed.errors import TestbedError
 
 # CPU model when the topology has no SMT: TCG's richest model (AVX2 and friends under QEMU 7.2).
 DEFAULT_CPU_MODEL = "max"

@@ -14,7 +14,7 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
-from hosttune.testbed.errors import GuestError
+from hosttune_testbed.errors import GuestError
 
 
 def cache_dir() -> Path:

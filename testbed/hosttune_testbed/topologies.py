@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hosttune.testbed.errors import TestbedError
-from hosttune.testbed.qemu import Topology
+from hosttune_testbed.errors import TestbedError
+from hosttune_testbed.qemu import Topology
 
 TOPOLOGIES: dict[str, dict[str, Any]] = {
     "default": {

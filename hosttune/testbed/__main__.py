@@ -1,5 +1,0 @@
-import sys
-
-from hosttune.testbed.cli import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from hosttune_testbed.cli import main
+
+sys.exit(main())
