@@ -1,46 +1,64 @@
-"""Linux cpulist ("0-3,8,10-11") and hex cpumask ("ff,00000001") parsing and formatting. Pure."""
+"""Linux cpulist ("0-3,8,10-11") and hex cpumask ("ff,00000001") parsing and formatting. Pure.
+
+CPU ids are bounded by MAX_CPUS: the kernel's NR_CPUS is at most 8192 on x86-64 (MAXSMP), so
+65536 leaves room for any real host while "0-100000000000" is one clear error, not MemoryError.
+"""
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable
 
 from hosttune.errors import HosttuneError
 
+MAX_CPUS = 65536  # ids are 0 .. MAX_CPUS - 1
+_ELEMENT = re.compile(r"(\d+)(?:-(\d+)(?::(\d+))?)?", re.ASCII)  # ASCII digits only: no "٣", "1_0", "+1"
+_MASK_WORD = re.compile(r"[0-9a-fA-F]+", re.ASCII)
+_CACHED_TEXT = 256  # longer lists are rare (and may be hostile): not worth keeping in the cache
 
-def parse(text: str, where: str | None = None) -> list[int]:
+
+def _shown(text: str) -> str:
+    """repr of a (possibly huge) input, cut to 80 characters, for one-line errors."""
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def parse(text: str, where: str | None = None, max_cpu: int = MAX_CPUS - 1) -> list[int]:
     """Parse a cpulist such as "0-3,8,10-15:2" into a sorted list of unique ids.
 
     Accepts the kernel's stride syntax (a-b:step) and surrounding whitespace; "" is the empty set.
+    Ids above `max_cpu` (default MAX_CPUS - 1) are an error naming `where`.
     """
-    return list(_parse_cached(text.strip(), where))
+    text = text.strip()
+    if len(text) > _CACHED_TEXT:
+        return list(_parse(text, where, max_cpu))
+    return list(_parse_cached(text, where, max_cpu))
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_cached(text: str, where: str | None) -> tuple[int, ...]:
-    # thousands of IRQs share a handful of affinity strings: parse each once
+def _parse(text: str, where: str | None, max_cpu: int) -> tuple[int, ...]:
     if not text:
         return ()
     ids: set[int] = set()
     for part in text.split(","):
         part = part.strip()
-        try:
-            if "-" in part:
-                span, _, step_text = part.partition(":")
-                lo_text, _, hi_text = span.partition("-")
-                lo, hi = int(lo_text), int(hi_text)
-                step = int(step_text) if step_text else 1
-                if lo < 0 or hi < lo or step < 1:
-                    raise ValueError
-                ids.update(range(lo, hi + 1, step))
-            else:
-                value = int(part)
-                if value < 0:
-                    raise ValueError
-                ids.add(value)
-        except ValueError:
-            raise HosttuneError(f"invalid cpulist {text!r} (bad element {part!r})", where) from None
+        match = _ELEMENT.fullmatch(part)
+        if not match:
+            raise HosttuneError(f"invalid cpulist {_shown(text)} (bad element {_shown(part)})", where)
+        lo_text, hi_text, step_text = match.groups()
+        # compare lengths first: int() of a 5000-digit string is itself an error in Python 3.11
+        lo = int(lo_text) if len(lo_text) <= 12 else max_cpu + 1
+        hi = lo if hi_text is None else (int(hi_text) if len(hi_text) <= 12 else max_cpu + 1)
+        step = 1 if step_text is None else (int(step_text) if len(step_text) <= 12 else max_cpu + 1)
+        if hi < lo or step < 1:
+            raise HosttuneError(f"invalid cpulist {_shown(text)} (bad element {_shown(part)})", where)
+        if hi > max_cpu:
+            raise HosttuneError(f"invalid cpulist {_shown(text)} (CPU ids go up to {max_cpu})", where)
+        ids.update(range(lo, hi + 1, step))
     return tuple(sorted(ids))
+
+
+# thousands of IRQs share a handful of affinity strings: parse each once
+_parse_cached = functools.lru_cache(maxsize=4096)(_parse)
 
 
 def format(ids: Iterable[int]) -> str:  # noqa: A001 - mirrors parse()
@@ -58,22 +76,22 @@ def format(ids: Iterable[int]) -> str:  # noqa: A001 - mirrors parse()
 
 
 def parse_mask(text: str, where: str | None = None) -> list[int]:
-    """Parse a kernel hex cpumask ("ff,00000001", 32-bit words, most significant first)."""
-    cleaned = text.strip().replace(",", "")
+    """Parse a kernel hex cpumask ("ff,00000001", 32-bit words, most significant first).
+
+    At most MAX_CPUS bits: a longer mask is an error naming `where`.
+    """
+    words = text.strip().split(",")
+    cleaned = "".join(words)
     if not cleaned:
         return []
-    try:
-        value = int(cleaned, 16)
-    except ValueError:
-        raise HosttuneError(f"invalid cpumask {text!r}", where) from None
-    ids = []
-    bit = 0
-    while value:
-        if value & 1:
-            ids.append(bit)
-        value >>= 1
-        bit += 1
-    return ids
+    if not all(_MASK_WORD.fullmatch(w) for w in words):
+        raise HosttuneError(f"invalid cpumask {_shown(text)}", where)
+    cleaned = cleaned.lstrip("0")
+    if len(cleaned) * 4 > MAX_CPUS:
+        raise HosttuneError(f"invalid cpumask {_shown(text)} (more than {MAX_CPUS} CPUs)", where)
+    bits = bin(int(cleaned or "0", 16))[2:]
+    top = len(bits) - 1
+    return [top - i for i in range(top, -1, -1) if bits[i] == "1"]
 
 
 def format_mask(ids: Iterable[int], nr_cpus: int | None = None) -> str:

@@ -53,3 +53,38 @@ def test_format_is_minimal(ids):
     parts = [cpulist.parse(p) for p in text.split(",")]
     for a, b in zip(parts, parts[1:]):
         assert b[0] - a[-1] >= 2
+
+
+@pytest.mark.parametrize("bad", ["0-100000000000", "65536", "0-65536", "1" * 5000, "0-3,99999999999999999999"])
+def test_parse_bounds_cpu_ids(bad):
+    # issue 13 case 2: "0-100000000000" was a MemoryError; now one error naming the field and the bound
+    with pytest.raises(HosttuneError) as info:
+        cpulist.parse(bad, where="housekeeping.cpus")
+    message = str(info.value)
+    assert message.startswith("housekeeping.cpus: invalid cpulist") and "65535" in message
+    assert len(message) < 200  # the value is cut, never echoed whole
+
+
+def test_parse_max_cpu_argument():
+    assert cpulist.parse("0-7", max_cpu=7) == list(range(8))
+    with pytest.raises(HosttuneError, match="up to 7"):
+        cpulist.parse("0-8", max_cpu=7)
+    assert cpulist.parse(f"{cpulist.MAX_CPUS - 1}") == [cpulist.MAX_CPUS - 1]
+
+
+@pytest.mark.parametrize("bad", ["٣", "1_0", "+1", "0-٣", " 1 0", "0-3:٢"])
+def test_parse_takes_ascii_digits_only(bad):
+    # issue 13 case 6: Python's int() reads Unicode digits and underscores; a cpulist does not
+    with pytest.raises(HosttuneError):
+        cpulist.parse(bad)
+
+
+@pytest.mark.parametrize("bad", ["0x3", "g", "ff,,00", "f" * (cpulist.MAX_CPUS // 4 + 1)])
+def test_parse_mask_rejects(bad):
+    with pytest.raises(HosttuneError) as info:
+        cpulist.parse_mask(bad, where="/proc/irq/default_smp_affinity")
+    assert len(str(info.value)) < 200
+
+
+def test_parse_mask_accepts_leading_zero_words():
+    assert cpulist.parse_mask("0" * 20000 + ",00000003") == [0, 1]
