@@ -25,6 +25,9 @@ class AgentSettings:
     port: int = 9477  # 0: any free port (tests)
     reapply: bool = True  # false: only verify and report
     fast_check_interval: float = 5.0  # seconds between cheap IRQ/CPU-hotplug checks; 0: off
+    # seconds a check process may run before it is killed (engine commands such as systemctl
+    # time out after 300 s each; an apply it leaves half done is rolled back by the next one)
+    check_timeout: float = 900.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +61,7 @@ def validate_agent(raw: Any) -> AgentSettings:
     values = {**AgentSettings().to_dict(), **raw}
     interval = _number(values["interval"], "agent.interval", 0.1, allow_zero=False)
     fast = _number(values["fast_check_interval"], "agent.fast_check_interval", 0.0, allow_zero=True)
+    check_timeout = _number(values["check_timeout"], "agent.check_timeout", 0.1, allow_zero=False)
     listen = values["listen"]
     if not isinstance(listen, str) or not _is_ip(listen):
         raise PolicyError(f"must be an IP address to listen on, such as 127.0.0.1 or ::1, got {listen!r}",
@@ -68,7 +72,8 @@ def validate_agent(raw: Any) -> AgentSettings:
     reapply = values["reapply"]
     if not isinstance(reapply, bool):
         raise PolicyError(f"must be true or false, got {reapply!r}", where="agent.reapply")
-    return AgentSettings(interval=interval, listen=listen, port=port, reapply=reapply, fast_check_interval=fast)
+    return AgentSettings(interval=interval, listen=listen, port=port, reapply=reapply, fast_check_interval=fast,
+                         check_timeout=check_timeout)
 
 
 def _is_ip(text: str) -> bool:

@@ -13,8 +13,12 @@
 Checks, recovery and trial plans run in forked children (hosttune.agent.worker), so this process
 stays small whatever the host's size. A check holds the state lock (state.Lock) while it reads,
 and engine.apply takes it to write; when another hosttune run (an Ansible apply) holds it, the
-check is skipped and logged, and the next interval tries again. Only runtime areas are
-re-applied; kernel_args is verified (reboot pending) but never staged by the agent.
+check is skipped and logged, and the next interval tries again. Only runtime areas
+(worker.RUNTIME_AREAS) are re-applied; boot-time ones are verified (reboot pending) but never
+staged by the agent.
+
+This module is the loop; the /status document is hosttune.agent.status, the metrics
+hosttune.agent.metrics, the instances' health probes hosttune.agent.probes.
 
 Drift events count settings that were ok at the end of the previous check and are not now:
 the first apply, settings of new IRQs and settings that stay wrong are not events.
@@ -23,14 +27,11 @@ the first apply, settings of new IRQs and settings that stay wrong are not event
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import resource
 import select
 import signal
 import sys
-import threading
 import time
 import traceback
 from collections import Counter
@@ -39,105 +40,23 @@ from typing import Any
 from hosttune import __version__, engine
 from hosttune.agent import cli as agent_cli
 from hosttune.agent import config as config_mod
+from hosttune.agent import status as status_mod
 from hosttune.agent import worker
 from hosttune.agent.log import JsonLog
-from hosttune.agent.metrics import Registry
+from hosttune.agent.metrics import Metrics
 from hosttune.agent.notify import Notifier
+from hosttune.agent.probes import probe_instances
 from hosttune.agent.server import StatusServer
 from hosttune.errors import HosttuneError, PolicyError
-from hosttune.policy import AREAS
 from hosttune.sysfs import HostFS, TarHostFS
 
 RUNTIME_AREAS = worker.RUNTIME_AREAS
-STATUSES = ("ok", "drift", "unsupported", "pending-reboot")
-RESULTS = ("ok", "repaired", "drift", "locked", "apply_failed", "error")
-BENCH_FILE = "/var/lib/hosttune/bench/last.json"
-BENCH_VALUES = {"stable": 1.0, "unstable": 0.0, "unsure": -1.0}
-HEAVY_MODULES = ("openvino", "numpy", "torch", "ansible", "ansible_runner", "fabric", "paramiko",
-                 "prometheus_client", "ssl")
-CHECK_TIMEOUT = 900.0  # seconds; engine commands (systemctl, update-grub) time out after 300 s each
 REPLAN_AFTER = 600.0  # seconds: re-discover at least this often (see Agent._replan_due)
 INPROCESS_MAX_SETTINGS = 1500  # verify-only checks of bigger hosts fork too (see Agent._check)
-HEALTH_PATH = "/v2/health/ready"
-HEALTH_TIMEOUT = 1.0
-STATUS_SCHEMA = "hosttune.agent-status/1"
 
 
 def _level(name: str) -> str:
     return name if name in ("debug", "info", "warning", "error") else "error" if name == "critical" else "info"
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
-
-
-class Metrics:
-    def __init__(self) -> None:
-        r = self.registry = Registry()
-        self.setting_ok = r.gauge("hosttune_setting_ok", "1 when no setting of the area differs from the plan, 0 when "
-                                  "one does (areas with no supported setting are absent)", ["area"])
-        self.settings = r.gauge("hosttune_settings", "Settings per area and verify status "
-                                "(ok, drift, unsupported, pending-reboot) at the last check", ["area", "status"])
-        self.drift = r.counter("hosttune_drift_events_total", "Settings found changed behind the agent's back: ok at "
-                               "the previous check, different from the plan now", ["area"])
-        self.reapplied = r.counter("hosttune_reapplied_total", "Values the agent wrote back to match the plan",
-                                   ["area"])
-        self.reboot = r.gauge("hosttune_reboot_pending", "1 when the running kernel lacks planned kernel arguments "
-                              "(or isolated CPUs differ until a reboot)")
-        self.last_check = r.gauge("hosttune_last_check_timestamp_seconds", "Unix time of the last full check")
-        self.last_success = r.gauge("hosttune_last_check_success", "1 when the last full check ran to the end "
-                                    "(drift or not), 0 when it failed or was skipped")
-        self.duration = r.gauge("hosttune_check_duration_seconds", "Duration of the last full check (discover, "
-                                "plan, verify, re-apply)")
-        self.checks = r.counter("hosttune_checks_total", "Full checks by result: ok, repaired (drift put back), drift "
-                                "(still differs), locked (another run held the lock), apply_failed, error",
-                                ["result"])
-        self.topology = r.counter("hosttune_topology_changes_total", "Fast checks that saw IRQs appear/disappear or "
-                                  "CPUs go online/offline (each triggers a full check)", ["kind"])
-        self.instance_ready = r.gauge("hosttune_instance_ready", f"1 when the plan's inference instance answers "
-                                      f"GET {HEALTH_PATH} with 200", ["instance"])
-        self.bench = r.gauge("hosttune_bench_stable", "Verdict of the last benchmark: 1 stable, 0 unstable, -1 unsure "
-                             "(absent without a verdict file)")
-        self.reloads = r.counter("hosttune_config_reloads_total", "SIGHUP reloads by result (ok, failed)", ["result"])
-        self.info = r.gauge("hosttune_agent_info", "Constant 1; the agent's version and policy profile",
-                            ["version", "profile"])
-        self.cpu = r.gauge("hosttune_agent_cpu_seconds", "CPU time (user+system) used by the agent and its "
-                           "finished check processes")
-        self.max_rss = r.gauge("hosttune_agent_max_rss_bytes", "Peak resident memory of the agent process")
-        for area in AREAS:
-            self.drift.inc(0, area=area)
-            self.reapplied.inc(0, area=area)
-        for result in RESULTS:
-            self.checks.inc(0, result=result)
-        for kind in ("irqs", "cpus"):
-            self.topology.inc(0, kind=kind)
-        for result in ("ok", "failed"):
-            self.reloads.inc(0, result=result)
-
-    def render(self) -> str:
-        times = os.times()
-        self.cpu.set(times.user + times.system + times.children_user + times.children_system)
-        self.max_rss.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        return self.registry.render()
-
-
-def probe(host: str, port: int, timeout: float = HEALTH_TIMEOUT) -> tuple[bool, str]:
-    """GET /v2/health/ready on an instance: (ready, detail)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    try:
-        conn.request("GET", HEALTH_PATH)
-        status = conn.getresponse().status
-        return status == 200, f"HTTP {status}"
-    except (OSError, http.client.HTTPException) as exc:
-        return False, getattr(exc, "strerror", None) or type(exc).__name__
-    finally:
-        conn.close()
-
-
-def _probe_host(bind: str) -> str:
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bind, bind)
 
 
 class Agent:
@@ -170,7 +89,7 @@ class Agent:
         self.results: Counter[str] = Counter()
         self.last_result: str | None = None
         self.last_counts: dict[str, Any] | None = None
-        self._status: dict[str, Any] = {}
+        self.snapshot: dict[str, Any] = {}  # the check's part of /status (hosttune.agent.status)
         self._stop_signal: int | None = None
         self._reload = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -179,7 +98,8 @@ class Agent:
     def _work(self, fn: Any, *args: Any) -> Any:
         """fn(*args) in a forked child (hosttune.agent.worker); its log records are logged here."""
         try:
-            result, logs, rss = worker.run(fn, *args, timeout=CHECK_TIMEOUT, tick=self.notifier.watchdog,
+            result, logs, rss = worker.run(fn, *args, timeout=self.config.agent.check_timeout,
+                                           tick=self.notifier.watchdog,
                                            tick_every=self.notify_every)
         except HosttuneError as exc:
             for rec in getattr(exc, "logs", []):
@@ -224,7 +144,7 @@ class Agent:
         self._recover()
         self.check("start")
         self.state = "running"
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(status_mod.line(self.snapshot))
         self.log("ready", result=self.last_result)
 
         now = time.monotonic()
@@ -291,7 +211,7 @@ class Agent:
             self.log("skipped", level="warning", phase="recover", reason="lock held", detail=result["detail"])
         elif result["restored"]:
             self.log("recovered", level="warning", interrupted_pid=result.get("pid"),
-                     interrupted_at=_iso(result.get("started")), restored=len(result["restored"]),
+                     interrupted_at=status_mod.iso(result.get("started")), restored=len(result["restored"]),
                      paths=result["restored"][:50])
 
     def check(self, reason: str) -> str:
@@ -315,15 +235,15 @@ class Agent:
         m.duration.set(duration)
         m.last_success.set(1 if result in ("ok", "repaired", "drift") else 0)
         self.results[result] += 1
-        self._status["last_check"] = {"ts": _iso(started), "reason": reason, "result": result,
+        self.snapshot["last_check"] = {"ts": status_mod.iso(started), "reason": reason, "result": result,
                                       "duration_s": round(duration, 4), "error": error}
-        changed = result != self.last_result or self._status.get("counts") != self.last_counts
+        changed = result != self.last_result or self.snapshot.get("counts") != self.last_counts
         self.log("check", level="info" if changed or result in ("repaired", "apply_failed", "error") else "debug",
                  reason=reason, result=result, duration_s=round(duration, 4),
-                 counts=self._status.get("counts"))
-        self.last_result, self.last_counts = result, self._status.get("counts")
+                 counts=self.snapshot.get("counts"))
+        self.last_result, self.last_counts = result, self.snapshot.get("counts")
         if self.state == "running":
-            self.notifier.status(self._status_line())
+            self.notifier.status(status_mod.line(self.snapshot))
         return result
 
     def _check(self, reason: str) -> str:
@@ -416,89 +336,26 @@ class Agent:
 
     # -- metrics and status ----------------------------------------------------------------------
     def _update(self, out: dict[str, Any]) -> None:
-        m = self.metrics
-        per_area = out["areas"]
-        for area in AREAS:
-            counts = per_area.get(area)
-            for status in STATUSES:
-                if counts is None:
-                    m.settings.remove(area=area, status=status)
-                else:
-                    m.settings.set(counts.get(status, 0), area=area, status=status)
-            if counts is None or sum(counts.values()) == counts.get("unsupported", 0):
-                m.setting_ok.remove(area=area)
-            else:
-                m.setting_ok.set(0 if counts.get("drift") else 1, area=area)
-        m.reboot.set(1 if out["reboot_required"] else 0)
-        m.info.clear()
-        m.info.set(1, version=__version__, profile=out["profile"])
-
-        instances = []
-        m.instance_ready.clear()
-        for inst in out["instances"]:
-            host = _probe_host(inst["bind"])
-            ready, detail = probe(host, inst["port"])
-            m.instance_ready.set(1 if ready else 0, instance=inst["name"])
-            instances.append({"name": inst["name"], "node": inst["node"], "url": f"http://{host}:{inst['port']}{HEALTH_PATH}",
-                              "ready": ready, "detail": detail})
-        bench = self._bench()
-
-        self._status.update({
-            "hostname": out["hostname"], "status": out["status"], "counts": out["counts"], "areas": per_area,
+        self.metrics.record_check(out)
+        instances = probe_instances(out["instances"])
+        self.metrics.instance_ready.clear()
+        for row in instances:
+            self.metrics.instance_ready.set(1 if row["ready"] else 0, instance=row["name"])
+        verdict, bench = status_mod.read_bench(self.fs)
+        if verdict is None:
+            self.metrics.bench.clear()
+        else:
+            self.metrics.bench.set(verdict)
+        self.snapshot.update({
+            "hostname": out["hostname"], "status": out["status"], "counts": out["counts"], "areas": out["areas"],
             "drifted": out["drifted"], "reboot_required": out["reboot_required"], "kernel_args": out["kernel_args"],
             "instances": instances, "bench": bench,
             "topology": {"irqs": len(self.seen_irqs or ()), "online": self.seen_online,
-                         "planned_at": _iso(self.planned_at)},
+                         "planned_at": status_mod.iso(self.planned_at)},
         })
 
-    def _bench(self) -> dict[str, Any] | None:
-        self.fs.forget()
-        text = self.fs.read(BENCH_FILE)
-        if text is None:
-            self.metrics.bench.clear()
-            return None
-        try:
-            data = json.loads(text)
-            verdict = data.get("verdict") if isinstance(data, dict) else None
-        except json.JSONDecodeError as exc:
-            data, verdict = {"error": f"not JSON ({exc.msg})"}, None
-        if verdict not in BENCH_VALUES:
-            self.metrics.bench.clear()
-            return {"path": BENCH_FILE, "error": f"no verdict stable/unstable/unsure (got {verdict!r})"}
-        self.metrics.bench.set(BENCH_VALUES[verdict])
-        summary = {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool)) or v is None}
-        return {"path": BENCH_FILE, **summary}
-
     def status(self) -> dict[str, Any]:
-        """The /status document (called from the HTTP threads)."""
-        host, port = self.server.address
-        times = os.times()
-        snap = dict(self._status)
-        return {
-            "schema": STATUS_SCHEMA, "version": __version__, "pid": os.getpid(), "state": self.state,
-            "started": _iso(self.started), "uptime_s": round(time.time() - self.started, 1),
-            "root": self.fs.root, "listen": {"address": host, "port": port},
-            "config": {"path": self.config.path, "profile": self.config.policy["profile"],
-                       "agent": self.config.agent.to_dict()},
-            **snap,
-            "drift_events": dict(self.drift_events), "reapplied": dict(self.reapplied),
-            "checks": dict(self.results),
-            "process": {"heavy_modules": sorted(m for m in HEAVY_MODULES if sys.modules.get(m) is not None),
-                        "modules": len(sys.modules), "threads": threading.active_count(),
-                        "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                        "check_max_rss_kb": self.child_max_rss_kb,
-                        "cpu_seconds": round(times.user + times.system, 3),
-                        "check_cpu_seconds": round(times.children_user + times.children_system, 3)},
-        }
-
-    def _status_line(self) -> str:
-        c = self._status.get("counts")
-        last = self._status.get("last_check", {})
-        if not c:
-            return f"{last.get('result', 'starting')}: {last.get('error') or 'no check completed'}"
-        text = (f"{last.get('result')}: {c['ok']} ok, {c['drift']} drift, {c['unsupported']} unsupported"
-                f"{', reboot pending' if self._status.get('reboot_required') else ''}")
-        return text
+        return status_mod.document(self)
 
     # -- reload ----------------------------------------------------------------------------------
     def _check_plan(self, cfg: config_mod.Config) -> None:
@@ -539,7 +396,7 @@ class Agent:
         except HosttuneError as exc:
             self.metrics.reloads.inc(result="failed")
             self.log("reload_failed", level="error", error=str(exc), kept=self.config.path or "defaults")
-            self.notifier.ready(self._status_line())
+            self.notifier.ready(status_mod.line(self.snapshot))
             return False
         if server is not None:
             self.server = server
@@ -550,7 +407,7 @@ class Agent:
         self.plan = None
         self.metrics.reloads.inc(result="ok")
         self.log("reloaded", config=new.path or "defaults", profile=new.policy["profile"], **new.agent.to_dict())
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(status_mod.line(self.snapshot))
         return True
 
 

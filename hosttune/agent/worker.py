@@ -40,9 +40,15 @@ from hosttune.settings import CPU
 from hosttune.sysfs import HostFS
 
 RUNTIME_AREAS = tuple(a for a in AREAS if a != "kernel_args")
-LOCK_HELD = 4  # state.Lock's exit code when another run holds the lock
+LOCK_HELD = 4  # the exit code of state.Lock's error (hosttune.errors.LockHeld) when another run holds it
 MAX_NAMES = 20  # setting names per area in a log line
 MAX_ROWS = 50  # drifted rows in /status
+
+
+def _lock_held(exc: HosttuneError) -> bool:
+    # by exit code: it holds for the LockHeld class and for a plain HosttuneError(exit_code=4),
+    # and for the error as it comes back from a child (hosttune.agent.worker.run rebuilds it)
+    return exc.exit_code == LOCK_HELD
 
 
 class WorkerFailed(HosttuneError):
@@ -174,7 +180,7 @@ def recover(root: str) -> dict[str, Any]:
             run = st.run
             return {"restored": engine.recover(fs, st), "pid": run.get("pid"), "started": run.get("started")}
     except HosttuneError as exc:
-        if exc.exit_code != LOCK_HELD:
+        if not _lock_held(exc):
             raise
         return {"locked": True, "detail": str(exc)}
 
@@ -201,7 +207,7 @@ def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | None, prev_o
     try:
         lock = state.Lock(fs, wait=0).__enter__()
     except HosttuneError as exc:
-        if exc.exit_code != LOCK_HELD:
+        if not _lock_held(exc):
             raise
         return {"locked": True, "phase": "verify", "detail": str(exc)}
     out: dict[str, Any] = {"locked": False}
@@ -225,7 +231,7 @@ def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | None, prev_o
         try:
             applied = engine.apply(plan, fs, only=fix, lock_wait=0)
         except HosttuneError as exc:
-            if exc.exit_code != LOCK_HELD:
+            if not _lock_held(exc):
                 raise
             out.update(locked=True, phase="apply", detail=str(exc))  # "ok" set: these drifts are counted once
             return out
@@ -248,7 +254,8 @@ def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | None, prev_o
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     out.update({
         "hostname": plan["hostname"], "profile": plan["profile"], "kernel_args": plan["kernel_args"],
-        "instances": [{"name": i["name"], "node": i["node"], "bind": i["bind"], "port": i["port"]}
+        # where to probe each instance is the plan's answer (probe_url), not the agent's
+        "instances": [{"name": i["name"], "node": i["node"], "probe_url": i["probe_url"]}
                       for i in plan["instances"]],
         "status": report["status"], "counts": report["counts"], "reboot_required": report["reboot_required"],
         "areas": per_area,
