@@ -194,8 +194,8 @@ def test_metrics_count_requests(server):
                 values[key] = float(value)
         return values
 
-    key = 'ovms_requests_success_total{api="KServe",interface="REST",method="ModelInfer",name="trivial",version="1"}'
-    fail = 'ovms_requests_fail_total{api="KServe",interface="REST",method="ModelInfer",name="trivial",version="1"}'
+    key = 'ovms_requests_success{api="KServe",interface="REST",method="ModelInfer",name="trivial",version="1"}'
+    fail = 'ovms_requests_fail{api="KServe",interface="REST",method="ModelInfer",name="trivial",version="1"}'
     hist = 'ovms_request_time_us_count{interface="REST",name="trivial",version="1"}'
     before = scrape()
     for _ in range(3):

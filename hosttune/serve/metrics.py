@@ -1,63 +1,183 @@
-"""Prometheus metrics with OVMS's names, so dashboards built for OVMS read hosttune serve too."""
+"""Prometheus metrics exactly as OVMS exposes them, so dashboards and alerts built for OVMS read
+hosttune serve too (and the two instance kinds stay interchangeable per node).
+
+OVMS (src/model_metric_reporter.cpp, docs/metrics.md) exposes its counters under bare names
+(`ovms_requests_success`, no `_total`), leaves the `version` label off ModelReady, labels
+`ovms_current_requests` per model, and uses the histogram buckets floor(10 * 1.8^i) us, i < 33.
+prometheus_client cannot render a counter without `_total`, hence this small renderer.
+
+Every update happens on the server's event-loop thread (OpenVINO's completion callbacks only wake
+the loop), so the children are plain attributes without locks: an observation is a bisect and
+three additions.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from bisect import bisect_left
+from collections.abc import Callable
 
-# OVMS's latency buckets (microseconds): 10 * 1.8^i
-BUCKETS_US = tuple(round(10 * 1.8 ** i) for i in range(33))
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BUCKETS_US = tuple(math.floor(10 * 1.8 ** i) for i in range(33))  # OVMS: 10, 18, 32, 58, 104, ...
+KSERVE_METHODS = ("ModelInfer", "ModelMetadata", "ModelReady")
+UNVERSIONED_METHODS = ("ModelReady",)  # OVMS reports these per model name only
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _number(value: float) -> str:
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _labels(pairs: Labels) -> str:
+    def escape(v: str) -> str:
+        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in pairs) + "}" if pairs else ""
+
+
+class Counter:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def samples(self, name: str, labels: Labels) -> list[str]:
+        return [f"{name}{_labels(labels)} {_number(self.value)}"]
+
+
+class Gauge(Counter):
+    __slots__ = ("function",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.function: Callable[[], float] | None = None
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = float(value)
+
+    def set_function(self, function: Callable[[], float]) -> None:
+        """Read the value at scrape time (e.g. infer requests in use)."""
+        self.function = function
+
+    def samples(self, name: str, labels: Labels) -> list[str]:
+        value = self.function() if self.function is not None else self.value
+        return [f"{name}{_labels(labels)} {_number(value)}"]
+
+
+class Histogram:
+    __slots__ = ("counts", "sum", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS_US) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS_US, value)] += 1  # le is inclusive: value <= bound
+        self.sum += value
+        self.count += 1
+
+    def samples(self, name: str, labels: Labels) -> list[str]:
+        # OVMS's order: _count, _sum, then the cumulative buckets
+        out = [f"{name}_count{_labels(labels)} {self.count}", f"{name}_sum{_labels(labels)} {_number(self.sum)}"]
+        total = 0
+        for bound, n in zip((*map(str, BUCKETS_US), "+Inf"), self.counts):
+            total += n
+            out.append(f"{name}_bucket{_labels((*labels, ('le', bound)))} {total}")
+        return out
+
+
+class Family:
+    """One metric name with its HELP and TYPE and a child per label set."""
+
+    def __init__(self, name: str, help: str, kind: str, child: type) -> None:
+        self.name, self.help, self.kind, self.child = name, help, kind, child
+        self.children: dict[Labels, Counter | Gauge | Histogram] = {}
+
+    def labels(self, **labels: str) -> Counter | Gauge | Histogram:
+        key = tuple(sorted(labels.items()))  # OVMS lists labels alphabetically
+        if key not in self.children:
+            self.children[key] = self.child()
+        return self.children[key]
+
+    def render(self, out: list[str]) -> None:
+        out.append(f"# HELP {self.name} {self.help}")
+        out.append(f"# TYPE {self.name} {self.kind}")
+        for key, child in self.children.items():
+            out.extend(child.samples(self.name, key))
+
+
+class RejectedCounter:
+    """hosttune's own counter of requests refused before reaching a model, by reason."""
+
+    def __init__(self, family: Family) -> None:
+        self.family = family
+
+    def labels(self, reason: str) -> Counter:
+        return self.family.labels(reason=reason)  # type: ignore[return-value]
 
 
 class Metrics:
     def __init__(self) -> None:
-        import prometheus_client
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        def family(name: str, help: str, child: type) -> Family:
+            kind = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}[child]
+            f = Family(name, help, kind, child)
+            self.families.append(f)
+            return f
 
-        prometheus_client.disable_created_metrics()  # no *_created series (OVMS has none)
+        self.families: list[Family] = []
+        # HELP texts as OVMS writes them
+        self.success = family("ovms_requests_success", "Number of successful requests to a model or a DAG.", Counter)
+        self.fail = family("ovms_requests_fail", "Number of failed requests to a model or a DAG.", Counter)
+        self.request_time = family("ovms_request_time_us", "Processing time of requests to a model or a DAG.",
+                                   Histogram)
+        self.inference_time = family("ovms_inference_time_us", "Inference execution time in the OpenVINO backend.",
+                                     Histogram)
+        self.wait_time = family("ovms_wait_for_infer_req_time_us", "Request waiting time in the scheduling queue.",
+                                Histogram)
+        self.streams = family("ovms_streams", "Number of OpenVINO execution streams.", Gauge)
+        self.nireq = family("ovms_infer_req_queue_size", "Inference request queue size (nireq).", Gauge)
+        self.active = family("ovms_infer_req_active",
+                             "Number of currently consumed inference request from the processing queue.", Gauge)
+        self.current = family("ovms_current_requests", "Number of inference requests currently in process.", Gauge)
+        # not an OVMS metric: Prometheus's own naming (counters end in _total)
+        self.bad = RejectedCounter(family(
+            "hosttune_requests_rejected_total", "Requests rejected before reaching a model (unknown route or "
+            "model, malformed or oversized body).", Counter))
 
-        self.registry = CollectorRegistry()
-        labels = ["api", "interface", "method", "name", "version"]
-        self.success = Counter("ovms_requests_success", "Number of successful requests to a model.",
-                               labels, registry=self.registry)
-        self.fail = Counter("ovms_requests_fail", "Number of failed requests to a model.",
-                            labels, registry=self.registry)
-        mlabels = ["interface", "name", "version"]
-        self.request_time = Histogram("ovms_request_time_us", "Processing time of requests to a model, "
-                                      "from the end of reading the body to the response (us).",
-                                      mlabels, buckets=BUCKETS_US, registry=self.registry)
-        self.inference_time = Histogram("ovms_inference_time_us", "Inference execution time in OpenVINO (us).",
-                                        ["name", "version"], buckets=BUCKETS_US, registry=self.registry)
-        self.wait_time = Histogram("ovms_wait_for_infer_req_time_us",
-                                   "Time a request waited for a free infer request (us).",
-                                   ["name", "version"], buckets=BUCKETS_US, registry=self.registry)
-        self.streams = Gauge("ovms_streams", "Number of OpenVINO execution streams.", ["name", "version"],
-                             registry=self.registry)
-        self.nireq = Gauge("ovms_infer_req_queue_size", "Infer request pool size.", ["name", "version"],
-                           registry=self.registry)
-        self.active = Gauge("ovms_infer_req_active", "Infer requests in use.", ["name", "version"],
-                            registry=self.registry)
-        self.current = Gauge("ovms_current_requests", "Requests being processed.", registry=self.registry)
-        self.bad = Counter("hosttune_requests_rejected", "Requests rejected before reaching a model "
-                           "(unknown route or model, malformed or oversized body).", ["reason"],
-                           registry=self.registry)
-
-    def model(self, name: str, version: int, streams: int, nireq: int, active_fn: Any) -> dict[str, Any]:
-        """Pre-bound label children for one model (labels() is the slow part of an observation)."""
+    def model(self, name: str, version: int, streams: int, nireq: int, active_fn: Callable[[], float]) -> dict:
+        """The children of one model, created at start so that every series exists from the first
+        scrape (as in OVMS) and a request only touches attributes."""
         v = str(version)
-        self.streams.labels(name, v).set(streams)
-        self.nireq.labels(name, v).set(nireq)
-        self.active.labels(name, v).set_function(active_fn)
+        self.streams.labels(name=name, version=v).set(streams)
+        self.nireq.labels(name=name, version=v).set(nireq)
+        self.active.labels(name=name, version=v).set_function(active_fn)
+
+        def per_method(fam: Family) -> dict[str, Counter]:
+            return {m: fam.labels(api="KServe", interface="REST", method=m, name=name,
+                                  **({} if m in UNVERSIONED_METHODS else {"version": v}))
+                    for m in KSERVE_METHODS}
+
         return {
-            "success": {m: self.success.labels("KServe", "REST", m, name, v)
-                        for m in ("ModelInfer", "ModelMetadata", "ModelReady")},
-            "fail": {m: self.fail.labels("KServe", "REST", m, name, v)
-                     for m in ("ModelInfer", "ModelMetadata", "ModelReady")},
-            "request_time": self.request_time.labels("REST", name, v),
-            "inference_time": self.inference_time.labels(name, v),
-            "wait_time": self.wait_time.labels(name, v),
+            "success": per_method(self.success),
+            "fail": per_method(self.fail),
+            "request_time": self.request_time.labels(interface="REST", name=name, version=v),
+            "inference_time": self.inference_time.labels(name=name, version=v),
+            "wait_time": self.wait_time.labels(name=name, version=v),
+            "current": self.current.labels(name=name, version=v),
         }
 
     def render(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        out: list[str] = []
+        for f in self.families:
+            f.render(out)
+        return ("\n".join(out) + "\n").encode(), CONTENT_TYPE

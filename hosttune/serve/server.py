@@ -142,7 +142,7 @@ class App:
     async def _infer(self, scope: dict, receive: Any, send: Any, model: ServedModel, bound: dict) -> None:
         body = await self._read_body(scope, receive)
         t0 = time.perf_counter()
-        self.metrics.current.inc()
+        bound["current"].inc()
         try:
             try:
                 response, binary = await self._run(scope, body, model)
@@ -164,7 +164,7 @@ class App:
             bound["success"]["ModelInfer"].inc()
             bound["request_time"].observe((time.perf_counter() - t0) * 1e6)
         finally:
-            self.metrics.current.dec()
+            bound["current"].dec()
 
     async def _run(self, scope: dict, body: bytes, model: ServedModel) -> tuple[dict, list[bytes]]:
         header_len = None

@@ -1,0 +1,116 @@
+"""OVMS fidelity of `hosttune serve`: its /metrics against a stored OVMS listing, and serving an
+OVMS config.json rendered from a real plan."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+from hosttune.model import repo as model_repo  # noqa: E402
+from hosttune.serve.metrics import BUCKETS_US, Metrics  # noqa: E402
+from hosttune.serve.process import Server  # noqa: E402
+from tests import promtext  # noqa: E402
+from tests.conftest import FIXTURES  # noqa: E402
+
+OVMS_LISTING = os.path.join(FIXTURES, "ovms_metrics.txt")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models")
+    model_repo.sample(str(path), variant="trivial", int8=False)
+    model_repo.sample(str(path), variant="tiny", int8=False)
+    return path
+
+
+def request(port, method, path, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body=body)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def infer_body(n=16, name="input"):
+    return json.dumps({"inputs": [{"name": name, "shape": [1, n], "datatype": "FP32", "data": [0.5] * n}]})
+
+
+def shapes(family, keep):
+    """What a dashboard can rely on: each series' sample name, label names and the values of the
+    fixed labels (api, interface, method, le); model name and version values vary."""
+    out = set()
+    for sample, labels, _ in family.samples:
+        if keep(labels):
+            fixed = tuple(sorted((k, v) for k, v in labels.items() if k not in ("name", "version")))
+            out.add((sample, tuple(sorted(labels)), fixed))
+    return out
+
+
+def test_metrics_match_the_ovms_listing_after_real_inferences(models):
+    with open(OVMS_LISTING) as f:
+        ovms = promtext.parse(f.read())
+    srv = Server("--repo", str(models), "--model", "trivial", "--config", '{"NUM_STREAMS": 2}')
+    try:
+        for _ in range(3):
+            assert request(srv.port, "POST", "/v2/models/trivial/infer", infer_body())[0] == 200
+        assert request(srv.port, "POST", "/v2/models/trivial/infer", infer_body(3))[0] == 400
+        assert request(srv.port, "GET", "/v2/models/trivial")[0] == 200
+        assert request(srv.port, "GET", "/v2/models/trivial/ready")[0] == 200
+        assert request(srv.port, "GET", "/v2/models/nope/ready")[0] == 404
+        status, text = request(srv.port, "GET", "/metrics")
+    finally:
+        srv.stop()
+    assert status == 200
+    ours = promtext.parse(text.decode())
+
+    shared = {name for name in ours if name.startswith("ovms_")}
+    assert shared == set(ovms), "hosttune serve exposes every OVMS model metric family, and no other ovms_ name"
+    for name in sorted(shared):
+        assert ours[name].type == ovms[name].type, name
+        assert ours[name].help == ovms[name].help, name
+        # OVMS's KServe REST series (hosttune serves neither gRPC nor the TensorFlow Serving API)
+        rest = shapes(ovms[name], lambda lb: lb.get("api", "KServe") == "KServe" and lb.get("interface", "REST") == "REST")
+        assert shapes(ours[name], lambda lb: lb["name"] == "trivial") == rest, name
+    # a counter's sample carries the bare family name, as OVMS writes it
+    assert not any(s.endswith("_total") for f in shared for s, _, _ in ours[f].samples)
+
+    def value(family, sample=None, **labels):
+        hits = [v for s, lb, v in ours[family].samples
+                if s == (sample or family) and all(lb.get(k) == x for k, x in labels.items())]
+        assert len(hits) == 1, (family, labels, hits)
+        return hits[0]
+
+    kserve = {"api": "KServe", "interface": "REST", "name": "trivial"}
+    assert value("ovms_requests_success", method="ModelInfer", version="1", **kserve) == 3
+    assert value("ovms_requests_fail", method="ModelInfer", version="1", **kserve) == 1
+    assert value("ovms_requests_success", method="ModelMetadata", version="1", **kserve) == 1
+    assert value("ovms_requests_success", method="ModelReady", **kserve) == 1
+    assert value("ovms_request_time_us", "ovms_request_time_us_count", name="trivial", interface="REST") == 3
+    assert value("ovms_inference_time_us", "ovms_inference_time_us_count", name="trivial") == 3
+    assert value("ovms_request_time_us", "ovms_request_time_us_bucket", name="trivial", le="+Inf") == 3
+    assert value("ovms_streams", name="trivial", version="1") == 2
+    assert value("ovms_current_requests", name="trivial", version="1") == 0
+    assert value("hosttune_requests_rejected_total", reason="unknown_model") == 1
+    assert ours["hosttune_requests_rejected_total"].type == "counter"
+    bounds = [lb["le"] for s, lb, _ in ovms["ovms_request_time_us"].samples
+              if s.endswith("_bucket") and lb["interface"] == "REST"]
+    assert bounds == [str(b) for b in BUCKETS_US] + ["+Inf"]
+
+
+def test_histogram_buckets_are_inclusive_upper_bounds():
+    m = Metrics()
+    h = m.model("m", 1, 1, 1, lambda: 0)["request_time"]
+    for v in (10, 10.5, 104, 104.2, 2e9):
+        h.observe(v)
+    fam = promtext.parse(m.render()[0].decode())["ovms_request_time_us"]
+    cum = {lb["le"]: v for s, lb, v in fam.samples if s.endswith("_bucket")}
+    assert (cum["10"], cum["18"], cum["58"], cum["104"], cum["188"], cum["1474755971"], cum["+Inf"]) == \
+        (1, 2, 2, 3, 4, 4, 5)
+    assert [v for s, _, v in fam.samples if s.endswith("_sum")] == [10 + 10.5 + 104 + 104.2 + 2e9]
