@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,6 +42,8 @@ from hosttune_testbed.qemu import (
 )
 from hosttune_testbed.topologies import TOPOLOGIES, get_topology
 from hosttune_testbed.util import clean_console
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _opt_values(argv: list[str], opt: str) -> list[str]:
@@ -343,6 +346,64 @@ def test_register_adds_testbed_command():
         assert callable(parser.parse_args(["testbed", sub]).func)
     assert parser.parse_args(["testbed", "ssh", "--name", "a", "--", "uname", "-r"]).cmd == [
         "--", "uname", "-r"]
+
+
+def test_hosttune_testbed_command_in_a_checkout():
+    proc = subprocess.run([sys.executable, "-m", "hosttune", "testbed", "topologies", "--json"],
+                          capture_output=True, text=True, cwd="/", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert {t["name"] for t in json.loads(proc.stdout)} == set(TOPOLOGIES)
+
+
+# ---------------------------------------------------------------- the runtime wheel (issue 11)
+
+
+@pytest.fixture(scope="module")
+def runtime_wheel(tmp_path_factory) -> Path:
+    """hosttune's wheel as the roles build it for hosts (roles/hosttune_agent/files/)."""
+    out = tmp_path_factory.mktemp("wheelhouse")
+    proc = subprocess.run([sys.executable, str(REPO / "roles/hosttune_agent/files/build_wheelhouse.py"),
+                           "--src", str(REPO), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out / json.loads(proc.stdout)["hosttune_wheel"]
+
+
+def test_runtime_wheel_leaves_the_testbed_out(runtime_wheel):
+    with zipfile.ZipFile(runtime_wheel) as wheel:
+        names = wheel.namelist()
+        metadata = next(wheel.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
+    assert "hosttune/cli.py" in names and "hosttune/data/hosttune-agent.service" in names
+    assert [n for n in names if "testbed" in n] == []
+    assert {n.split("/")[0] for n in names} == {"hosttune", runtime_wheel.name.split("-py3")[0]
+                                                + ".dist-info"}
+    # what every host installs: the extras carry serve's and converge's libraries
+    requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines()
+                if line.startswith("Requires-Dist:")]
+    assert [r for r in requires if "extra ==" not in r] == ["pyyaml>=6.0"]
+
+
+def test_runtime_wheel_runs_without_the_testbed(runtime_wheel, tmp_path, tree):
+    """The wheel's hosttune alone (no checkout, no testbed package): `testbed` is no command, the
+    host commands work."""
+    unpacked = tmp_path / "site"
+    with zipfile.ZipFile(runtime_wheel) as wheel:
+        wheel.extractall(unpacked)
+    yaml_dir = Path(__import__("yaml").__file__).parent.parent
+    # -S: none of the venv's .pth files, so neither the editable hosttune nor the testbed
+    code = (f"import sys; sys.path[:0] = [{str(unpacked)!r}, {str(yaml_dir)!r}]; "
+            "from hosttune.cli import main; sys.exit(main(sys.argv[1:]))")
+
+    def hosttune(*args):
+        return subprocess.run([sys.executable, "-S", "-c", code, *args], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=60)
+
+    proc = hosttune("testbed", "list")
+    assert proc.returncode == 2 and "invalid choice: 'testbed'" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = hosttune("topology", "--root", tree, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["nodes"]) == 2
 
 
 # ---------------------------------------------------------------- guests (boot QEMU)
