@@ -7,12 +7,14 @@ Pure: no host access.
 from __future__ import annotations
 
 import copy
+import ipaddress
+import re
 from typing import Any
 
-import yaml
-
-from hosttune import cpulist
+from hosttune import cpulist, safeyaml
+from hosttune.areas import NAMES
 from hosttune.errors import HosttuneError, PolicyError
+from hosttune.safeyaml import brief
 
 PROFILES = ("latency", "throughput")
 CONFIG_FILE = "/etc/hosttune/hosttune.yaml"  # the agent's config: a policy, or {policy: ..., agent: ...}
@@ -72,7 +74,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, Any]] = {
     "throughput": {"cpufreq": {"turbo": "keep", "lock": "none"}, "thp": "madvise"},
 }
 
-AREAS = ("cpufreq", "turbo", "epp", "cstates", "sysctls", "thp", "irqs", "irqbalance", "kernel_args")
+AREAS = NAMES  # the tuning areas (hosttune/areas), for `required` and --only
 
 # field path -> validator; a dict value in DEFAULTS is a section with fixed keys
 _CHOICES = {
@@ -100,19 +102,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(path: str | None) -> dict[str, Any]:
-    """Read and validate a policy file (None: the embedded default)."""
+    """Read and validate a policy file (None: the embedded default).
+
+    Read with hosttune.safeyaml: at most 1 MiB of UTF-8, aliases and nesting bounded, no
+    duplicate keys; every failure is one PolicyError naming the file (and the field).
+    """
     if path is None:
         return validate({})
+    raw = safeyaml.load_file(path, error=PolicyError)
     try:
-        with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
-    except OSError as exc:
-        raise PolicyError(f"cannot read policy ({exc.strerror})", where=path) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise PolicyError(f"not valid YAML{at}", where=path) from None
-    try:
+        if isinstance(raw, dict) and "policy" in raw and set(raw) <= {"policy", "agent"} \
+                and not isinstance(raw["policy"], (dict, type(None))):
+            raise PolicyError(f"must be a mapping, got {type(raw['policy']).__name__}", where="policy")
         return validate(raw if raw is not None else {}, source=path)
     except PolicyError as exc:
         exc.where = f"{path}: {exc.where}" if exc.where else path
@@ -134,47 +135,82 @@ def validate(raw: Any, source: str = "policy") -> dict[str, Any]:
     return merged
 
 
+# Grammars for values that end up in files other programs parse (GRUB's shell-sourced drop-in,
+# sysctl.d, unit files, nginx): nothing that a shell or a config parser could read as syntax.
+_KERNEL_ARG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(=[A-Za-z0-9_.,:/+=-]*)?", re.ASCII)
+_SYSCTL_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_*-]+)+", re.ASCII)
+_SYSFS_WORD = re.compile(r"[a-z0-9_]{1,32}", re.ASCII)  # governor and EPP names
+_KEY = re.compile(r"[A-Za-z0-9_.*-]{1,64}", re.ASCII)
+MAX_KERNEL_ARGS, MAX_KERNEL_ARG_LEN = 32, 256
+MAX_SYSCTLS, MAX_SYSCTL_NAME_LEN, MAX_SYSCTL_VALUE_LEN = 256, 128, 1024
+MAX_LIST = 1024  # nodes, flags, required areas
+MAX_MHZ = 100_000
+
+
+def _field(prefix: str, key: Any) -> str:
+    """The dotted field path; an odd key (newline, huge, not a string) shown cut as its repr."""
+    return f"{prefix}{key}" if isinstance(key, str) and _KEY.fullmatch(key) else f"{prefix}{brief(key, 40)}"
+
+
 def _check_section(values: dict[str, Any], schema: dict[str, Any], prefix: str) -> None:
     for key, value in values.items():
-        field = f"{prefix}{key}"
+        field = _field(prefix, key)
         if key not in schema:
             known = ", ".join(sorted(schema))
             raise PolicyError(f"unknown key (known: {known})", where=field)
         expected = schema[key]
         if key == "sysctls" and not prefix:
-            if not isinstance(value, dict):
-                raise PolicyError("must be a mapping of sysctl name to value", where=field)
-            for name, setting in value.items():
-                if not isinstance(name, str) or "." not in name or "/" in name or ".." in name:
-                    raise PolicyError("sysctl names look like kernel.numa_balancing", where=f"{field}.{name}")
-                if not isinstance(setting, (int, str)) or isinstance(setting, bool):
-                    raise PolicyError("must be an integer or a string", where=f"{field}.{name}")
+            _check_sysctls(value, field)
             continue
         if isinstance(expected, dict):
             if not isinstance(value, dict):
                 raise PolicyError(f"must be a mapping, got {type(value).__name__}", where=field)
             _check_section(value, expected, f"{field}.")
         elif field in _OPTIONAL_INT:
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise PolicyError(f"must be a non-negative integer or null, got {value!r}", where=field)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 0 <= value <= 10**9):
+                raise PolicyError(f"must be an integer from 0 to 10^9 or null, got {brief(value)}", where=field)
         elif field in _OPTIONAL_STR:
             if value is not None and not isinstance(value, str):
-                raise PolicyError(f"must be a string or null, got {value!r}", where=field)
+                raise PolicyError(f"must be a string or null, got {brief(value)}", where=field)
         elif isinstance(expected, bool):
             if not isinstance(value, bool):
-                raise PolicyError(f"must be true or false, got {value!r}", where=field)
+                raise PolicyError(f"must be true or false, got {brief(value)}", where=field)
         elif isinstance(expected, int):
             if not isinstance(value, int) or isinstance(value, bool):
-                raise PolicyError(f"must be an integer, got {value!r}", where=field)
+                raise PolicyError(f"must be an integer, got {brief(value)}", where=field)
         elif isinstance(expected, list):
             if not isinstance(value, list):
-                raise PolicyError(f"must be a list, got {value!r}", where=field)
+                raise PolicyError(f"must be a list, got {brief(value)}", where=field)
+            if len(value) > MAX_LIST:
+                raise PolicyError(f"more than {MAX_LIST} entries", where=field)
         elif isinstance(expected, str) and field not in ("cpufreq.lock", "instances.nodes"):
             if not isinstance(value, str):
-                raise PolicyError(f"must be a string, got {value!r}", where=field)
+                raise PolicyError(f"must be a string, got {brief(value)}", where=field)
         if field in _CHOICES and value not in _CHOICES[field]:
             names = ", ".join("null" if c is None else c for c in _CHOICES[field])
-            raise PolicyError(f"must be one of {names}, got {value!r}", where=field)
+            raise PolicyError(f"must be one of {names}, got {brief(value)}", where=field)
+
+
+def _check_sysctls(value: Any, field: str) -> None:
+    """Names and values are written as `name = value` lines of /etc/sysctl.d/90-hosttune.conf and
+    as /proc/sys paths: one line each, no path tricks."""
+    if not isinstance(value, dict):
+        raise PolicyError("must be a mapping of sysctl name to value", where=field)
+    if len(value) > MAX_SYSCTLS:
+        raise PolicyError(f"more than {MAX_SYSCTLS} sysctls", where=field)
+    for name, setting in value.items():
+        where = _field(f"{field}.", name)
+        if not isinstance(name, str) or len(name) > MAX_SYSCTL_NAME_LEN or not _SYSCTL_NAME.fullmatch(name):
+            raise PolicyError(f"sysctl names look like kernel.numa_balancing (a-z, 0-9, _, -, *, dots; "
+                              f"at most {MAX_SYSCTL_NAME_LEN} characters)", where=where)
+        if not isinstance(setting, (int, str)) or isinstance(setting, bool):
+            raise PolicyError("must be an integer or a string", where=where)
+        text = setting if isinstance(setting, str) else str(setting)
+        # printable: no newline, NUL or other line separator; a tab may separate numbers (tcp_rmem)
+        if not text.strip() or len(text) > MAX_SYSCTL_VALUE_LEN or not text.replace("\t", " ").isprintable():
+            raise PolicyError(f"must be one line of 1 to {MAX_SYSCTL_VALUE_LEN} characters without control "
+                              f"characters, got {brief(setting)}", where=where)
 
 
 def _cpulist_field(value: Any, field: str) -> str:
@@ -186,7 +222,7 @@ def _cpulist_field(value: Any, field: str) -> str:
 
 def _check_values(p: dict[str, Any]) -> None:
     hk = p["housekeeping"]
-    if hk["cores_per_node"] < 1:
+    if not 1 <= hk["cores_per_node"] <= cpulist.MAX_CPUS:
         raise PolicyError("must be at least 1: every node keeps a housekeeping core", "housekeeping.cores_per_node")
     if hk["cpus"] is not None:
         hk["cpus"] = _cpulist_field(hk["cpus"], "housekeeping.cpus")
@@ -203,23 +239,77 @@ def _check_values(p: dict[str, Any]) -> None:
             raise PolicyError(f"overlaps housekeeping.cpus on CPUs {cpulist.format(overlap)}", "isolation.cpus")
     for flag in p["isolation"]["isolcpus_flags"]:
         if flag not in _ISOLCPUS_FLAGS:
-            raise PolicyError(f"unknown isolcpus flag {flag!r} (known: {', '.join(_ISOLCPUS_FLAGS)})",
+            raise PolicyError(f"unknown isolcpus flag {brief(flag)} (known: {', '.join(_ISOLCPUS_FLAGS)})",
                               "isolation.isolcpus_flags")
-    for arg in p["isolation"]["extra_kernel_args"]:
-        if not isinstance(arg, str) or not arg or any(ch.isspace() for ch in arg) or '"' in arg:
-            raise PolicyError(f"each argument must be one word without quotes, got {arg!r}",
-                              "isolation.extra_kernel_args")
+    args = p["isolation"]["extra_kernel_args"]
+    if len(args) > MAX_KERNEL_ARGS:
+        raise PolicyError(f"more than {MAX_KERNEL_ARGS} arguments", "isolation.extra_kernel_args")
+    for arg in args:
+        # update-grub sources the drop-in as a shell script: no $, `, \, quotes or spaces reach it
+        if not isinstance(arg, str) or len(arg) > MAX_KERNEL_ARG_LEN or not _KERNEL_ARG.fullmatch(arg):
+            raise PolicyError(f"each argument must look like name or name=value (letters, digits, _ . - in the "
+                              f"name; also , : / + = in the value; at most {MAX_KERNEL_ARG_LEN} characters), "
+                              f"got {brief(arg)}", "isolation.extra_kernel_args")
     lock = p["cpufreq"]["lock"]
-    if not (lock in ("base", "max", "none") or (isinstance(lock, int) and not isinstance(lock, bool) and lock > 0)):
-        raise PolicyError(f"must be base, max, none or a frequency in MHz, got {lock!r}", "cpufreq.lock")
-    if not isinstance(p["cpufreq"]["governor"], str) or not p["cpufreq"]["governor"]:
-        raise PolicyError("must be a governor name", "cpufreq.governor")
+    if not (lock in ("base", "max", "none")
+            or (isinstance(lock, int) and not isinstance(lock, bool) and 0 < lock <= MAX_MHZ)):
+        raise PolicyError(f"must be base, max, none or a frequency in MHz (1-{MAX_MHZ}), got {brief(lock)}",
+                          "cpufreq.lock")
+    if not _SYSFS_WORD.fullmatch(p["cpufreq"]["governor"]):
+        raise PolicyError(f"must be a governor name (a-z, 0-9, _), got {brief(p['cpufreq']['governor'])}",
+                          "cpufreq.governor")
+    epp = p["cpufreq"]["epp"]
+    if epp is not None and not _SYSFS_WORD.fullmatch(epp):
+        raise PolicyError(f"must be an EPP name or number (a-z, 0-9, _) or null, got {brief(epp)}", "cpufreq.epp")
     nodes = p["instances"]["nodes"]
-    if nodes != "all" and not (isinstance(nodes, list) and all(isinstance(n, int) and n >= 0 for n in nodes)):
-        raise PolicyError(f"must be 'all' or a list of node ids, got {nodes!r}", "instances.nodes")
+    if nodes != "all" and not (isinstance(nodes, list) and len(nodes) <= MAX_LIST and all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n < cpulist.MAX_CPUS for n in nodes)):
+        raise PolicyError(f"must be 'all' or a list of node ids, got {brief(nodes)}", "instances.nodes")
     port = p["instances"]["base_port"]
     if not 1 <= port <= 65000:
-        raise PolicyError(f"must be a TCP port (1-65000), got {port}", "instances.base_port")
+        raise PolicyError(f"must be a TCP port (1-65000), got {brief(port)}", "instances.base_port")
+    p["instances"]["bind"] = _bind_field(p["instances"]["bind"])
+    from hosttune.model.repo import NAME_RE  # the model repository's own rule for names
+
+    model = p["instances"]["model"]
+    if len(model) > 64 or not NAME_RE.fullmatch(model):
+        raise PolicyError(f"must be a model name (letters, digits, _ . -, starting with a letter or digit; "
+                          f"at most 64 characters), got {brief(model)}", "instances.model")
     for area in p["required"]:
         if area not in AREAS:
-            raise PolicyError(f"unknown area {area!r} (known: {', '.join(AREAS)})", "required")
+            raise PolicyError(f"unknown area {brief(area)} (known: {', '.join(AREAS)})", "required")
+
+
+def _bind_field(value: str) -> str:
+    """An IPv4 or IPv6 address (no host names, no %zone): it reaches the plan, unit files and nginx."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        address = None
+    if address is None or "%" in value:
+        raise PolicyError(f"must be an IP address such as 127.0.0.1 or ::1, got {brief(value)}",
+                          "instances.bind")
+    return str(address)
+
+
+def resolve(fs: Any, path: str | None) -> dict[str, Any]:
+    """The policy that applies to a host root: `path` when given, else the host's own
+    /etc/hosttune/hosttune.yaml under the root (a directory or a capture tarball, which records it),
+    else the embedded default. The one way the CLI, the agent and fleet decide it."""
+    if path is not None:
+        return load(path)
+    if not fs.exists(CONFIG_FILE):
+        return validate({})
+    where = f"{fs.root.rstrip('/')}{CONFIG_FILE}" if fs.root not in ("/", "") else CONFIG_FILE
+    text = fs.read(CONFIG_FILE)
+    if text is None:
+        raise PolicyError("cannot read policy", where=where)
+    raw = safeyaml.loads(text, where=where, error=PolicyError)
+    try:
+        if isinstance(raw, dict) and "policy" in raw and set(raw) <= {"policy", "agent"} \
+                and not isinstance(raw["policy"], (dict, type(None))):
+            raise PolicyError(f"must be a mapping, got {type(raw['policy']).__name__}", where="policy")
+        return validate(raw if raw is not None else {}, source=where)
+    except PolicyError as exc:
+        exc.where = f"{where}: {exc.where}" if exc.where else where
+        raise
