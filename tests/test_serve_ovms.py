@@ -114,3 +114,98 @@ def test_histogram_buckets_are_inclusive_upper_bounds():
     assert (cum["10"], cum["18"], cum["58"], cum["104"], cum["188"], cum["1474755971"], cum["+Inf"]) == \
         (1, 2, 2, 3, 4, 4, 5)
     assert [v for s, _, v in fam.samples if s.endswith("_sum")] == [10 + 10.5 + 104 + 104.2 + 2e9]
+
+
+# -- config.json -------------------------------------------------------------------------------
+def plan_of_a_tree(tmp_path, model):
+    from tests.conftest import run_cli
+    from tests.treegen import Spec, write_tree
+
+    root = write_tree(str(tmp_path / "host"), Spec(sockets=2, cores_per_node=3))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"profile: throughput\ninstances: {{model: {model}}}\n")
+    return json.loads(run_cli("plan", "--root", root, "--policy", str(policy), "--json", check=0).stdout)
+
+
+def serve_config(path, *args):
+    return Server("--config-path", str(path), *args)
+
+
+def test_config_json_from_a_real_plan_is_served(models, tmp_path):
+    from hosttune.serve import ovms_config
+
+    plan = plan_of_a_tree(tmp_path, "trivial")
+    inst = plan["instances"][1]
+    config = ovms_config.render(inst, str(models))
+    assert config["model_config_list"] == [{"config": {
+        "name": "trivial", "base_path": f"{models}/trivial", "nireq": inst["ovms"]["nireq"], "target_device": "CPU",
+        "plugin_config": inst["ovms"]["plugin_config"]}}]
+    assert config["monitoring"]["metrics"]["enable"] is True
+    assert set(config["monitoring"]["metrics"]["metrics_list"]) == set(promtext.parse(open(OVMS_LISTING).read()))
+    path = tmp_path / "config.json"
+    path.write_text(ovms_config.dumps(config))
+    srv = serve_config(path)
+    try:
+        # the plan's nireq and NUM_STREAMS (throughput profile) are in force; OpenVINO caps the
+        # streams at the CPUs this process may use
+        streams = min(inst["streams"], len(os.sched_getaffinity(0)))
+        assert inst["openvino"]["NUM_STREAMS"] == inst["streams"] > 1
+        assert f"trivial:1 (streams {streams}, nireq {inst['ovms']['nireq']})" in srv.banner, srv.banner
+        status, body = request(srv.port, "POST", "/v2/models/trivial/infer", infer_body())
+        assert status == 200, body
+        assert json.loads(body)["outputs"][0]["data"] == [1.5] * 16
+    finally:
+        srv.stop()
+
+
+def test_several_models_per_instance_and_a_pinned_version(models, tmp_path):
+    from hosttune.serve import ovms_config
+
+    plan = plan_of_a_tree(tmp_path, "trivial")
+    inst = dict(plan["instances"][0], model=["trivial:1", "tiny"])  # the list a policy may name one day
+    model_repo.sample(str(tmp_path / "repo"), variant="trivial", int8=False, version=2)
+    config = ovms_config.render(inst, str(models))
+    assert config["model_config_list"][0]["config"]["model_version_policy"] == {"specific": {"versions": [1]}}
+    # base_path may point anywhere, and the served name need not be the directory's
+    config["model_config_list"].append({"config": {"name": "renamed", "base_path": str(tmp_path / "repo" / "trivial")}})
+    path = tmp_path / "config.json"
+    path.write_text(ovms_config.dumps(config))
+    srv = serve_config(path)
+    try:
+        assert "trivial:1" in srv.banner and "tiny:1" in srv.banner and "renamed:2" in srv.banner, srv.banner
+        assert request(srv.port, "POST", "/v2/models/renamed/versions/2/infer", infer_body())[0] == 200
+        assert request(srv.port, "POST", "/v2/models/trivial/infer", infer_body())[0] == 200
+        status, body = request(srv.port, "GET", "/v2/models/tiny")
+        assert status == 200 and json.loads(body)["inputs"][0]["shape"] == [1, 3, 32, 32]
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"model_config_list": []}, "non-empty model_config_list"),
+    ({"model_config_list": [{"config": {"name": "trivial"}}]}, "model_config_list[0].config.base_path: missing"),
+    ({"model_config_list": [{"config": {"name": "trivial", "base_path": "s3://b/trivial"}}]}, "only local directories"),
+    ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial", "nireq": 0}}]},
+     "config.nireq: must be a positive integer"),
+    ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial", "target_device": "GPU"}}]},
+     "config.target_device: 'GPU': hosttune serve runs on CPU only"),
+    ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial",
+                                        "model_version_policy": {"all": {}}}}]}, "one version per model"),
+    ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/nothing"}}]}, "no model 'nothing'"),
+    ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial",
+                                        "plugin_config": {"NUM_STREAMS": "x"}}}]}, "cannot compile on CPU"),
+    ("{not json", "not JSON"),
+])
+def test_bad_config_json_is_one_line_exit_2(models, tmp_path, config, message):
+    import subprocess
+
+    from hosttune.serve.process import HOSTTUNE
+
+    path = tmp_path / "config.json"
+    text = config if isinstance(config, str) else json.dumps(config).replace("MODELS", str(models))
+    path.write_text(text)
+    r = subprocess.run([*HOSTTUNE, "serve", "--port", "0", "--config-path", str(path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert str(path) in r.stderr or str(models) in r.stderr

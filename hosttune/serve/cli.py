@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                 f"(default: $HOSTTUNE_MODEL_REPO or {default_repo()})")
     p.add_argument("--model", action="append", metavar="NAME[:VERSION]",
                    help="model(s) to serve (default: the instance's model, else every model in the repo)")
+    p.add_argument("--config-path", metavar="CONFIG_JSON",
+                   help="serve the models of an OVMS config.json (name, base_path, version policy, nireq, "
+                        "plugin_config) instead of --repo/--model")
     p.add_argument("--port", type=int, help="TCP port (default: the instance's, else 9000; 0 = any free port)")
     p.add_argument("--bind", help="address to listen on (default: the instance's, else 127.0.0.1)")
     p.add_argument("--config", metavar="JSON", help='OpenVINO properties, e.g. \'{"NUM_STREAMS": 2}\' '
@@ -175,13 +178,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif args.plan:
         raise HosttuneError("--plan needs --plan-instance NAME", where="--plan")
     repo = _repo(args)
-    entries = [find(repo, name, version) for name, version in _model_specs(args, instance, repo)]
+    if args.config_path:
+        from hosttune.serve import ovms_config
+
+        if args.model or args.repo:
+            raise HosttuneError("the config file names the models and their paths", where="--model/--repo")
+        served = ovms_config.load(args.config_path)
+    else:
+        served = [(find(repo, name, version), (instance or {}).get("openvino", {}), None)
+                  for name, version in _model_specs(args, instance, repo)]
     host = args.bind or (instance or {}).get("bind") or "127.0.0.1"
     port = args.port if args.port is not None else (instance or {}).get("port", 9000)
     if not 0 <= port <= 65535:
         raise HosttuneError(f"{port} is not a TCP port", where="--port")
-    config = openvino_config((instance or {}).get("openvino", {}), args.config)
-    nireq = args.nireq or ((instance or {}).get("ovms") or {}).get("nireq")
+    plan_nireq = ((instance or {}).get("ovms") or {}).get("nireq")
+    served = [(entry, openvino_config(props, args.config), args.nireq or nireq or plan_nireq)
+              for entry, props, nireq in served]
     if args.nireq is not None and args.nireq < 1:
         raise HosttuneError("must be at least 1", where="--nireq")
     if args.max_body < 1024:
@@ -202,7 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from hosttune.serve.engine import ServedModel
 
         core = ov.Core()
-        models = [ServedModel(core, entry, config, nireq) for entry in entries]
+        models = [ServedModel(core, entry, config, nireq) for entry, config, nireq in served]
         app = App(models, max_body=args.max_body)
     except BaseException:
         sock.close()
