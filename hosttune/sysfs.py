@@ -124,18 +124,43 @@ class HostFS:
             os.close(fd)
         self._invalidate(key)
 
-    def write_file_atomic(self, path: str, content: str, mode: int = 0o644) -> None:
-        """Replace a regular file (config, state) atomically: temp file in the same dir + rename."""
+    def read_bytes(self, path: str) -> bytes | None:
+        """A file's exact bytes (not cached, no decoding, no newline stripped), or None if absent."""
+        try:
+            with open(os.path.join(self.root, _rel(path)), "rb") as handle:
+                return handle.read(MAX_READ + 1)[:MAX_READ]
+        except OSError:
+            return None
+
+    def stat_file(self, path: str) -> tuple[int, int, int] | None:
+        """(permission bits, uid, gid) of a file, or None if it does not exist."""
+        try:
+            st = os.lstat(os.path.join(self.root, _rel(path)))
+        except OSError:
+            return None
+        return st.st_mode & 0o7777, st.st_uid, st.st_gid
+
+    def write_file_atomic(self, path: str, content: str | bytes, mode: int = 0o644, uid: int | None = None,
+                          gid: int | None = None) -> None:
+        """Replace a regular file (config, state) atomically: temp file in the same dir + rename.
+        Bytes are written exactly; uid/gid, when given, set the owner (restore gives back the original's)."""
         key = _rel(path)
         real = os.path.join(self.root, key)
         os.makedirs(os.path.dirname(real), exist_ok=True)
         tmp = f"{real}.hosttune-tmp.{os.getpid()}"  # engine.recover removes leftovers of a killed run
+        data = content.encode() if isinstance(content, str) else content
         try:
-            with open(tmp, "w", encoding="utf-8") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, mode)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+                if uid is not None or gid is not None:
+                    os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
             os.replace(tmp, real)
         except OSError as exc:
             try:
