@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hosttune import cpulist
+from hosttune import areas, cpulist
 from hosttune.errors import HosttuneError, TopologyError
 from hosttune.sysfs import HostFS
 from hosttune.topology import Cpu, Irq, Node, Topology, unsupported
@@ -19,9 +19,6 @@ CPU = "/sys/devices/system/cpu"
 NODE = "/sys/devices/system/node"
 INFERENCE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
                    "amx_bf16", "fma", "f16c", "asimd", "sve")
-# sysctls the plan may set; reported so that a plan and a verify can be read beside them
-SYSCTLS = ("kernel.numa_balancing", "kernel.timer_migration", "vm.swappiness", "vm.stat_interval",
-           "kernel.sched_rt_runtime_us", "kernel.nmi_watchdog", "kernel.watchdog_cpumask")
 
 
 def _cpus(fs: HostFS, path: str) -> list[int] | None:
@@ -215,30 +212,12 @@ def _cgroup(fs: HostFS) -> dict[str, Any]:
 
 
 def _discover_features(fs: HostFS, cpus: list[Cpu]) -> dict[str, Any]:
-    online = [c.id for c in cpus if c.online]
-    features = {
+    features: dict[str, Any] = {
         "cpu": _cpuinfo(fs.read("/proc/cpuinfo")),
         "os": _os_release(fs.read("/etc/os-release")),
-        "cpufreq": _cpufreq(fs),
-        "turbo": _turbo(fs),
-        "cstates": _cstates(fs, online),
-        "sysctls": {name: fs.read("/proc/sys/" + name.replace(".", "/")) for name in SYSCTLS},
-        "thp": _thp(fs),
-        "irq_default_affinity": _mask(fs.read("/proc/irq/default_smp_affinity")),
-        "irqbalance": _irqbalance(fs),
         "smt": fs.read(f"{CPU}/smt/control"),
     }
-    features["epp"] = _epp_summary(features["cpufreq"])
-    return features
-
-
-def _mask(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return cpulist.parse_mask(text)
-    except HosttuneError:
-        return None
+    return areas.discover(fs, features, cpus)  # each tuning area's facts
 
 
 def _cpuinfo(text: str | None) -> dict[str, Any]:
@@ -270,107 +249,3 @@ def _os_release(text: str | None) -> dict[str, Any]:
     info["family"] = ("debian" if re.search(r"debian|ubuntu", family)
                       else "redhat" if re.search(r"rhel|fedora|centos|rocky|alma", family) else "unknown")
     return info
-
-
-def _cpufreq(fs: HostFS) -> dict[str, Any]:
-    base = f"{CPU}/cpufreq"
-    entries = fs.listdir(base)
-    policies = sorted((int(e[6:]) for e in entries or [] if re.fullmatch(r"policy\d+", e)))
-    if not policies:
-        return unsupported(f"no cpufreq policies under {base} (no cpufreq driver; typical of VMs)")
-    # one driver serves every policy: its driver-wide files are read from the first policy only
-    # (a 1024-CPU host has 1024 policies); per-core limits (hybrid CPUs) are read per policy
-    first = f"{base}/policy{policies[0]}"
-    driver = fs.read(f"{first}/scaling_driver")
-    governors = (fs.read(f"{first}/scaling_available_governors") or "").split()
-    available_epp = (fs.read(f"{first}/energy_performance_available_preferences") or "").split()
-    result = []
-    for pid in policies:
-        p = f"{base}/policy{pid}"
-        result.append({
-            "id": pid,
-            "cpus": _cpus(fs, f"{p}/affected_cpus") or _cpus(fs, f"{p}/related_cpus") or [pid],
-            "driver": driver,
-            "governor": fs.read(f"{p}/scaling_governor"),
-            "available_governors": governors,
-            "min_khz": _int(fs, f"{p}/scaling_min_freq"),
-            "max_khz": _int(fs, f"{p}/scaling_max_freq"),
-            "cpuinfo_min_khz": _int(fs, f"{p}/cpuinfo_min_freq"),
-            "cpuinfo_max_khz": _int(fs, f"{p}/cpuinfo_max_freq"),
-            "base_khz": _base_khz(fs, p),
-            "epp": fs.read(f"{p}/energy_performance_preference"),
-            "available_epp": available_epp,
-        })
-    return {"status": "ok", "driver": result[0]["driver"], "policies": result}
-
-
-def _base_khz(fs: HostFS, policy: str) -> int | None:
-    """The guaranteed (non-turbo) frequency, from whichever file the driver provides."""
-    for name in ("base_frequency", "amd_pstate_nominal_freq"):
-        value = _int(fs, f"{policy}/{name}")
-        if value:
-            return value
-    available = [int(v) for v in (fs.read(f"{policy}/scaling_available_frequencies") or "").split()]
-    if len(available) >= 2 and available[0] - available[1] == 1000:
-        return available[1]  # acpi-cpufreq lists the turbo range as base + 1 MHz first
-    return max(available) if available else None
-
-
-def _epp_summary(cpufreq: dict[str, Any]) -> dict[str, Any]:
-    if cpufreq.get("status") != "ok":
-        return unsupported("no cpufreq driver")
-    values = sorted({p["epp"] for p in cpufreq["policies"] if p["epp"] is not None})
-    if not values:
-        return unsupported(f"driver {cpufreq.get('driver')} has no energy_performance_preference")
-    return {"status": "ok", "values": values, "available": cpufreq["policies"][0]["available_epp"]}
-
-
-def _turbo(fs: HostFS) -> dict[str, Any]:
-    no_turbo = fs.read(f"{CPU}/intel_pstate/no_turbo")
-    if no_turbo is not None:
-        return {"status": "ok", "switch": "intel_pstate", "path": f"{CPU}/intel_pstate/no_turbo",
-                "enabled": no_turbo.strip() == "0", "pstate_status": fs.read(f"{CPU}/intel_pstate/status")}
-    boost = fs.read(f"{CPU}/cpufreq/boost")
-    if boost is not None:
-        return {"status": "ok", "switch": "cpufreq-boost", "path": f"{CPU}/cpufreq/boost",
-                "enabled": boost.strip() == "1"}
-    amd = fs.read(f"{CPU}/amd_pstate/status")
-    if amd is not None:
-        return {**unsupported(f"amd_pstate in {amd} mode exposes no global boost switch"),
-                "switch": "amd_pstate", "pstate_status": amd}
-    return unsupported("no turbo switch (no intel_pstate/no_turbo, cpufreq/boost or amd_pstate)")
-
-
-def _cstates(fs: HostFS, online: list[int]) -> dict[str, Any]:
-    driver = fs.read(f"{CPU}/cpuidle/current_driver")
-    if driver is None or driver == "none" or not online:
-        return unsupported(f"no cpuidle driver ({CPU}/cpuidle/current_driver: {driver or 'missing'})")
-    first = online[0]
-    states = []
-    for entry in fs.listdir(f"{CPU}/cpu{first}/cpuidle") or []:
-        if not re.fullmatch(r"state\d+", entry):
-            continue
-        s = f"{CPU}/cpu{first}/cpuidle/{entry}"
-        states.append({"state": entry, "name": fs.read(f"{s}/name"), "latency_us": _int(fs, f"{s}/latency"),
-                       "disabled": fs.read(f"{s}/disable") == "1"})
-    states.sort(key=lambda s: int(s["state"][5:]))
-    governor = fs.read(f"{CPU}/cpuidle/current_governor") or fs.read(f"{CPU}/cpuidle/current_governor_ro")
-    return {"status": "ok", "driver": driver, "governor": governor, "states": states}
-
-
-def _thp(fs: HostFS) -> dict[str, Any]:
-    enabled = fs.read("/sys/kernel/mm/transparent_hugepage/enabled")
-    if enabled is None:
-        return unsupported("no /sys/kernel/mm/transparent_hugepage")
-    selected = re.search(r"\[(\w+)\]", enabled)
-    defrag = fs.read("/sys/kernel/mm/transparent_hugepage/defrag") or ""
-    defrag_sel = re.search(r"\[([\w+]+)\]", defrag)
-    return {"status": "ok", "enabled": selected.group(1) if selected else enabled,
-            "defrag": defrag_sel.group(1) if defrag_sel else None}
-
-
-def _irqbalance(fs: HostFS) -> dict[str, Any]:
-    installed = any(fs.exists(p) for p in ("/usr/sbin/irqbalance", "/usr/bin/irqbalance"))
-    sockets = [e for e in fs.listdir("/run/irqbalance") or [] if e.startswith("irqbalance")]
-    config = next((p for p in ("/etc/default/irqbalance", "/etc/sysconfig/irqbalance") if fs.exists(p)), None)
-    return {"installed": installed, "running": bool(sockets), "config": config}

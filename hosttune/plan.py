@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hosttune import cpulist
+from hosttune import areas, cpulist
 from hosttune.errors import PolicyError
-from hosttune.topology import Cpu, Node, Topology, unsupported
+from hosttune.topology import Cpu, Node, Topology
 
 SCHEMA = "hosttune.plan/1"
 
@@ -27,6 +27,7 @@ def make_plan(topo: Topology, policy: dict[str, Any]) -> dict[str, Any]:
     for row in node_rows:
         row["instance"] = by_node.get(row["id"])
     iso_enabled = policy["isolation"]["enabled"]
+    settings, area_fields = areas.plan(areas.PlanContext(topo, policy, housekeeping, isolated))
     plan = {
         "schema": SCHEMA,
         "hostname": topo.hostname,
@@ -36,17 +37,8 @@ def make_plan(topo: Topology, policy: dict[str, Any]) -> dict[str, Any]:
         "housekeeping": sorted(housekeeping),
         "isolated": sorted(isolated) if iso_enabled else [],
         "offline": topo.offline_cpus,
-        "kernel_args": _kernel_args(policy, housekeeping, isolated),
-        "settings": {
-            "cpufreq": _cpufreq(topo, policy),
-            "turbo": _turbo(topo, policy),
-            "epp": _epp(topo, policy),
-            "cstates": _cstates(topo, policy, isolated),
-            "sysctls": _sysctls(policy),
-            "thp": _thp(topo, policy),
-            "irqs": _irqs(topo, policy, housekeeping),
-            "irqbalance": _irqbalance(topo, policy, isolated),
-        },
+        **area_fields,
+        "settings": settings,
         "instances": instances,
     }
     _check_required(plan, policy)
@@ -132,137 +124,6 @@ def _node_rows(topo: Topology, housekeeping: set[int], isolated: set[int]) -> li
             "offline": sorted(cpus - housekeeping - isolated),
         })
     return rows
-
-
-# -- kernel command line ------------------------------------------------------------------------
-def _kernel_args(policy: dict[str, Any], housekeeping: set[int], isolated: set[int]) -> list[str]:
-    iso = policy["isolation"]
-    if not iso["enabled"]:
-        return list(iso["extra_kernel_args"])
-    iso_list = cpulist.format(isolated)
-    flags = ",".join(iso["isolcpus_flags"])
-    args = [f"isolcpus={flags},{iso_list}" if flags else f"isolcpus={iso_list}"]
-    if iso["nohz_full"]:
-        args.append(f"nohz_full={iso_list}")
-    if iso["rcu_nocbs"]:
-        args.append(f"rcu_nocbs={iso_list}")
-    if iso["irqaffinity"]:
-        args.append(f"irqaffinity={cpulist.format(housekeeping)}")
-    return args + list(iso["extra_kernel_args"])
-
-
-# -- runtime settings ---------------------------------------------------------------------------
-def _cpufreq(topo: Topology, policy: dict[str, Any]) -> dict[str, Any]:
-    info = topo.features.get("cpufreq", {})
-    if info.get("status") != "ok":
-        return unsupported(info.get("reason", "no cpufreq"))
-    want = policy["cpufreq"]
-    policies = []
-    for pol in info["policies"]:
-        governor = want["governor"]
-        if pol["available_governors"] and governor not in pol["available_governors"]:
-            raise PolicyError(f"governor {governor!r} is not offered by {pol['driver']} "
-                              f"(available: {' '.join(pol['available_governors'])})", where="cpufreq.governor")
-        lock = want["lock"]
-        lo, hi = pol["cpuinfo_min_khz"], pol["cpuinfo_max_khz"]
-        if lock == "none":
-            khz = None
-        elif lock == "base":
-            khz = pol["base_khz"] or hi
-        elif lock == "max":
-            khz = hi
-        else:
-            khz = int(lock) * 1000
-            if lo and hi and not lo <= khz <= hi:
-                raise PolicyError(f"{lock} MHz is outside policy{pol['id']}'s range {lo // 1000}-{hi // 1000} MHz",
-                                  where="cpufreq.lock")
-        policies.append({"id": pol["id"], "cpus": pol["cpus"], "governor": governor,
-                         "min_khz": khz, "max_khz": khz})
-    return {"status": "planned", "policies": policies}
-
-
-def _turbo(topo: Topology, policy: dict[str, Any]) -> dict[str, Any]:
-    mode = policy["cpufreq"]["turbo"]
-    info = topo.features.get("turbo", {})
-    if mode == "keep":
-        return {"status": "skipped", "reason": "cpufreq.turbo is keep"}
-    if info.get("status") != "ok":
-        return unsupported(info.get("reason", "no turbo switch"))
-    on = mode == "on"
-    value = ("0" if on else "1") if info["switch"] == "intel_pstate" else ("1" if on else "0")
-    return {"status": "planned", "switch": info["switch"], "path": info["path"], "value": value}
-
-
-def _epp(topo: Topology, policy: dict[str, Any]) -> dict[str, Any]:
-    want = policy["cpufreq"]["epp"]
-    info = topo.features.get("epp", {})
-    if want is None:
-        return {"status": "skipped", "reason": "cpufreq.epp is null"}
-    if info.get("status") != "ok":
-        return unsupported(info.get("reason", "no EPP"))
-    if info["available"] and want not in info["available"]:
-        raise PolicyError(f"EPP {want!r} is not offered (available: {' '.join(info['available'])})",
-                          where="cpufreq.epp")
-    policies = [p["id"] for p in topo.features["cpufreq"]["policies"] if p["epp"] is not None]
-    return {"status": "planned", "value": want, "policies": policies}
-
-
-def _cstates(topo: Topology, policy: dict[str, Any], isolated: set[int]) -> dict[str, Any]:
-    limit = policy["cstates"]["max_latency_us"]
-    info = topo.features.get("cstates", {})
-    if limit is None:
-        return {"status": "skipped", "reason": "cstates.max_latency_us is null"}
-    if info.get("status") != "ok":
-        return unsupported(info.get("reason", "no cpuidle"))
-    deep = [s["state"] for s in info["states"] if s["latency_us"] is not None and s["latency_us"] > limit]
-    # only the instance CPUs: housekeeping CPUs may still sleep deeply and save power
-    return {"status": "planned", "disable": deep, "cpus": sorted(isolated), "max_latency_us": limit}
-
-
-def _sysctls(policy: dict[str, Any]) -> dict[str, Any]:
-    values = {k: str(v) for k, v in sorted(policy["sysctls"].items())}
-    if not values:
-        return {"status": "skipped", "reason": "sysctls is empty"}
-    return {"status": "planned", "values": values}
-
-
-def _thp(topo: Topology, policy: dict[str, Any]) -> dict[str, Any]:
-    mode = policy["thp"]
-    if mode == "keep":
-        return {"status": "skipped", "reason": "thp is keep"}
-    info = topo.features.get("thp", {})
-    if info.get("status") != "ok":
-        return unsupported(info.get("reason", "no THP"))
-    return {"status": "planned", "enabled": mode}
-
-
-def _irqs(topo: Topology, policy: dict[str, Any], housekeeping: set[int]) -> dict[str, Any]:
-    if not policy["irqs"]["pin"]:
-        return {"status": "skipped", "reason": "irqs.pin is false"}
-    hk_by_node: dict[int | None, list[int]] = {}
-    for cpu_id in sorted(housekeeping):
-        hk_by_node.setdefault(topo.cpu(cpu_id).node, []).append(cpu_id)
-    everywhere = sorted(housekeeping)
-    pins = []
-    for irq in topo.irqs:
-        if irq.affinity is None:
-            continue  # unreadable affinity: the kernel manages it (per-CPU or managed IRQ)
-        target = hk_by_node.get(irq.node) or everywhere
-        pins.append({"irq": irq.irq, "name": irq.name, "node": irq.node, "cpus": target})
-    return {"status": "planned", "default_affinity": everywhere, "pin": pins}
-
-
-def _irqbalance(topo: Topology, policy: dict[str, Any], isolated: set[int]) -> dict[str, Any]:
-    mode = policy["irqs"]["irqbalance"]
-    info = topo.features.get("irqbalance", {})
-    if mode == "keep":
-        return {"status": "skipped", "reason": "irqs.irqbalance is keep"}
-    if not info.get("installed"):
-        return unsupported("irqbalance is not installed")
-    family = topo.features.get("os", {}).get("family")
-    config = info.get("config") or ("/etc/sysconfig/irqbalance" if family == "redhat" else "/etc/default/irqbalance")
-    return {"status": "planned", "mode": mode, "config": config,
-            "banned_cpulist": cpulist.format(isolated), "banned_mask": cpulist.format_mask(isolated)}
 
 
 # -- instances ----------------------------------------------------------------------------------
@@ -375,7 +236,7 @@ def render(plan: dict[str, Any]) -> str:
         lines.append(f"offline CPUs (left alone): {cpulist.format(plan['offline'])}")
     lines += ["", "kernel arguments: " + (" ".join(plan["kernel_args"]) or "(none)"), "", "settings:"]
     for area, setting in plan["settings"].items():
-        lines.append(f"  {area:<11} {_describe(area, setting)}")
+        lines.append(f"  {area:<11} {areas.describe(area, setting)}")
     if plan["instances"]:
         lines += ["", "instances:"]
         for inst in plan["instances"]:
@@ -383,31 +244,3 @@ def render(plan: dict[str, Any]) -> str:
             lines.append(f"  {inst['name']}: cpus {inst['cpus_list']} mems {inst['mems_list']} "
                          f"{inst['bind']}:{inst['port']} nireq {inst['ovms']['nireq']} [{props}]")
     return "\n".join(lines)
-
-
-def _describe(area: str, setting: dict[str, Any]) -> str:
-    status = setting.get("status")
-    if status in ("unsupported", "skipped"):
-        return f"{status}: {setting['reason']}"
-    if area == "cpufreq":
-        first = setting["policies"][0]
-        lock = f"locked at {first['min_khz'] // 1000} MHz" if first["min_khz"] else "not locked"
-        return f"governor {first['governor']}, {lock} ({len(setting['policies'])} policies)"
-    if area == "turbo":
-        return f"{setting['switch']}: write {setting['value']} to {setting['path']}"
-    if area == "epp":
-        return f"{setting['value']} on {len(setting['policies'])} policies"
-    if area == "cstates":
-        deep = ", ".join(setting["disable"]) or "none deeper than the limit"
-        return f"disable {deep} on CPUs {cpulist.format(setting['cpus'])}"
-    if area == "sysctls":
-        return " ".join(f"{k}={v}" for k, v in setting["values"].items())
-    if area == "thp":
-        return f"enabled={setting['enabled']}"
-    if area == "irqs":
-        return (f"{len(setting['pin'])} IRQs onto node-local housekeeping CPUs, default affinity "
-                f"{cpulist.format(setting['default_affinity'])}")
-    if area == "irqbalance":
-        return (f"{setting['mode']} (banned {setting['banned_cpulist']}) via {setting['config']}"
-                if setting["mode"] == "ban" else f"{setting['mode']}")
-    return str(setting)

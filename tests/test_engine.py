@@ -190,12 +190,29 @@ def test_corrupt_or_foreign_state_file(tree):
         assert run_cli("restore", "--root", tree).returncode == 2
 
 
-def test_missing_grub_defaults_changes_nothing(tree):
+def test_without_a_boot_loader_kernel_args_are_unsupported_and_the_rest_applies(tree, tmp_path):
+    """A host with no GRUB defaults file, no systemd-boot and no grubby (a VM booted directly, a
+    container): kernel_args is unsupported with the reason, dry run and apply still do every
+    runtime area, and `required: [kernel_args]` makes it the error it was."""
     os.remove(os.path.join(tree, "etc/default/grub"))
     before = snapshot(tree)
-    proc = run_cli("apply", "--root", tree)
-    assert proc.returncode == 2 and "etc/default/grub" in proc.stderr and "missing" in proc.stderr
+    plan_text = run_cli("plan", "--root", tree, check=0).stdout
+    assert "kernel_args unsupported: no boot loader hosttune can manage" in plan_text
+    dry = json.loads(run_cli("apply", "--root", tree, "--dry-run", "--json", check=0).stdout)
+    assert {"area": "kernel_args", "reason": dry["unsupported"][0]["reason"]} in dry["unsupported"]
+    assert "sysctls" in {c["area"] for c in dry["changes"]} and snapshot(tree) == before
+    policy_file = tmp_path / "required.yaml"
+    policy_file.write_text("required: [kernel_args]\n")
+    proc = run_cli("apply", "--root", tree, "--policy", str(policy_file))
+    assert proc.returncode == 2 and "required" in proc.stderr and "no boot loader" in proc.stderr
     assert snapshot(tree) == before
+    proc = run_cli("apply", "--root", tree, check=0)  # exit 0: nothing staged, so no reboot pending
+    assert "unsupported: kernel_args" in proc.stdout
+    assert not os.path.exists(os.path.join(tree, "etc/default/grub.d/hosttune.cfg"))
+    with open(os.path.join(tree, "proc/sys/vm/swappiness")) as f:
+        assert f.read() == "10"
+    verify = json.loads(run_cli("verify", "--root", tree, "--json", check=0).stdout)
+    assert [r["status"] for r in verify["settings"] if r["area"] == "kernel_args"] == ["unsupported"]
 
 
 def test_cli_exit_codes(tree):

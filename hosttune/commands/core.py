@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from hosttune import cpulist
+from hosttune import areas, cpulist
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,13 +40,10 @@ def add_policy(parser: argparse.ArgumentParser) -> None:
 def load_plan(args: argparse.Namespace) -> dict[str, Any]:
     """Topology under --root + --policy -> plan (shared by plan/apply/verify)."""
     from hosttune import discovery, plan, policy
-    from hosttune.sysfs import HostFS, TarHostFS
+    from hosttune.sysfs import HostFS
 
     fs = HostFS.open(args.root)
-    policy_path = args.policy
-    if policy_path is None and not isinstance(fs, TarHostFS) and fs.exists(policy.CONFIG_FILE):
-        policy_path = fs.host_path(policy.CONFIG_FILE)
-    pol = policy.load(policy_path)
+    pol = policy.resolve(fs, args.policy)
     topo = discovery.discover(fs)
     return plan.make_plan(topo, pol)
 
@@ -86,28 +83,10 @@ def render_topology(t: dict[str, Any]) -> str:
                      f"memory {node['memory_bytes'] / 2**30:.1f} GiB, distances {dist or '-'}")
     lines.append(f"isolated: {cpulist.format(t['isolated']) or '-'}   nohz_full: {cpulist.format(t['nohz_full']) or '-'}"
                  f"   allowed to this process: {cpulist.format(t['allowed_cpus'] or []) or '?'}")
-    for area in ("cpufreq", "turbo", "epp", "cstates", "thp", "cgroup"):
-        info = t[area]
-        if info.get("status") == "unsupported":
-            lines.append(f"{area}: unsupported: {info['reason']}")
-        elif area == "cpufreq":
-            p0 = info["policies"][0]
-            lines.append(f"cpufreq: {info['driver']}, governor {p0['governor']}, "
-                         f"{p0['min_khz']}-{p0['max_khz']} kHz (base {p0['base_khz']})")
-        elif area == "turbo":
-            lines.append(f"turbo: {'on' if info['enabled'] else 'off'} ({info['switch']})")
-        elif area == "epp":
-            lines.append(f"epp: {' '.join(info['values'])}")
-        elif area == "cstates":
-            names = ", ".join(f"{st['name']}({st['latency_us']}us)" for st in info["states"]) or "none"
-            lines.append(f"cstates: {info['driver']}: {names}")
-        elif area == "thp":
-            lines.append(f"thp: enabled={info['enabled']} defrag={info['defrag']}")
-        elif area == "cgroup":
-            lines.append(f"cgroup: v{info['version']} {info.get('path', '')}")
-    irqb = t["irqbalance"]
-    lines.append(f"irqbalance: {'installed' if irqb['installed'] else 'not installed'}"
-                 f"{', running' if irqb['running'] else ''}")
+    lines.extend(areas.show(t))
+    cgroup = t["cgroup"]
+    lines.append(f"cgroup: unsupported: {cgroup['reason']}" if cgroup.get("status") == "unsupported"
+                 else f"cgroup: v{cgroup['version']} {cgroup.get('path', '')}")
     lines.append(f"irqs: {len(t['irqs'])} (default affinity {cpulist.format(t['irq_default_affinity'] or []) or '?'})")
     lines.append(f"kernel cmdline: {t['kernel_cmdline']}")
     return "\n".join(lines)
@@ -116,8 +95,11 @@ def render_topology(t: dict[str, Any]) -> str:
 def cmd_capture(args: argparse.Namespace) -> int:
     from hosttune import discovery, sysfs
 
+    from hosttune import policy
+
     fs = sysfs.HostFS.open(args.root)
     discovery.discover(fs)
+    fs.exists(policy.CONFIG_FILE) and fs.read(policy.CONFIG_FILE)  # the host's policy, for `fleet plan`
     files, dirs = fs.recorded()
     sysfs.pack(files, dirs, args.output)
     print(f"captured {len(files)} files from {args.root} into {args.output}", file=sys.stderr)

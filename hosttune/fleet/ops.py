@@ -88,8 +88,6 @@ def capture(ctx: Context, out_dir: str) -> HostResult:
 # -- plan (local, from the captures) ---------------------------------------------------------------
 def plan(ctx: Context, captures_dir: str) -> HostResult:
     """hosttune.discovery on the host's capture + the host's inventory policy -> make_plan."""
-    import yaml
-
     from hosttune import discovery, policy
     from hosttune.plan import make_plan
     from hosttune.sysfs import HostFS
@@ -103,15 +101,13 @@ def plan(ctx: Context, captures_dir: str) -> HostResult:
     try:
         fs = HostFS.open(path)
         topo = discovery.discover(fs)
-        pol = h.policy
-        if pol is None:  # like `hosttune plan`: the host's own config file if the capture has it
-            own = fs.read("/etc/hosttune/hosttune.yaml")
-            pol = policy.validate(yaml.safe_load(own) or {}) if own else policy.validate({})
+        # like `hosttune plan`: the inventory's policy, else the host's own config file (capture records it)
+        pol = h.policy if h.policy is not None else policy.resolve(fs, None)
         result = make_plan(topo, pol)
     except PolicyError as exc:
         where = h.policy_source or "policy"
         return HostResult(h, "invalid", f"{where}: {exc}", detail={"capture": path})
-    except (HosttuneError, yaml.YAMLError) as exc:
+    except HosttuneError as exc:
         raise Failed(f"cannot plan from {path}: {exc}") from None
     return HostResult(h, "ok", result=result, detail={"capture": path})
 

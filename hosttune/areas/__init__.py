@@ -1,0 +1,88 @@
+"""The tuning areas and the order they are applied in.
+
+Each area is one module holding everything it knows (see base.py for the parts):
+  NAME, BOOT                  its name in policies, plans and --only; BOOT: takes effect at boot
+  discover(fs, features, cpus) -> {feature key: facts}   what `topology` reports, read via HostFS
+  show(features) -> [line]    its lines in `hosttune topology`
+  plan(ctx) -> setting        {"status": "planned" | "unsupported" | "skipped", ...}, pure
+  describe(setting) -> str    its line in `hosttune plan`
+  items(setting, plan, host) -> AreaItems   what apply / verify / restore carry out
+  refresh(host, paths) -> [Action]          commands that make changed files take effect
+optional:
+  plan_fields(setting) -> {top-level plan field: value}
+  verify_rows(plan, host, row) -> [row]     checks beyond its items (the running kernel)
+  reboot_required(plan, fs) -> bool
+
+Adding an area is one module and one line in REGISTRY.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from hosttune.areas import cpufreq, cstates, epp, irqbalance, irqs, kernel_args, sysctls, thp, turbo
+from hosttune.areas.base import AreaItems, Host, PlanContext
+
+# The order apply walks (and restore walks backwards):
+# - turbo before cpufreq: switching turbo changes the frequency range a lock is taken from;
+# - cpufreq (governor, then limits) before epp: the performance governor fixes EPP (EBUSY);
+# - cstates, sysctls, thp are independent of the rest;
+# - irqs before irqbalance: IRQs are pinned before irqbalance rereads which CPUs it may use;
+# - kernel_args last: it is only staged for the next boot.
+REGISTRY: tuple[ModuleType, ...] = (turbo, cpufreq, epp, cstates, sysctls, thp, irqs, irqbalance, kernel_args)
+
+NAMES: tuple[str, ...] = tuple(area.NAME for area in REGISTRY)
+RUNTIME: tuple[str, ...] = tuple(area.NAME for area in REGISTRY if not area.BOOT)
+_BY_NAME = {area.NAME: area for area in REGISTRY}
+
+
+def get(name: str) -> ModuleType:
+    return _BY_NAME[name]
+
+
+def discover(fs: Any, features: dict[str, Any], cpus: list[Any]) -> dict[str, Any]:
+    """Every area's facts, merged into the topology's features (an area may read earlier ones)."""
+    for area in REGISTRY:
+        features.update(area.discover(fs, features, cpus))
+    return features
+
+
+def show(features: dict[str, Any]) -> list[str]:
+    return [line for area in REGISTRY for line in area.show(features)]
+
+
+def plan(ctx: PlanContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(settings by area, top-level plan fields the areas own)."""
+    settings, fields = {}, {}
+    for area in REGISTRY:
+        setting = settings[area.NAME] = area.plan(ctx)
+        if hasattr(area, "plan_fields"):
+            fields.update(area.plan_fields(setting))
+    return settings, fields
+
+
+def describe(name: str, setting: dict[str, Any]) -> str:
+    if setting.get("status") in ("unsupported", "skipped"):
+        return f"{setting['status']}: {setting['reason']}"
+    return get(name).describe(setting)
+
+
+def build(plan: dict[str, Any], host: Host, only: list[str] | None = None) -> list[AreaItems]:
+    """Every planned area expanded into Items, in registry order."""
+    out = []
+    for area in REGISTRY:
+        if only and area.NAME not in only:
+            continue
+        setting = plan["settings"].get(area.NAME)
+        if setting is None or setting["status"] == "skipped":
+            continue
+        if setting["status"] == "unsupported":
+            out.append(AreaItems(area.NAME, [], unsupported=setting["reason"]))
+            continue
+        out.append(area.items(setting, plan, host))
+    return out
+
+
+__all__ = ["REGISTRY", "NAMES", "RUNTIME", "get", "discover", "show", "plan", "describe", "build",
+           "AreaItems", "Host", "PlanContext"]

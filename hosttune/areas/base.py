@@ -1,0 +1,406 @@
+"""What every tuning area is built from.
+
+An area expands its planned setting into Items: one value at one place, which knows how to read,
+compare, apply and put itself back. The engine walks Items without knowing which area they belong
+to. Item kinds, by where the value lives:
+
+  SysfsValue    a kernel value under /sys or /proc, written in place
+  ConfigFile    a config file, replaced atomically; its original bytes, mode and owner are kept
+  ServiceState  a systemd service that must not run (irqbalance stop, tuned stop)
+  BootArgs      kernel arguments that grubby keeps in every boot entry (Red Hat family)
+
+Before an Item is first changed, its `snapshot` (a JSON record naming its kind) goes into the
+state file; restore and rollback hand that record to `put_back`, so they need no plan.
+Actions are commands that make changed files take effect (update-grub, restart irqbalance);
+an area's `refresh(host, paths)` returns them after apply, rollback and restore alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hosttune import cpulist
+from hosttune.errors import HosttuneError
+from hosttune.runner import Runner
+from hosttune.sysfs import HostFS
+from hosttune.topology import Topology
+
+CPU = "/sys/devices/system/cpu"
+MARK = "# managed by hosttune; `hosttune restore` removes it"
+
+
+class CommandFailed(Exception):
+    """A command an Item or Action ran failed; the message quotes it (the engine rolls back)."""
+
+
+@dataclass
+class Host:
+    """What an Item works on: the files under a root and the commands of that host. In a dry run
+    writes are not made and commands are only recorded, so apply and dry run share one path."""
+
+    fs: HostFS
+    runner: Runner
+
+    @property
+    def dry(self) -> bool:
+        return self.runner.dry
+
+    def write(self, path: str, value: str) -> None:
+        if not self.dry:
+            self.fs.write(path, value)
+
+    def write_file(self, path: str, content: bytes | str, mode: int, uid: int | None = None,
+                   gid: int | None = None) -> None:
+        if not self.dry:
+            self.fs.write_file_atomic(path, content, mode=mode, uid=uid, gid=gid)
+
+    def remove(self, path: str) -> None:
+        if not self.dry:
+            self.fs.remove(path)
+
+    def run(self, argv: list[str], why: str) -> None:
+        if not self.runner.run(argv, why):
+            raise CommandFailed(self.runner.last_error())
+
+
+@dataclass
+class PlanContext:
+    """What an area plans from: the host, the validated policy and the CPU partition."""
+
+    topo: Topology
+    policy: dict[str, Any]
+    housekeeping: set[int]
+    isolated: set[int]
+
+    @property
+    def features(self) -> dict[str, Any]:
+        return self.topo.features
+
+
+def unsupported(reason: str) -> dict[str, Any]:
+    return {"status": "unsupported", "reason": reason}
+
+
+def skipped(reason: str) -> dict[str, Any]:
+    return {"status": "skipped", "reason": reason}
+
+
+# -- value forms ----------------------------------------------------------------------------------
+def plain(value: str | None) -> str | None:
+    return None if value is None else value.strip()
+
+
+def bracketed(value: str | None) -> str | None:
+    """"always [madvise] never" -> "madvise" (the kernel's way of showing the current choice)."""
+    if value is None:
+        return None
+    match = re.search(r"\[([^\]]+)\]", value)
+    return match.group(1) if match else value.strip()
+
+
+def as_cpulist(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return cpulist.format(cpulist.parse(value))
+    except HosttuneError:
+        return value.strip()
+
+
+def mask_as_cpulist(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return cpulist.format(cpulist.parse_mask(value))
+    except HosttuneError:
+        return value.strip()
+
+
+def _cpus_within(actual: str | None, planned: str | None) -> bool:
+    if not actual or not planned:
+        return False
+    try:
+        return set(cpulist.parse(actual)) <= set(cpulist.parse(planned))
+    except HosttuneError:
+        return False
+
+
+def _short(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return value if "\n" not in value else f"<{len(value.splitlines())} lines>"
+
+
+# -- items ----------------------------------------------------------------------------------------
+@dataclass
+class Item:
+    """The common part of every kind. `path` is the Item's key in the state file."""
+
+    area: str
+    name: str
+    path: str
+    kind: ClassVar[str] = ""
+    must_exist: ClassVar[bool] = True  # absent (None from read) means the host cannot do it
+    # errno -> reason: a write failing so means the host cannot do it (unsupported), not an error
+    unsupported_errnos: dict[int, str] = field(default_factory=dict, kw_only=True)
+    remember_refusal: bool = field(default=False, kw_only=True)  # refused once: not retried (managed IRQs)
+
+    @property
+    def key(self) -> str:
+        return self.path
+
+    def read(self, host: Host) -> str | None:
+        raise NotImplementedError
+
+    def missing_reason(self) -> str:
+        return f"{self.path} does not exist"
+
+    def matches(self, raw: str | None) -> bool:
+        raise NotImplementedError
+
+    def expected(self) -> str | None:
+        raise NotImplementedError
+
+    def shown(self, raw: str | None) -> str | None:
+        """The value read, as verify and the apply report show it."""
+        return _short(raw)
+
+    def diff(self, raw: str | None) -> str:
+        return f"{self.path}: {self.shown(raw)!r} -> {self.expected()!r}"
+
+    def snapshot(self, host: Host, raw: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def apply(self, host: Host) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def put_back(host: Host, record: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class SysfsValue(Item):
+    value: str = ""
+    normalize: Callable[[str | None], str | None] = plain
+    restore_raw: bool = False  # save the raw text (not the normalized form) as the original
+    # a CPU list that is ok when it is any non-empty part of the planned one (IRQ affinities)
+    within: bool = False
+    kind: ClassVar[str] = "sysfs"
+
+    def __post_init__(self) -> None:
+        self._expected = self.normalize(self.value)  # verify compares thousands of items per check
+
+    def read(self, host: Host) -> str | None:
+        return host.fs.read(self.path)
+
+    def expected(self) -> str | None:
+        return self._expected
+
+    def shown(self, raw: str | None) -> str | None:
+        return self.normalize(raw)
+
+    def matches(self, raw: str | None) -> bool:
+        if raw is None:
+            return False
+        if raw.strip() == self.value.strip():  # raw equality first: cheap
+            return True
+        actual = self.normalize(raw)
+        return actual == self._expected or (self.within and _cpus_within(actual, self._expected))
+
+    def snapshot(self, host: Host, raw: str | None) -> dict[str, Any]:
+        return {"area": self.area, "kind": self.kind, "path": self.path,
+                "value": raw if self.restore_raw else self.normalize(raw)}
+
+    def apply(self, host: Host) -> None:
+        host.write(self.path, self.value)
+
+    @staticmethod
+    def put_back(host: Host, record: dict[str, Any]) -> None:
+        if record.get("value") is not None:
+            host.write(record["path"], record["value"])
+
+
+@dataclass
+class ConfigFile(Item):
+    """A whole config file hosttune owns or edits; value None means "must not exist"."""
+
+    value: str | None = None
+    kind: ClassVar[str] = "file"
+    must_exist: ClassVar[bool] = False
+
+    def read(self, host: Host) -> str | None:
+        return host.fs.read(self.path)
+
+    def expected(self) -> str | None:
+        return _short(self.value)
+
+    def matches(self, raw: str | None) -> bool:
+        if raw is None or self.value is None:
+            return raw is None and self.value is None
+        return raw.rstrip("\n") == self.value.rstrip("\n")
+
+    def diff(self, raw: str | None) -> str:
+        return "".join(difflib.unified_diff(
+            (raw or "").splitlines(True) if raw is None or raw.endswith("\n") else (raw + "\n").splitlines(True),
+            (self.value or "").splitlines(True),
+            fromfile=self.path if raw is not None else "/dev/null",
+            tofile=self.path if self.value is not None else "/dev/null"))
+
+    def snapshot(self, host: Host, raw: str | None) -> dict[str, Any]:
+        """The file's exact bytes, mode and owner (or that it did not exist)."""
+        data = host.fs.read_bytes(self.path)
+        record: dict[str, Any] = {"area": self.area, "kind": self.kind, "path": self.path, "value": None}
+        if data is None:
+            return record
+        mode, uid, gid = host.fs.stat_file(self.path) or (0o644, None, None)
+        record.update(value=data.decode("utf-8", "replace"), data=base64.b64encode(data).decode(),
+                      mode=mode, uid=uid, gid=gid)
+        return record
+
+    def apply(self, host: Host) -> None:
+        if self.value is None:
+            host.remove(self.path)
+            return
+        # an edited file keeps its mode and owner; a new one is root's, world-readable
+        mode, uid, gid = host.fs.stat_file(self.path) or (0o644, None, None)
+        content = self.value if self.value.endswith("\n") else self.value + "\n"
+        host.write_file(self.path, content, mode=mode, uid=uid, gid=gid)
+
+    @staticmethod
+    def put_back(host: Host, record: dict[str, Any]) -> None:
+        if record.get("data") is not None:
+            host.write_file(record["path"], base64.b64decode(record["data"]), mode=int(record.get("mode", 0o644)),
+                            uid=record.get("uid"), gid=record.get("gid"))
+        elif record.get("value") is None:
+            host.remove(record["path"])
+        else:  # written by hosttune before originals kept bytes
+            text = record["value"]
+            host.write_file(record["path"], text if text.endswith("\n") else text + "\n", mode=0o644)
+
+
+ACTIVE_STATES = ("active", "activating", "reloading")
+
+
+@dataclass
+class ServiceState(Item):
+    """A systemd service that must not run. Read and changed through systemctl, so only on the
+    live root (or with HOSTTUNE_RUN_COMMANDS=1 and a stand-in systemctl)."""
+
+    service: str = ""
+    kind: ClassVar[str] = "service"
+
+    def read(self, host: Host) -> str | None:
+        return host.runner.query(["systemctl", "is-active", self.service]) or None
+
+    def missing_reason(self) -> str:
+        return "systemctl does not run here (not the live root)"
+
+    def expected(self) -> str | None:
+        return "inactive"
+
+    def matches(self, raw: str | None) -> bool:
+        return raw is not None and raw not in ACTIVE_STATES
+
+    def snapshot(self, host: Host, raw: str | None) -> dict[str, Any]:
+        enabled = host.runner.query(["systemctl", "is-enabled", self.service])
+        return {"area": self.area, "kind": self.kind, "path": self.path, "service": self.service,
+                "active": raw in ACTIVE_STATES, "enabled": enabled == "enabled"}
+
+    def apply(self, host: Host) -> None:
+        host.run(["systemctl", "disable", "--now", self.service], f"stop {self.service}")
+
+    @staticmethod
+    def put_back(host: Host, record: dict[str, Any]) -> None:
+        service = record["service"]
+        if record.get("enabled"):
+            host.run(["systemctl", "enable", *(["--now"] if record.get("active") else []), service],
+                     f"{service} was enabled before")
+        elif record.get("active"):
+            host.run(["systemctl", "start", service], f"{service} was running before")
+
+
+def _arg_key(arg: str) -> str:
+    return arg.split("=", 1)[0]
+
+
+@dataclass
+class BootArgs(Item):
+    """Kernel arguments grubby keeps in every boot entry. The snapshot records exactly the
+    arguments this added and the values it replaced, and putting back removes / re-adds those."""
+
+    args: list[str] = field(default_factory=list)
+    kind: ClassVar[str] = "grubby"
+
+    def read(self, host: Host) -> str | None:
+        """One line per boot entry: its arguments."""
+        out = host.runner.query(["grubby", "--info=ALL"])
+        if out is None:
+            return None
+        entries = [m.group(1) for m in re.finditer(r'^args="?([^"\n]*)"?$', out, re.M)]
+        return "\n".join(entries) if entries else None
+
+    def missing_reason(self) -> str:
+        return "grubby does not run here (not the live root, or no boot entries)"
+
+    def expected(self) -> str | None:
+        return " ".join(self.args)
+
+    def _entries(self, raw: str | None) -> list[list[str]]:
+        return [line.split() for line in (raw or "").splitlines()]
+
+    def matches(self, raw: str | None) -> bool:
+        entries = self._entries(raw)
+        return bool(entries) and all(set(self.args) <= set(words) for words in entries)
+
+    def shown(self, raw: str | None) -> str | None:
+        missing = sorted({a for words in self._entries(raw) for a in self.args if a not in words})
+        return "missing: " + " ".join(missing) if missing else "in every entry"
+
+    def snapshot(self, host: Host, raw: str | None) -> dict[str, Any]:
+        entries = self._entries(raw)
+        keys = {_arg_key(a) for a in self.args}
+        added = [a for a in self.args if any(a not in words for words in entries)]
+        previous = sorted({w for words in entries for w in words if _arg_key(w) in keys and w not in self.args})
+        return {"area": self.area, "kind": self.kind, "path": self.path, "added": added, "previous": previous}
+
+    def apply(self, host: Host) -> None:
+        host.run(["grubby", "--update-kernel=ALL", "--args=" + " ".join(self.args)], "add the kernel arguments")
+
+    @staticmethod
+    def put_back(host: Host, record: dict[str, Any]) -> None:
+        if record.get("added"):
+            host.run(["grubby", "--update-kernel=ALL", "--remove-args=" + " ".join(record["added"])],
+                     "remove the kernel arguments hosttune added")
+        if record.get("previous"):
+            host.run(["grubby", "--update-kernel=ALL", "--args=" + " ".join(record["previous"])],
+                     "put back the kernel arguments hosttune replaced")
+
+
+KINDS: dict[str, type[Item]] = {cls.kind: cls for cls in (SysfsValue, ConfigFile, ServiceState, BootArgs)}
+
+
+def put_back(host: Host, record: dict[str, Any]) -> None:
+    """Restore one state record, whatever its kind."""
+    KINDS[record["kind"]].put_back(host, record)
+
+
+@dataclass
+class Action:
+    """A command that makes an area's changed files take effect."""
+
+    area: str
+    argv: list[str]
+    why: str
+
+
+@dataclass
+class AreaItems:
+    area: str
+    items: list[Item]
+    unsupported: str | None = None  # the whole area cannot be done here, and why

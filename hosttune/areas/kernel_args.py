@@ -1,0 +1,168 @@
+"""Kernel command-line arguments (isolcpus, nohz_full, rcu_nocbs, irqaffinity, extras): staged
+for the next boot through the host's boot loader, verified against /proc/cmdline after it.
+
+Boot loaders, by what the host has:
+  grubby        Red Hat family: added to every boot entry; the state records exactly what was
+                added and replaced, and restore removes / puts back exactly those
+  systemd-boot  a loader.conf on the ESP: /etc/kernel/cmdline, then kernel-install
+  grub          /etc/default/grub: a drop-in in /etc/default/grub.d/ (update-grub sources it
+                as shell, so every argument is checked against a strict grammar first)
+  none of them  unsupported, with the reason: runtime areas still apply
+Last in the registry: nothing at runtime depends on it, and it only takes effect after a reboot.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from hosttune import cpulist
+from hosttune.areas.base import (CPU, MARK, Action, AreaItems, BootArgs, ConfigFile, Host, PlanContext, unsupported)
+from hosttune.errors import HosttuneError
+from hosttune.sysfs import HostFS
+
+NAME = "kernel_args"
+BOOT = True
+GRUB_DEFAULTS = "/etc/default/grub"
+GRUB_DROPIN = "/etc/default/grub.d/hosttune.cfg"
+KERNEL_CMDLINE = "/etc/kernel/cmdline"
+LOADER_CONFS = ("/boot/efi/loader/loader.conf", "/efi/loader/loader.conf", "/boot/loader/loader.conf")
+GRUBBY = ("/usr/sbin/grubby", "/sbin/grubby", "/usr/bin/grubby")
+# what a kernel parameter may look like once it is written into a file another program parses
+SAFE_ARG = re.compile(r"[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+=@-]*)?")
+
+
+def discover(fs: HostFS, features: dict[str, Any], cpus: list[Any]) -> dict[str, Any]:
+    family = features.get("os", {}).get("family")
+    if family == "redhat" and any(fs.exists(p) for p in GRUBBY):
+        found: dict[str, Any] = {"status": "ok", "kind": "grubby"}
+    elif any(fs.exists(p) for p in LOADER_CONFS):
+        found = {"status": "ok", "kind": "systemd-boot", "config": KERNEL_CMDLINE}
+    elif fs.exists(GRUB_DEFAULTS):
+        found = {"status": "ok", "kind": "grub", "config": GRUB_DROPIN}
+    else:
+        found = unsupported(f"no boot loader hosttune can manage (no {GRUB_DEFAULTS}, no systemd-boot "
+                            f"loader.conf, no grubby on a Red Hat family host)")
+    return {"bootloader": found}
+
+
+def show(features: dict[str, Any]) -> list[str]:
+    info = features.get("bootloader", {})
+    if info.get("status") != "ok":
+        return [f"bootloader: unsupported: {info.get('reason')}"]
+    return [f"bootloader: {info['kind']}"]
+
+
+def arguments(policy: dict[str, Any], housekeeping: set[int], isolated: set[int]) -> list[str]:
+    iso = policy["isolation"]
+    if not iso["enabled"]:
+        return list(iso["extra_kernel_args"])
+    iso_list = cpulist.format(isolated)
+    flags = ",".join(iso["isolcpus_flags"])
+    args = [f"isolcpus={flags},{iso_list}" if flags else f"isolcpus={iso_list}"]
+    if iso["nohz_full"]:
+        args.append(f"nohz_full={iso_list}")
+    if iso["rcu_nocbs"]:
+        args.append(f"rcu_nocbs={iso_list}")
+    if iso["irqaffinity"]:
+        args.append(f"irqaffinity={cpulist.format(housekeeping)}")
+    return args + list(iso["extra_kernel_args"])
+
+
+def plan(ctx: PlanContext) -> dict[str, Any]:
+    args = arguments(ctx.policy, ctx.housekeeping, ctx.isolated)
+    info = ctx.features.get("bootloader", {})
+    if info.get("status") != "ok":
+        return {**unsupported(info.get("reason", "no boot loader")), "args": args}
+    return {"status": "planned", "bootloader": info["kind"], "args": args}
+
+
+def plan_fields(setting: dict[str, Any]) -> dict[str, Any]:
+    """Top-level plan fields this area owns (roles and the agent read plan.kernel_args)."""
+    return {"kernel_args": setting.get("args", [])}
+
+
+def describe(setting: dict[str, Any]) -> str:
+    return f"{' '.join(setting['args']) or '(none)'} via {setting['bootloader']}"
+
+
+def _checked(args: list[str]) -> list[str]:
+    for arg in args:
+        if not SAFE_ARG.fullmatch(arg):
+            raise HosttuneError(f"kernel argument {arg[:80]!r} has characters a boot loader file cannot hold safely",
+                                where="isolation.extra_kernel_args")
+    return args
+
+
+def items(setting: dict[str, Any], plan: dict[str, Any], host: Host) -> AreaItems:
+    args = _checked(setting["args"])
+    kind = setting["bootloader"]
+    if kind == "grubby":
+        return AreaItems(NAME, [BootArgs(NAME, "grubby (every boot entry)", "grubby:ALL", args=args)] if args else [])
+    if kind == "systemd-boot":
+        return AreaItems(NAME, [ConfigFile(NAME, "kernel-install command line", KERNEL_CMDLINE,
+                                           value=_systemd_boot_cmdline(host, args))])
+    content = None
+    if args:
+        content = (f"{MARK}\n# planned kernel arguments; applied by update-grub, active after a reboot\n"
+                   f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT {" ".join(args)}"\n')
+    return AreaItems(NAME, [ConfigFile(NAME, "GRUB drop-in", GRUB_DROPIN, value=content)])
+
+
+def _systemd_boot_cmdline(host: Host, args: list[str]) -> str:
+    """/etc/kernel/cmdline: the current arguments (the file, else the running kernel's, without the
+    loader's own), the planned ones replacing any with the same name."""
+    current = host.fs.read(KERNEL_CMDLINE)
+    words = (current if current is not None else host.fs.read("/proc/cmdline") or "").split()
+    keys = {a.split("=", 1)[0] for a in args}
+    kept = [w for w in words if w.split("=", 1)[0] not in keys and not w.startswith(("BOOT_IMAGE=", "initrd="))]
+    return " ".join(kept + args) + "\n"
+
+
+def refresh(host: Host, paths: set[str]) -> list[Action]:
+    if GRUB_DROPIN in paths:
+        return [Action(NAME, ["update-grub"], "regenerate the boot config")]
+    if KERNEL_CMDLINE in paths:
+        release = (host.fs.read("/proc/sys/kernel/osrelease") or "").strip()
+        return [Action(NAME, ["kernel-install", "add", release, f"/boot/vmlinuz-{release}"],
+                       "write the boot entry with the new command line")]
+    return []
+
+
+def cmdline_missing(plan: dict[str, Any], fs: HostFS) -> list[str]:
+    """Planned kernel arguments not (yet) on the running kernel's command line."""
+    running = set((fs.read("/proc/cmdline") or "").split())
+    return [arg for arg in plan["kernel_args"] if arg not in running]
+
+
+def reboot_required(plan: dict[str, Any], fs: HostFS) -> bool:
+    return plan["settings"][NAME]["status"] == "planned" and bool(cmdline_missing(plan, fs))
+
+
+def _domain_isolated(plan: dict[str, Any]) -> bool:
+    """Whether /sys/devices/system/cpu/isolated should list the plan's isolated CPUs: it shows only
+    CPUs isolated from the scheduler domains (isolcpus= with the `domain` flag, or no flags)."""
+    for arg in plan["kernel_args"]:
+        if arg.startswith("isolcpus="):
+            flags = [f for f in arg[len("isolcpus="):].split(",") if f and not f[0].isdigit()]
+            return not flags or "domain" in flags
+    return False
+
+
+def verify_rows(plan: dict[str, Any], host: Host, row: Any) -> list[dict[str, Any]]:
+    if plan["settings"][NAME]["status"] != "planned":
+        return []
+    missing = cmdline_missing(plan, host.fs)
+    rows = [row(NAME, "running kernel command line", " ".join(plan["kernel_args"]) or "-",
+                "missing: " + " ".join(missing) if missing else "all present",
+                "pending-reboot" if missing else "ok", None)]
+    if _domain_isolated(plan):
+        text = host.fs.read(f"{CPU}/isolated") or ""
+        try:
+            actual = cpulist.format(cpulist.parse(text))
+        except HosttuneError:
+            actual = text.strip()
+        expected = cpulist.format(plan["isolated"])
+        status = "ok" if actual == expected else ("pending-reboot" if missing else "drift")
+        rows.append(row(NAME, "isolated CPUs", expected, actual or "-", status, None))
+    return rows
