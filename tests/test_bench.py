@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("openvino")
 
+from hosttune.bench import stats  # noqa: E402
 from hosttune.model import repo as model_repo  # noqa: E402
 from hosttune.serve.process import HOSTTUNE, Server, free_port  # noqa: E402
 
@@ -30,10 +31,12 @@ def models(tmp_path_factory):
 def plan_file(tmp_path_factory):
     cpus = sorted(os.sched_getaffinity(0))
     inst_cpu, hk = cpus[-1], cpus[:1] if len(cpus) > 1 else cpus
+    port = free_port()
     plan = {"schema": "hosttune.plan/1", "hostname": "test", "profile": "latency", "housekeeping": hk,
             "isolated": [inst_cpu], "instances": [{
                 "name": "node0", "node": 0, "cpus": [inst_cpu], "cpus_list": str(inst_cpu), "mems": [0],
-                "mems_list": "0", "cores": 1, "port": free_port(), "bind": "127.0.0.1", "model": "tiny",
+                "mems_list": "0", "cores": 1, "port": port, "bind": "127.0.0.1", "probe_host": "127.0.0.1",
+                "probe_url": f"http://127.0.0.1:{port}", "model": "tiny",
                 "streams": 1, "openvino": {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1,
                                            "ENABLE_CPU_PINNING": True},
                 "ovms": {"nireq": 1}}]}
@@ -62,7 +65,12 @@ def test_inprocess_result_document(models, plan_file, tmp_path, cpu_float_precis
     assert inst["worker"]["api"] == "sync" and inst["streams"] == 1
     assert len(inst["runs"]) == 2 and inst["throughput"] > 0 and inst["p99_ms"] > 0
     run = inst["runs"][0]
-    assert run["count"] > 10 and run["latency_ms"]["p50"] <= run["latency_ms"]["p99"] <= run["latency_ms"]["max"]
+    lat = run["latency_ms"]
+    assert run["count"] > 10 and lat["p50"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+    # p99.9 and max per instance: the mean of the runs' p99.9, the largest latency of any run
+    assert inst["p999_ms"] == pytest.approx(sum(r["latency_ms"]["p99.9"] for r in inst["runs"]) / 2)
+    assert inst["max_ms"] == max(r["latency_ms"]["max"] for r in inst["runs"])
+    assert inst["summary"]["stability"]["judge"] == "p99" and doc["config"]["judge"] == "p99"
     assert run["throughput"] == pytest.approx(run["count"] / run["duration_s"])
     assert 0 < len(run["samples_ms"]) <= 1000
     assert inst["summary"]["stability"]["more_runs"] >= 1
@@ -73,7 +81,9 @@ def test_inprocess_result_document(models, plan_file, tmp_path, cpu_float_precis
     assert system["openvino_version"]
     assert doc["aggregate"]["throughput"]["mean"] == pytest.approx(inst["throughput"])
     text = page.read_text()
-    assert text.startswith("<!DOCTYPE html>") and text.count("<svg") >= 3 and "Latency CDF" in text
+    assert text.startswith("<!DOCTYPE html>") and text.count("<svg") == 5 and "Latency CDF" in text
+    assert "p99.9 ms (mean of runs)" in text and f"{inst['p999_ms']:.3f}" in text
+    assert "Tail latency per run: p99.9 and max" in text and "node0 p99.9 run 2:" in text
     assert "http://" not in text.replace("http://www.w3.org/2000/svg", "")  # self-contained
     import re
     import xml.etree.ElementTree as ET
@@ -81,6 +91,7 @@ def test_inprocess_result_document(models, plan_file, tmp_path, cpu_float_precis
     for svg in re.findall(r"<svg.*?</svg>", text, re.S):
         ET.fromstring(svg)  # well-formed
     assert f"verdict: {doc['verdict']}" in r.stdout and "node0" in r.stdout
+    assert "p99.9 ms" in r.stdout and f"{inst['p999_ms']:>8.3f}" in r.stdout
     # the same without --fail-unstable: exit 0; INT8 variant really runs INT8
     r = bench("--plan", str(path), "--repo", str(models), "--model", "tiny-int8", *FAST, "--json")
     assert r.returncode == 0, r.stderr
@@ -118,18 +129,27 @@ def test_http_against_a_running_instance(models, plan_file, tmp_path):
     port = plan["instances"][0]["port"]
     srv = Server("--plan", str(path), "--plan-instance", "node0", "--repo", str(models), "--model", "trivial",
                  "--port", str(port), "--no-pin")
+    # bench goes where the plan's probe_url says, not to the bind address (TEST-NET-1: unreachable)
+    probe_plan = json.loads(json.dumps(plan))
+    probe_plan["instances"][0]["bind"] = "192.0.2.1"
+    (tmp_path / "probe.json").write_text(json.dumps(probe_plan))
     try:
         out = tmp_path / "http.json"
-        r = bench("--plan", str(path), "--mode", "http", "--model", "trivial", "--repo", str(models),
-                  "--concurrency", "2", "--runs", "3", "--duration", "0.4", "--warmup", "0.2", "-o", str(out))
+        r = bench("--plan", str(tmp_path / "probe.json"), "--mode", "http", "--model", "trivial", "--repo",
+                  str(models), "--concurrency", "2", "--runs", "3", "--duration", "0.4", "--warmup", "0.2",
+                  "--judge", "p99.9", "-o", str(out))
         assert r.returncode == 0, r.stderr
         doc = json.loads(out.read_text())
         inst = doc["instances"][0]
-        assert doc["kind"] == "http" and doc["config"]["concurrency"] == 2
+        assert doc["kind"] == "http" and doc["config"]["concurrency"] == 2 and doc["config"]["judge"] == "p99.9"
         assert doc["config"]["client_cpus"] == plan["housekeeping"]  # the client stays off the instance
         assert inst["worker"]["endpoint"] == f"http://127.0.0.1:{port}"
         assert all(run["errors"] == 0 and run["count"] > 5 for run in inst["runs"])
-        assert inst["summary"]["stability"]["verdict"] in ("stable", "unstable", "unsure")
+        # the verdict is the one the runs' own throughput and p99.9 give (the rules: test_bench_stats.py)
+        stability = inst["summary"]["stability"]
+        assert stability == stats.verdict([r["throughput"] for r in inst["runs"]],
+                                          [r["latency_ms"]["p99.9"] for r in inst["runs"]], judge="p99.9")
+        assert inst["verdict"] == stability["verdict"] and stability["judge"] == "p99.9"
         # the server counted what the client sent
         import http.client
 
@@ -137,7 +157,7 @@ def test_http_against_a_running_instance(models, plan_file, tmp_path):
         conn.request("GET", "/metrics")
         metrics = conn.getresponse().read().decode()
         line = next(ln for ln in metrics.splitlines()
-                    if ln.startswith('ovms_requests_success_total{api="KServe",interface="REST",method="ModelInfer"'))
+                    if ln.startswith("ovms_requests_success{") and 'method="ModelInfer"' in ln)
         total = sum(run["count"] for run in inst["runs"]) + inst["worker"]["warmup_count"]
         assert float(line.rsplit(" ", 1)[1]) >= total
         # --url targets any KServe v2 endpoint
@@ -150,6 +170,10 @@ def test_http_against_a_running_instance(models, plan_file, tmp_path):
     r = bench("--mode", "http", "--url", f"127.0.0.1:{free_port()}", "--model", "trivial", "--runs", "1",
               "--duration", "0.2")
     assert r.returncode == 2 and "cannot get the metadata" in r.stderr
+    del probe_plan["instances"][0]["probe_url"]  # a plan from before probe_url: said, not guessed
+    (tmp_path / "old.json").write_text(json.dumps(probe_plan))
+    r = bench("--plan", str(tmp_path / "old.json"), "--mode", "http", "--model", "trivial", "--runs", "1")
+    assert r.returncode == 2 and "instance node0 has no probe_url" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_compare(models, plan_file, tmp_path):

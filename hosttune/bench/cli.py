@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from hosttune.bench.stats import JUDGES
 from hosttune.errors import HosttuneError
 
 
@@ -49,6 +50,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", metavar="FILE.html", help="write the self-contained HTML report here")
     p.add_argument("--json", action="store_true", help="print the result JSON on stdout (table on stderr)")
     p.add_argument("--fail-unstable", action="store_true", help="exit 1 when the verdict is unstable or unsure")
+    p.add_argument("--judge", choices=JUDGES, default="p99",
+                   help="the per-run tail latency the stability verdict judges, beside throughput (default p99; "
+                        "p99.9 wants >= 10000 inferences per run)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
 
@@ -100,13 +104,16 @@ def _targets(args: argparse.Namespace, plan: dict[str, Any] | None, repo: str | 
             raise HosttuneError("the plan has no instances (instances.enabled, or isolated CPUs per node)",
                                 where="plan")
         for inst in instances:
-            targets.append(Target(name=inst["name"], cpus=inst.get("cpus"), node=inst.get("node"),
-                                  model=args.model or inst.get("model"), config=dict(inst.get("openvino") or {}),
-                                  streams=inst.get("streams"), nireq=(inst.get("ovms") or {}).get("nireq"),
-                                  host=inst.get("bind") or "127.0.0.1", port=int(inst.get("port") or 9000)))
+            t = Target(name=inst["name"], cpus=inst.get("cpus"), node=inst.get("node"),
+                       model=args.model or inst.get("model"), config=dict(inst.get("openvino") or {}),
+                       streams=inst.get("streams"), nireq=(inst.get("ovms") or {}).get("nireq"))
+            if inst.get("probe_url"):  # where this host reaches the instance: the plan decides, not bench
+                t.host, t.port = split_url(inst["probe_url"])
+            elif args.mode == "http":
+                raise HosttuneError(f"instance {inst['name']} has no probe_url (a plan from an older hosttune: "
+                                    "run `hosttune plan` again)", where="plan")
+            targets.append(t)
     for t in targets:
-        if t.host in ("0.0.0.0", "::"):
-            t.host = "127.0.0.1"
         if args.mode == "inprocess" or (repo and os.path.isdir(repo)):
             try:
                 entry = find(repo, t.model)
@@ -147,7 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     total = args.warmup + args.runs * args.duration + (3 if args.mode == "inprocess" else 0)
     progress = runner.Progress(total, show)
     config = {"mode": args.mode, "runs": args.runs, "warmup_s": args.warmup, "duration_s": args.duration,
-              "pinned": pinned, "api": args.api, "concurrency": args.concurrency if args.mode == "http" else None,
+              "judge": args.judge, "pinned": pinned, "api": args.api,
+              "concurrency": args.concurrency if args.mode == "http" else None,
               "noise": noise.describe(), "label": args.label, "repo": repo if args.mode == "inprocess" else None,
               "plan": args.plan, "root": args.root}
     client_cpus = None

@@ -19,22 +19,24 @@ def _cpus(value: Any) -> str:
 
 def console(doc: dict[str, Any]) -> str:
     cfg = doc["config"]
+    judge = cfg.get("judge") or "p99"
     lines = [f"hosttune bench ({doc['kind']}{', ' + doc['label'] if doc.get('label') else ''}): "
              f"{cfg['runs']} run(s) x {cfg['duration_s']} s after {cfg['warmup_s']} s warmup, "
              f"{'pinned' if cfg['pinned'] else 'unpinned'}, noise "
-             f"{_noise(cfg['noise'])}"]
+             f"{_noise(cfg['noise'])}, verdict judges throughput and {judge}"]
     w = max([10] + [len(i["name"]) for i in doc["instances"]])
-    head = f"{'instance':<{w}} {'run':>3} {'count':>7} {'thr/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}"
+    head = (f"{'instance':<{w}} {'run':>3} {'count':>7} {'thr/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p95 ms':>8} "
+            f"{'p99 ms':>8} {'p99.9 ms':>8} {'max ms':>8}")
     lines.append(head)
     lines.append("-" * len(head))
     for inst in doc["instances"]:
         for r in inst["runs"]:
             lat = r["latency_ms"]
             lines.append(f"{inst['name']:<{w}} {r['index'] + 1:>3} {r['count']:>7} {r['throughput']:>9.1f} "
-                         f"{lat['p50']:>8.3f} {lat['p90']:>8.3f} {lat['p95']:>8.3f} {lat['p99']:>8.3f} {lat['max']:>8.3f}")
+                         + " ".join(f"{lat[k]:>8.3f}" for k in ("p50", "p90", "p95", "p99", "p99.9", "max")))
     lines.append("")
     head = (f"{'instance':<{w}} {'cpus':<8} {'model':<14} {'prec':<5} {'thr/s':>9} {'cv':>6} {'p99 ms':>8} "
-            f"{'cv':>6} {'spread':>7} {'verdict':<9} more")
+            f"{'cv':>6} {'p99.9 ms':>8} {'cv':>6} {'max ms':>8} {'spread':>7} {'verdict':<9} more")
     lines.append(head)
     lines.append("-" * len(head))
     for inst in doc["instances"]:
@@ -42,19 +44,23 @@ def console(doc: dict[str, Any]) -> str:
         st = s["stability"]
         prec = inst.get("execution_precision") or inst.get("precision") or "?"
         lines.append(f"{inst['name']:<{w}} {_cpus(inst.get('cpus')):<8} {str(inst.get('model')):<14.14} {prec:<5} "
-                     f"{s['throughput']['mean']:>9.1f} {s['throughput']['cv']:>6.1%} {s['p99_ms']['mean']:>8.3f} "
-                     f"{s['p99_ms']['cv']:>6.1%} {s['throughput']['spread']:>7.1%} {st['verdict']:<9} "
-                     f"{st['more_runs'] if st['verdict'] != 'stable' else '-'}")
+                     f"{_figures(s)} {st['verdict']:<9} {st['more_runs'] if st['verdict'] != 'stable' else '-'}")
     agg = doc["aggregate"]
-    lines.append(f"{'all':<{w}} {'':<8} {'':<14} {'':<5} {agg['throughput']['mean']:>9.1f} "
-                 f"{agg['throughput']['cv']:>6.1%} {agg['p99_ms']['mean']:>8.3f} {agg['p99_ms']['cv']:>6.1%} "
-                 f"{agg['throughput']['spread']:>7.1%} {agg['stability']['verdict']:<9}")
+    lines.append(f"{'all':<{w}} {'':<8} {'':<14} {'':<5} {_figures(agg)} {agg['stability']['verdict']:<9}")
     lines.append("")
     lines.append(f"verdict: {doc['verdict']}")
     for inst in doc["instances"]:
         for reason in inst["summary"]["stability"]["reasons"]:
             lines.append(f"  {inst['name']}: {reason}")
     return "\n".join(lines)
+
+
+def _figures(s: dict[str, Any]) -> str:
+    """Throughput, p99, p99.9 (means of the runs, with their CVs), the largest latency of any run
+    and the throughput spread: one row of the console summary (instance or aggregate)."""
+    return (f"{s['throughput']['mean']:>9.1f} {s['throughput']['cv']:>6.1%} {s['p99_ms']['mean']:>8.3f} "
+            f"{s['p99_ms']['cv']:>6.1%} {s['p999_ms']['mean']:>8.3f} {s['p999_ms']['cv']:>6.1%} "
+            f"{s['max_ms']['max']:>8.3f} {s['throughput']['spread']:>7.1%}")
 
 
 def _noise(noise: dict[str, Any]) -> str:
@@ -275,35 +281,30 @@ def html_report(docs: list[tuple[str, dict[str, Any]]], title: str = "hosttune b
                                  inst.get("execution_precision") or inst.get("precision") or "?",
                                  f"{s['throughput']['mean']:.1f}", f"{s['throughput']['cv']:.1%}",
                                  f"{s['latency_ms']['p50']:.3f}", f"{s['p99_ms']['mean']:.3f}",
-                                 f"{s['p99_ms']['cv']:.1%}", f"{s['latency_ms']['max']:.3f}",
+                                 f"{s['p99_ms']['cv']:.1%}", f"{s['p999_ms']['mean']:.3f}",
+                                 f"{s['p999_ms']['cv']:.1%}", f"{s['max_ms']['max']:.3f}",
                                  s["stability"]["verdict"], "; ".join(s["stability"]["reasons"]) or "-"])
     body.append("<h2>Summary</h2>")
     body.append(_table(summary_rows, ["result", "instance", "cpus", "model", "precision", "throughput/s",
-                                      "CV", "p50 ms (pooled)", "p99 ms (mean of runs)", "p99 CV", "max ms",
-                                      "verdict", "why"]))
+                                      "CV", "p50 ms (pooled)", "p99 ms (mean of runs)", "p99 CV",
+                                      "p99.9 ms (mean of runs)", "p99.9 CV", "max ms", "verdict", "why"]))
+    # (series name, instance) of every instance of every result, named by result only when there are several
+    named = [(f"{label} {inst['name']}" if len(docs) > 1 else inst["name"], inst)
+             for label, doc in docs for inst in doc["instances"]]
     body.append("<h2>Latency CDF per instance</h2>")
-    series = []
-    for label, doc in docs:
-        for inst in doc["instances"]:
-            pooled = [v for r in inst["runs"] for v in r["samples_ms"]]
-            series.append((f"{label} {inst['name']}" if len(docs) > 1 else inst["name"], pooled))
-    body.append(svg_cdf(series))
+    body.append(svg_cdf([(name, [v for r in inst["runs"] for v in r["samples_ms"]]) for name, inst in named]))
     for label, doc in docs:
         for inst in doc["instances"]:
             runs = [(f"run {r['index'] + 1}", r["samples_ms"]) for r in inst["runs"]]
             body.append(f"<h3>{html.escape(label)} {html.escape(inst['name'])}: CDF of each run</h3>")
             body.append(svg_cdf(runs, height=240))
     body.append("<h2>Throughput per run</h2>")
-    bars = []
-    for label, doc in docs:
-        for inst in doc["instances"]:
-            bars.append((f"{label} {inst['name']}" if len(docs) > 1 else inst["name"],
-                         [r["throughput"] for r in inst["runs"]]))
-    body.append(svg_bars(bars, "inferences/s"))
+    body.append(svg_bars([(name, [r["throughput"] for r in inst["runs"]]) for name, inst in named], "inferences/s"))
     body.append("<h2>p99 latency per run</h2>")
-    p99s = [((f"{label} {inst['name']}" if len(docs) > 1 else inst["name"]),
-             [r["latency_ms"]["p99"] for r in inst["runs"]]) for label, doc in docs for inst in doc["instances"]]
-    body.append(svg_bars(p99s, "p99 ms"))
+    body.append(svg_bars([(name, [r["latency_ms"]["p99"] for r in inst["runs"]]) for name, inst in named], "p99 ms"))
+    body.append("<h2>Tail latency per run: p99.9 and max</h2>")
+    body.append(svg_bars([(f"{name} {key}", [r["latency_ms"][key] for r in inst["runs"]])
+                          for name, inst in named for key in ("p99.9", "max")], "ms"))
     for label, doc in docs:
         sysinfo = doc["system"]
         cfg = doc["config"]
@@ -311,7 +312,8 @@ def html_report(docs: list[tuple[str, dict[str, Any]]], title: str = "hosttune b
         rows = [["kind", doc["kind"]], ["created", doc["created"]], ["runs x duration",
                 f"{cfg['runs']} x {cfg['duration_s']} s (warmup {cfg['warmup_s']} s)"],
                 ["pinned", cfg["pinned"]], ["noise", _noise(cfg["noise"])],
-                ["concurrency", cfg.get("concurrency")], ["verdict", doc["verdict"]]]
+                ["concurrency", cfg.get("concurrency")],
+                ["verdict", f"{doc['verdict']} (judges throughput and {cfg.get('judge') or 'p99'})"]]
         for key in ("hostname", "cpu_model", "governor", "turbo", "frequencies", "isolated", "nohz_full",
                     "allowed_cpus", "cpuset", "thp", "openvino_version", "kernel_cmdline", "unsupported"):
             rows.append([key, sysinfo.get(key)])

@@ -236,7 +236,8 @@ async def _http_main(targets: list[Target], runs: int, warmup_s: float, duration
             raise HosttuneError(f"cannot get the metadata of model {t.model!r}: {exc}",
                                 where=f"{t.host}:{t.port}") from None
         requests[t.name] = binary_request(meta)
-        t.info = {"endpoint": f"http://{t.host}:{t.port}", "concurrency": concurrency}
+        host = f"[{t.host}]" if ":" in t.host else t.host  # an IPv6 address in a URL
+        t.info = {"endpoint": f"http://{host}:{t.port}", "concurrency": concurrency}
     conns = {t.name: [Connection(t.host, t.port) for _ in range(concurrency)] for t in targets}
 
     async def stream(t: Target, conn: Connection, deadline: float, lat: list[float], errs: list[int]) -> None:
@@ -296,33 +297,43 @@ async def _http_main(targets: list[Target], runs: int, warmup_s: float, duration
 
 
 # -- results ------------------------------------------------------------------------------------
-def _instance_summary(runs: list[dict[str, Any]], pooled: list[float]) -> dict[str, Any]:
+def _per_run(runs: list[dict[str, Any]], key: str) -> list[float]:
+    return [r["latency_ms"][key] for r in runs]
+
+
+def _instance_summary(runs: list[dict[str, Any]], pooled: list[float], judge: str) -> dict[str, Any]:
     thr = [r["throughput"] for r in runs]
-    p99 = [r["latency_ms"]["p99"] for r in runs]
-    p50 = [r["latency_ms"]["p50"] for r in runs]
-    return {"throughput": stats.describe(thr), "p99_ms": stats.describe(p99), "p50_ms": stats.describe(p50),
-            "latency_ms": stats.latency_summary(pooled), "stability": stats.verdict(thr, p99)}
+    return {"throughput": stats.describe(thr), "p99_ms": stats.describe(_per_run(runs, "p99")),
+            "p999_ms": stats.describe(_per_run(runs, "p99.9")), "max_ms": stats.describe(_per_run(runs, "max")),
+            "p50_ms": stats.describe(_per_run(runs, "p50")),
+            "latency_ms": stats.latency_summary(pooled), "stability": stats.verdict(thr, _per_run(runs, judge), judge)}
 
 
-def _finish(instances: list[dict[str, Any]], per_run_pooled: list[list[float]]) -> dict[str, Any]:
+def _finish(instances: list[dict[str, Any]], per_run_pooled: list[list[float]], judge: str) -> dict[str, Any]:
     """Fill each instance's headline figures; return the aggregate (runs are simultaneous across
-    instances: per run, throughput adds up and the p99 is taken over all instances' latencies)."""
+    instances: per run, throughput adds up and the percentiles are taken over all instances' latencies)."""
     for inst in instances:
-        inst["throughput"] = inst["summary"]["throughput"]["mean"]
-        inst["p99_ms"] = inst["summary"]["p99_ms"]["mean"]
-        inst["verdict"] = inst["summary"]["stability"]["verdict"]
+        s = inst["summary"]
+        inst["throughput"] = s["throughput"]["mean"]
+        inst["p99_ms"] = s["p99_ms"]["mean"]
+        inst["p999_ms"] = s["p999_ms"]["mean"]
+        inst["max_ms"] = s["max_ms"]["max"]
+        inst["verdict"] = s["stability"]["verdict"]
     nruns = min(len(i["runs"]) for i in instances)
     agg_thr = [sum(inst["runs"][k]["throughput"] for inst in instances) for k in range(nruns)]
-    agg_p99 = [stats.percentile(sorted(per_run_pooled[k]), 99) for k in range(nruns)]
-    stability = stats.verdict(agg_thr, agg_p99)
+    pooled = [sorted(per_run_pooled[k]) for k in range(nruns)]
+    tails = {name: [stats.percentile(s, q) for s in pooled] for name, q in (("p99", 99), ("p99.9", 99.9))}
+    stability = stats.verdict(agg_thr, tails[judge], judge)
     return {
         "instances": len(instances),
-        "throughput": stats.describe(agg_thr), "p99_ms": stats.describe(agg_p99), "stability": stability,
+        "throughput": stats.describe(agg_thr), "p99_ms": stats.describe(tails["p99"]),
+        "p999_ms": stats.describe(tails["p99.9"]), "max_ms": stats.describe([s[-1] for s in pooled]),
+        "stability": stability,
         "verdict": stats.worst([i["verdict"] for i in instances] + [stability["verdict"]]),
     }
 
 
-def summarize(targets: list[Target]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def summarize(targets: list[Target], judge: str = "p99") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     instances = []
     for t in targets:
         runs = []
@@ -340,11 +351,11 @@ def summarize(targets: list[Target]) -> tuple[list[dict[str, Any]], dict[str, An
             "openvino": t.config, "streams": t.info.get("streams", t.streams), "nireq": t.info.get("nireq", t.nireq),
             "worker": t.info,
             "runs": runs,
-            "summary": _instance_summary(runs, pooled),
-            "throughput": None, "p99_ms": None, "verdict": None,
+            "summary": _instance_summary(runs, pooled, judge),
+            "throughput": None, "p99_ms": None, "p999_ms": None, "max_ms": None, "verdict": None,
         })
     nruns = min(len(t.runs) for t in targets)
-    aggregate = _finish(instances, [[v for t in targets for v in t.runs[k]] for k in range(nruns)])
+    aggregate = _finish(instances, [[v for t in targets for v in t.runs[k]] for k in range(nruns)], judge)
     return instances, aggregate
 
 
@@ -365,21 +376,22 @@ def merge_documents(docs: list[dict[str, Any]], label: str | None = None) -> dic
     out["config"]["runs"] = sum(d["config"]["runs"] for d in docs)
     out["config"]["merged_from"] = [d.get("created") for d in docs]
     out["wall_s"] = sum(d.get("wall_s") or 0 for d in docs)
+    judge = out["config"].get("judge") or "p99"
     for n, inst in enumerate(out["instances"]):
         runs = [r for d in docs for r in d["instances"][n]["runs"]]
         runs = [{**r, "index": k} for k, r in enumerate(runs)]
         inst["runs"] = runs
-        inst["summary"] = _instance_summary(runs, sorted(v for r in runs for v in r["samples_ms"]))
+        inst["summary"] = _instance_summary(runs, sorted(v for r in runs for v in r["samples_ms"]), judge)
     per_run = [[v for inst in out["instances"] for v in inst["runs"][k]["samples_ms"]]
                for k in range(min(len(i["runs"]) for i in out["instances"]))]
-    out["aggregate"] = _finish(out["instances"], per_run)
+    out["aggregate"] = _finish(out["instances"], per_run, judge)
     out["verdict"] = out["aggregate"]["verdict"]
     return out
 
 
 def build_document(kind: str, config: dict[str, Any], system: dict[str, Any], targets: list[Target],
                    started: float) -> dict[str, Any]:
-    instances, aggregate = summarize(targets)
+    instances, aggregate = summarize(targets, config.get("judge") or "p99")
     return {
         "schema": SCHEMA,
         "hosttune_version": __version__,

@@ -7,11 +7,14 @@ Between two results: Mann-Whitney U and Welch's t test.
 Stability verdict (`verdict()`; thresholds below, documented in docs/serve-and-bench.md):
 
 - **unstable**: the run-to-run spread is too large for more runs to help: CV of throughput
-  > `UNSTABLE_CV_THROUGHPUT` (10 %) or CV of p99 latency > `UNSTABLE_CV_P99` (25 %).
+  > `UNSTABLE_CV_THROUGHPUT` (10 %) or CV of the judged tail latency > `UNSTABLE_CV_P99` (25 %).
 - **stable**: at least `MIN_RUNS` (3) runs, no outlier run (1.5 x IQR rule with >= 4 runs, counting
-  only runs also more than the target (2 % throughput, 5 % p99) away from the median), and
+  only runs also more than the target (2 % throughput, 5 % tail) away from the median), and
   the 95 % confidence interval of the mean is narrow: half-width <= `TARGET_THROUGHPUT` (2 %) of
-  the mean throughput and <= `TARGET_P99` (5 %) of the mean p99.
+  the mean throughput and <= `TARGET_P99` (5 %) of the mean tail latency.
+
+The judged tail is each run's p99 by default, or its p99.9 (`JUDGES`, `hosttune bench --judge`),
+with the same thresholds.
 - **unsure**: anything else; `runs_needed` estimates how many more runs would bring the
   confidence intervals under the targets at the CV seen so far.
 """
@@ -22,12 +25,13 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-PERCENTILES = (50, 90, 95, 99)
+PERCENTILES = (50, 90, 95, 99, 99.9)
+JUDGES = ("p99", "p99.9")  # the per-run tail percentiles the verdict can judge
 MIN_RUNS = 3
 UNSTABLE_CV_THROUGHPUT = 0.10
 UNSTABLE_CV_P99 = 0.25
 TARGET_THROUGHPUT = 0.02  # relative 95% CI half-width of the mean throughput
-TARGET_P99 = 0.05  # relative 95% CI half-width of the mean p99
+TARGET_P99 = 0.05  # relative 95% CI half-width of the mean judged tail (p99 or p99.9)
 MAX_RUNS_ESTIMATE = 1000
 ALPHA = 0.05
 
@@ -70,7 +74,7 @@ def cv(values: Sequence[float]) -> float:
 
 def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:
     s = sorted(latencies_ms)
-    out = {f"p{q}": percentile(s, q) for q in PERCENTILES}
+    out = {f"p{q:g}": percentile(s, q) for q in PERCENTILES}
     out.update({"min": s[0], "max": s[-1], "mean": mean(s), "stdev": stdev(s)})
     return out
 
@@ -171,25 +175,28 @@ def runs_needed(cv_value: float, target: float, confidence: float = 0.95) -> int
     return hi
 
 
-def verdict(throughputs: Sequence[float], p99s: Sequence[float]) -> dict[str, Any]:
-    """The stability verdict of repeated runs (see the module docstring for the rules)."""
+def verdict(throughputs: Sequence[float], tails: Sequence[float], judge: str = "p99") -> dict[str, Any]:
+    """The stability verdict of repeated runs (see the module docstring for the rules): `tails` are
+    the runs' `judge` percentiles (p99 or p99.9) in ms."""
+    if judge not in JUDGES:
+        raise ValueError(f"judge must be one of {', '.join(JUDGES)}")
     n = len(throughputs)
-    if n != len(p99s):
-        raise ValueError("one throughput and one p99 per run")
+    if n != len(tails):
+        raise ValueError(f"one throughput and one {judge} per run")
     if n == 0:
-        return {"verdict": "unsure", "reasons": ["no runs"], "runs": 0, "runs_needed": MIN_RUNS,
+        return {"verdict": "unsure", "reasons": ["no runs"], "runs": 0, "judge": judge, "runs_needed": MIN_RUNS,
                 "more_runs": MIN_RUNS}
-    cv_t, cv_p = cv(throughputs), cv(p99s)
-    need = max(runs_needed(cv_t, TARGET_THROUGHPUT), runs_needed(cv_p, TARGET_P99))
+    cv_t, cv_l = cv(throughputs), cv(tails)
+    need = max(runs_needed(cv_t, TARGET_THROUGHPUT), runs_needed(cv_l, TARGET_P99))
     outliers = sorted(set(iqr_outliers(throughputs, min_rel=TARGET_THROUGHPUT))
-                      | set(iqr_outliers(p99s, min_rel=TARGET_P99)))
-    half_t, half_p = ci_halfwidth(cv_t, n), ci_halfwidth(cv_p, n)
+                      | set(iqr_outliers(tails, min_rel=TARGET_P99)))
+    half_t, half_l = ci_halfwidth(cv_t, n), ci_halfwidth(cv_l, n)
     reasons = []
-    if n >= 2 and (cv_t > UNSTABLE_CV_THROUGHPUT or cv_p > UNSTABLE_CV_P99):
+    if n >= 2 and (cv_t > UNSTABLE_CV_THROUGHPUT or cv_l > UNSTABLE_CV_P99):
         if cv_t > UNSTABLE_CV_THROUGHPUT:
             reasons.append(f"throughput CV {cv_t:.1%} > {UNSTABLE_CV_THROUGHPUT:.0%}")
-        if cv_p > UNSTABLE_CV_P99:
-            reasons.append(f"p99 CV {cv_p:.1%} > {UNSTABLE_CV_P99:.0%}")
+        if cv_l > UNSTABLE_CV_P99:
+            reasons.append(f"{judge} CV {cv_l:.1%} > {UNSTABLE_CV_P99:.0%}")
         result = "unstable"
     else:
         if n < MIN_RUNS:
@@ -198,17 +205,17 @@ def verdict(throughputs: Sequence[float], p99s: Sequence[float]) -> dict[str, An
             reasons.append(f"outlier run(s) {outliers} (1.5 x IQR)")
         if half_t > TARGET_THROUGHPUT:
             reasons.append(f"throughput 95% CI +-{half_t:.1%} > {TARGET_THROUGHPUT:.0%}")
-        if half_p > TARGET_P99:
-            reasons.append(f"p99 95% CI +-{half_p:.1%} > {TARGET_P99:.0%}")
+        if half_l > TARGET_P99:
+            reasons.append(f"{judge} 95% CI +-{half_l:.1%} > {TARGET_P99:.0%}")
         result = "unsure" if reasons else "stable"
     more = max(0, need - n) if result != "stable" else 0
     if result == "unsure" and more == 0:
         more = 1 if outliers else max(0, MIN_RUNS - n)  # an outlier: one more run to see if it repeats
     return {
-        "verdict": result, "reasons": reasons, "runs": n,
-        "cv_throughput": cv_t, "cv_p99": cv_p,
+        "verdict": result, "reasons": reasons, "runs": n, "judge": judge,
+        "cv_throughput": cv_t, "cv_latency": cv_l,
         "ci95_throughput": half_t if math.isfinite(half_t) else None,
-        "ci95_p99": half_p if math.isfinite(half_p) else None,
+        "ci95_latency": half_l if math.isfinite(half_l) else None,
         "outlier_runs": outliers, "runs_needed": max(need, n) if result != "stable" else n, "more_runs": more,
     }
 

@@ -1,9 +1,9 @@
-"""Pull the per-instance throughput, p99 latency and verdict out of `hosttune bench --json`.
+"""Pull the per-instance throughput, p99 / p99.9 / max latency and verdict out of `hosttune bench --json`.
 
 The bench JSON (schema `hosttune.bench/1`, docs/serve-and-bench.md) is owned by `hosttune bench`:
-`instances[]` with `name`, `throughput` (mean of the runs, inferences/s), `p99_ms` (mean of the runs)
-and `verdict` (the stability verdict: stable | unsure | unstable), `aggregate` and an overall
-`verdict`. This collector looks for those under the key names below -- adjust these tables if that
+`instances[]` with `name`, `throughput` (mean of the runs, inferences/s), `p99_ms` and `p999_ms`
+(means of the runs), `max_ms` (the largest latency of any run) and `verdict` (the stability verdict:
+stable | unsure | unstable), `aggregate` and an overall `verdict`. This collector looks for those under the key names below -- adjust these tables if that
 schema changes; nothing else in fleet reads the bench document. The verdict is about how repeatable
 the numbers are, not pass/fail: a host's bench status comes from the exit code of `hosttune bench`
 (1 with --fail-unstable and a verdict other than stable).
@@ -21,6 +21,9 @@ THROUGHPUT_KEYS: tuple[Any, ...] = ("throughput", "throughput_ips", "throughput_
                                     ("throughput", "value"), ("results", "throughput"))
 P99_KEYS: tuple[Any, ...] = ("p99_ms", "latency_p99_ms", ("latency_ms", "p99"), ("latency", "p99_ms"),
                              ("latency", "p99"), ("percentiles_ms", "p99"), "p99")
+# the tail figures are reported only when the bench document has them (hosttune bench before p99.9 did not)
+TAIL_KEYS: dict[str, tuple[Any, ...]] = {"p999_ms": ("p999_ms", ("latency_ms", "p99.9")),
+                                         "max_ms": ("max_ms", ("latency_ms", "max"))}
 VERDICT_KEYS: tuple[Any, ...] = ("verdict", ("verdict", "status"), "status", "result")
 UNIT_KEYS: tuple[Any, ...] = ("throughput_unit", "unit", ("throughput", "unit"))
 AGGREGATE_THROUGHPUT_KEYS: tuple[Any, ...] = (("aggregate", "throughput", "mean"), ("aggregate", "throughput"))
@@ -51,7 +54,7 @@ def _num(value: Any) -> float | None:
 
 
 def summarize(doc: dict[str, Any]) -> dict[str, Any]:
-    """{"verdict", "unit", "instances": [{"name", "throughput", "p99_ms", "verdict"}]}"""
+    """{"verdict", "unit", "instances": [{"name", "throughput", "p99_ms", ["p999_ms", "max_ms",] "verdict"}]}"""
     records: list[dict[str, Any]] = []
     for key in INSTANCE_LISTS:
         value = doc.get(key)
@@ -63,12 +66,14 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
     instances = []
     for i, rec in enumerate(records):
         verdict = _get(rec, VERDICT_KEYS)
-        instances.append({
+        entry = {
             "name": str(_get(rec, NAME_KEYS) if _get(rec, NAME_KEYS) is not None else f"#{i}"),
             "throughput": _num(_get(rec, THROUGHPUT_KEYS)),
             "p99_ms": _num(_get(rec, P99_KEYS)),
-            "verdict": str(verdict) if verdict is not None else None,
-        })
+        }
+        entry.update({k: _num(_get(rec, keys)) for k, keys in TAIL_KEYS.items() if _get(rec, keys) is not None})
+        entry["verdict"] = str(verdict) if verdict is not None else None
+        instances.append(entry)
     verdict = _get(doc, VERDICT_KEYS)
     return {"verdict": str(verdict) if verdict is not None else None,
             "unit": _get(doc, UNIT_KEYS) or "inferences/s",
@@ -85,10 +90,12 @@ def verdict_text(summary: dict[str, Any]) -> str:
 
 
 def describe(summary: dict[str, Any]) -> str:
-    """One line for the console table: `node0 812/s p99 4.1ms pass; node1 ...`."""
+    """One line for the console table: `node0 812.0/s p99 4.10ms p99.9 5.20ms max 7.00ms stable; node1 ...`."""
     parts = []
     for i in summary["instances"]:
         tp = f"{i['throughput']:.1f}/s" if i["throughput"] is not None else "?/s"
         p99 = f"p99 {i['p99_ms']:.2f}ms" if i["p99_ms"] is not None else "p99 ?"
-        parts.append(" ".join(x for x in (i["name"], tp, p99, i["verdict"] or "") if x))
+        tails = [f"{label} {i[key]:.2f}ms" for key, label in (("p999_ms", "p99.9"), ("max_ms", "max"))
+                 if i.get(key) is not None]
+        parts.append(" ".join(x for x in (i["name"], tp, p99, *tails, i["verdict"] or "") if x))
     return "; ".join(parts) or "no instances in the bench JSON"

@@ -143,8 +143,8 @@ STATUS_COLOURS = {"ok": "#2e7d32", "drift": "#e65100", "pending-reboot": "#f9a82
 
 
 def render_html(report: dict[str, Any]) -> str:
-    """A self-contained page: summary table, and for bench the throughput and p99 per host side by
-    side as inline SVG bar charts (no scripts, no external assets)."""
+    """A self-contained page: summary table, and for bench the throughput, p99 and (when the hosts'
+    results have it) p99.9 per host side by side as inline SVG bar charts (no scripts, no external assets)."""
     e = html.escape
     command = report["command"]
     rows = []
@@ -155,23 +155,22 @@ def render_html(report: dict[str, Any]) -> str:
                     f"<td class=n>{h['elapsed_s']:.1f}s</td><td>{e(detail_text(command, h))}</td></tr>")
     charts = ""
     if command == "bench":
-        bars_tp, bars_p99 = [], []
         unit = "inferences/s"
+        # (label, instance) per bar; a host without a bench result gets one 'n/a' bar per chart
+        bars: list[tuple[str, dict[str, Any]]] = []
         for h in report["hosts"]:
             summary = h.get("bench") or {}
             unit = summary.get("unit") or unit
-            for inst in summary.get("instances", []):
-                label = f"{h['host']} {inst['name']}"
-                bars_tp.append((label, inst["throughput"]))
-                bars_p99.append((label, inst["p99_ms"]))
+            bars += [(f"{h['host']} {inst['name']}", inst) for inst in summary.get("instances", [])]
             if not summary.get("instances"):
-                bars_tp.append((f"{h['host']} ({h['status']})", None))
-                bars_p99.append((f"{h['host']} ({h['status']})", None))
-        charts = ("<div class=charts>"
-                  f"<figure>{svg_bars(bars_tp, '#1565c0')}<figcaption>throughput ({e(str(unit))}, higher is better)"
-                  "</figcaption></figure>"
-                  f"<figure>{svg_bars(bars_p99, '#c62828', suffix=' ms')}<figcaption>p99 latency (ms, lower is better)"
-                  "</figcaption></figure></div>")
+                bars.append((f"{h['host']} ({h['status']})", {}))
+        figures = [("throughput", "#1565c0", "", f"throughput ({unit}, higher is better)"),
+                   ("p99_ms", "#c62828", " ms", "p99 latency (ms, lower is better)")]
+        if any(inst.get("p999_ms") is not None for _, inst in bars):
+            figures.append(("p999_ms", "#6a1b9a", " ms", "p99.9 latency (ms, lower is better)"))
+        charts = "<div class=charts>" + "".join(
+            f"<figure>{svg_bars([(label, inst.get(key)) for label, inst in bars], colour, suffix=suffix)}"
+            f"<figcaption>{e(caption)}</figcaption></figure>" for key, colour, suffix, caption in figures) + "</div>"
     counts = ", ".join(f"{n} {s}" for s, n in report["counts"].items() if n)
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>hosttune fleet {e(command)}</title>
