@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import pytest
 from hypothesis import assume, given, settings
@@ -57,9 +58,115 @@ def test_verdict_rules():
     assert v["verdict"] == "unsure" and v["more_runs"] > 0
     # after the suggested number of runs with the same spread, the CI target is met
     assert stats.ci_halfwidth(v["cv_throughput"], v["runs_needed"]) <= stats.TARGET_THROUGHPUT
-    assert stats.ci_halfwidth(v["cv_p99"], v["runs_needed"]) <= stats.TARGET_P99
+    assert stats.ci_halfwidth(v["cv_latency"], v["runs_needed"]) <= stats.TARGET_P99
     assert stats.verdict([], [])["verdict"] == "unsure"
     assert stats.worst(["stable", "unsure"]) == "unsure" and stats.worst(["unsure", "unstable"]) == "unstable"
+
+
+# -- the documented thresholds (docs/serve-and-bench.md), each pinned by an example on either side --
+def with_cv(cv_value: float, n: int, mean: float = 100.0) -> list[float]:
+    """n values (alternating below/above the mean: no IQR outlier) whose sample CV is exactly cv_value,
+    checked with the standard library's statistics module rather than the code under test."""
+    z = [(-1) ** i for i in range(n)] if n % 2 == 0 else [-1.0, 0.0, 1.0] + [(-1) ** i for i in range(n - 3)]
+    zm = statistics.fmean(z)
+    scale = cv_value * mean / statistics.stdev(z)
+    values = [mean + (v - zm) * scale for v in z]
+    assert statistics.stdev(values) / statistics.fmean(values) == pytest.approx(cv_value, rel=1e-9)
+    return values
+
+
+def cv_for_halfwidth(halfwidth: float, n: int = 10) -> float:
+    """The CV whose 95 % CI half-width of the mean over 10 runs is `halfwidth` (Student's
+    t(0.975, 9) = 2.262157 from the tables, not from the code under test)."""
+    assert n == 10
+    return halfwidth * math.sqrt(n) / 2.262157
+
+
+FLAT = [5.0] * 10  # a p99 that does not move: only throughput decides
+
+
+@pytest.mark.parametrize("cv_value, expected", [(0.09, "unsure"), (0.11, "unstable")])
+def test_unstable_throughput_cv_is_10_percent(cv_value, expected):
+    v = stats.verdict(with_cv(cv_value, 3), FLAT[:3])
+    assert v["verdict"] == expected, v
+    assert v["cv_throughput"] == pytest.approx(cv_value)
+    assert ("throughput CV 11.0% > 10%" in v["reasons"]) == (expected == "unstable")
+
+
+@pytest.mark.parametrize("cv_value, expected", [(0.24, "unsure"), (0.26, "unstable")])
+def test_unstable_p99_cv_is_25_percent(cv_value, expected):
+    v = stats.verdict([100.0] * 3, with_cv(cv_value, 3, mean=5.0))
+    assert v["verdict"] == expected, v
+    assert ("p99 CV 26.0% > 25%" in v["reasons"]) == (expected == "unstable")
+
+
+@pytest.mark.parametrize("halfwidth, expected", [(0.019, "stable"), (0.021, "unsure")])
+def test_throughput_confidence_target_is_2_percent(halfwidth, expected):
+    v = stats.verdict(with_cv(cv_for_halfwidth(halfwidth, 10), 10), FLAT)
+    assert v["ci95_throughput"] == pytest.approx(halfwidth, rel=1e-4)
+    assert v["verdict"] == expected, v
+    assert v["reasons"] == ([] if expected == "stable" else ["throughput 95% CI +-2.1% > 2%"])
+    assert v["more_runs"] == (0 if expected == "stable" else 1)  # 11 runs at this CV meet the target
+
+
+@pytest.mark.parametrize("halfwidth, expected", [(0.048, "stable"), (0.052, "unsure")])
+def test_p99_confidence_target_is_5_percent(halfwidth, expected):
+    v = stats.verdict([100.0] * 10, with_cv(cv_for_halfwidth(halfwidth, 10), 10, mean=5.0))
+    assert v["ci95_latency"] == pytest.approx(halfwidth, rel=1e-4)
+    assert v["verdict"] == expected, v
+    assert v["reasons"] == ([] if expected == "stable" else ["p99 95% CI +-5.2% > 5%"])
+
+
+def test_at_least_three_runs():
+    assert stats.verdict([100.0] * 2, [5.0] * 2)["reasons"] == ["2 run(s) < 3"]
+    assert stats.verdict([100.0] * 3, [5.0] * 3)["verdict"] == "stable"
+
+
+# 19 runs within +-0.1 % and one run `away` from them: an IQR outlier whatever `away` is; it counts
+# when it is more than the target (2 % throughput, 5 % p99) from the median. Its CV stays small
+# enough for the CI target (20 runs): only the outlier rule can make these unsure.
+def one_off(away: float, mean: float) -> list[float]:
+    return [mean * (1 + 0.001 * (-1) ** i) for i in range(19)] + [mean * (1 + away)]
+
+
+@pytest.mark.parametrize("away, expected", [(0.015, "stable"), (0.03, "unsure"), (-0.03, "unsure")])
+def test_outlier_run_in_throughput(away, expected):
+    thr = one_off(away, 100.0)
+    assert stats.iqr_outliers(thr) == [19]  # outside the 1.5 x IQR fences either way
+    v = stats.verdict(thr, [5.0] * 20)
+    assert v["ci95_throughput"] < stats.TARGET_THROUGHPUT
+    assert v["verdict"] == expected, v
+    assert v["outlier_runs"] == ([] if expected == "stable" else [19])
+    if expected == "unsure":
+        assert v["reasons"] == ["outlier run(s) [19] (1.5 x IQR)"] and v["more_runs"] == 1
+
+
+@pytest.mark.parametrize("away, expected", [(0.04, "stable"), (0.06, "unsure")])
+def test_outlier_run_in_p99(away, expected):
+    v = stats.verdict([100.0] * 20, one_off(away, 5.0))
+    assert v["ci95_latency"] < stats.TARGET_P99
+    assert v["verdict"] == expected, v
+    assert v["outlier_runs"] == ([] if expected == "stable" else [19])
+
+
+def test_outliers_need_four_runs():
+    assert stats.iqr_outliers([100.0, 100.0, 130.0]) == []
+    assert stats.iqr_outliers([100.0, 100.0, 100.0, 130.0]) == [3]
+
+
+def test_judge_p999_judges_the_tail_it_is_given():
+    calm, noisy = [5.0] * 5, with_cv(0.30, 5, mean=8.0)
+    assert stats.verdict([100.0] * 5, calm, judge="p99")["verdict"] == "stable"
+    v = stats.verdict([100.0] * 5, noisy, judge="p99.9")
+    assert v["verdict"] == "unstable" and v["judge"] == "p99.9" and v["reasons"] == ["p99.9 CV 30.0% > 25%"]
+    with pytest.raises(ValueError, match="judge"):
+        stats.verdict([1.0], [1.0], judge="p95")
+
+
+def test_latency_summary_has_p999_and_max():
+    values = [float(v) for v in range(1, 1001)]  # 1..1000 ms
+    s = stats.latency_summary(values)
+    assert s["p99.9"] == pytest.approx(999.001) and s["max"] == 1000.0 and s["p99"] == pytest.approx(990.01)
 
 
 def test_t_quantiles():
