@@ -45,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus", help="CPU list to run on (default: the instance's CPUs)")
     p.add_argument("--no-pin", action="store_true", help="do not set CPU affinity or memory policy")
     p.add_argument("--max-body", type=int, default=64 * 2**20, help="largest request body in bytes (413 above)")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send a "
+                                                                      "request's headers (408 after)")
+    p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a client has to send a "
+                                                                    "request's body (408 after)")
+    p.add_argument("--max-connections", type=int, default=512, help="open connections at most (503 above)")
     p.set_defaults(func=cmd_serve)
 
     m = subparsers.add_parser("model", help="model repository: prepare (convert/quantize), sample, list, check")
@@ -198,9 +203,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise HosttuneError("must be at least 1", where="--nireq")
     if args.max_body < 1024:
         raise HosttuneError("must be at least 1024 bytes", where="--max-body")
+    for name in ("header_timeout", "body_timeout", "max_connections"):
+        if not 0 < getattr(args, name) < float("inf"):
+            raise HosttuneError("must be a positive number", where="--" + name.replace("_", "-"))
     cpus = cpulist.parse(args.cpus, where="--cpus") if args.cpus else (instance or {}).get("cpus")
 
-    from hosttune.serve.server import App, bind_socket, serve_forever
+    from hosttune.serve.server import App, Limits, bind_socket, serve_forever
 
     sock = bind_socket(host, port)  # a taken port fails here, before the slow part
     try:
@@ -219,7 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
-    serve_forever(app, sock, host)
+    serve_forever(app, sock, host, limits=Limits(args.header_timeout, args.body_timeout, args.max_connections))
     return 0
 
 

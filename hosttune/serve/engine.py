@@ -189,10 +189,17 @@ def to_array(port: Port, datatype: str, shape: list[int], data: Any, raw: bytes 
         return np.frombuffer(raw, dtype=port.dtype).reshape(shape)
     if data is None:
         raise InputError(f"input {port.name!r}: no data (give \"data\" or binary_data_size)")
-    try:
-        arr = np.asarray(data, dtype=port.dtype)
-    except (ValueError, TypeError, OverflowError):
-        raise InputError(f"input {port.name!r}: data is not a (nested) list of {datatype} values") from None
+    if isinstance(data, np.ndarray):  # JSON numbers decoded straight into float64/int64/uint64
+        if port.dtype.kind in "iu" and data.size:
+            info = np.iinfo(port.dtype)
+            if data.min() < info.min or data.max() > info.max:
+                raise InputError(f"input {port.name!r}: values outside the {datatype} range")
+        arr = data.astype(port.dtype, copy=False)
+    else:
+        try:
+            arr = np.asarray(data, dtype=port.dtype)
+        except (ValueError, TypeError, OverflowError):
+            raise InputError(f"input {port.name!r}: data is not a (nested) list of {datatype} values") from None
     if arr.size != count:
         raise InputError(f"input {port.name!r}: {arr.size} values, shape {shape} needs {count}")
     return np.ascontiguousarray(arr.reshape(shape))

@@ -14,12 +14,17 @@ Bad requests get a 4xx with `{"error": "..."}` and the server keeps serving.
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import errno
-import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,6 +34,11 @@ from hosttune.serve.engine import InputError, ServedModel, to_array
 from hosttune.serve.metrics import Metrics
 
 DEFAULT_MAX_BODY = 64 * 2**20
+# JSON up to this size is decoded on the event loop (well under 0.1 ms: cheaper than a hand-off to
+# the decoder thread); larger JSON on the decoder thread
+JSON_INLINE_MAX = 64 * 2**10
+# a thread's simdjson parser is kept for the next request up to this document size
+PARSER_KEEP_MAX = 4 * 2**20
 JSON_CT = (b"content-type", b"application/json")
 HEADER_LEN = b"inference-header-content-length"
 
@@ -47,10 +57,16 @@ class App:
     def __init__(self, models: list[ServedModel], max_body: int = DEFAULT_MAX_BODY):
         self.models = {m.name: m for m in models}
         self.max_body = max_body
+        # large JSON bodies are decoded here; as many at once as requests can run in OpenVINO
+        self._decoder = ThreadPoolExecutor(max_workers=max(m.nireq for m in models), thread_name_prefix="hosttune-json",
+                                           initializer=_name_thread, initargs=("hosttune-json",))
         self.metrics = Metrics()
         self.bound = {m.name: self.metrics.model(m.name, m.version, m.streams, m.nireq, lambda m=m: m.active)
                       for m in models}
         self.ready = True
+
+    def close(self) -> None:
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -155,7 +171,7 @@ class App:
                 bound["fail"]["ModelInfer"].inc()
                 await _json(send, 500, {"error": f"inference failed: {str(exc).strip()[:300]}"})
                 return
-            header = json.dumps(response, separators=(",", ":")).encode()
+            header = dumps(response)
             if binary:
                 await _respond(send, 200, [header, *binary], [(b"content-type", b"application/octet-stream"),
                                                              (HEADER_LEN, str(len(header)).encode())])
@@ -177,53 +193,13 @@ class App:
         if header_len is not None and not 0 <= header_len <= len(body):
             raise HTTPError(400, f"Inference-Header-Content-Length {header_len} is outside the body "
                                  f"({len(body)} bytes)", "malformed")
-        head = body[:header_len] if header_len is not None else body
-        try:
-            request = json.loads(head)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HTTPError(400, f"malformed JSON: {exc}", "malformed") from None
-        if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
-            raise HTTPError(400, "the request must be a JSON object with an \"inputs\" list", "malformed")
-        offset = header_len if header_len is not None else len(body)
-        arrays: list[Any] = [None] * len(model.inputs)
-        for item in request["inputs"]:
-            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-                raise InputError("each input needs a \"name\", \"shape\", \"datatype\" and \"data\"")
-            port = model.input(item["name"])
-            if arrays[port.index] is not None:
-                raise InputError(f"input {port.name!r} given twice")
-            params = item.get("parameters") or {}
-            raw = None
-            if isinstance(params, dict) and "binary_data_size" in params:
-                size = params["binary_data_size"]
-                if header_len is None:
-                    raise InputError("binary_data_size without an Inference-Header-Content-Length header")
-                if not isinstance(size, int) or size < 0 or offset + size > len(body):
-                    raise InputError(f"input {port.name!r}: binary_data_size {size} runs past the body")
-                raw = body[offset:offset + size]
-                offset += size
-            arrays[port.index] = to_array(port, item.get("datatype"), item.get("shape"), item.get("data"), raw)
-        missing = [p.name for p in model.inputs if arrays[p.index] is None]
-        if missing:
-            raise InputError(f"missing input(s): {', '.join(missing)}")
-        params = request.get("parameters") or {}
-        binary_default = bool(isinstance(params, dict) and params.get("binary_data_output"))
-        wanted = request.get("outputs")
-        if wanted is None:
-            selected = [(p, binary_default) for p in model.outputs]
-        else:
-            if not isinstance(wanted, list):
-                raise InputError("\"outputs\" must be a list")
-            selected = []
-            for item in wanted:
-                if not isinstance(item, dict) or item.get("name") not in model.outputs_by_name:
-                    raise InputError(f"unknown output {item.get('name') if isinstance(item, dict) else item!r} "
-                                     f"(outputs: {', '.join(p.name for p in model.outputs)})")
-                op = item.get("parameters") or {}
-                if isinstance(op, dict) and op.get("classification"):
-                    raise InputError("the classification extension is not supported")
-                b = op.get("binary_data", binary_default) if isinstance(op, dict) else binary_default
-                selected.append((model.outputs_by_name[item["name"]], bool(b)))
+        json_len = header_len if header_len is not None else len(body)
+        if json_len <= JSON_INLINE_MAX:
+            request, arrays, selected = parse_request(model, body, header_len)
+        else:  # a large JSON body is decoded on a thread: health checks and other requests go on
+            loop = asyncio.get_running_loop()
+            request, arrays, selected = await loop.run_in_executor(self._decoder, parse_request, model, body,
+                                                                   header_len)
         timings: dict[str, float] = {}
         results = await model.infer(arrays, timings)
         bound = self.bound[model.name]
@@ -239,13 +215,148 @@ class App:
                 out["parameters"] = {"binary_data_size": len(data)}
                 binary.append(data)
             else:
-                out["data"] = arr.ravel().tolist()
+                out["data"] = arr.ravel()  # orjson writes numpy arrays itself (shortest repr per value)
             outputs.append(out)
         response: dict[str, Any] = {"model_name": model.name, "model_version": str(model.version),
                                     "outputs": outputs}
         if "id" in request:
             response["id"] = request["id"]
         return response, binary
+
+
+# -- request decoding (runs on the event loop for small bodies, on the decoder thread otherwise) ---
+_NUMBER_KIND = {"FP16": "d", "FP32": "d", "FP64": "d", "INT8": "i", "INT16": "i", "INT32": "i", "INT64": "i",
+                "UINT8": "u", "UINT16": "u", "UINT32": "u", "UINT64": "u"}
+_BUFFER_DTYPE = {"d": "float64", "i": "int64", "u": "uint64"}
+_parsers = threading.local()
+
+
+def decode_json(head: bytes) -> dict[str, Any]:
+    """The request's JSON as Python values, except each input's "data": a homogeneous (nested) list
+    of numbers comes back as one flat numpy array, parsed by simdjson straight from the text without
+    a Python object per value (the cost of a JSON request is almost all in those values).
+
+    simdjson parses without the GIL. It is strict JSON (no NaN/Infinity, no out-of-range numbers,
+    valid UTF-8) with a nesting limit of 1024: anything else is a 400."""
+    import simdjson
+
+    # a parser keeps its buffers for the next document: reuse one per thread for ordinary bodies,
+    # but let a large body's buffers go with it
+    parser = getattr(_parsers, "parser", None) if len(head) <= PARSER_KEEP_MAX else None
+    if parser is None:
+        parser = simdjson.Parser()
+        if len(head) <= PARSER_KEEP_MAX:
+            _parsers.parser = parser
+    try:
+        doc = parser.parse(head)
+    except (ValueError, RuntimeError) as exc:  # UnicodeDecodeError is a ValueError; RuntimeError: too deep
+        raise HTTPError(400, f"malformed JSON: {str(exc).split('  ')[0]}", "malformed") from None
+    try:
+        return _from_doc(doc)
+    finally:
+        del doc  # no proxy into the parser may outlive this call (an error's traceback would keep it)
+
+
+def _from_doc(doc: Any) -> dict[str, Any]:
+    import numpy as np
+    import simdjson
+
+    if not isinstance(doc, simdjson.Object) or not isinstance(doc.get("inputs"), simdjson.Array):
+        raise HTTPError(400, "the request must be a JSON object with an \"inputs\" list", "malformed")
+    # by key, not .items(): that would turn the "data" lists into Python objects
+    request = {key: _plain(doc[key]) for key in doc.keys() if key != "inputs"}
+    inputs = []
+    for item in doc["inputs"]:
+        if not isinstance(item, simdjson.Object):
+            inputs.append(_plain(item))
+            continue
+        entry = {key: _plain(item[key]) for key in item.keys() if key != "data"}
+        data = item.get("data")
+        kind = _NUMBER_KIND.get(entry.get("datatype")) if isinstance(data, simdjson.Array) else None
+        if kind is not None:
+            try:
+                data = np.frombuffer(data.as_buffer(of_type=kind), dtype=_BUFFER_DTYPE[kind])
+            except (TypeError, ValueError):  # not all numbers of that kind: to_array says what is wrong
+                data = _plain(data)
+        elif "data" in item:
+            data = _plain(data)
+        if "data" in item:
+            entry["data"] = data
+        inputs.append(entry)
+    request["inputs"] = inputs
+    return request
+
+
+def _plain(value: Any) -> Any:
+    import simdjson
+
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    if isinstance(value, simdjson.Array):
+        return value.as_list()
+    return value
+
+
+def parse_request(model: ServedModel, body: bytes, header_len: int | None) -> tuple[dict, list, list]:
+    """Decode and check an infer request: (the request, the input arrays in the model's order,
+    the outputs to return with whether each goes binary). Raises HTTPError / InputError (400)."""
+    head = body[:header_len] if header_len is not None else body
+    request = decode_json(head)
+    if "id" in request and not isinstance(request["id"], str):
+        raise InputError("\"id\" must be a string")
+    offset = header_len if header_len is not None else len(body)
+    arrays: list[Any] = [None] * len(model.inputs)
+    for item in request["inputs"]:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InputError("each input needs a \"name\", \"shape\", \"datatype\" and \"data\"")
+        port = model.input(item["name"])
+        if arrays[port.index] is not None:
+            raise InputError(f"input {port.name!r} given twice")
+        params = item.get("parameters") or {}
+        raw = None
+        if isinstance(params, dict) and "binary_data_size" in params:
+            size = params["binary_data_size"]
+            if header_len is None:
+                raise InputError("binary_data_size without an Inference-Header-Content-Length header")
+            if not isinstance(size, int) or size < 0 or offset + size > len(body):
+                raise InputError(f"input {port.name!r}: binary_data_size {size} runs past the body")
+            raw = body[offset:offset + size]
+            offset += size
+        arrays[port.index] = to_array(port, item.get("datatype"), item.get("shape"), item.get("data"), raw)
+    missing = [p.name for p in model.inputs if arrays[p.index] is None]
+    if missing:
+        raise InputError(f"missing input(s): {', '.join(missing)}")
+    params = request.get("parameters") or {}
+    binary_default = bool(isinstance(params, dict) and params.get("binary_data_output"))
+    wanted = request.get("outputs")
+    if wanted is None:
+        return request, arrays, [(p, binary_default) for p in model.outputs]
+    if not isinstance(wanted, list):
+        raise InputError("\"outputs\" must be a list")
+    selected = []
+    for item in wanted:
+        if not isinstance(item, dict) or item.get("name") not in model.outputs_by_name:
+            raise InputError(f"unknown output {item.get('name') if isinstance(item, dict) else item!r} "
+                             f"(outputs: {', '.join(p.name for p in model.outputs)})")
+        op = item.get("parameters") or {}
+        if isinstance(op, dict) and op.get("classification"):
+            raise InputError("the classification extension is not supported")
+        b = op.get("binary_data", binary_default) if isinstance(op, dict) else binary_default
+        selected.append((model.outputs_by_name[item["name"]], bool(b)))
+    return request, arrays, selected
+
+
+def dumps(data: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY, default=_tolist)
+
+
+def _tolist(value: Any) -> Any:
+    """Arrays orjson does not write itself (e.g. BYTES outputs)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 async def _respond(send: Any, status: int, body: bytes | list[bytes], headers: list | None = None,
@@ -261,7 +372,7 @@ async def _respond(send: Any, status: int, body: bytes | list[bytes], headers: l
 
 
 async def _json(send: Any, status: int, data: Any, close: bool = False) -> None:
-    await _respond(send, status, json.dumps(data).encode(), [JSON_CT], close=close)
+    await _respond(send, status, dumps(data), [JSON_CT], close=close)
 
 
 # -- process setup ------------------------------------------------------------------------------
@@ -300,7 +411,84 @@ def sd_notify(message: str) -> None:
         pass
 
 
-def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False) -> None:
+def _name_thread(name: str) -> None:
+    """Give the calling thread a kernel name (top -H, /proc/PID/task/TID/comm)."""
+    try:
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+@dataclass
+class Limits:
+    """What one client may hold: seconds from a request's first byte (or the connection) to the end
+    of its headers, seconds from there to the end of its body, and open connections in all."""
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 512
+
+
+def protocol_class(limits: Limits) -> type:
+    """uvicorn's httptools protocol with the limits it lacks: a client that trickles its headers or
+    its body is answered 408 and disconnected; a connection beyond the cap is answered 503 and
+    closed at once (the keep-alive timeout already covers idle connections between requests)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class Protocol(HttpToolsProtocol):
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > limits.max_connections:
+                self._refuse(503, f"more than {limits.max_connections} connections")
+                return
+            self._arm(limits.header_timeout, "headers")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm(limits.header_timeout, "headers")
+
+        def on_headers_complete(self) -> None:
+            self._arm(limits.body_timeout, "body")
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self, seconds: float, what: str) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._timed_out, what)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _timed_out(self, what: str) -> None:
+            self._deadline = None
+            if what == "body" and self.cycle.response_started:
+                self.transport.close()  # answered already (e.g. 413): too late for a status line
+            else:
+                self._refuse(408, f"request {what} not received in time")
+
+        def _refuse(self, status: int, message: str) -> None:
+            if self.transport.is_closing():
+                return
+            body = dumps({"error": message})
+            reason = {408: b"Request Timeout", 503: b"Service Unavailable"}[status]
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                                 b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
+            self.transport.close()
+
+    return Protocol
+
+
+def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False, limits: Limits | None = None) -> None:
     import uvicorn
 
     try:
@@ -309,15 +497,9 @@ def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False)
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    try:
-        import httptools  # noqa: F401
-
-        http = "httptools"
-    except ImportError:
-        http = "h11"
-    config = uvicorn.Config(app, loop=loop, http=http, lifespan="off", access_log=False,
-                            log_level="warning", timeout_keep_alive=75, server_header=False,
-                            backlog=1024)
+    config = uvicorn.Config(app, loop=loop, http=protocol_class(limits or Limits()), lifespan="off",
+                            access_log=False, log_level="warning", timeout_keep_alive=75, server_header=False,
+                            backlog=1024, timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     sock.listen(1024)
     port = sock.getsockname()[1]
@@ -327,4 +509,9 @@ def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False)
         print(f"hosttune serve: listening on http://{shown}:{port} pid {os.getpid()} - {models}",
               file=sys.stderr, flush=True)
     sd_notify("READY=1")
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again against the handler
+    # it found at start: with the default one the process would die with 143. A no-op handler there
+    # makes SIGTERM a clean exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     server.run(sockets=[sock])
+    app.close()
