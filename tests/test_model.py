@@ -197,3 +197,65 @@ def test_policy_f32_keeps_fp32_execution_on_any_cpu(tiny_repo):
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(tiny_repo / "tiny" / "1" / "model.xml")), "CPU", props)
     assert precision.runtime_precision(compiled)["execution_precision"] == "FP32"
+
+
+# -- the 50 % INT8 rule (precision.INT8_MIN_SHARE) on real partially quantized models -----------------
+def conv_chain(n: int) -> ov.Model:
+    """n 3x3 convolutions with ReLU: n compute layers, named conv0..conv{n-1}."""
+    from openvino import opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([1, 8, 16, 16], np.float32, name="input")
+    y = x
+    for i in range(n):
+        w = ops.constant((rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32))
+        y = ops.relu(ops.convolution(y, w, [1, 1], [1, 1], [1, 1], [1, 1], name=f"conv{i}"))
+    return ov.Model([y], [x], "chain")
+
+
+def quantize_all_but(model: ov.Model, skip: int) -> ov.Model:
+    """NNCF quantization that leaves the first `skip` convolutions in floating point (what a model
+    NNCF cannot fully quantize looks like)."""
+    import logging
+
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    data = [{"input": np.random.default_rng(i).random((1, 8, 16, 16)).astype(np.float32)} for i in range(4)]
+    return nncf.quantize(model, nncf.Dataset(data), subset_size=len(data), fast_bias_correction=True,
+                         ignored_scope=nncf.IgnoredScope(names=[f"conv{i}" for i in range(skip)]))
+
+
+@pytest.mark.parametrize("layers, skip, int8", [(4, 2, True), (7, 4, False), (7, 3, True)])
+def test_int8_needs_half_of_the_compute_layers(tmp_path, cpu_float_precision, layers, skip, int8):
+    """2 of 4 compute layers in u8 (50 %) is INT8; 3 of 7 (43 %) is not; 4 of 7 (57 %) is."""
+    quantized = quantize_all_but(conv_chain(layers), skip)
+    summary = precision.runtime_precision(ov.Core().compile_model(quantized, "CPU"))
+    assert (summary["int8_layers"], summary["compute_layers"]) == (layers - skip, layers)
+    assert summary["execution_precision"] == ("INT8" if int8 else cpu_float_precision)
+    # `hosttune model check --expect INT8` on the same graph saved into a repository
+    ov.save_model(quantized, str(tmp_path / "chain-int8" / "1" / "model.xml"))
+    r = cli("model", "check", "chain-int8", "--repo", str(tmp_path), "--expect", "INT8")
+    assert r.returncode == (0 if int8 else 1), r.stdout + r.stderr
+    assert f"executes in {'INT8' if int8 else cpu_float_precision} ({layers - skip}/{layers} compute" in r.stdout
+
+
+def test_prepare_fails_and_writes_nothing_when_int8_falls_short(tmp_path, monkeypatch, cpu_float_precision):
+    """An INT8 variant below the 50 % share fails prepare; the repository stays as it was, even
+    with --force over an existing version (the baseline built beside it is not moved in either)."""
+    out = tmp_path / "repo"
+    repo.prepare("", "chain", str(out), int8=True, calibration="synthetic:4", model=conv_chain(7),
+                 source_label="first")
+    before = {f: (out / f).read_bytes() for f in tree(out) if (out / f).is_file()}
+    assert "chain-int8/1/model.xml" in before
+    # NNCF leaving 4 of the 7 convolutions in floating point: 3/7 < 50 %
+    monkeypatch.setattr(repo, "quantize_int8", lambda model, data: quantize_all_but(model, 4))
+    with pytest.raises(HosttuneError, match=f"3 of 7 compute layers run in i8/u8.*fell back to {cpu_float_precision}"):
+        repo.prepare("", "chain", str(out), int8=True, calibration="synthetic:4", model=conv_chain(7),
+                     force=True, source_label="second")
+    assert {f: (out / f).read_bytes() for f in tree(out) if (out / f).is_file()} == before
+    assert not [f for f in tree(out) if ".hosttune-tmp" in f]
+    fresh = tmp_path / "fresh"
+    with pytest.raises(HosttuneError, match="does not execute in INT8"):
+        repo.prepare("", "chain", str(fresh), int8=True, calibration="synthetic:4", model=conv_chain(7))
+    assert tree(fresh) == []
