@@ -22,6 +22,9 @@ STATE_DIR = "/var/lib/hosttune"
 STATE_FILE = f"{STATE_DIR}/state.json"
 LOCK_FILE = f"{STATE_DIR}/lock"
 SCHEMA = "hosttune.state/1"
+# what a saved original can be (hosttune.areas.base.KINDS): a sysfs value, a config file's bytes,
+# a service's state, the kernel arguments grubby added
+RECORD_KINDS = ("sysfs", "file", "service", "grubby")
 
 
 @dataclass
@@ -54,7 +57,8 @@ def load(fs: HostFS) -> State:
                             f"expected {SCHEMA})", where=where)
     originals = data.get("originals")
     if not isinstance(originals, dict) or not all(
-            isinstance(v, dict) and {"path", "kind", "value"} <= set(v) for v in originals.values()):
+            isinstance(v, dict) and {"path", "kind"} <= set(v) and isinstance(v["path"], str)
+            and v["kind"] in RECORD_KINDS for v in originals.values()):
         raise HosttuneError("state file has malformed 'originals'", where=where)
     return State(originals=originals, run=data.get("run"), extras=data.get("extras") or {})
 

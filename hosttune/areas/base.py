@@ -331,19 +331,25 @@ def _arg_key(arg: str) -> str:
 
 @dataclass
 class BootArgs(Item):
-    """Kernel arguments grubby keeps in every boot entry. The snapshot records exactly the
-    arguments this added and the values it replaced, and putting back removes / re-adds those."""
+    """Kernel arguments grubby keeps in every boot entry. The snapshot records, per entry, exactly
+    the arguments this adds and the values it replaces; putting back removes / re-adds those."""
 
     args: list[str] = field(default_factory=list)
     kind: ClassVar[str] = "grubby"
 
     def read(self, host: Host) -> str | None:
-        """One line per boot entry: its arguments."""
+        """One line per boot entry: its kernel, a tab, its arguments."""
         out = host.runner.query(["grubby", "--info=ALL"])
         if out is None:
             return None
-        entries = [m.group(1) for m in re.finditer(r'^args="?([^"\n]*)"?$', out, re.M)]
-        return "\n".join(entries) if entries else None
+        lines, kernel = [], None
+        for line in out.splitlines():
+            key, _, value = line.partition("=")
+            if key == "kernel":
+                kernel = value.strip('"')
+            elif key == "args" and kernel:
+                lines.append(f"{kernel}\t{value.strip(chr(34))}")
+        return "\n".join(lines) if lines else None
 
     def missing_reason(self) -> str:
         return "grubby does not run here (not the live root, or no boot entries)"
@@ -351,35 +357,44 @@ class BootArgs(Item):
     def expected(self) -> str | None:
         return " ".join(self.args)
 
-    def _entries(self, raw: str | None) -> list[list[str]]:
-        return [line.split() for line in (raw or "").splitlines()]
+    @staticmethod
+    def _entries(raw: str | None) -> dict[str, list[str]]:
+        entries = {}
+        for line in (raw or "").splitlines():
+            kernel, _, args = line.partition("\t")
+            entries[kernel] = args.split()
+        return entries
 
     def matches(self, raw: str | None) -> bool:
         entries = self._entries(raw)
-        return bool(entries) and all(set(self.args) <= set(words) for words in entries)
+        return bool(entries) and all(set(self.args) <= set(words) for words in entries.values())
 
     def shown(self, raw: str | None) -> str | None:
-        missing = sorted({a for words in self._entries(raw) for a in self.args if a not in words})
+        missing = sorted({a for words in self._entries(raw).values() for a in self.args if a not in words})
         return "missing: " + " ".join(missing) if missing else "in every entry"
 
     def snapshot(self, host: Host, raw: str | None) -> dict[str, Any]:
-        entries = self._entries(raw)
         keys = {_arg_key(a) for a in self.args}
-        added = [a for a in self.args if any(a not in words for words in entries)]
-        previous = sorted({w for words in entries for w in words if _arg_key(w) in keys and w not in self.args})
-        return {"area": self.area, "kind": self.kind, "path": self.path, "added": added, "previous": previous}
+        changes = {}
+        for kernel, words in self._entries(raw).items():
+            added = [a for a in self.args if a not in words]
+            previous = [w for w in words if _arg_key(w) in keys and w not in self.args]
+            if added or previous:
+                changes[kernel] = {"added": added, "previous": previous}
+        return {"area": self.area, "kind": self.kind, "path": self.path, "entries": changes}
 
     def apply(self, host: Host) -> None:
         host.run(["grubby", "--update-kernel=ALL", "--args=" + " ".join(self.args)], "add the kernel arguments")
 
     @staticmethod
     def put_back(host: Host, record: dict[str, Any]) -> None:
-        if record.get("added"):
-            host.run(["grubby", "--update-kernel=ALL", "--remove-args=" + " ".join(record["added"])],
-                     "remove the kernel arguments hosttune added")
-        if record.get("previous"):
-            host.run(["grubby", "--update-kernel=ALL", "--args=" + " ".join(record["previous"])],
-                     "put back the kernel arguments hosttune replaced")
+        for kernel, change in record.get("entries", {}).items():
+            if change.get("added"):
+                host.run(["grubby", f"--update-kernel={kernel}", "--remove-args=" + " ".join(change["added"])],
+                         "remove the kernel arguments hosttune added")
+            if change.get("previous"):
+                host.run(["grubby", f"--update-kernel={kernel}", "--args=" + " ".join(change["previous"])],
+                         "put back the kernel arguments hosttune replaced")
 
 
 KINDS: dict[str, type[Item]] = {cls.kind: cls for cls in (SysfsValue, ConfigFile, ServiceState, BootArgs)}
