@@ -12,7 +12,11 @@ Slow (10-30 min per scenario under TCG on a 2-core machine): marked `guest`. Des
 - Its whole output goes to $HOSTTUNE_MOLECULE_LOGS (default /tmp/hosttune-molecule)/<scenario>/
   molecule.log and is kept; the ephemeral directory (inventory, state, timings.jsonl) is beside it.
 - A failed `create` (the guest did not boot, after the testbed's own retry) runs the whole
-  scenario once more. Any other failure prints the guest's console log and the tail of the output.
+  scenario once more, and says so: a RETRY line in the output, in molecule.log and as a pytest
+  warning (shown even when the rerun passes), the failed boot's console kept as
+  <scenario>/console-attempt1.log, and `retries` in timings.json. A rerun whose guest does not boot
+  either fails the test as a flaky boot. Any other failure prints the guest's console log and the
+  tail of the output.
 - HOSTTUNE_MOLECULE_TIMEOUT (seconds per scenario, default 4200) bounds a run; on expiry Molecule
   is stopped and `molecule destroy` powers the guest off.
 - The wall time of every stage is printed (run pytest with -s to see it on success too) and
@@ -28,6 +32,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -136,6 +141,21 @@ def _create_failed(records: list[dict]) -> bool:
     return not creates or creates[-1].get("failed", False)
 
 
+def _note_retry(scenario: str, guest: str, attempt: int, base: Path, log: Path) -> dict:
+    """Say loudly that the scenario runs again because its guest did not boot: a rerun that passes
+    must not hide a flaky boot. The failed boot's console is kept for the diagnosis."""
+    console = base / f"console-attempt{attempt}.log"
+    console.write_text(_console(guest))
+    message = (f"RETRY molecule test -s {scenario}: the guest {guest} did not boot on attempt {attempt} "
+               f"(create failed after the testbed's own retry); running the whole scenario again. "
+               f"Console of the failed boot: {console}")
+    with log.open("a") as out:
+        out.write(f"\n=== {message} ===\n")
+    print(message, flush=True)
+    warnings.warn(message, stacklevel=2)
+    return {"attempt": attempt, "stage": "create", "console": str(console)}
+
+
 @pytest.fixture(scope="module")
 def molecule_ready():
     if shutil.which("qemu-system-x86_64") is None:
@@ -158,6 +178,8 @@ def test_molecule_scenario(scenario: str, molecule_ready) -> None:
     log = base / "molecule.log"
     started = time.monotonic()
     records: list[dict] = []
+    retries: list[dict] = []
+    boot_failed_again = False
     for attempt in (1, 2):
         ephemeral = base / f"ephemeral{attempt}"
         env = _env(ephemeral)
@@ -166,20 +188,28 @@ def test_molecule_scenario(scenario: str, molecule_ready) -> None:
         if timed_out:
             # `molecule test` was stopped before its own destroy: power the guest off here
             _run([str(BIN / "molecule"), "destroy", "-s", scenario], env, log, 300)
-        if rc == 0 or timed_out or attempt == 2 or not _create_failed(records):
+        if rc == 0 or timed_out or not _create_failed(records):
             break
-        print(f"{scenario}: the guest did not boot (attempt {attempt}); running the scenario again")
+        if attempt == 2:
+            boot_failed_again = True  # the rerun needed a retry too: no third try, that is a flaky boot
+            break
+        retries.append(_note_retry(scenario, guest, attempt, base, log))
     total = time.monotonic() - started
     stages = _stages(records)
     report = _report(scenario, stages, total)
+    if retries:
+        report += f"\n  (rerun after a failed boot: {', '.join(r['console'] for r in retries)})"
     (base / "timings.json").write_text(json.dumps({"scenario": scenario, "seconds": round(total, 1),
-                                                   "stages": stages, "playbooks": records}, indent=2))
+                                                   "retries": retries, "stages": stages, "playbooks": records},
+                                                  indent=2))
     print(report)
     print(f"Molecule output: {log}")
     if rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-120:])
+        flaky = (f"the guest {guest} did not boot on the rerun either (attempts 1 and 2 each failed create, "
+                 f"after the testbed's own retry): flaky boots, not a one-off\n") if boot_failed_again else ""
         pytest.fail(
-            f"molecule test -s {scenario} {'timed out' if timed_out else f'exited {rc}'}\n{report}\n"
+            f"{flaky}molecule test -s {scenario} {'timed out' if timed_out else f'exited {rc}'}\n{report}\n"
             f"--- console of {guest} (last 150 lines) ---\n{_console(guest)}\n"
             f"--- Molecule output (last 120 lines; all of it in {log}) ---\n{tail}",
             pytrace=False,
