@@ -1,4 +1,12 @@
-"""Errors a user can cause. The CLI prints their message and exits with their code; never a traceback."""
+"""Errors a user can cause, and the exit codes of every command. The CLI prints an error's message
+and exits with its code; never a traceback. The table is in docs/ARCHITECTURE.md."""
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # apply failed (rolled back), verify found drift, restore could not put a value back
+EXIT_DRIFT = EXIT_FAILED
+EXIT_USAGE = 2  # bad input: policy, root, state file, arguments; nothing was changed
+EXIT_REBOOT = 3  # done, and a reboot is required (apply) or pending (verify)
+EXIT_LOCKED = 4  # another hosttune run holds the state lock
 
 
 class HosttuneError(Exception):
@@ -7,7 +15,7 @@ class HosttuneError(Exception):
     `where` names the field or file at fault, so the message can point at it.
     """
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, message: str, where: str | None = None, exit_code: int | None = None):
         super().__init__(message)
@@ -26,3 +34,9 @@ class PolicyError(HosttuneError):
 
 class TopologyError(HosttuneError):
     """The root cannot be read as a Linux host (missing /sys, unreadable capture)."""
+
+
+class LockHeld(HosttuneError):
+    """Another hosttune run (an Ansible apply, the agent's check) holds the state lock."""
+
+    exit_code = EXIT_LOCKED

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hosttune.errors import HosttuneError
+from hosttune.errors import HosttuneError, LockHeld
 from hosttune.sysfs import HostFS
 
 STATE_DIR = "/var/lib/hosttune"
@@ -94,8 +94,8 @@ class Lock:
                     holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
                     os.close(self.fd)
                     self.fd = None
-                    raise HosttuneError(f"another hosttune run (pid {holder}) holds the lock; "
-                                        f"waited {self.wait:.0f}s", where=self.path, exit_code=4) from None
+                    raise LockHeld(f"another hosttune run (pid {holder}) holds the lock; "
+                                        f"waited {self.wait:.0f}s", where=self.path) from None
                 time.sleep(0.1)
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, str(os.getpid()).encode(), 0)

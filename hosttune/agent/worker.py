@@ -32,15 +32,13 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from hosttune import discovery, engine, state
+from hosttune import areas, discovery, engine, state
 from hosttune import plan as plan_mod
-from hosttune.errors import HosttuneError, PolicyError
-from hosttune.policy import AREAS
-from hosttune.settings import CPU
+from hosttune.errors import EXIT_LOCKED, HosttuneError, PolicyError
 from hosttune.sysfs import HostFS
 
-RUNTIME_AREAS = tuple(a for a in AREAS if a != "kernel_args")
-LOCK_HELD = 4  # the exit code of state.Lock's error (hosttune.errors.LockHeld) when another run holds it
+RUNTIME_AREAS = areas.RUNTIME  # kernel arguments are verified (reboot pending), never staged by the agent
+LOCK_HELD = EXIT_LOCKED  # state.Lock's error (hosttune.errors.LockHeld) when another run holds it
 MAX_NAMES = 20  # setting names per area in a log line
 MAX_ROWS = 50  # drifted rows in /status
 
@@ -138,8 +136,8 @@ def run(fn: Callable[..., Any], *args: Any, timeout: float, tick: Callable[[], N
         os.close(r)
         _, status = os.waitpid(pid, 0)
     if killed:
-        raise WorkerFailed(f"the check did not finish in {timeout:.0f} s and was killed (an apply it left "
-                           f"half done is rolled back by the next one)")
+        raise WorkerFailed(f"the check process (pid {pid}) did not finish in {timeout:g} s and was killed (an "
+                           f"apply it left half done is rolled back by the next one)")
     if not chunks:
         how = (f"signal {signal.Signals(-os.waitstatus_to_exitcode(status)).name}"
                if os.WIFSIGNALED(status) else f"exit {os.waitstatus_to_exitcode(status)}")
@@ -160,7 +158,7 @@ def run(fn: Callable[..., Any], *args: Any, timeout: float, tick: Callable[[], N
 # -- the work ---------------------------------------------------------------------------------------------
 def topology_seen(fs: HostFS) -> tuple[list[str], str | None]:
     """What the fast check compares: the IRQ numbers and the online CPU list."""
-    return [e for e in fs.listdir("/proc/irq") or () if e.isdigit()], fs.read(f"{CPU}/online")
+    return [e for e in fs.listdir("/proc/irq") or () if e.isdigit()], fs.read(f"{discovery.CPU}/online")
 
 
 def trial_plan(root: str, policy: dict[str, Any]) -> dict[str, Any]:

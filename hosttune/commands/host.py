@@ -7,10 +7,9 @@ import sys
 from typing import Any
 
 from hosttune.commands.core import add_policy, add_root, load_plan, print_json
+from hosttune.errors import EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_REBOOT
 from hosttune.policy import AREAS
 
-EXIT_DRIFT = 1
-EXIT_REBOOT = 3
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +47,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print_json(report)
     else:
         print(render_apply(report))
-    return EXIT_REBOOT if report["reboot_required"] else 0
+    return EXIT_REBOOT if report["reboot_required"] else EXIT_OK
 
 
 def render_apply(r: dict[str, Any]) -> str:
@@ -82,7 +81,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print_json(report)
     else:
         print(render_verify(report, quiet=args.quiet))
-    return {"ok": 0, "drift": EXIT_DRIFT, "pending-reboot": EXIT_REBOOT}[report["status"]]
+    return {"ok": EXIT_OK, "drift": EXIT_DRIFT, "pending-reboot": EXIT_REBOOT}[report["status"]]
 
 
 def render_verify(r: dict[str, Any], quiet: bool = False) -> str:
@@ -115,4 +114,4 @@ def cmd_restore(args: argparse.Namespace) -> int:
         for cmd in report["commands"]:
             print(f"command: {' '.join(cmd['argv'])} ({cmd.get('result', '')})")
         print(f"{len(report['restored'])} value(s) restored, {len(report['failed'])} failed")
-    return 1 if report["failed"] else 0
+    return EXIT_FAILED if report["failed"] else EXIT_OK
