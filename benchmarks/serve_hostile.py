@@ -1,0 +1,132 @@
+"""`hosttune serve` under large JSON requests (issue 13): the server's RSS and its health-check
+latency while N concurrent requests of about 64 MiB of JSON numbers each are in flight.
+
+The server runs the trivial model (one Add on [1,16]) on the server CPU; each large request carries
+millions of numbers, so it is decoded in full and then refused with 400 (wrong element count): the
+decode is the cost being measured. A health check is sent every 10 ms from the client CPU the whole
+time, and the server's RSS is sampled every 10 ms (psutil).
+
+    python benchmarks/serve_hostile.py --requests 4 --mib 63 --out /tmp/hostile
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=4, help="large requests in flight at once")
+    ap.add_argument("--mib", type=float, default=63.0, help="size of each JSON body (the limit is 64 MiB)")
+    ap.add_argument("--server-cpu", type=int, default=1)
+    ap.add_argument("--client-cpu", type=int, default=0)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    import psutil
+
+    from hosttune.model import repo as model_repo
+    from hosttune.serve.process import Server
+
+    out = args.out or tempfile.mkdtemp(prefix="hosttune-hostile-")
+    os.makedirs(out, exist_ok=True)
+    repo = os.path.join(out, "models")
+    if not os.path.isdir(os.path.join(repo, "trivial")):
+        model_repo.sample(repo, variant="trivial", int8=False)
+    value = b"0.123456789,"
+    count = int(args.mib * 2**20) // len(value)
+    head = b'{"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": ['
+    body = head + value * (count - 1) + b"0.5]}]}"
+    print(f"{args.requests} requests of {len(body) / 2**20:.1f} MiB ({count} numbers) each; server on CPU "
+          f"{args.server_cpu}, client on CPU {args.client_cpu}", flush=True)
+
+    srv = Server("--repo", repo, "--model", "trivial", "--cpus", str(args.server_cpu))
+    os.sched_setaffinity(0, {args.client_cpu})
+    proc = psutil.Process(srv.proc.pid)
+    try:
+        def get(path: str) -> tuple[int, float]:
+            t0 = time.perf_counter()
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
+            conn.request("GET", path)
+            status = conn.getresponse().status
+            conn.close()
+            return status, (time.perf_counter() - t0) * 1e3
+
+        idle = [get("/v2/health/live")[1] for _ in range(50)]
+        rss_idle = proc.memory_info().rss
+        replies: list[tuple[int, float, str]] = []
+
+        def big() -> None:
+            t0 = time.perf_counter()
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=300)
+            conn.request("POST", "/v2/models/trivial/infer", body=body)
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+            replies.append((resp.status, time.perf_counter() - t0, json.loads(data).get("error", "")[:80]))
+
+        senders = [threading.Thread(target=big) for _ in range(args.requests)]
+        rss: list[int] = []
+        health: list[float] = []
+        statuses: set[int] = set()
+        stop = threading.Event()
+
+        def sample_rss() -> None:
+            while not stop.is_set():
+                rss.append(proc.memory_info().rss)
+                time.sleep(0.01)
+
+        sampler = threading.Thread(target=sample_rss)
+        sampler.start()
+        t_start = time.perf_counter()
+        for s in senders:
+            s.start()
+        while any(s.is_alive() for s in senders):
+            status, ms = get("/v2/health/live")
+            statuses.add(status)
+            health.append(ms)
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - t_start
+        stop.set()
+        sampler.join()
+        rss_after = proc.memory_info().rss
+    finally:
+        code = srv.stop()
+
+    health.sort()
+    idle.sort()
+
+    def pct(v: list[float], p: float) -> float:
+        return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+    summary = {
+        "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "requests": args.requests,
+        "body_mib": len(body) / 2**20, "numbers_per_request": count, "seconds_in_flight": elapsed,
+        "replies": [{"status": s, "seconds": t, "error": e} for s, t, e in replies],
+        "rss_idle_mb": rss_idle / 1e6, "rss_peak_mb": max(rss) / 1e6, "rss_after_mb": rss_after / 1e6,
+        "health_idle_p50_ms": pct(idle, 50), "health_checks": len(health), "health_statuses": sorted(statuses),
+        "health_p50_ms": pct(health, 50), "health_p99_ms": pct(health, 99), "health_max_ms": health[-1],
+        "server_exit": code,
+    }
+    print(f"in flight {elapsed:.1f} s; replies {[r[0] for r in replies]} ({replies[0][2] if replies else ''})")
+    print(f"server RSS: idle {summary['rss_idle_mb']:.0f} MB, peak {summary['rss_peak_mb']:.0f} MB, after "
+          f"{summary['rss_after_mb']:.0f} MB")
+    print(f"health checks during: {len(health)}, statuses {sorted(statuses)}, p50 {summary['health_p50_ms']:.1f} ms, "
+          f"p99 {summary['health_p99_ms']:.1f} ms, max {summary['health_max_ms']:.1f} ms "
+          f"(idle p50 {summary['health_idle_p50_ms']:.2f} ms); server exit status {code}")
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"results in {out}/summary.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""Hostile and broken input against the real server (a subprocess, real sockets): each case of
+issue 13's server bullet as a named regression test. Timing figures are measured by
+benchmarks/serve_hostile.py; the waits here are generous deadlines, not targets."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+pytest.importorskip("openvino")
+
+from hosttune.model import repo as model_repo  # noqa: E402
+from hosttune.serve.process import Server  # noqa: E402
+from hosttune.serve.server import JSON_INLINE_MAX  # noqa: E402
+
+HEADER_TIMEOUT = 2
+BODY_TIMEOUT = 2
+MAX_CONNECTIONS = 8
+INFER = "/v2/models/trivial/infer"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models")
+    model_repo.sample(str(path), variant="trivial", int8=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    srv = Server("--repo", str(models), "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
+                 "--max-connections", str(MAX_CONNECTIONS))
+    yield srv
+    srv.stop()
+
+
+def request(srv, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def infer_body(values=None, **extra) -> str:
+    return json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                                   "data": values if values is not None else list(range(16))}], **extra})
+
+
+def assert_serving(srv):
+    status, body = request(srv, "POST", INFER, infer_body())
+    assert status == 200, body
+    assert json.loads(body)["outputs"][0]["data"] == [float(v + 1) for v in range(16)]
+
+
+def read_reply(sock: socket.socket, deadline: float = 30) -> bytes:
+    """Everything the server sends until it closes the connection (or the deadline passes)."""
+    sock.settimeout(deadline)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except TimeoutError:
+        pass
+    return data
+
+
+@pytest.mark.parametrize("body, message", [
+    ('{"inputs": [{"name": "input", "shape"', "malformed JSON"),
+    (b'{"inputs": "\xff\xfe"}', "malformed JSON"),
+    ('{"inputs": []} trailing', "malformed JSON"),
+    (infer_body([float("nan")] * 16), "malformed JSON"),  # NaN is not JSON
+    ('{"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": [1e999]}]}', "malformed JSON"),
+    ("", "malformed JSON"),
+])
+def test_malformed_json_is_400(server, body, message):
+    status, data = request(server, "POST", INFER, body)
+    assert status == 400, data
+    assert message in json.loads(data)["error"]
+    assert_serving(server)
+
+
+DEEP = "[" * 20000 + "]" * 20000
+
+
+@pytest.mark.parametrize("body", [
+    DEEP,
+    infer_body().replace('"data": [', '"data": ' + "[" * 5000).replace("15]", "15" + "]" * 5000),
+    infer_body().replace('"datatype"', '"parameters": {"x": ' + DEEP + '}, "datatype"'),
+], ids=["whole-body", "data", "parameters"])
+def test_over_deep_json_is_400(server, body):
+    status, data = request(server, "POST", INFER, body)
+    assert status == 400, data[:300]
+    assert "too deep" in json.loads(data)["error"]
+    assert_serving(server)
+
+
+def test_id_must_be_a_string(server):
+    status, data = request(server, "POST", INFER, infer_body(id={"nested": [1]}))
+    assert status == 400 and "\"id\" must be a string" in json.loads(data)["error"]
+    status, data = request(server, "POST", INFER, infer_body(id="r-7"))
+    assert status == 200 and json.loads(data)["id"] == "r-7"
+
+
+def _thread_cpu_ticks(pid: int, name: str) -> int:
+    """utime + stime of the process's threads called `name` (kernel thread names, /proc)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def test_large_json_is_decoded_off_the_event_loop(server):
+    """A JSON body above JSON_INLINE_MAX is decoded on the decoder thread (not the event loop's):
+    its CPU time shows up on the thread named hosttune-json, and a health check is answered while
+    the request is in flight."""
+    import threading
+
+    # the same request padded with whitespace past the inline limit goes through the decoder thread
+    padded = infer_body(list(range(16))).replace(", ", "," + " " * (JSON_INLINE_MAX // 16 + 1))
+    assert len(padded) > JSON_INLINE_MAX
+    status, data = request(server, "POST", INFER, padded)
+    assert status == 200 and json.loads(data)["outputs"][0]["data"] == [float(v + 1) for v in range(16)]
+
+    # 3.5 million numbers (~40 MB): decoded in full before the element count is refused
+    big = infer_body([0.123456789] * 3_500_000).encode()
+    before = _thread_cpu_ticks(server.proc.pid, "hosttune-json")
+    result = {}
+    sender = threading.Thread(target=lambda: result.update(reply=request(server, "POST", INFER, big)))
+    sender.start()
+    health = []
+    while sender.is_alive():
+        health.append(request(server, "GET", "/v2/health/live")[0])
+        time.sleep(0.01)
+    sender.join()
+    status, data = result["reply"]
+    assert status == 400 and "3500000 values, shape [1, 16] needs 16" in json.loads(data)["error"]
+    assert health and set(health) == {200}
+    after = _thread_cpu_ticks(server.proc.pid, "hosttune-json")
+    assert after - before >= 2, (before, after)  # >= 20 ms of CPU on the decoder thread
+
+
+def test_trickled_headers_get_408_and_the_connection_closed(server):
+    import select
+
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\n")
+        deadline = time.monotonic() + HEADER_TIMEOUT + 30
+        # one more header byte every 0.3 s until the server answers: the headers never complete
+        while not select.select([s], [], [], 0.3)[0] and time.monotonic() < deadline:
+            s.sendall(b"X")
+        reply = read_reply(s, 5)
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert b"request headers not received in time" in reply
+    assert_serving(server)
+
+
+def test_trickled_body_gets_408_and_the_connection_closed(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        reply = read_reply(s, BODY_TIMEOUT + 30)
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert b"request body not received in time" in reply
+    assert_serving(server)
+
+
+def test_connections_beyond_the_cap_get_503(server):
+    time.sleep(1)  # the earlier tests' closed connections are gone from the server's count
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as extra:
+            reply = read_reply(extra, 30)
+        assert reply.startswith(b"HTTP/1.1 503"), reply
+        assert f"more than {MAX_CONNECTIONS} connections".encode() in reply
+        # the idle ones are let go by the header timeout (not held for good)
+        for s in idle:
+            assert read_reply(s, HEADER_TIMEOUT + 30).startswith(b"HTTP/1.1 408")
+    finally:
+        for s in idle:
+            s.close()
+    assert_serving(server)
+
+
+def test_sigterm_exits_0(models):
+    srv = Server("--repo", str(models))
+    assert_serving(srv)
+    # an idle keep-alive connection does not hold the shutdown up
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    conn.request("GET", "/v2/health/live")
+    assert conn.getresponse().status == 200
+    srv.proc.send_signal(signal.SIGTERM)
+    try:
+        assert srv.proc.wait(timeout=30) == 0
+    finally:
+        conn.close()
+        srv.stop()
