@@ -2,11 +2,12 @@
 latency while N concurrent requests of about 64 MiB of JSON numbers each are in flight.
 
 The server runs the trivial model (one Add on [1,16]) on the server CPU; each large request carries
-millions of numbers, so it is decoded in full and then refused with 400 (wrong element count): the
-decode is the cost being measured. A health check is sent every 10 ms from the client CPU the whole
+millions of values, so it is read (and decoded) in full and then refused with 400 (wrong element
+count): reading and decoding are the cost being measured. JSON bodies above --max-json-body
+(default 16 MiB) are refused with 413 from their Content-Length, before they are read. A health check is sent every 10 ms from the client CPU the whole
 time, and the server's RSS is sampled every 10 ms (psutil).
 
-    python benchmarks/serve_hostile.py --requests 4 --mib 63 --out /tmp/hostile
+    python benchmarks/serve_hostile.py --requests 4 --mib 63 --kind json|binary [--server-args '...']
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=4, help="large requests in flight at once")
-    ap.add_argument("--mib", type=float, default=63.0, help="size of each JSON body (the limit is 64 MiB)")
+    ap.add_argument("--mib", type=float, default=63.0, help="size of each body")
+    ap.add_argument("--kind", choices=("json", "binary"), default="json",
+                    help="JSON numbers, or binary data after a small JSON header")
+    ap.add_argument("--server-args", default="", help="more `hosttune serve` options, e.g. '--max-json-body 67108864'")
     ap.add_argument("--server-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--out", default=None)
@@ -41,14 +45,23 @@ def main() -> int:
     repo = os.path.join(out, "models")
     if not os.path.isdir(os.path.join(repo, "trivial")):
         model_repo.sample(repo, variant="trivial", int8=False)
-    value = b"0.123456789,"
-    count = int(args.mib * 2**20) // len(value)
-    head = b'{"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": ['
-    body = head + value * (count - 1) + b"0.5]}]}"
-    print(f"{args.requests} requests of {len(body) / 2**20:.1f} MiB ({count} numbers) each; server on CPU "
-          f"{args.server_cpu}, client on CPU {args.client_cpu}", flush=True)
+    size = int(args.mib * 2**20)
+    headers = {}
+    if args.kind == "json":
+        value = b"0.123456789,"
+        count = size // len(value)
+        head = b'{"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": ['
+        body = head + value * (count - 1) + b"0.5]}]}"
+    else:
+        count = size // 4
+        head = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": count * 4}}]}).encode()
+        body = head + bytes(count * 4)
+        headers = {"Inference-Header-Content-Length": str(len(head))}
+    print(f"{args.requests} {args.kind} requests of {len(body) / 2**20:.1f} MiB ({count} values) each; server on "
+          f"CPU {args.server_cpu} {args.server_args}, client on CPU {args.client_cpu}", flush=True)
 
-    srv = Server("--repo", repo, "--model", "trivial", "--cpus", str(args.server_cpu))
+    srv = Server("--repo", repo, "--model", "trivial", "--cpus", str(args.server_cpu), *args.server_args.split())
     os.sched_setaffinity(0, {args.client_cpu})
     proc = psutil.Process(srv.proc.pid)
     try:
@@ -67,7 +80,10 @@ def main() -> int:
         def big() -> None:
             t0 = time.perf_counter()
             conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=300)
-            conn.request("POST", "/v2/models/trivial/infer", body=body)
+            try:
+                conn.request("POST", "/v2/models/trivial/infer", body=body, headers=headers)
+            except (BrokenPipeError, ConnectionResetError):  # refused (413) before the whole body was sent
+                pass
             resp = conn.getresponse()
             data = resp.read()
             conn.close()
@@ -109,7 +125,7 @@ def main() -> int:
 
     summary = {
         "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "requests": args.requests,
-        "body_mib": len(body) / 2**20, "numbers_per_request": count, "seconds_in_flight": elapsed,
+        "kind": args.kind, "body_mib": len(body) / 2**20, "values_per_request": count, "seconds_in_flight": elapsed,
         "replies": [{"status": s, "seconds": t, "error": e} for s, t, e in replies],
         "rss_idle_mb": rss_idle / 1e6, "rss_peak_mb": max(rss) / 1e6, "rss_after_mb": rss_after / 1e6,
         "health_idle_p50_ms": pct(idle, 50), "health_checks": len(health), "health_statuses": sorted(statuses),

@@ -22,6 +22,7 @@ from hosttune.serve.server import JSON_INLINE_MAX  # noqa: E402
 HEADER_TIMEOUT = 2
 BODY_TIMEOUT = 2
 MAX_CONNECTIONS = 8
+MAX_JSON = 48 * 2**20  # above the default (16 MiB) so that a large JSON decode can be watched
 INFER = "/v2/models/trivial/infer"
 
 
@@ -35,7 +36,7 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(models):
     srv = Server("--repo", str(models), "--header-timeout", str(HEADER_TIMEOUT), "--body-timeout", str(BODY_TIMEOUT),
-                 "--max-connections", str(MAX_CONNECTIONS))
+                 "--max-connections", str(MAX_CONNECTIONS), "--max-json-body", str(MAX_JSON))
     yield srv
     srv.stop()
 
@@ -157,6 +158,24 @@ def test_large_json_is_decoded_off_the_event_loop(server):
     assert health and set(health) == {200}
     after = _thread_cpu_ticks(server.proc.pid, "hosttune-json")
     assert after - before >= 2, (before, after)  # >= 20 ms of CPU on the decoder thread
+
+
+def test_json_is_held_to_its_own_limit(server):
+    """JSON bodies (and a binary request's JSON header) are limited by --max-json-body, refused
+    from the declared lengths before anything is read; binary data may go up to --max-body."""
+    def reply_to(head: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", server.port)) as s:
+            s.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n")
+            return read_reply(s, BODY_TIMEOUT + 30)
+
+    reply = reply_to(b"Content-Length: %d\r\n" % (MAX_JSON + 1))
+    assert reply.startswith(b"HTTP/1.1 413") and b"JSON request body of %d bytes" % (MAX_JSON + 1) in reply
+    reply = reply_to(b"Content-Length: %d\r\nInference-Header-Content-Length: %d\r\n" % (MAX_JSON + 9, MAX_JSON + 1))
+    assert reply.startswith(b"HTTP/1.1 413") and b"JSON header of %d bytes" % (MAX_JSON + 1) in reply
+    # the same size as binary data is taken: the server waits for the body (and times out on it)
+    reply = reply_to(b"Content-Length: %d\r\nInference-Header-Content-Length: 100\r\n" % (MAX_JSON + 1))
+    assert reply.startswith(b"HTTP/1.1 408"), reply
+    assert_serving(server)
 
 
 def test_trickled_headers_get_408_and_the_connection_closed(server):

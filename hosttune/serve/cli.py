@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus", help="CPU list to run on (default: the instance's CPUs)")
     p.add_argument("--no-pin", action="store_true", help="do not set CPU affinity or memory policy")
     p.add_argument("--max-body", type=int, default=64 * 2**20, help="largest request body in bytes (413 above)")
+    p.add_argument("--max-json-body", type=int, default=16 * 2**20,
+                   help="largest JSON part of a request in bytes: a JSON body, or the JSON header of a "
+                        "binary-data request (413 above)")
     p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send a "
                                                                       "request's headers (408 after)")
     p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a client has to send a "
@@ -201,8 +204,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
               for entry, props, nireq in served]
     if args.nireq is not None and args.nireq < 1:
         raise HosttuneError("must be at least 1", where="--nireq")
-    if args.max_body < 1024:
-        raise HosttuneError("must be at least 1024 bytes", where="--max-body")
+    for name in ("max_body", "max_json_body"):
+        if getattr(args, name) < 1024:
+            raise HosttuneError("must be at least 1024 bytes", where="--" + name.replace("_", "-"))
     for name in ("header_timeout", "body_timeout", "max_connections"):
         if not 0 < getattr(args, name) < float("inf"):
             raise HosttuneError("must be a positive number", where="--" + name.replace("_", "-"))
@@ -223,7 +227,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         core = ov.Core()
         models = [ServedModel(core, entry, config, nireq) for entry, config, nireq in served]
-        app = App(models, max_body=args.max_body)
+        app = App(models, max_body=args.max_body, max_json=args.max_json_body)
     except BaseException:
         sock.close()
         raise
