@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,9 @@ from hosttune.sysfs import HostFS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = os.path.join(REPO, "hosttune", "data", "hosttune-agent.service")
 INTERVAL = 1.0
+# how long a test waits for an event before failing: generous, because tests return as soon as the
+# event comes, and the machine may be loaded (QEMU guests beside the unit tests)
+DEADLINE = 60.0
 CONFIG = f"""\
 policy:
   profile: latency
@@ -113,19 +117,31 @@ def alive(pid: int) -> bool:
 class AgentProcess:
     """A running agent; its JSON log lines are collected as they come."""
 
-    def __init__(self, root: str, *args: str, foreground: bool = True, env: dict | None = None):
+    def __init__(self, root: str, *args: str, foreground: bool = True, env: dict | None = None,
+                 journal: bool = False):
         argv = [sys.executable, "-m", "hosttune", "agent", "--root", root, *args]
         if foreground:
             argv.append("--foreground")
+        env = dict(os.environ if env is None else env)
+        env.pop("JOURNAL_STREAM", None)
+        stdout = subprocess.PIPE
+        if journal:  # stdout is "the journal": JOURNAL_STREAM names its pipe, as systemd does
+            read_end, stdout = os.pipe()
+            st = os.fstat(stdout)
+            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
         # its own process group, which stands in for the unit's cgroup: the agent forks a child
         # for each check, and systemd kills the whole cgroup, not just the main process
-        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        self.proc = subprocess.Popen(argv, cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, text=True,
                                      env=env, start_new_session=True)
+        self.stdout = self.proc.stdout
+        if journal:
+            os.close(stdout)
+            self.stdout = os.fdopen(read_end, "r")
         self.events: list[dict] = []
         self.other: list[str] = []
         self.stderr: list[str] = []
         self.cond = threading.Condition()
-        threading.Thread(target=self._read, args=(self.proc.stdout, True), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.stdout, True), daemon=True).start()
         threading.Thread(target=self._read, args=(self.proc.stderr, False), daemon=True).start()
 
     def _read(self, stream, is_stdout):
@@ -134,8 +150,12 @@ class AgentProcess:
                 if not is_stdout:
                     self.stderr.append(line)
                 else:
+                    prefix = re.match(r"<([0-7])>", line)  # sd-daemon(3) priority, kept as "priority"
                     try:
-                        self.events.append(json.loads(line))
+                        rec = json.loads(line[prefix.end():] if prefix else line)
+                        if prefix:
+                            rec["priority"] = int(prefix.group(1))
+                        self.events.append(rec)
                     except json.JSONDecodeError:
                         self.other.append(line)
                 self.cond.notify_all()
@@ -148,7 +168,7 @@ class AgentProcess:
         with self.cond:
             return len(self.events)
 
-    def wait(self, event: str, timeout: float = 15.0, after: int = 0, **fields) -> dict:
+    def wait(self, event: str, timeout: float = DEADLINE, after: int = 0, **fields) -> dict:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
@@ -162,7 +182,7 @@ class AgentProcess:
                 self.cond.wait(min(left, 0.2))
 
     def _reading(self) -> bool:
-        return self.proc.stdout is not None and not self.proc.stdout.closed and self.proc.poll() is None
+        return self.stdout is not None and not self.stdout.closed and self.proc.poll() is None
 
     def dump(self) -> str:
         return "\n".join(json.dumps(e) for e in self.events[-40:]) + "\n" + "".join(self.other + self.stderr)
@@ -191,7 +211,7 @@ class AgentProcess:
                 samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
         return samples
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = DEADLINE) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
@@ -243,10 +263,9 @@ def test_applies_at_start_and_puts_back_drift_within_an_interval(root, agents):
     mark = agent.mark()
     write(root, irq_path, "0-1023")
     write(root, "/proc/sys/vm/swappiness", "60")
-    changed_at = time.monotonic()
+    # how soon it repairs is a figure for benchmarks/ and the Molecule scenarios, not for this test
     wait_for(lambda: read(root, irq_path) == pinned and read(root, "/proc/sys/vm/swappiness") == "10",
-             INTERVAL + 2.0, "the agent to put both values back")
-    assert time.monotonic() - changed_at <= INTERVAL + 2.0
+             DEADLINE, "the agent to put both values back")
 
     drift = agent.wait("drift", after=mark, area="irqs")
     assert drift["events"] == 1 and drift["level"] == "warning"
@@ -306,6 +325,7 @@ def _status_metrics_loopback_only_and_footprint(root, agents, instance):
     planned = plan_of(root)["instances"]
     assert [i["name"] for i in status["instances"]] == [i["name"] for i in planned]
     assert planned[0]["port"] == instance.port and status["instances"][0]["ready"] is True
+    assert [i["url"] for i in status["instances"]] == [i["probe_url"] + "/v2/health/ready" for i in planned]
 
     samples = agent.metrics()  # parsed by prometheus_client's own parser
     names = {name for name, _ in samples}
@@ -341,10 +361,24 @@ def _status_metrics_loopback_only_and_footprint(root, agents, instance):
     os.makedirs(bench, exist_ok=True)
     with open(os.path.join(bench, "last.json"), "w") as handle:
         json.dump({"verdict": "unstable", "cv": 0.12}, handle)
-    wait_for(lambda: metric(agent.metrics(), "hosttune_bench_stable") == 0, INTERVAL + 2, "the bench verdict")
+    wait_for(lambda: metric(agent.metrics(), "hosttune_bench_stable") == 0, DEADLINE, "the bench verdict")
     assert agent.status()["bench"]["verdict"] == "unstable"
     with urllib.request.urlopen(f"http://127.0.0.1:{agent.port}/metrics", timeout=5) as resp:
         assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+
+
+def test_a_wildcard_bind_is_probed_where_the_plan_says(root, agents):
+    instance = ReadyInstance()  # on 127.0.0.1, which is where the plan probes a 0.0.0.0 bind
+    try:
+        write_config(root, CONFIG.replace("profile: latency", "profile: latency\n  instances: "
+                                          f"{{base_port: {instance.port}, bind: 0.0.0.0}}"))
+        planned = plan_of(root)["instances"][0]
+        assert planned["bind"] == "0.0.0.0"
+        status = agents(root).ready().status()
+        assert status["instances"][0]["url"] == planned["probe_url"] + "/v2/health/ready"
+        assert status["instances"][0]["ready"] is True, status["instances"][0]
+    finally:
+        instance.close()
 
 
 def test_new_irq_is_pinned_by_the_fast_check(root, agents):
@@ -355,12 +389,12 @@ def test_new_irq_is_pinned_by_the_fast_check(root, agents):
     os.makedirs(new)
     write(root, "/proc/irq/999/node", "0")
     write(root, "/proc/irq/999/smp_affinity_list", "0-1023")
-    event = agent.wait("topology_changed", kind="irqs", timeout=5)
+    event = agent.wait("topology_changed", kind="irqs")
     assert event["added"] == ["999"]
     expected = plan_of(root)["settings"]["irqs"]["default_affinity"]
     from hosttune import cpulist
 
-    wait_for(lambda: read(root, "/proc/irq/999/smp_affinity_list") == cpulist.format(expected), 5,
+    wait_for(lambda: read(root, "/proc/irq/999/smp_affinity_list") == cpulist.format(expected), DEADLINE,
              "the new IRQ to be pinned")
     samples = agent.metrics()
     assert metric(samples, "hosttune_topology_changes_total", kind="irqs") == 1
@@ -370,10 +404,82 @@ def test_new_irq_is_pinned_by_the_fast_check(root, agents):
     mark = agent.mark()
     online = read(root, "/sys/devices/system/cpu/online")
     write(root, "/sys/devices/system/cpu/online", "0" if online != "0" else "0-1")
-    assert agent.wait("topology_changed", kind="cpus", after=mark, timeout=5)["online"] != online
-    check = agent.wait("check", after=mark, reason="cpus", timeout=5)
-    assert check["result"] in ("ok", "repaired", "drift", "error")
+    assert agent.wait("topology_changed", kind="cpus", after=mark)["online"] != online
+    check = agent.wait("check", after=mark, reason="cpus")
+    # what the check must conclude, worked out independently: the plan for the host as it is now,
+    # then (when there is one) verify after the agent's repairs
+    planned = subprocess.run([sys.executable, "-m", "hosttune", "plan", "--root", root, "--json"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    if planned.returncode:
+        assert planned.returncode == 2, planned.stderr
+        assert check["result"] == "error"
+        failed = agent.wait("check_failed", after=mark, reason="cpus")
+        assert planned.stderr.strip().rsplit(": ", 1)[-1] in failed["error"]
+    else:
+        verify = subprocess.run([sys.executable, "-m", "hosttune", "verify", "--root", root, "--json"], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        counts = json.loads(verify.stdout)["counts"]
+        assert check["counts"] == counts
+        assert check["result"] == "drift" if counts["drift"] else check["result"] in ("ok", "repaired")
     assert agent.proc.poll() is None
+
+
+def test_metrics_are_typed_and_process_metrics_match_the_process(root, agents):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import psutil
+
+    agent = agents(root).ready()
+    proc = psutil.Process(agent.pid)
+    before = sum(proc.cpu_times()[:2])
+    text = agent.get("/metrics")
+    after = sum(proc.cpu_times()[:2])
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    kinds = {name: f.type for name, f in families.items()}
+    value = {name: f.samples[0].value for name, f in families.items() if len(f.samples) == 1}
+    # cumulative figures are counters (the parser names a counter family without _total)
+    for name in ("hosttune_agent_cpu_seconds", "process_cpu_seconds", "hosttune_checks", "hosttune_drift_events",
+                 "hosttune_reapplied", "hosttune_config_reloads", "hosttune_topology_changes"):
+        assert kinds.get(name) == "counter", (name, kinds.get(name))
+    for name in ("process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds",
+                 "process_max_fds", "process_start_time_seconds", "hosttune_agent_max_rss_bytes"):
+        assert kinds.get(name) == "gauge", (name, kinds.get(name))
+    assert "# TYPE hosttune_agent_cpu_seconds_total counter" in text.splitlines()
+
+    # the values are this process's, as psutil (the prometheus_client conventions' source) sees them
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert before - tick <= value["process_cpu_seconds"] <= after + tick
+    assert value["hosttune_agent_cpu_seconds"] >= value["process_cpu_seconds"] - tick  # + its check processes
+    assert abs(value["process_resident_memory_bytes"] - proc.memory_info().rss) < 4 << 20
+    assert abs(value["process_start_time_seconds"] - proc.create_time()) < 1.0
+    assert value["process_max_fds"] == proc.rlimit(psutil.RLIMIT_NOFILE)[0]
+    assert abs(value["process_open_fds"] - proc.num_fds()) <= 2  # the scrape's own socket comes and goes
+
+
+def test_log_lines_carry_journal_priorities_when_stdout_is_the_journal(root, agents):
+    agent = agents(root, journal=True).ready()
+    assert agent.other == []  # every line is <priority> + JSON
+    assert agent.wait("ready")["priority"] == 6
+    mark = agent.mark()
+    write(root, "/proc/sys/vm/swappiness", "60")  # drift behind its back: a warning
+    drift = agent.wait("drift", after=mark, area="sysctls")
+    assert drift["level"] == "warning" and drift["priority"] == 4
+    assert {e["priority"] for e in agent.events} <= {4, 6}
+    assert agent.stop() == 0
+
+    # an error (a bad config at start) at <3>, on stdout and on stderr when stderr is the journal too
+    write_config(root, "agent: {interval: fast}\n")
+    read_end, write_end = os.pipe()
+    st = os.fstat(write_end)
+    env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    proc = subprocess.run([sys.executable, "-m", "hosttune", "agent", "--foreground", "--root", root], cwd=REPO,
+                          stdout=write_end, stderr=write_end, env=env, timeout=60)
+    os.close(write_end)
+    with os.fdopen(read_end) as handle:
+        lines = handle.read().splitlines()
+    assert proc.returncode == 2
+    assert any(line.startswith("<3>{") and '"start_failed"' in line for line in lines), lines
+    assert any(line.startswith("<3>hosttune: error: ") and "agent.interval" in line for line in lines), lines
 
 
 # -- configuration -------------------------------------------------------------------------------------
@@ -438,14 +544,14 @@ def test_sighup_reloads_and_a_broken_config_keeps_the_old_one(root, agents):
 
     # still working with the old config
     write(root, "/proc/sys/vm/swappiness", "60")
-    wait_for(lambda: read(root, "/proc/sys/vm/swappiness") == "10", INTERVAL + 2, "swappiness put back")
+    wait_for(lambda: read(root, "/proc/sys/vm/swappiness") == "10", DEADLINE, "swappiness put back")
 
     # a good config is taken: new sysctl value, applied at once
     write_config(root, CONFIG.replace("profile: latency", "profile: latency\n  sysctls: {vm.swappiness: 20}"))
     mark = agent.mark()
     agent.proc.send_signal(signal.SIGHUP)
     agent.wait("reloaded", after=mark)
-    wait_for(lambda: read(root, "/proc/sys/vm/swappiness") == "20", INTERVAL + 2, "the new swappiness")
+    wait_for(lambda: read(root, "/proc/sys/vm/swappiness") == "20", DEADLINE, "the new swappiness")
     samples = agent.metrics()
     assert metric(samples, "hosttune_config_reloads_total", result="failed") == 2
     assert metric(samples, "hosttune_config_reloads_total", result="ok") == 1
@@ -457,85 +563,157 @@ def test_lock_held_by_another_run_skips_the_round(root, agents):
     with state.Lock(HostFS(root=root), wait=1):
         mark = agent.mark()
         write(root, "/proc/sys/vm/swappiness", "60")
-        skipped = agent.wait("skipped", after=mark, reason="lock held", timeout=INTERVAL + 3)
+        skipped = agent.wait("skipped", after=mark, reason="lock held")
         assert str(os.getpid()) in skipped["detail"]
-        time.sleep(INTERVAL + 0.5)
+        second = agent.mark()  # one more round, also skipped, and nothing written in between
+        agent.wait("skipped", after=second, reason="lock held")
         assert read(root, "/proc/sys/vm/swappiness") == "60", "the agent wrote while the lock was held"
-        assert metric(agent.metrics(), "hosttune_checks_total", result="locked") >= 1
-    wait_for(lambda: read(root, "/proc/sys/vm/swappiness") == "10", INTERVAL + 2, "the agent to catch up")
+        assert metric(agent.metrics(), "hosttune_checks_total", result="locked") >= 2
+    wait_for(lambda: read(root, "/proc/sys/vm/swappiness") == "10", DEADLINE, "the agent to catch up")
 
 
-class FakeKernelFile:
-    """A FIFO standing in for a sysfs file: reads get `value`, a write blocks forever, so an
-    apply can be frozen between its journal and its last write."""
-
-    def __init__(self, path: str, value: str):
-        self.path, self.value = path, value
-        os.unlink(path)
-        os.mkfifo(path)
-        self.stopping = False
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while not self.stopping:
-            try:
-                with open(self.path, "w") as fifo:  # blocks until a reader opens it
-                    fifo.write(self.value + "\n")
-            except (BrokenPipeError, FileNotFoundError):
-                pass
-            time.sleep(0.2)  # let the reader see EOF before the next writer appears
-
-    def close(self):
-        self.stopping = True
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # releases the writer blocked in open()
-        self.thread.join(5)
-        os.close(fd)
-        os.unlink(self.path)
-        with open(self.path, "w") as handle:
-            handle.write(self.value + "\n")
+STAND_IN = """#!/bin/sh
+# systemctl stand-in: records its arguments; a try-restart waits while the file "hold" exists
+echo "$$ $*" >> "{dir}/calls"
+if [ "$1" = try-restart ] && [ -e "{dir}/hold" ]; then
+    echo $$ > "{dir}/held"
+    while [ -e "{dir}/hold" ]; do sleep 0.05; done
+fi
+exit 0
+"""
 
 
-def test_killed_in_the_middle_of_an_apply_the_next_start_rolls_back_and_finishes(root, agents):
+class HeldApply:
+    """Freezes an agent's apply at its last step, with every value written and the journal still in
+    the state file: irqbalance is "installed" in the root, so an apply that writes its banned CPUs
+    ends with `systemctl try-restart irqbalance`, run (HOSTTUNE_RUN_COMMANDS=1) by a stand-in first
+    on PATH that waits while the hold lasts."""
+
+    def __init__(self, root: str, tmp_path):
+        self.dir = tmp_path / "stand-in"
+        self.dir.mkdir()
+        script = self.dir / "systemctl"
+        script.write_text(STAND_IN.format(dir=self.dir))
+        script.chmod(0o755)
+        (self.dir / "hold").touch()
+        os.makedirs(os.path.join(root, "usr/sbin"), exist_ok=True)
+        open(os.path.join(root, "usr/sbin/irqbalance"), "w").close()
+        self.env = {**os.environ, "PATH": f"{self.dir}:{os.environ['PATH']}", "HOSTTUNE_RUN_COMMANDS": "1"}
+        self.root = root
+
+    def wait_held(self) -> dict:
+        """Wait until the apply is held; returns its journal (run: pid = the check process)."""
+        held = self.dir / "held"
+        wait_for(held.exists, DEADLINE, "the apply to reach its last step (systemctl try-restart)")
+        run = journal_of(self.root)
+        assert run is not None, "held, but no journal in the state file"
+        return run
+
+    def release(self) -> None:
+        (self.dir / "hold").unlink(missing_ok=True)
+
+
+def journal_of(root: str) -> dict | None:
+    """The journal ("run") of an apply in progress in the state file, or None."""
+    try:
+        with open(os.path.join(root, "var/lib/hosttune/state.json")) as handle:
+            return json.load(handle)["run"]
+    except (OSError, ValueError):
+        return None
+
+
+def signal_mask(pid: int, field: str) -> int:
+    """SigIgn, SigPnd, ShdPnd, ... of /proc/PID/status as a bit mask (bit n-1 = signal n)."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1], 16)
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_sigterm_during_an_apply_lets_the_check_process_finish_it(root, agents, tmp_path):
+    """systemctl stop (KillMode=mixed) sends SIGTERM to the agent alone: its check process, which
+    ignores SIGTERM anyway, finishes the apply; the agent waits for it, then exits 0."""
+    held = HeldApply(root, tmp_path)
+    agent = agents(root, env=held.env)
+    try:
+        run = held.wait_held()
+        child = run["pid"]
+        assert child != agent.pid and alive(child)
+        assert signal_mask(child, "SigIgn") & (1 << (signal.SIGTERM - 1)), "the check process must ignore SIGTERM"
+        agent.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: not (signal_mask(agent.pid, "SigPnd") | signal_mask(agent.pid, "ShdPnd"))
+                 & (1 << (signal.SIGTERM - 1)), DEADLINE, "SIGTERM to reach the agent")
+        assert alive(agent.pid) and alive(child), "the agent or its check process stopped in the middle of an apply"
+        assert journal_of(root) == run
+    finally:
+        held.release()
+    assert agent.proc.wait(DEADLINE) == 0
+    names = [e["event"] for e in agent.events]
+    assert agent.wait("check", reason="start")["result"] == "drift"  # kernel_args: the agent never stages them
+    assert agent.wait("reapplied", area="irqs")["count"] >= 1
+    assert agent.wait("command", argv=["systemctl", "try-restart", "irqbalance"])["result"] == "exit 0"
+    assert names.index("check") < names.index("stopping")
+    assert agent.wait("stopping")["signal"] == "SIGTERM"
+    assert "check_failed" not in names
+    assert not alive(child)
+    assert journal_of(root) is None  # finished: not rolled back, nothing left for the next start
+    assert read(root, "/proc/sys/vm/swappiness") == "10"
+
+
+def test_a_check_running_past_check_timeout_is_killed_and_the_next_apply_recovers(root, agents, tmp_path):
+    write_config(root, CONFIG.replace("fast_check_interval: 0.25", "fast_check_interval: 0.25\n  check_timeout: 5"))
+    held = HeldApply(root, tmp_path)
+    agent = agents(root, env=held.env)
+    try:
+        run = held.wait_held()
+        failed = agent.wait("check_failed", reason="start")
+        assert failed["result"] == "error" and "did not finish in 5 s and was killed" in failed["error"]
+        assert f"(pid {run['pid']})" in failed["error"]
+        assert not alive(run["pid"])
+        assert journal_of(root) == run  # the killed apply's journal, left for the next apply
+        agent.wait("ready")
+    finally:
+        held.release()
+    # the next apply (drift behind the agent's back) first rolls the killed one back
+    mark = agent.mark()
+    write(root, "/proc/sys/vm/swappiness", "60")
+    assert agent.wait("recovered", after=mark)["restored"] == len(run["changes"])
+    wait_for(lambda: journal_of(root) is None and read(root, "/proc/sys/vm/swappiness") == "10", DEADLINE,
+             "the host tuned again")
+    assert agent.proc.poll() is None
+
+
+def test_killed_in_the_middle_of_an_apply_the_next_start_rolls_back_and_finishes(root, agents, tmp_path):
     irqs = pinned_irqs(root)
-    if len(irqs) < 2:
-        pytest.skip("needs two movable IRQs in this machine's capture")
+    assert len(irqs) >= 2, "this machine's capture has fewer than two movable IRQs to pin"
     last = f"/proc/irq/{irqs[-1]}/smp_affinity_list"
     first = f"/proc/irq/{irqs[0]}/smp_affinity_list"
     original_irq = read(root, first)
     original_swappiness = read(root, "/proc/sys/vm/swappiness")
     assert original_swappiness != "10"
-    fifo = FakeKernelFile(os.path.join(root, last.lstrip("/")), read(root, last))
     state_file = os.path.join(root, "var/lib/hosttune/state.json")
+    held = HeldApply(root, tmp_path)
     try:
-        agent = agents(root)
-
-        def journal():
-            try:
-                with open(state_file) as handle:
-                    return json.load(handle)["run"]
-            except (OSError, ValueError):
-                return None
-
-        run = wait_for(journal, 15, "the apply to write its journal")
-        time.sleep(0.3)  # it is now blocked writing the last IRQ
-        assert read(root, "/proc/sys/vm/swappiness") == "10"  # written before the IRQs
+        agent = agents(root, env=held.env)
+        run = held.wait_held()
+        assert read(root, "/proc/sys/vm/swappiness") == "10"  # written, the run not finished
         assert read(root, first) != original_irq
         agent.kill()
     finally:
-        fifo.close()
+        held.release()
 
     with open(state_file) as handle:  # consistent: the journal of the killed run, whole
         killed = json.load(handle)
-    assert killed["schema"] == "hosttune.state/1" and killed["run"] is not None
-    wait_for(lambda: not alive(killed["run"]["pid"]), 5, "the check process that wrote it to be gone too")
+    assert killed["schema"] == "hosttune.state/1" and killed["run"] == run
+    wait_for(lambda: not alive(killed["run"]["pid"]), DEADLINE, "the check process that wrote it to be gone too")
     journalled = {c["path"] for c in killed["run"]["changes"]}
     assert {"/proc/sys/vm/swappiness", first, last} <= journalled
     assert killed["originals"]["/proc/sys/vm/swappiness"]["value"] == original_swappiness
 
-    again = agents(root).ready()
+    again = agents(root, env=held.env).ready()
     recovered = again.wait("recovered")
-    assert recovered["restored"] == len(killed["run"]["changes"]) == len(run["changes"])
+    assert recovered["restored"] == len(killed["run"]["changes"])
     assert again.wait("reapplied", area="irqs")["count"] >= 2
     assert read(root, "/proc/sys/vm/swappiness") == "10"
     with open(state_file) as handle:
@@ -571,16 +749,50 @@ def test_sd_notify_ready_watchdog_stopping(root, agents, tmp_path):
 
     first = receive()
     assert first.startswith("READY=1\nSTATUS="), first
-    start = time.monotonic()
+    assert agent.wait("start")["watchdog_s"] == 0.3  # pings every half of WATCHDOG_USEC
     pings = 0
     while pings < 3:
         if receive() == "WATCHDOG=1":
             pings += 1
-    assert time.monotonic() - start < 3  # every 0.3 s (half of WATCHDOG_USEC)
     agent.proc.send_signal(signal.SIGTERM)
     while not messages[-1].startswith("STOPPING=1"):
         receive()
     assert agent.proc.wait(10) == 0
+    listener.close()
+
+
+def test_sighup_sends_reloading_then_ready(root, agents, tmp_path):
+    sock_path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(sock_path)
+    listener.settimeout(DEADLINE)
+    env = {**os.environ, "NOTIFY_SOCKET": sock_path}
+    env.pop("WATCHDOG_USEC", None)
+    agent = agents(root, foreground=False, env=env)
+    assert listener.recv(4096).decode().startswith("READY=1\n")
+
+    def reload_messages() -> list[str]:
+        """SIGHUP, then the datagrams up to READY=1; checks MONOTONIC_USEC against this clock."""
+        before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        agent.proc.send_signal(signal.SIGHUP)
+        got = []
+        while not got or not got[-1].startswith("READY=1"):
+            got.append(listener.recv(4096).decode())
+        after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        reloading = [m for m in got if m.startswith("RELOADING=1")]
+        assert len(reloading) == 1 and got.index(reloading[0]) < len(got) - 1, got
+        fields = dict(line.split("=", 1) for line in reloading[0].splitlines())
+        assert before <= int(fields["MONOTONIC_USEC"]) <= after  # sd_notify(3): the time the reload began
+        return got
+
+    mark = agent.mark()
+    reload_messages()
+    agent.wait("reloaded", after=mark)
+    write_config(root, "agent: {interval: fast}\n")  # a bad config: the old one is kept, READY=1 all the same
+    mark = agent.mark()
+    reload_messages()
+    agent.wait("reload_failed", after=mark)
+    assert agent.stop() == 0
     listener.close()
 
 

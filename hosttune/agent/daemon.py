@@ -42,7 +42,7 @@ from hosttune.agent import cli as agent_cli
 from hosttune.agent import config as config_mod
 from hosttune.agent import status as status_mod
 from hosttune.agent import worker
-from hosttune.agent.log import JsonLog
+from hosttune.agent.log import PRIORITIES, JsonLog, connected_to_journal
 from hosttune.agent.metrics import Metrics
 from hosttune.agent.notify import Notifier
 from hosttune.agent.probes import probe_instances
@@ -411,6 +411,12 @@ class Agent:
         return True
 
 
+def _error(text: str) -> None:
+    """The one line for the operator on stderr (at error priority when stderr is the journal)."""
+    prefix = PRIORITIES["error"] if connected_to_journal(sys.stderr) else ""
+    print(f"{prefix}hosttune: error: {text}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="hosttune agent")
     agent_cli.add_arguments(parser)
@@ -420,19 +426,19 @@ def main(argv: list[str]) -> int:
     log.capture_logging()
     notifier = Notifier()
     if not args.foreground and not notifier.enabled:
-        print("hosttune: error: not started by systemd (no NOTIFY_SOCKET): use `systemctl start hosttune-agent`, "
-              "or `hosttune agent --foreground`", file=sys.stderr)
+        _error("not started by systemd (no NOTIFY_SOCKET): use `systemctl start hosttune-agent`, "
+               "or `hosttune agent --foreground`")
         return 2
     try:
         agent = Agent(args, log, notifier)
     except HosttuneError as exc:
         log("start_failed", level="error", error=str(exc), where=exc.where, exit_code=exc.exit_code)
-        print(f"hosttune: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return exc.exit_code
     try:
         return agent.run()
     except HosttuneError as exc:  # e.g. a corrupt state file found at start
         log("start_failed", level="error", error=str(exc), where=exc.where, exit_code=exc.exit_code)
-        print(f"hosttune: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         agent.notifier.stopping()
         return exc.exit_code
