@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,7 +25,20 @@ def models(tmp_path_factory):
     path = tmp_path_factory.mktemp("models")
     model_repo.sample(str(path), variant="tiny", int8=False)
     model_repo.sample(str(path), variant="trivial", int8=False)
+    _reshape_model(path / "reshape3" / "1" / "model.xml")
     return path
+
+
+def _reshape_model(xml):
+    """A model that OpenVINO cannot run on some valid inputs: a dynamic [-1] input reshaped to
+    [3, -1] fails inside the plugin unless its length divides by 3."""
+    import openvino.opset13 as ops
+
+    x = ops.parameter([-1], np.float32, name="x")
+    x.output(0).set_names({"x"})
+    y = ops.reshape(x, ops.constant(np.array([3, -1], np.int64)), special_zero=False)
+    y.output(0).set_names({"y"})
+    ov.save_model(ov.Model([y], [x], "reshape3"), str(xml))
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +113,55 @@ def test_binary_extension_raw_http(server, models):
     np.testing.assert_allclose(got, expected_tiny(models, x), rtol=1e-5, atol=1e-6)
 
 
+def test_binary_data_output_makes_every_output_binary(server, models):
+    """`"parameters": {"binary_data_output": true}` on a plain JSON request: all outputs come back
+    as binary data after the JSON header; an output that asks for JSON still gets JSON."""
+    x = np.random.default_rng(6).random((1, 3, 32, 32)).astype(np.float32)
+    inputs = [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": x.ravel().tolist()}]
+    status, headers, body = request(server, "POST", "/v2/models/tiny/infer", json.dumps(
+        {"inputs": inputs, "parameters": {"binary_data_output": True}}))
+    assert status == 200, body
+    assert headers["content-type"] == "application/octet-stream"
+    n = int(headers["inference-header-content-length"])
+    out = json.loads(body[:n])["outputs"][0]
+    assert out["name"] == "probabilities" and out["shape"] == [1, 10] and "data" not in out
+    assert out["parameters"]["binary_data_size"] == 40 == len(body) - n
+    np.testing.assert_allclose(np.frombuffer(body[n:], np.float32).reshape(1, 10), expected_tiny(models, x),
+                               rtol=1e-5, atol=1e-6)
+    status, headers, body = request(server, "POST", "/v2/models/tiny/infer", json.dumps(
+        {"inputs": inputs, "parameters": {"binary_data_output": True},
+         "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}]}))
+    assert status == 200 and "inference-header-content-length" not in headers
+    got = np.array(json.loads(body)["outputs"][0]["data"], np.float32).reshape(1, 10)
+    np.testing.assert_allclose(got, expected_tiny(models, x), rtol=1e-5, atol=1e-6)
+
+
+def test_inference_failure_is_500_and_the_server_keeps_serving(server):
+    """A request that passes every check but fails inside OpenVINO: 500 with OpenVINO's reason,
+    counted as a failed ModelInfer, and the model still serves the next request."""
+    def infer(n):
+        return request(server, "POST", "/v2/models/reshape3/infer", json.dumps(
+            {"inputs": [{"name": "x", "shape": [n], "datatype": "FP32", "data": list(range(n))}]}))
+
+    fail = 'ovms_requests_fail{api="KServe",interface="REST",method="ModelInfer",name="reshape3",version="1"}'
+
+    def failures():
+        for line in request(server, "GET", "/metrics")[2].decode().splitlines():
+            if line.startswith(fail + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = failures()
+    status, _, body = infer(4)
+    assert status == 500, body
+    error = json.loads(body)["error"]
+    assert error.startswith("inference failed: ") and "Reshape" in error
+    assert failures() == before + 1
+    status, _, body = infer(6)
+    assert status == 200, body
+    assert json.loads(body)["outputs"][0]["shape"] == [3, 2]
+
+
 def test_standard_kserve_client(server, models):
     httpclient = pytest.importorskip("tritonclient.http")
     client = httpclient.InferenceServerClient(server.url)
@@ -144,6 +207,8 @@ def _infer_body(shape, datatype="FP32", data=None, name="input"):
     ("/v2/models/trivial/infer", '{"inputs": [{"name": "input", "shape"', 400, "malformed JSON"),
     ("/v2/models/trivial/infer", '[1, 2]', 400, "\"inputs\" list"),
     ("/v2/models/trivial/infer", '{"inputs": []}', 400, "missing input"),
+    ("/v2/models/trivial/infer", json.dumps({"inputs": json.loads(_infer_body([1, 16]))["inputs"] * 2}), 400,
+     "input 'input' given twice"),
     ("/v2/models/trivial/infer", json.dumps({"inputs": json.loads(_infer_body([1, 16]))["inputs"],
                                              "outputs": [{"name": "zzz"}]}), 400, "unknown output"),
     ("/v2/nothing", "", 404, "no such endpoint"),
@@ -318,6 +383,89 @@ def test_plan_instance_sets_port_cpus_and_openvino(models, tmp_path):
     r = subprocess.run([*HOSTTUNE, "serve", "--plan", str(tmp_path / "plan.json"), "--plan-instance", "node9",
                         "--repo", str(models)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no instance 'node9'" in r.stderr
+
+
+def _set_mempolicy_calls(trace: str) -> list[tuple[str, set[int], int, int]]:
+    """(mode, nodes in the mask, maxnode, return value) of each set_mempolicy in an strace log."""
+    import re
+
+    calls = []
+    for m in re.finditer(r"set_mempolicy\((\w+), \[([^\]]*)\], (\d+)\) = (-?\d+)", trace):
+        words = [int(w, 16) for w in m.group(2).split(",")]
+        nodes = {64 * i + bit for i, w in enumerate(words) for bit in range(64) if w >> bit & 1}
+        calls.append((m.group(1), nodes, int(m.group(3)), int(m.group(4))))
+    return calls
+
+
+def _strace(tmp_path, *command, **kwargs):
+    """Run `command` under strace, tracing set_mempolicy; (the process, the trace file). strace is
+    a Debian package that scripts/bootstrap installs."""
+    import shutil
+
+    strace = shutil.which("strace")
+    assert strace, "strace is missing (scripts/bootstrap installs it)"
+    trace = tmp_path / f"strace-{len(list(tmp_path.glob('strace-*')))}.txt"
+    proc = subprocess.Popen([strace, "-qq", "-f", "-e", "trace=set_mempolicy", "-o", str(trace), *command], **kwargs)
+    return proc, trace
+
+
+def _node_exists(n: int) -> bool:
+    return os.path.isdir(f"/sys/devices/system/node/node{n}")
+
+
+@pytest.mark.parametrize("nodes", [[1], [2, 3], [0, 2], [64]])
+def test_bind_memory_asks_the_kernel_for_exactly_the_plan_nodes(tmp_path, nodes):
+    """set_mempolicy(MPOL_BIND) gets a mask with exactly the given nodes (across mask words) and a
+    maxnode that covers them; the result follows what the kernel says: nodes this host lacks make
+    the bind fail (False, for the caller to report), any existing node in the mask makes it hold."""
+    code = f"from hosttune.serve.placement import bind_memory; print(bind_memory({nodes}))"
+    proc, trace = _strace(tmp_path, sys.executable, "-c", code, stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
+    calls = _set_mempolicy_calls(trace.read_text())
+    assert len(calls) == 1, trace.read_text()
+    mode, mask, maxnode, rc = calls[0]
+    assert mode == "MPOL_BIND" and mask == set(nodes) and maxnode > max(nodes)
+    holds = any(_node_exists(n) for n in nodes)
+    assert (rc == 0) == holds
+    assert out.strip() == str(holds)
+
+
+def test_plan_instance_binds_memory_to_its_mems(models, tmp_path):
+    """An instance of a 2-node plan whose mems are [1]: `hosttune serve` calls set_mempolicy with
+    node 1 before it starts; on a host without node 1 the failed bind is a one-line warning and the
+    server still serves."""
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    port = free_port()
+    plan = {"schema": "hosttune.plan/1", "nodes": [{"id": 0}, {"id": 1}], "instances": [{
+        "name": "node1", "node": 1, "cpus": [cpu], "cpus_list": str(cpu), "mems": [1], "mems_list": "1",
+        "port": port, "bind": "127.0.0.1", "model": "trivial", "streams": 1,
+        "openvino": {"PERFORMANCE_HINT": "LATENCY"}, "ovms": {"nireq": 1}}]}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    proc, trace = _strace(tmp_path, *HOSTTUNE, "serve", "--plan", str(tmp_path / "plan.json"), "--plan-instance",
+                          "node1", "--repo", str(models), stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stderr.readline()]
+        if "listening on" not in lines[0]:
+            lines.append(proc.stderr.readline())
+        assert "listening on" in lines[-1], lines
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/v2/models/trivial/ready")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        import re
+        import signal
+
+        served = re.search(r" pid (\d+) ", lines[-1])  # strace's child: the server itself
+        os.kill(int(served.group(1)) if served else proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    binds = [c for c in _set_mempolicy_calls(trace.read_text()) if c[0] == "MPOL_BIND"]
+    assert binds and binds[0][1] == {1}, trace.read_text()
+    if _node_exists(1):
+        assert binds[0][3] == 0 and len(lines) == 1, lines
+    else:
+        assert binds[0][3] < 0
+        assert lines[0].startswith("hosttune: warning: could not bind memory to node(s) 1;"), lines
 
 
 def _cpuset_cgroup(tmp_name: str, cpus: str):

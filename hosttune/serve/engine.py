@@ -1,7 +1,9 @@
 """The OpenVINO side of the server: a model compiled once with the instance's settings, and a pool
 of infer requests sized to its streams. Requests wait for an idle infer request on an asyncio queue
-(the event loop never blocks) and run through `start_async`; OpenVINO's completion callback wakes
-the waiting coroutine, so as many requests run in parallel as the pool holds. A pool of one (one
+(the event loop never blocks) and run through `start_async`; a waiter thread per infer request
+blocks in `wait()` and wakes the waiting coroutine, so as many requests run in parallel as the pool
+holds. (Not OpenVINO's completion callback: the Python binding never calls it when the inference
+fails, which would leave the request hanging and the infer request lost to the pool.) A pool of one (one
 stream) runs the inference inline on the event loop thread instead: nothing could run beside it.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,16 +81,9 @@ class ServedModel:
             for alias in p.get_names():
                 self.outputs_by_name.setdefault(alias, self.outputs[i])
         self._requests = [self.compiled.create_infer_request() for _ in range(self.nireq)]
-        self._waiters: list[Any] = [None] * self.nireq
-        for i, req in enumerate(self._requests):
-            req.set_callback(self._done, i)
+        self._waiter = ThreadPoolExecutor(max_workers=self.nireq, thread_name_prefix=f"wait-{self.name}")
         self._idle: asyncio.Queue[int] | None = None
         self.active = 0
-
-    # called on an OpenVINO thread when request `index` completes
-    def _done(self, index: int) -> None:
-        loop, fut = self._waiters[index]
-        loop.call_soon_threadsafe(_resolve, fut)
 
     def input(self, name: str) -> Port:
         try:
@@ -122,17 +118,13 @@ class ServedModel:
         self.active += 1
         req = self._requests[index]
         try:
-            loop = asyncio.get_running_loop()
-            fut = loop.create_future()
-            self._waiters[index] = (loop, fut)
             for i, arr in enumerate(tensors):
                 req.set_input_tensor(i, ov.Tensor(arr, shared_memory=arr.flags.writeable))
             req.start_async()
-            await fut
+            await asyncio.get_running_loop().run_in_executor(self._waiter, req.wait)  # raises OpenVINO's error
             outputs = [req.get_output_tensor(i).data.copy() for i in range(len(self.outputs))]
         finally:
             self.active -= 1
-            self._waiters[index] = None
             self._idle.put_nowait(index)
         if timings is not None:
             timings["wait_us"] = (t1 - t0) * 1e6
@@ -160,11 +152,6 @@ class ServedModel:
             timings["wait_us"] = 0.0
             timings["infer_us"] = (time.perf_counter() - t1) * 1e6
         return outputs
-
-
-def _resolve(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def to_array(port: Port, datatype: str, shape: list[int], data: Any, raw: bytes | None) -> Any:
