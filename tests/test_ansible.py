@@ -700,3 +700,27 @@ def test_an_unreachable_host_stops_the_rollout(tmp_path, host, base_vars):
     assert "gone.invalid" in run.stats.get("dark", {}), run.stats
     assert "localhost" not in {e["event_data"].get("host") for e in run.results()}, "the rollout must stop"
     assert not os.path.exists(base_vars["hosttune_config"])
+
+
+@pytest.mark.parametrize("bind, upstream", [("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("::1", "[::1]"),
+                                            ("10.1.2.3", "10.1.2.3")])
+def test_nginx_upstreams_and_health_probes_use_the_plans_probe_url(tmp_path, host, bind, upstream):
+    """A wildcard bind is reached on the loopback of its own family: nginx's upstreams come from the
+    plan's probe_url (the agent and bench read the same field), not from a derivation of their own."""
+    plan = plan_of(host, {"instances": {"bind": bind}}, tmp_path)
+    out = tmp_path / "nginx.conf"
+    book = tmp_path / "render.yml"
+    book.write_text(yaml.safe_dump([{"name": "Render", "hosts": "hosttune", "gather_facts": False, "tasks": [{
+        "name": "Render the nginx front", "ansible.builtin.template": {
+            "src": os.path.join(REPO, "roles/hosttune_instances/templates/nginx.conf.j2"), "dest": str(out)},
+        "vars": {"hosttune_plan": plan, "hosttune_instances_nginx_allow": [], "hosttune_instances_nginx_users": [],
+                 "hosttune_instances_nginx_tls_cert": "", "hosttune_instances_nginx_tls_key": "",
+                 "hosttune_instances_nginx_listen": "127.0.0.1", "hosttune_instances_nginx_port": 8080,
+                 "hosttune_instances_nginx_server_name": "_", "hosttune_instances_nginx_max_body": "64m",
+                 "hosttune_instances_nginx_htpasswd": "/etc/nginx/htpasswd"}}]}]))
+    run = play(tmp_path, str(book), {})
+    assert run.rc == 0, run.explain()
+    servers = [line.split()[1] for line in out.read_text().splitlines() if line.strip().startswith("server ")
+               and "max_fails" in line]
+    assert servers == [f"{upstream}:{inst['port']}" for inst in plan["instances"]]
+    assert [i["probe_url"] for i in plan["instances"]] == [f"http://{s}" for s in servers]
