@@ -807,6 +807,7 @@ def test_unit_file():
     assert lines["WatchdogSec"] and lines["ProtectSystem"] == "strict"
     assert lines["ProtectHome"] == "yes" and lines["PrivateTmp"] == "yes" and lines["NoNewPrivileges"] == "yes"
     assert lines["ProtectKernelTunables"] == "no"
+    assert lines["StandardOutput"] == "journal" and lines["SyslogLevelPrefix"] == "yes"  # <N> priorities kept
     writable = " ".join(v for k, v in (line.split("=", 1) for line in text.splitlines()
                                        if line.startswith("ReadWritePaths=")))
     for path in ("/sys", "/proc/sys", "/proc/irq", "/etc/default", "/etc/sysctl.d", "/var/lib/hosttune", "/run"):
