@@ -134,7 +134,7 @@ class App:
             bound["success"]["ModelMetadata"].inc()
             await _json(send, 200, model.metadata())
 
-    async def _read_body(self, scope: dict, receive: Any) -> tuple[bytes, int | None]:
+    async def _read_body(self, scope: dict, receive: Any) -> tuple[bytes | bytearray, int | None]:
         """The body and the Inference-Header-Content-Length (None: the whole body is JSON). JSON is
         held to max_json, the whole body to max_body: both checked before reading when the lengths
         are declared, and while reading otherwise."""
@@ -173,7 +173,10 @@ class App:
             chunks.append(chunk)
             if not message.get("more_body"):
                 break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if header_len is None:
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        else:  # writable, so that the input tensors can share it: a copied input tensor made the
+            body = bytearray().join(chunks)  # sample model's inference ~0.27 ms slower
         if header_len is not None and header_len > len(body):
             raise HTTPError(400, f"Inference-Header-Content-Length {header_len} is outside the body "
                                  f"({len(body)} bytes)", "malformed")
@@ -206,7 +209,7 @@ class App:
         finally:
             bound["current"].dec()
 
-    async def _run(self, body: bytes, header_len: int | None, model: ServedModel) -> tuple[dict, list[bytes]]:
+    async def _run(self, body: bytes | bytearray, header_len: int | None, model: ServedModel) -> tuple[dict, list[bytes]]:
         json_len = header_len if header_len is not None else len(body)
         if json_len <= JSON_INLINE_MAX:
             request, arrays, selected = parse_request(model, body, header_len)
@@ -311,10 +314,10 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def parse_request(model: ServedModel, body: bytes, header_len: int | None) -> tuple[dict, list, list]:
+def parse_request(model: ServedModel, body: bytes | bytearray, header_len: int | None) -> tuple[dict, list, list]:
     """Decode and check an infer request: (the request, the input arrays in the model's order,
     the outputs to return with whether each goes binary). Raises HTTPError / InputError (400)."""
-    head = body[:header_len] if header_len is not None else body
+    head = bytes(body[:header_len]) if header_len is not None else body
     request = decode_json(head)
     if "id" in request and not isinstance(request["id"], str):
         raise InputError("\"id\" must be a string")
@@ -334,7 +337,7 @@ def parse_request(model: ServedModel, body: bytes, header_len: int | None) -> tu
                 raise InputError("binary_data_size without an Inference-Header-Content-Length header")
             if not isinstance(size, int) or size < 0 or offset + size > len(body):
                 raise InputError(f"input {port.name!r}: binary_data_size {size} runs past the body")
-            raw = body[offset:offset + size]
+            raw = memoryview(body)[offset:offset + size]
             offset += size
         arrays[port.index] = to_array(port, item.get("datatype"), item.get("shape"), item.get("data"), raw)
     missing = [p.name for p in model.inputs if arrays[p.index] is None]
