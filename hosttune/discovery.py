@@ -21,11 +21,25 @@ INFERENCE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", 
                    "amx_bf16", "fma", "f16c", "asimd", "sve")
 
 
-def _cpus(fs: HostFS, path: str) -> list[int] | None:
+def _list_text(text: str) -> str:
+    """A cpulist file's content with the kernels' ways of saying "empty": a NUL byte and a newline
+    (some 3.10 kernels), "(null)" (others), or an empty line."""
+    text = text.replace("\x00", "").strip()
+    return "" if text == "(null)" else text
+
+
+def _cpus(fs: HostFS, path: str, mask: str | None = None) -> list[int] | None:
+    """A cpulist file; where it is missing, its older mask twin (`mask`), as on pre-list kernels."""
     text = fs.read(path)
+    if text is not None:
+        return cpulist.parse(_list_text(text), where=path)
+    if mask is None:
+        return None
+    text = fs.read(mask)
     if text is None:
         return None
-    return cpulist.parse(text, where=path)
+    text = _list_text(text)
+    return cpulist.parse_mask(text) if text else []
 
 
 def _int(fs: HostFS, path: str) -> int | None:
@@ -44,8 +58,9 @@ def discover(fs: HostFS) -> Topology:
         raise TopologyError(f"not a Linux host tree: {CPU} is missing", where=fs.root)
     try:
         cpus = _discover_cpus(fs)
-        nodes = _discover_nodes(fs, cpus)
+        nodes, numa = _discover_nodes(fs, cpus)
         features = _discover_features(fs, cpus)
+        features["numa"] = numa
         allowed_cpus, allowed_mems = _allowed(fs)
         features["cgroup"] = _cgroup(fs)
         if features["cgroup"].get("cpuset_cpus_effective") is not None and allowed_cpus is not None:
@@ -57,7 +72,7 @@ def discover(fs: HostFS) -> Topology:
             irqs=_discover_irqs(fs),
             kernel_cmdline=fs.read("/proc/cmdline") or "",
             isolated=_cpus(fs, f"{CPU}/isolated") or [],
-            nohz_full=_nohz_full(fs),
+            nohz_full=_cpus(fs, f"{CPU}/nohz_full") or [],
             allowed_cpus=allowed_cpus,
             allowed_mems=allowed_mems,
             features=features,
@@ -67,19 +82,14 @@ def discover(fs: HostFS) -> Topology:
         raise
 
 
-def _nohz_full(fs: HostFS) -> list[int]:
-    text = fs.read(f"{CPU}/nohz_full")
-    if text is None or text.strip() in ("", "(null)"):
-        return []
-    return cpulist.parse(text, where=f"{CPU}/nohz_full")
-
-
 def _discover_cpus(fs: HostFS) -> list[Cpu]:
     present = _cpus(fs, f"{CPU}/present")
     if present is None:  # very old or odd kernels: fall back on the cpuN directories
         present = sorted(int(e[3:]) for e in fs.listdir(CPU) or [] if re.fullmatch(r"cpu\d+", e))
     online_list = _cpus(fs, f"{CPU}/online")
-    online = set(online_list if online_list is not None else present)
+    if online_list is None:  # no global list: each CPU's own online file (absent for a boot CPU: online)
+        online_list = [c for c in present if (fs.read(f"{CPU}/cpu{c}/online") or "1").strip() != "0"]
+    online = set(online_list)
     node_of = _cpu_nodes(fs)
     cpus = []
     for cpu_id in present:
@@ -91,7 +101,9 @@ def _discover_cpus(fs: HostFS) -> list[Cpu]:
             socket = _nonneg(_int(fs, f"{base}/physical_package_id"))
             die = _nonneg(_int(fs, f"{base}/die_id"))
             core = _nonneg(_int(fs, f"{base}/core_id"))
-            sib = _cpus(fs, f"{base}/thread_siblings_list")
+            # core_cpus_list replaces the deprecated thread_siblings_list; older kernels have the mask only
+            sib = (_cpus(fs, f"{base}/core_cpus_list") if fs.exists(f"{base}/core_cpus_list")
+                   else _cpus(fs, f"{base}/thread_siblings_list", mask=f"{base}/thread_siblings"))
             if sib:
                 siblings = sorted(set(sib) & online | {cpu_id})
         cpus.append(Cpu(cpu_id, is_online, socket, die, core, node_of.get(cpu_id), siblings))
@@ -109,33 +121,71 @@ def _node_ids(fs: HostFS) -> list[int]:
     return sorted(int(e[4:]) for e in entries if re.fullmatch(r"node\d+", e))
 
 
+def _node_cpus(fs: HostFS, node_id: int) -> list[int]:
+    base = f"{NODE}/node{node_id}"
+    return _cpus(fs, f"{base}/cpulist", mask=f"{base}/cpumap") or []
+
+
 def _cpu_nodes(fs: HostFS) -> dict[int, int]:
     node_of = {}
     for node_id in _node_ids(fs):
-        for cpu_id in _cpus(fs, f"{NODE}/node{node_id}/cpulist") or []:
-            node_of[cpu_id] = node_id
+        for cpu_id in _node_cpus(fs, node_id):
+            node_of.setdefault(cpu_id, node_id)
     return node_of
 
 
-def _discover_nodes(fs: HostFS, cpus: list[Cpu]) -> list[Node]:
+def numa_problems(cpus: list[Cpu], nodes: list[Node]) -> tuple[list[str], list[str]]:
+    """(problems, oddities) of the firmware's NUMA tables. Problems make them unusable (broken ACPI
+    SRAT): a CPU in two nodes, an online CPU in no node. An oddity is worth a warning only: a node
+    spanning sockets (node interleaving, some VMs) still gives disjoint per-node cpusets."""
+    problems, oddities = [], []
+    seen: dict[int, int] = {}
+    for node in nodes:
+        for cpu_id in node.cpus:
+            if cpu_id in seen:
+                problems.append(f"CPU {cpu_id} is in node {seen[cpu_id]} and node {node.id}")
+            seen.setdefault(cpu_id, node.id)
+    lost = [c.id for c in cpus if c.online and c.id not in seen]
+    if lost and nodes:
+        problems.append(f"online CPUs {cpulist.format(lost)} are in no node")
+    by_id = {c.id: c for c in cpus}
+    for node in nodes:
+        sockets = sorted({by_id[c].socket for c in node.cpus if c in by_id and by_id[c].socket is not None})
+        if len(sockets) > 1:
+            oddities.append(f"node {node.id} spans sockets {', '.join(map(str, sockets))}")
+    return problems, oddities
+
+
+def _discover_nodes(fs: HostFS, cpus: list[Cpu]) -> tuple[list[Node], dict[str, Any]]:
+    """The NUMA nodes, and how far their tables can be trusted (features["numa"])."""
     ids = _node_ids(fs)
     if not ids:  # kernel without NUMA: one node holding everything
         total = _meminfo_bytes(fs.read("/proc/meminfo"), "MemTotal")
         for cpu in cpus:
             cpu.node = 0
-        return [Node(0, [c.id for c in cpus], total, {0: 10})]
+        return [Node(0, [c.id for c in cpus], total, {0: 10})], {"status": "ok", "reason": "no NUMA in this kernel"}
     nodes = []
     for node_id in ids:
         base = f"{NODE}/node{node_id}"
-        node_cpus = _cpus(fs, f"{base}/cpulist") or []
+        node_cpus = _node_cpus(fs, node_id)
         memory = _meminfo_bytes(fs.read(f"{base}/meminfo"), "MemTotal")
         distances: dict[int, int] = {}
         dist_text = fs.read(f"{base}/distance")
         if dist_text:
             for other, value in zip(ids, dist_text.split()):
-                distances[other] = int(value)
+                distances[other] = int(value) if value.isdigit() else 0
         nodes.append(Node(node_id, node_cpus, memory, distances))
-    return nodes
+    problems, oddities = numa_problems(cpus, nodes)
+    if problems:
+        # like hwloc, ignore NUMA tables that cannot be true: one node holding every CPU and all the
+        # memory, so per-node placement never overlaps (topology and plan say why)
+        total = _meminfo_bytes(fs.read("/proc/meminfo"), "MemTotal") or sum(n.memory_bytes for n in nodes)
+        for cpu in cpus:
+            cpu.node = 0
+        return [Node(0, [c.id for c in cpus], total, {0: 10})], {
+            "status": "ignored", "reason": "the firmware's NUMA tables are inconsistent: " + "; ".join(problems[:8]),
+            "firmware_nodes": [n.id for n in nodes], "problems": problems + oddities}
+    return nodes, {"status": "ok", "warnings": oddities}
 
 
 def _meminfo_bytes(text: str | None, key: str) -> int:

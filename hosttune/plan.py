@@ -40,6 +40,7 @@ def make_plan(topo: Topology, policy: dict[str, Any]) -> dict[str, Any]:
         **area_fields,
         "settings": settings,
         "instances": instances,
+        "warnings": _warnings(topo, settings),
     }
     _check_required(plan, policy)
     return plan
@@ -214,6 +215,18 @@ def _openvino(policy: dict[str, Any], cores: int, cpus: int) -> tuple[dict[str, 
             "ENABLE_CPU_PINNING": True, "ENABLE_HYPER_THREADING": cpus > cores, **extra}, streams
 
 
+def _warnings(topo: Topology, settings: dict[str, Any]) -> list[str]:
+    """What an operator should know before applying: NUMA tables ignored, areas' own warnings."""
+    out = []
+    numa = topo.features.get("numa", {})
+    if numa.get("status") == "ignored":
+        out.append(f"NUMA nodes {cpulist.format(numa['firmware_nodes'])} ignored ({numa['reason']}): "
+                   f"planned as one node, one instance")
+    for name, setting in settings.items():
+        out.extend(f"{name}: {w}" for w in setting.get("warnings", []))
+    return out
+
+
 def _check_required(plan: dict[str, Any], policy: dict[str, Any]) -> None:
     for area in policy["required"]:
         setting = plan["settings"].get(area)
@@ -234,6 +247,7 @@ def render(plan: dict[str, Any]) -> str:
                      f"{inst['port'] if inst else '-':>5}  {inst['mems_list'] if inst else '-'}")
     if plan["offline"]:
         lines.append(f"offline CPUs (left alone): {cpulist.format(plan['offline'])}")
+    lines += [f"warning: {w}" for w in plan.get("warnings", [])]
     lines += ["", "kernel arguments: " + (" ".join(plan["kernel_args"]) or "(none)"), "", "settings:"]
     for area, setting in plan["settings"].items():
         lines.append(f"  {area:<11} {areas.describe(area, setting)}")

@@ -66,6 +66,9 @@ DEFAULTS: dict[str, Any] = {
         # models in BF16 on CPUs with AVX512-BF16/AMX; f32 keeps FP32 numbers on every host
         "inference_precision": None,
     },
+    # other tuning daemons that rewrite governors, EPP and sysctls: stop (and restore starts them
+    # again) | keep (with a warning) | refuse (no plan while one runs)
+    "managers": {"tuned": "stop", "power-profiles-daemon": "stop"},
     "required": [],  # areas that must be supported on the host (e.g. [cpufreq, turbo])
 }
 
@@ -82,6 +85,8 @@ _CHOICES = {
     "cpufreq.turbo": ("off", "on", "keep"),
     "thp": ("always", "madvise", "never", "keep"),
     "irqs.irqbalance": ("ban", "stop", "keep"),
+    "managers.tuned": ("stop", "keep", "refuse"),
+    "managers.power-profiles-daemon": ("stop", "keep", "refuse"),
     "instances.inference_precision": (None, "f32", "bf16", "f16"),
 }
 _ISOLCPUS_FLAGS = ("managed_irq", "domain", "nohz")

@@ -108,6 +108,7 @@ def test_registry_order_and_interface():
     # turbo before the frequency lock, governor area before EPP, IRQ pins before irqbalance, boot last
     assert names.index("turbo") < names.index("cpufreq") < names.index("epp")
     assert names.index("irqs") < names.index("irqbalance") and names[-1] == "kernel_args"
+    assert names[0] == "managers"  # tuned & co. stopped before the values they rewrite
     for area in areas.REGISTRY:
         for part in ("discover", "show", "plan", "describe", "items", "refresh"):
             assert callable(getattr(area, part)), f"{area.NAME} lacks {part}"

@@ -26,6 +26,14 @@ class Spec:
     smt_interleaved: bool = True  # siblings numbered n and n+ncores (Intel style) vs adjacent
     cpufreq: str | None = "intel_pstate"  # intel_pstate | acpi-cpufreq | amd-pstate | None
     hostname: str = "synthetic"
+    # kernel and firmware quirks of real fleets (one tree per quirk in the tests):
+    #   masks_only        no *_list files: topology/thread_siblings, core_siblings, node cpumap (old kernels)
+    #   nul_empty         empty cpulists printed as a NUL byte and a newline (some 3.10 kernels)
+    #   no_global_online  cpuN/online files but no cpu/online
+    #   percpu_cpufreq    cpuN/cpufreq/ directories, no cpufreq/policyN/ (pre-4.3)
+    #   numa_overlap      the last node's cpulist also lists the first node's CPUs (broken SRAT)
+    #   cpu_in_no_node    the last online CPU is in no node's cpulist
+    quirks: set[str] = field(default_factory=set)
 
     @property
     def nodes(self) -> int:
@@ -64,10 +72,12 @@ def write_tree(root: str, spec: Spec) -> str:
     base = "/sys/devices/system/cpu"
     _w(root, f"{base}/possible", cpulist.format(ids))
     _w(root, f"{base}/present", cpulist.format(ids))
-    _w(root, f"{base}/online", cpulist.format(online))
+    if "no_global_online" not in spec.quirks:
+        _w(root, f"{base}/online", cpulist.format(online))
     _w(root, f"{base}/offline", cpulist.format(spec.offline))
-    _w(root, f"{base}/isolated", "")
-    _w(root, f"{base}/nohz_full", "(null)")
+    empty = "\x00" if "nul_empty" in spec.quirks else ""
+    _w(root, f"{base}/isolated", empty)
+    _w(root, f"{base}/nohz_full", empty or "(null)")
     _w(root, f"{base}/smt/control", "on" if spec.threads > 1 else "notsupported")
     for c in cpus:
         d = f"{base}/cpu{c['id']}"
@@ -79,7 +89,12 @@ def write_tree(root: str, spec: Spec) -> str:
         _w(root, f"{d}/topology/physical_package_id", str(c["socket"]))
         _w(root, f"{d}/topology/die_id", "0")
         _w(root, f"{d}/topology/core_id", str(c["core"]))
-        _w(root, f"{d}/topology/thread_siblings_list", cpulist.format(c["siblings"]))
+        if "masks_only" in spec.quirks:
+            _w(root, f"{d}/topology/thread_siblings", cpulist.format_mask(c["siblings"], len(ids)))
+            same_socket = [x["id"] for x in cpus if x["socket"] == c["socket"]]
+            _w(root, f"{d}/topology/core_siblings", cpulist.format_mask(same_socket, len(ids)))
+        else:
+            _w(root, f"{d}/topology/thread_siblings_list", cpulist.format(c["siblings"]))
         for k, (name, lat) in enumerate([("POLL", 0), ("C1", 2), ("C1E", 10), ("C6", 170)]):
             _w(root, f"{d}/cpuidle/state{k}/name", name)
             _w(root, f"{d}/cpuidle/state{k}/latency", str(lat))
@@ -93,7 +108,14 @@ def write_tree(root: str, spec: Spec) -> str:
     all_nodes = len(node_ids)
     for index, node_id in enumerate(node_ids):
         members = [c["id"] for c in cpus if c["node_index"] == index]
-        _w(root, f"{node_dir}/node{node_id}/cpulist", cpulist.format(members))
+        if "numa_overlap" in spec.quirks and index == spec.nodes - 1:
+            members = sorted(set(members) | {c["id"] for c in cpus if c["node_index"] == 0})
+        if "cpu_in_no_node" in spec.quirks:
+            members = [m for m in members if m != online[-1]]
+        if "masks_only" in spec.quirks:
+            _w(root, f"{node_dir}/node{node_id}/cpumap", cpulist.format_mask(members, len(ids)))
+        else:
+            _w(root, f"{node_dir}/node{node_id}/cpulist", cpulist.format(members))
         mem_kb = 0 if index in spec.memoryless else 4 * 1024 * 1024
         _w(root, f"{node_dir}/node{node_id}/meminfo", f"Node {node_id} MemTotal:       {mem_kb} kB\nNode {node_id} MemFree: 1 kB")
         dist = [10 if j == index else (16 if j // spec.nodes_per_socket == index // spec.nodes_per_socket else 32)
@@ -138,7 +160,7 @@ def _cpufreq(root: str, spec: Spec, online: list[int]) -> None:
     base = "/sys/devices/system/cpu/cpufreq"
     driver = spec.cpufreq
     for cpu in online:
-        p = f"{base}/policy{cpu}"
+        p = f"/sys/devices/system/cpu/cpu{cpu}/cpufreq" if "percpu_cpufreq" in spec.quirks else f"{base}/policy{cpu}"
         _w(root, f"{p}/affected_cpus", str(cpu))
         _w(root, f"{p}/related_cpus", str(cpu))
         _w(root, f"{p}/scaling_driver", driver)

@@ -21,16 +21,17 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from hosttune.areas import cpufreq, cstates, epp, irqbalance, irqs, kernel_args, sysctls, thp, turbo
+from hosttune.areas import cpufreq, cstates, epp, irqbalance, irqs, kernel_args, managers, sysctls, thp, turbo
 from hosttune.areas.base import AreaItems, Host, PlanContext
 
 # The order apply walks (and restore walks backwards):
+# - managers first: tuned / power-profiles-daemon are stopped before the values they rewrite;
 # - turbo before cpufreq: switching turbo changes the frequency range a lock is taken from;
 # - cpufreq (governor, then limits) before epp: the performance governor fixes EPP (EBUSY);
 # - cstates, sysctls, thp are independent of the rest;
 # - irqs before irqbalance: IRQs are pinned before irqbalance rereads which CPUs it may use;
 # - kernel_args last: it is only staged for the next boot.
-REGISTRY: tuple[ModuleType, ...] = (turbo, cpufreq, epp, cstates, sysctls, thp, irqs, irqbalance, kernel_args)
+REGISTRY: tuple[ModuleType, ...] = (managers, turbo, cpufreq, epp, cstates, sysctls, thp, irqs, irqbalance, kernel_args)
 
 NAMES: tuple[str, ...] = tuple(area.NAME for area in REGISTRY)
 RUNTIME: tuple[str, ...] = tuple(area.NAME for area in REGISTRY if not area.BOOT)

@@ -77,6 +77,10 @@ def render_topology(t: dict[str, Any]) -> str:
     ]
     if s["cpus_offline"]:
         lines.append(f"offline CPUs: {cpulist.format(s['cpus_offline'])}")
+    if t.get("numa", {}).get("status") == "ignored":
+        lines.append(f"warning: NUMA nodes {', '.join(map(str, t['numa']['firmware_nodes']))} ignored: "
+                     f"{t['numa']['reason']}; planned as one node")
+    lines += [f"warning: NUMA: {w}" for w in t.get("numa", {}).get("warnings", [])]
     for node in t["nodes"]:
         dist = " ".join(f"{k}:{v}" for k, v in node["distances"].items())
         lines.append(f"node {node['id']}: cpus {cpulist.format(node['cpus']) or '-'}, "
