@@ -488,10 +488,14 @@ def protocol_class(limits: Limits) -> type:
 
         def _timed_out(self, what: str) -> None:
             self._deadline = None
-            if what == "body" and self.cycle.response_started:
-                self.transport.close()  # answered already (e.g. 413): too late for a status line
-            else:
-                self._refuse(408, f"request {what} not received in time")
+            if self.cycle is not None and not self.cycle.response_complete:
+                if what == "headers":  # a pipelined request behind one still being answered: later
+                    self._arm(limits.header_timeout, what)
+                    return
+                if self.cycle.response_started:
+                    self.transport.close()  # too late for a status line
+                    return
+            self._refuse(408, f"request {what} not received in time")
 
         def _refuse(self, status: int, message: str) -> None:
             if self.transport.is_closing():
