@@ -232,3 +232,19 @@ def test_sigterm_exits_0(models):
     finally:
         conn.close()
         srv.stop()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--header-timeout", "0", "--header-timeout: must be a positive number"),
+    ("--body-timeout", "nan", "--body-timeout: must be a positive number"),
+    ("--max-connections", "-1", "--max-connections: must be a positive number"),
+    ("--max-json-body", "10", "--max-json-body: must be at least 1024 bytes"),
+])
+def test_limit_options_are_checked(models, option, value, message):
+    import subprocess
+
+    from hosttune.serve.process import HOSTTUNE
+
+    r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--port", "0", option, value],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == f"hosttune: error: {message}"
