@@ -115,7 +115,7 @@ def test_dashboard_queries_are_promql(tmp_path):
     assert check(["sum by (instance (rate(x[5m]))"]).returncode != 0  # the check does reject bad PromQL
 
 
-def _read_until(proc, pattern, timeout=90):
+def _read_until(proc, pattern, timeout=180):  # generous: the machine may be loaded
     deadline, seen = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], 0.5)
@@ -144,7 +144,7 @@ def live_agent_exposition(tmp_path):
     try:
         port = int(_read_until(proc, r'"event":\s*"listening".*"port":\s*(\d+)').group(1))
         _read_until(proc, r'"event":\s*"ready"')  # after the first full check: every series is set
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
             return resp.read().decode()
     finally:
         proc.terminate()
@@ -158,7 +158,7 @@ def live_serve_exposition(tmp_path):
     from hosttune.serve.process import Server
 
     model_repo.sample(str(tmp_path / "models"), variant="trivial", int8=False)
-    srv = Server("--repo", str(tmp_path / "models"))
+    srv = Server("--repo", str(tmp_path / "models"), timeout=180)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
         conn.request("GET", "/v2/models/nope")  # a rejection, so that every family has a sample
