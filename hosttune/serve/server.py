@@ -9,7 +9,10 @@ the request path. Endpoints (the ones OVMS speaks):
     POST /v2/models/{name}[/versions/{v}]/infer      JSON tensors and the binary-data extension
     GET  /metrics                                    Prometheus (OVMS metric names)
 
-Bad requests get a 4xx with `{"error": "..."}` and the server keeps serving.
+Bad requests get a 4xx with `{"error": "..."}` and the server keeps serving. JSON is parsed by
+simdjson with each input's numbers going straight into numpy (large bodies on a decoder thread)
+and written by orjson; JSON has its own size limit below the body limit. The HTTP protocol adds
+header/body read timeouts and a connection cap to uvicorn's (`protocol_class`).
 """
 
 from __future__ import annotations
