@@ -15,6 +15,7 @@ from hosttune import cpulist, safeyaml
 from hosttune.areas import NAMES
 from hosttune.errors import HosttuneError, PolicyError
 from hosttune.safeyaml import brief
+from hosttune.sysfs import TarHostFS
 
 PROFILES = ("latency", "throughput")
 CONFIG_FILE = "/etc/hosttune/hosttune.yaml"  # the agent's config: a policy, or {policy: ..., agent: ...}
@@ -112,16 +113,33 @@ def load(path: str | None) -> dict[str, Any]:
     Read with hosttune.safeyaml: at most 1 MiB of UTF-8, aliases and nesting bounded, no
     duplicate keys; every failure is one PolicyError naming the file (and the field).
     """
-    if path is None:
-        return validate({})
-    raw = safeyaml.load_file(path, error=PolicyError)
+    return resolve(None, path)
+
+
+def read_config(fs: Any, path: str | None) -> tuple[Any, str | None]:
+    """(the YAML document, where it came from) that applies to a host root: `path` when given, else
+    the host's own /etc/hosttune/hosttune.yaml under the root (a directory, or a capture tarball,
+    which records it), else (None, None). A bare policy or {policy: ..., agent: ...}."""
+    if path is not None:
+        return safeyaml.load_file(path, error=PolicyError), path
+    if fs is None or not fs.exists(CONFIG_FILE):
+        return None, None
+    where = CONFIG_FILE if fs.is_live else f"{fs.root.rstrip('/')}{CONFIG_FILE}"
+    data = fs.read_bytes(CONFIG_FILE) if not isinstance(fs, TarHostFS) else (fs.read(CONFIG_FILE) or "")
+    if data is None:
+        raise PolicyError("cannot read the configuration", where=where)
+    return safeyaml.loads(data, where=where, error=PolicyError), where
+
+
+def from_document(raw: Any, where: str) -> dict[str, Any]:
+    """The validated policy of a config document (its policy: section, or the whole of it)."""
     try:
         if isinstance(raw, dict) and "policy" in raw and set(raw) <= {"policy", "agent"} \
                 and not isinstance(raw["policy"], (dict, type(None))):
             raise PolicyError(f"must be a mapping, got {type(raw['policy']).__name__}", where="policy")
-        return validate(raw if raw is not None else {}, source=path)
+        return validate(raw if raw is not None else {}, source=where)
     except PolicyError as exc:
-        exc.where = f"{path}: {exc.where}" if exc.where else path
+        exc.where = f"{where}: {exc.where}" if exc.where else where
         raise
 
 
@@ -298,23 +316,7 @@ def _bind_field(value: str) -> str:
 
 
 def resolve(fs: Any, path: str | None) -> dict[str, Any]:
-    """The policy that applies to a host root: `path` when given, else the host's own
-    /etc/hosttune/hosttune.yaml under the root (a directory or a capture tarball, which records it),
-    else the embedded default. The one way the CLI, the agent and fleet decide it."""
-    if path is not None:
-        return load(path)
-    if not fs.exists(CONFIG_FILE):
-        return validate({})
-    where = f"{fs.root.rstrip('/')}{CONFIG_FILE}" if fs.root not in ("/", "") else CONFIG_FILE
-    text = fs.read(CONFIG_FILE)
-    if text is None:
-        raise PolicyError("cannot read policy", where=where)
-    raw = safeyaml.loads(text, where=where, error=PolicyError)
-    try:
-        if isinstance(raw, dict) and "policy" in raw and set(raw) <= {"policy", "agent"} \
-                and not isinstance(raw["policy"], (dict, type(None))):
-            raise PolicyError(f"must be a mapping, got {type(raw['policy']).__name__}", where="policy")
-        return validate(raw if raw is not None else {}, source=where)
-    except PolicyError as exc:
-        exc.where = f"{where}: {exc.where}" if exc.where else where
-        raise
+    """The policy that applies to a host root (see read_config): the one way the CLI, the agent and
+    fleet decide it."""
+    raw, where = read_config(fs, path)
+    return validate({}) if where is None else from_document(raw, where)

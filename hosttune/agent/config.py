@@ -11,10 +11,9 @@ import socket
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import yaml
 
 from hosttune import policy as policy_mod
-from hosttune.errors import HosttuneError, PolicyError
+from hosttune.errors import PolicyError
 from hosttune.sysfs import HostFS
 
 
@@ -115,27 +114,9 @@ def parse(raw: Any, where: str) -> Config:
 
 
 def load(fs: HostFS, path: str | None) -> Config:
-    """--config FILE, else <root>/etc/hosttune/hosttune.yaml, else the defaults."""
-    if path is None:
-        default = fs.host_path(policy_mod.CONFIG_FILE)
-        try:
-            with open(default, encoding="utf-8") as handle:
-                text = handle.read()
-        except FileNotFoundError:
-            return Config(path=None, policy=policy_mod.validate({}), agent=AgentSettings())
-        except OSError as exc:
-            raise HosttuneError(f"cannot read the configuration ({exc.strerror})", where=default) from None
-        path = default
-    else:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except OSError as exc:
-            raise HosttuneError(f"cannot read the configuration ({exc.strerror})", where=path) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise PolicyError(f"not valid YAML{at}", where=path) from None
-    return parse(raw, path)
+    """--config FILE, else <root>/etc/hosttune/hosttune.yaml, else the defaults: decided by
+    hosttune.policy.read_config, as for the CLI and fleet (bounded YAML, errors naming the file)."""
+    raw, where = policy_mod.read_config(fs, path)
+    if where is None:
+        return Config(path=None, policy=policy_mod.validate({}), agent=AgentSettings())
+    return parse(raw, where)
