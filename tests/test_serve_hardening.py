@@ -248,3 +248,19 @@ def test_limit_options_are_checked(models, option, value, message):
     r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--port", "0", option, value],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == f"hosttune: error: {message}"
+
+
+def test_json_errors_leave_the_parser_reusable():
+    """simdjson refuses to reuse a parser while a proxy into its last document is alive: an error
+    raised while decoding must not keep one (its traceback), and one kept elsewhere must not turn
+    the next valid request into a 400."""
+    from hosttune.serve import server
+
+    for bad in (b"[1, 2]", b'{"inputs": 5}'):
+        with pytest.raises(server.HTTPError) as info:
+            server.decode_json(bad)
+        assert info.value.status == 400 and info.value.__context__ is None
+        request = server.decode_json(b'{"inputs": [{"name": "a", "datatype": "FP32", "data": [[1, 2], [3, 4]]}]}')
+        assert request["inputs"][0]["data"].tolist() == [1.0, 2.0, 3.0, 4.0]
+    held = server._parsers.parser.parse(b'{"x": [1]}')["x"]  # noqa: F841 - a proxy that stays alive
+    assert server.decode_json(b'{"inputs": [], "id": "r"}') == {"inputs": [], "id": "r"}

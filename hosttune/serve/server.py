@@ -262,19 +262,35 @@ def decode_json(head: bytes) -> dict[str, Any]:
 
     # a parser keeps its buffers for the next document: reuse one per thread for ordinary bodies,
     # but let a large body's buffers go with it
-    parser = getattr(_parsers, "parser", None) if len(head) <= PARSER_KEEP_MAX else None
+    keep = len(head) <= PARSER_KEEP_MAX
+    parser = getattr(_parsers, "parser", None) if keep else None
     if parser is None:
         parser = simdjson.Parser()
-        if len(head) <= PARSER_KEEP_MAX:
-            _parsers.parser = parser
+    error = None
     try:
         doc = parser.parse(head)
-    except (ValueError, RuntimeError) as exc:  # UnicodeDecodeError is a ValueError; RuntimeError: too deep
+    except RuntimeError as exc:
+        if "re-use a parser" not in str(exc):  # too deep
+            raise HTTPError(400, f"malformed JSON: {str(exc).split('  ')[0]}", "malformed") from None
+        # something still holds a proxy into this thread's parser's last document: never fail a
+        # request for that, parse with a new parser
+        parser = simdjson.Parser()
+        try:
+            doc = parser.parse(head)
+        except (ValueError, RuntimeError) as again:
+            raise HTTPError(400, f"malformed JSON: {str(again).split('  ')[0]}", "malformed") from None
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError
         raise HTTPError(400, f"malformed JSON: {str(exc).split('  ')[0]}", "malformed") from None
+    if keep:
+        _parsers.parser = parser
     try:
         return _from_doc(doc)
+    except HTTPError as exc:
+        error = (exc.status, exc.message, exc.reason)
     finally:
-        del doc  # no proxy into the parser may outlive this call (an error's traceback would keep it)
+        del doc  # no proxy into the parser may outlive this call
+    # raised here, outside the except clause: no chained traceback keeps _from_doc's proxies alive
+    raise HTTPError(*error)
 
 
 def _from_doc(doc: Any) -> dict[str, Any]:
