@@ -1,7 +1,7 @@
 """`python -m hosttune_testbed ...` and `hosttune testbed ...`.
 
-    image [--rebuild] [--list] [--prune]   build the guest image, or print the cached one's path
-    up --name N [--topology T] [--memory MIB] [--accel tcg|kvm|auto] [--json]
+    image [--rebuild] [--list] [--prune] [--firmware bios|uefi]   build / print the cached image
+    up --name N [--topology T] [--memory MIB] [--accel tcg|kvm|auto] [--firmware bios|uefi] [--json]
                                            boot a guest, leave it running, print its SSH command
     down (--name N [--missing-ok] | --all) power it off (ACPI, then kill) and delete its overlay
     ssh --name N [-- CMD...]               a shell in the guest, or run CMD (exit code passed on)
@@ -45,6 +45,8 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the cached images")
     p.add_argument("--prune", action="store_true",
                    help="delete cached images of other recipes (not ones running guests use)")
+    p.add_argument("--firmware", choices=["bios", "uefi"], default="bios",
+                   help="bios: GRUB image (default); uefi: systemd-boot image for OVMF")
     p.set_defaults(func=cmd_image)
 
     p = sub.add_parser("up", help="boot a guest and leave it running; prints its SSH command")
@@ -55,6 +57,8 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--accel", choices=["tcg", "kvm", "auto"],
                    help="default: $HOSTTUNE_TESTBED_ACCEL or tcg")
     p.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for SSH per boot")
+    p.add_argument("--firmware", choices=["bios", "uefi"], default="bios",
+                   help="bios: SeaBIOS + GRUB (default); uefi: OVMF + systemd-boot")
     p.add_argument("--json", action="store_true", help="print the guest's state as JSON")
     p.set_defaults(func=cmd_up)
 
@@ -104,7 +108,7 @@ def cmd_image(args) -> int:
         for entry in image.cached_images():
             print(f"{entry['path']}  {entry['bytes'] / 2**20:.0f} MiB  built {entry['built']}")
         return 0
-    print(image.ensure_image(rebuild=args.rebuild))
+    print(image.ensure_image(rebuild=args.rebuild, firmware=args.firmware))
     return 0
 
 
@@ -117,7 +121,7 @@ def cmd_up(args) -> int:
     if args.memory is not None and args.memory < 128:
         raise TestbedError("--memory must be at least 128 MiB")
     guest = Guest(name=args.name, topology=topo, memory_mib=args.memory, accel=args.accel,
-                  detach=True, boot_timeout=args.timeout)
+                  detach=True, boot_timeout=args.timeout, firmware=args.firmware)
     # The daemonized QEMU outlives this process: a SIGTERM during the boot must still stop it
     # (start() kills the guest on any exception, SystemExit included).
     previous = signal.signal(signal.SIGTERM, _terminate)

@@ -1,6 +1,13 @@
-"""The guest image: Debian bookworm, booting through GRUB from its own disk, cached by recipe hash.
+"""The guest image: Debian bookworm, booting from its own disk, cached by recipe hash.
 
     ensure_image() -> ${HOSTTUNE_CACHE:-/var/cache/hosttune}/images/<hash>/disk.qcow2
+    ensure_image(firmware="uefi")  # the systemd-boot variant, booted with OVMF
+
+Two firmware variants, each its own recipe (and hash):
+  bios  MBR disk, one ext4 partition (/dev/vda1), GRUB in the MBR (the default)
+  uefi  GPT disk: an ESP (vfat, /dev/vda1 on /boot/efi) + root ext4 (/dev/vda2); systemd-boot,
+        kernel-install writing Boot Loader Specification entries from /etc/kernel/cmdline;
+        no GRUB at all (a host hosttune must drive through kernel-install)
 
 <hash> is the first 16 hex digits of the sha256 of the recipe (package lists, every file written
 into the image, the build script, the SSH public key): change any of them and a new image is
@@ -10,8 +17,8 @@ and is renamed into place when complete; images/<hash>.lock keeps two builds fro
 Steps (each reported on stderr): debootstrap minbase -> apt-get install the kernel, GRUB and tools
 in a chroot (+ download-only the docker.io .debs, kept in /var/cache/apt/archives) -> write the
 config files -> a raw disk built without loop devices (truncate, sfdisk, mkfs.ext4 -d, dd) ->
-first boot with -kernel/-initrd, where the guest runs grub-install + update-grub -> power off ->
-qemu-img convert to qcow2.
+first boot with -kernel/-initrd, where the guest runs grub-install + update-grub (uefi: mkfs.vfat
+on the ESP, bootctl install, kernel-install) -> power off -> qemu-img convert to qcow2.
 """
 
 from __future__ import annotations
@@ -114,6 +121,47 @@ fstrim -v / || true
 sync
 """
 
+FIRMWARES = ("bios", "uefi")
+# The uefi variant: what differs from the bios one. The ESP is left empty (zeros) by the host
+# build and formatted in the guest's first boot, so the host needs no dosfstools/mtools.
+ESP_MIB = 256
+ENTRY_TOKEN = "debian"  # a fixed token: the build's machine-id is wiped, a guest gets a new one
+UEFI_KERNEL_CMDLINE = f"root=/dev/vda2 ro {KERNEL_CMDLINE}"
+UEFI_PACKAGES = [p for p in CHROOT_PACKAGES if not p.startswith("grub")] + [
+    "systemd-boot", "dosfstools",  # bootctl's EFI binaries + kernel-install hooks; mkfs/fsck.vfat
+]
+UEFI_FILES: dict[str, str] = {
+    **{k: v for k, v in FILES.items() if k != "/etc/default/grub"},
+    "/etc/fstab": (
+        "/dev/vda2 / ext4 defaults,errors=remount-ro 0 1\n"
+        "/dev/vda1 /boot/efi vfat umask=0077 0 2\n"
+    ),
+    # what kernel-install puts on the loader entry's options line (hosttune rewrites this file)
+    "/etc/kernel/cmdline": f"{UEFI_KERNEL_CMDLINE}\n",
+    "/etc/kernel/entry-token": f"{ENTRY_TOKEN}\n",
+    "/etc/kernel/install.conf": "layout=bls\n",
+}
+# loader.conf: boot the newest entry of our token at once; the menu stays reachable with a key.
+UEFI_FIRST_BOOT_SCRIPT = f"""set -eu
+mkfs.vfat -F 32 -n ESP /dev/vda1
+mkdir -p /boot/efi
+mount /boot/efi
+bootctl install --no-variables
+mkdir -p /boot/efi/{ENTRY_TOKEN}
+printf 'timeout 0\\ndefault {ENTRY_TOKEN}-*\\neditor no\\n' > /boot/efi/loader/loader.conf
+kver=$(ls /boot/vmlinuz-* | sed 's,.*/vmlinuz-,,' | sort -V | tail -n 1)
+kernel-install add "$kver" "/boot/vmlinuz-$kver"
+cat /boot/efi/loader/entries/{ENTRY_TOKEN}-"$kver".conf
+grep -q '^options .*root=/dev/vda2' /boot/efi/loader/entries/{ENTRY_TOKEN}-"$kver".conf
+grep -q '^initrd ' /boot/efi/loader/entries/{ENTRY_TOKEN}-"$kver".conf
+test -f /boot/efi/EFI/BOOT/BOOTX64.EFI
+python3 --version
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+fstrim -v / || true
+sync
+"""
+
 
 def host_mirrors() -> tuple[str, str]:
     """(main mirror, security mirror) from the host's apt sources; HOSTTUNE_MIRROR overrides."""
@@ -173,8 +221,25 @@ def sources_list(mirror: str, security: str) -> str:
     )
 
 
-def recipe() -> dict[str, Any]:
-    """Everything that decides the image's content (not the mirror: it is only transport)."""
+def _check_firmware(firmware: str) -> str:
+    if firmware not in FIRMWARES:
+        raise GuestError(f"unknown firmware {firmware!r} (one of {', '.join(FIRMWARES)})")
+    return firmware
+
+
+def recipe(firmware: str = "bios") -> dict[str, Any]:
+    """Everything that decides the image's content (not the mirror: it is only transport).
+    The bios recipe has no `firmware` key, so its hash (and cached image) predates the uefi one."""
+    if _check_firmware(firmware) == "uefi":
+        return {
+            **recipe("bios"),
+            "firmware": "uefi",
+            "esp_mib": ESP_MIB,
+            "packages": UEFI_PACKAGES,
+            "files": UEFI_FILES,
+            "first_boot_script": UEFI_FIRST_BOOT_SCRIPT,
+            "kernel_cmdline": UEFI_KERNEL_CMDLINE,
+        }
     return {
         "format": RECIPE_FORMAT,
         "suite": SUITE,
@@ -209,9 +274,10 @@ def image_path(rec: dict[str, Any] | None = None) -> Path:
     return images_dir() / digest / "disk.qcow2"
 
 
-def ensure_image(rebuild: bool = False) -> Path:
+def ensure_image(rebuild: bool = False, firmware: str = "bios") -> Path:
     """The cached image's path, building it first if needed (or if `rebuild`)."""
-    target = image_path()
+    rec = recipe(firmware)
+    target = image_path(rec)
     if target.exists() and not rebuild:
         return target
     digest = target.parent.name
@@ -225,7 +291,7 @@ def ensure_image(rebuild: bool = False) -> Path:
         t0 = time.monotonic()
         build = images_dir() / f".build-{digest}-{os.getpid()}"
         try:
-            _build(build, digest)
+            _build(build, digest, rec)
             if target.parent.exists():
                 old = images_dir() / f".old-{digest}-{os.getpid()}"
                 target.parent.rename(old)
@@ -239,24 +305,25 @@ def ensure_image(rebuild: bool = False) -> Path:
     return target
 
 
-def _build(build: Path, digest: str) -> None:
+def _build(build: Path, digest: str, rec: dict[str, Any]) -> None:
     build.mkdir(parents=True)
     root = build / "root"
     mirror, security = host_mirrors()
     pubkey = paths.ssh_public_key()
-    rec = recipe()
+    uefi = rec.get("firmware") == "uefi"
+    packages, files = rec["packages"], rec["files"]
 
     say(f"image {digest}: [1/7] debootstrap {SUITE} minbase from {mirror} (about 1-3 min)")
     _run(["debootstrap", "--variant=minbase", f"--include={','.join(DEBOOTSTRAP_INCLUDE)}",
           "--components=main", SUITE, str(root), mirror], "debootstrap", build / "debootstrap.log")
 
-    say(f"image {digest}: [2/7] apt-get install {len(CHROOT_PACKAGES)} packages in the chroot, "
+    say(f"image {digest}: [2/7] apt-get install {len(packages)} packages in the chroot, "
         f"download-only {' '.join(DOWNLOAD_ONLY)} (about 2-5 min)")
     _write(root, "/etc/apt/sources.list", sources_list(mirror, security))
     _write(root, "/etc/apt/apt.conf.d/10hosttune-keep-debs",
            FILES["/etc/apt/apt.conf.d/10hosttune-keep-debs"])
     _write(root, "/usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", mode=0o755)
-    script = CHROOT_SCRIPT.format(packages=" ".join(CHROOT_PACKAGES),
+    script = CHROOT_SCRIPT.format(packages=" ".join(packages),
                                   download_only=" ".join(DOWNLOAD_ONLY))
     _mount(["-t", "proc", "proc", str(root / "proc")])
     try:
@@ -268,7 +335,7 @@ def _build(build: Path, digest: str) -> None:
 
     say(f"image {digest}: [3/7] configuring (fstab, network, sshd, GRUB defaults, root key, "
         f"initramfs)")
-    for path, content in FILES.items():
+    for path, content in files.items():
         if content.startswith("@"):
             target = root / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -300,17 +367,22 @@ def _build(build: Path, digest: str) -> None:
     part = build / "part.img"
     with open(disk, "wb") as fh:
         fh.truncate(DISK_MIB * 1024 * 1024)
-    _run(["sfdisk", "--quiet", str(disk)], "sfdisk", build / "sfdisk.log",
-         input_text="label: dos\nstart=2048, type=83, bootable\n")
-    part_mib = DISK_MIB - 1
+    if uefi:  # GPT: the ESP (formatted in the guest), then root; 1 MiB left for the backup GPT
+        layout = f"label: gpt\nstart=2048, size={ESP_MIB}MiB, type=U\ntype=L\n"
+        part_start, part_mib = 1 + ESP_MIB, DISK_MIB - 2 - ESP_MIB
+    else:
+        layout = "label: dos\nstart=2048, type=83, bootable\n"
+        part_start, part_mib = 1, DISK_MIB - 1
+    _run(["sfdisk", "--quiet", str(disk)], "sfdisk", build / "sfdisk.log", input_text=layout)
     _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(part), f"{part_mib}M"],
          "mkfs.ext4", build / "mkfs.log")
-    _run(["dd", f"if={part}", f"of={disk}", "bs=1M", "seek=1", "conv=notrunc,sparse",
-          "status=none"], "dd", build / "dd.log")
+    _run(["dd", f"if={part}", f"of={disk}", "bs=1M", f"seek={part_start}",
+          "conv=notrunc,sparse", "status=none"], "dd", build / "dd.log")
     part.unlink()
     _rmtree(root)
 
-    say(f"image {digest}: [5/7] first boot (direct kernel) to install GRUB in the guest")
+    loader = "systemd-boot" if uefi else "GRUB"
+    say(f"image {digest}: [5/7] first boot (direct kernel) to install {loader} in the guest")
     from hosttune_testbed.qemu import NumaNode, Topology
     from hosttune_testbed.vm import Guest
 
@@ -319,12 +391,12 @@ def _build(build: Path, digest: str) -> None:
     guest = Guest(
         name=f"image-build-{digest[:8]}", topology=topo, disk=disk, disk_format="raw",
         kernel=str(build / "vmlinuz"), initrd=str(build / "initrd.img"),
-        append=f"root=/dev/vda1 rw {KERNEL_CMDLINE}", accel="tcg",
+        append=f"root=/dev/vda{2 if uefi else 1} rw {KERNEL_CMDLINE}", accel="tcg",
     )
     try:
         guest.start()
-        say(f"image {digest}: [6/7] grub-install + update-grub in the guest, power off")
-        proc = guest.ssh(FIRST_BOOT_SCRIPT, timeout=900)
+        say(f"image {digest}: [6/7] {loader} install in the guest, power off")
+        proc = guest.ssh(rec["first_boot_script"], timeout=900)
         (build / "first-boot.log").write_text(proc.stdout + proc.stderr)
         guest.ssh("systemctl poweroff", check=False, timeout=30)
         deadline = time.monotonic() + 180
@@ -435,7 +507,7 @@ def prune_images() -> list[str]:
     those a running guest uses as its backing file. Returns the deleted paths."""
     from hosttune_testbed.vm import list_states
 
-    keep = image_path().parent.name
+    keep = {image_path(recipe(firmware)).parent.name for firmware in FIRMWARES}
     in_use = {Path(s["image"]).parent.name for s in list_states()
               if s.get("running") and s.get("image")}
     removed = []
@@ -443,7 +515,7 @@ def prune_images() -> list[str]:
         for entry in sorted(images_dir().iterdir()):
             if not entry.is_dir() or entry.name.startswith((".build-", ".old-")):
                 continue
-            if entry.name == keep or entry.name in in_use:
+            if entry.name in keep or entry.name in in_use:
                 continue
             _rmtree(entry)
             lock = images_dir() / f"{entry.name}.lock"

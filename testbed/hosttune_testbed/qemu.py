@@ -29,6 +29,10 @@ DEFAULT_CPU_MODEL = "max"
 SMT_CPU_MODEL = "max,vendor=GenuineIntel"
 
 ACCELS = ("tcg", "kvm", "auto")
+# UEFI firmware (Debian's ovmf package): the code read-only, a copy of the variable store per guest.
+# The non-secure-boot build: it runs on the `pc` machine without SMM.
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 
 
 @dataclass(frozen=True)
@@ -255,6 +259,7 @@ class BootSpec:
     append: str | None = None
     daemonize: bool = True
     extra: list[str] = field(default_factory=list)
+    firmware_vars: str | None = None  # UEFI: this guest's copy of OVMF_VARS; None: SeaBIOS
 
 
 def qemu_args(topo: Topology, spec: BootSpec, binary: str = "qemu-system-x86_64") -> list[str]:
@@ -271,7 +276,8 @@ def qemu_args(topo: Topology, spec: BootSpec, binary: str = "qemu-system-x86_64"
         "-drive",
         f"file={spec.disk},format={spec.disk_format},if=virtio,cache=unsafe,discard=unmap",
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
-        "-device", "virtio-net-pci,netdev=n0",
+        # UEFI: no iPXE option ROM, so OVMF does not try (and wait on) a network boot first
+        "-device", "virtio-net-pci,netdev=n0" + (",romfile=" if spec.firmware_vars else ""),
         "-device", "virtio-rng-pci",
         "-display", "none",
         "-vga", "none",
@@ -281,6 +287,9 @@ def qemu_args(topo: Topology, spec: BootSpec, binary: str = "qemu-system-x86_64"
         "-pidfile", spec.pidfile,
         "-no-user-config",
     ]
+    if spec.firmware_vars:
+        args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                 "-drive", f"if=pflash,format=raw,unit=1,file={spec.firmware_vars}"]
     if spec.kernel:
         args += ["-kernel", spec.kernel]
         if spec.initrd:

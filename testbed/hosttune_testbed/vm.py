@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -200,6 +201,7 @@ class Guest:
         initrd: str | None = None,
         append: str | None = None,
         extra_args: Sequence[str] = (),
+        firmware: str = "bios",
     ):
         global _counter
         if name is None:
@@ -221,6 +223,9 @@ class Guest:
         self.disk_format = disk_format
         self.kernel, self.initrd, self.append = kernel, initrd, append
         self.extra_args = list(extra_args)
+        if firmware not in ("bios", "uefi"):
+            raise TestbedError(f"unknown firmware {firmware!r} (bios or uefi)")
+        self.firmware = firmware  # uefi: OVMF and the systemd-boot image variant
         self.run_dir = paths.run_root() / self.name
         self.key = paths.ssh_key()
         self.port: int | None = None
@@ -241,6 +246,10 @@ class Guest:
     @property
     def qmp_socket(self) -> Path:
         return self.run_dir / "qmp.sock"
+
+    @property
+    def firmware_vars(self) -> Path:
+        return self.run_dir / "OVMF_VARS.fd"
 
     @property
     def state_file(self) -> Path:
@@ -332,7 +341,7 @@ class Guest:
             if self.disk is None and self.image is None:
                 from hosttune_testbed.image import ensure_image
 
-                self.image = ensure_image()
+                self.image = ensure_image(firmware=self.firmware)
             if self.accel == "auto":
                 self._start_auto()
             else:
@@ -419,6 +428,13 @@ class Guest:
     def _boot_once(self, accel: str, timeout: float) -> None:
         t0 = time.monotonic()
         disk = self._prepare_disk()
+        if self.firmware == "uefi":  # a fresh variable store: OVMF boots \EFI\BOOT\BOOTX64.EFI
+            from hosttune_testbed.qemu import OVMF_VARS
+
+            if not Path(OVMF_VARS).exists():
+                raise TestbedError(f"{OVMF_VARS} missing: install Debian's ovmf package "
+                                   f"(scripts/bootstrap does)")
+            shutil.copyfile(OVMF_VARS, self.firmware_vars)
         for attempt in range(5):
             self.port = free_port(exclude=ports_in_use())
             spec = BootSpec(
@@ -427,6 +443,7 @@ class Guest:
                 pidfile=str(self.run_dir / "qemu.pid"), accel=accel, kernel=self.kernel,
                 initrd=self.initrd, append=self.append, daemonize=self.detach,
                 extra=self.extra_args,
+                firmware_vars=str(self.firmware_vars) if self.firmware == "uefi" else None,
             )
             argv = qemu_args(self.topology, spec)
             (self.run_dir / "qemu.cmdline").write_text(shlex.join(argv) + "\n")
@@ -653,6 +670,7 @@ class Guest:
             "run_dir": str(self.run_dir),
             "accel": self.used_accel or self.accel,
             "topology": self.topology.to_dict(),
+            "firmware": self.firmware,
             "boot_seconds": round(self.boot_seconds, 1) if self.boot_seconds else None,
             "detached": self.detach,
             "owner_pid": os.getpid(),
@@ -685,6 +703,7 @@ class Guest:
         guest.disk_format = "qcow2"
         guest.kernel = guest.initrd = guest.append = None
         guest.extra_args = []
+        guest.firmware = state.get("firmware", "bios")
         guest.run_dir = paths.run_root() / name
         guest.key = Path(state["key"])
         guest.port = int(state["port"])
