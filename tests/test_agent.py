@@ -482,6 +482,27 @@ def test_log_lines_carry_journal_priorities_when_stdout_is_the_journal(root, age
     assert any(line.startswith("<3>hosttune: error: ") and "agent.interval" in line for line in lines), lines
 
 
+def test_a_big_host_keeps_only_the_plan_text_and_checks_in_children(tmp_path, agents):
+    """Above INPROCESS_MAX_SETTINGS every check is forked and gets the plan as JSON text (parsed,
+    it would stay in the agent: 2.1 MB on a 768-CPU host): checks still verify and repair."""
+    from hosttune.agent.daemon import INPROCESS_MAX_SETTINGS
+    from tests.treegen import Spec, write_tree
+
+    root = str(tmp_path / "big")
+    write_tree(root, Spec(sockets=2, cores_per_node=48, threads=2, irqs=1024, hostname="big"))
+    os.makedirs(os.path.join(root, "etc/default"), exist_ok=True)
+    write(root, "/etc/default/grub", 'GRUB_CMDLINE_LINUX_DEFAULT="quiet"')
+    write_config(root, CONFIG)
+    agent = agents(root).ready()
+    assert sum(agent.status()["counts"].values()) > INPROCESS_MAX_SETTINGS
+    mark = agent.mark()
+    write(root, "/proc/sys/vm/swappiness", "60")
+    assert agent.wait("drift", after=mark, area="sysctls")["events"] == 1
+    wait_for(lambda: read(root, "/proc/sys/vm/swappiness") == "10", DEADLINE, "the agent to put it back")
+    checks = agent.status()["checks"]
+    assert checks.get("error", 0) == 0 and checks.get("apply_failed", 0) == 0, checks
+
+
 # -- configuration -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("text, field", [
     ("agent: {interval: fast}\n", "agent.interval"),

@@ -193,14 +193,17 @@ def _ok_keys(report: dict[str, Any]) -> list[int]:
     return [_key(r["area"], r["name"]) for r in report["settings"] if r["status"] == "ok"]
 
 
-def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | None, prev_ok: frozenset[int],
+def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | str | None, prev_ok: frozenset[int],
           reapply: bool, apply: bool = True) -> dict[str, Any]:
     """One full check: (re)plan if no plan is given, verify, re-apply drifted runtime areas, verify
-    again. Returns the summary the daemon turns into metrics, status and log lines.
+    again. Returns the summary the daemon turns into metrics, status and log lines. The plan is a
+    dict or its JSON text (what the daemon keeps of it on big hosts).
 
     With apply=False (the daemon's own cheap path, no fork) it stops before writing: when something
     needs re-applying the summary only says {"needs_apply": True}, and the daemon runs the check
     again in a child."""
+    if isinstance(plan, str):
+        plan = json.loads(plan)
     fs = HostFS(root=root)
     try:
         lock = state.Lock(fs, wait=0).__enter__()
