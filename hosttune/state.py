@@ -7,15 +7,18 @@ journal. A journal found at start means a run was killed midway: it is rolled ba
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from hosttune.errors import HosttuneError, LockHeld
+from hosttune.safeyaml import brief
 from hosttune.sysfs import HostFS
 
 STATE_DIR = "/var/lib/hosttune"
@@ -41,26 +44,130 @@ class State:
                            "extras": self.extras}, indent=1, sort_keys=True)
 
 
+MAX_STATE_BYTES = 64 << 20  # the originals of a 4096-IRQ host are a few MB; config files' bytes add little
+_RECOVER = ("fix that field, or move the file away to start over (restore then cannot put back "
+            "the original values)")
+_SERVICE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9@_.:-]{0,255}", re.ASCII)  # a unit name, never an option
+
+
+class _Malformed(Exception):
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field} {problem}")
+
+
 def load(fs: HostFS) -> State:
-    """The state file, or an empty State if there is none. Corrupt or foreign: an error, nothing changed."""
-    text = fs.read(STATE_FILE)
-    if text is None:
-        return State()
-    where = fs.host_path(STATE_FILE)
+    """The state file, or an empty State if there is none.
+
+    Corrupt, foreign, too large or malformed (a field of the wrong type, a record without its
+    kind, a path with '..'): one HosttuneError naming the field and how to recover; nothing changed.
+    """
+    where = STATE_FILE if fs.is_live else os.path.join(fs.root, STATE_FILE.lstrip("/"))
     try:
-        data = json.loads(text)
+        data = fs.read_bytes(STATE_FILE, limit=MAX_STATE_BYTES)
+    except OSError:
+        raise HosttuneError(f"state file is larger than {MAX_STATE_BYTES >> 20} MiB: not hosttune's; "
+                            f"move it away to start over", where=where) from None
+    if data is None:
+        if fs.exists(STATE_FILE):  # a FIFO, a directory, a symlink out of the root, unreadable
+            raise HosttuneError("state file exists but cannot be read as a regular file inside the root; "
+                                "move it away to start over", where=where)
+        return State()
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise HosttuneError(f"state file is corrupt (not UTF-8); {_RECOVER}", where=where) from None
     except json.JSONDecodeError as exc:
-        raise HosttuneError(f"state file is corrupt ({exc.msg} at line {exc.lineno}); move it away to "
-                            f"start over, but then restore cannot know the original values", where=where) from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise HosttuneError(f"not a hosttune state file (schema {data.get('schema') if isinstance(data, dict) else None!r}, "
-                            f"expected {SCHEMA})", where=where)
-    originals = data.get("originals")
-    if not isinstance(originals, dict) or not all(
-            isinstance(v, dict) and {"path", "kind"} <= set(v) and isinstance(v["path"], str)
-            and v["kind"] in RECORD_KINDS for v in originals.values()):
-        raise HosttuneError("state file has malformed 'originals'", where=where)
-    return State(originals=originals, run=data.get("run"), extras=data.get("extras") or {})
+        raise HosttuneError(f"state file is corrupt ({exc.msg} at line {exc.lineno}); {_RECOVER}",
+                            where=where) from None
+    except (ValueError, RecursionError):  # a 5000-digit number, nesting deeper than the parser goes
+        raise HosttuneError(f"state file is corrupt (not hosttune's JSON); {_RECOVER}", where=where) from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        found = brief(doc.get("schema")) if isinstance(doc, dict) else "none"
+        raise HosttuneError(f"not a hosttune state file (schema {found}, expected {SCHEMA})", where=where)
+    try:
+        return _checked(doc, fs)
+    except _Malformed as exc:
+        raise HosttuneError(f"malformed state file: {exc}; {_RECOVER}", where=where) from None
+
+
+def _checked(doc: dict[str, Any], fs: HostFS) -> State:
+    """The State of a parsed state file, every field checked before engine code touches it."""
+    originals = doc.get("originals")
+    if not isinstance(originals, dict):
+        raise _Malformed("originals", "must be a mapping")
+    for key, record in originals.items():
+        _check_record(record, f"originals[{brief(key, 60)}]", fs)
+    run = doc.get("run")
+    if run is not None:
+        if not isinstance(run, dict):
+            raise _Malformed("run", "must be a mapping or null")
+        changes = run.get("changes", [])
+        if not isinstance(changes, list):
+            raise _Malformed("run.changes", "must be a list")
+        for i, record in enumerate(changes):
+            _check_record(record, f"run.changes[{i}]", fs, value="value" if "value" in record else "before")
+    extras = doc.get("extras") or {}
+    if not isinstance(extras, dict):
+        raise _Malformed("extras", "must be a mapping")
+    immovable = extras.get("immovable_irqs", [])
+    if not isinstance(immovable, list) or not all(isinstance(p, str) for p in immovable):
+        raise _Malformed("extras.immovable_irqs", "must be a list of paths")
+    services = extras.get("services", {})
+    if not isinstance(services, dict) or not all(isinstance(v, dict) for v in services.values()):
+        raise _Malformed("extras.services", "must be a mapping of service name to its state")
+    return State(originals=originals, run=run, extras=extras)
+
+
+def _check_record(record: Any, field: str, fs: HostFS, value: str = "value") -> None:
+    """One saved original (see hosttune.areas.base KINDS: what each kind's put_back reads)."""
+    if not isinstance(record, dict):
+        raise _Malformed(field, "must be a mapping")
+    kind = record.get("kind")
+    if kind not in RECORD_KINDS:
+        raise _Malformed(f"{field}.kind", f"must be one of {', '.join(RECORD_KINDS)}, got {brief(kind)}")
+    path = record.get("path")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise _Malformed(f"{field}.path", f"must be an absolute path, got {brief(path)}")
+    try:
+        fs.check_path(path)
+    except HosttuneError:
+        raise _Malformed(f"{field}.path", f"leaves the root ('..' or NUL): {brief(path)}") from None
+    if not isinstance(record.get("area", ""), str):
+        raise _Malformed(f"{field}.area", "must be a string")
+    if kind in ("sysfs", "file") and not isinstance(record.get(value), (str, type(None))):
+        raise _Malformed(f"{field}.{value}", f"must be a string or null, got {brief(record.get(value))}")
+    if kind == "file":
+        _check_file_record(record, field)
+    elif kind == "service":
+        service = record.get("service")
+        if not isinstance(service, str) or not _SERVICE_NAME.fullmatch(service):
+            raise _Malformed(f"{field}.service", f"must be a systemd unit name, got {brief(service)}")
+        for flag in ("active", "enabled"):
+            if not isinstance(record.get(flag, False), bool):
+                raise _Malformed(f"{field}.{flag}", "must be true or false")
+    elif kind == "grubby":
+        entries = record.get("entries", {})
+        if not isinstance(entries, dict) or not all(
+                isinstance(kernel, str) and isinstance(change, dict)
+                and all(isinstance(change.get(k, []), list) and all(isinstance(a, str) for a in change.get(k, []))
+                        for k in ("added", "previous"))
+                for kernel, change in entries.items()):
+            raise _Malformed(f"{field}.entries", "must map kernels to {added: [args], previous: [args]}")
+
+
+def _check_file_record(record: dict[str, Any], field: str) -> None:
+    if record.get("data") is not None:
+        try:
+            base64.b64decode(record["data"], validate=True)
+        except (TypeError, ValueError):
+            raise _Malformed(f"{field}.data", "must be base64 text or null") from None
+    mode = record.get("mode", 0o644)
+    if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+        raise _Malformed(f"{field}.mode", f"must be permission bits (0-4095), got {brief(mode)}")
+    for owner in ("uid", "gid"):
+        ident = record.get(owner)
+        if ident is not None and (not isinstance(ident, int) or isinstance(ident, bool) or not 0 <= ident < 2**32):
+            raise _Malformed(f"{field}.{owner}", f"must be a numeric id or null, got {brief(ident)}")
 
 
 def save(fs: HostFS, state: State) -> None:

@@ -134,7 +134,7 @@ class HostFS:
             self._real_dirs[folder] = real
         return real
 
-    def _open_regular(self, key: str, flags: int) -> int:
+    def _open_regular(self, key: str, flags: int, regular_only: bool = True) -> int:
         """Open a regular file under the root; _Refused for other kinds and for escapes.
 
         The (cached) real directory must be inside the root, and a last component that is a symlink
@@ -159,7 +159,7 @@ class HostFS:
                 raise _escapes(key) from None
             fd = os.open(path, flags | os.O_NOFOLLOW)
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            if regular_only and not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise _not_regular(key)  # O_NONBLOCK: a FIFO or device did not block the open
             if flags & (os.O_WRONLY | os.O_RDWR) and not self._inside(fd, path):
                 raise _escapes(key)
@@ -195,13 +195,15 @@ class HostFS:
         return value
 
     def _read_uncached(self, key: str) -> str | None:
-        data = self._read_raw(key, MAX_READ)
+        # the live /sys and /proc hold no FIFOs or devices where hosttune reads, and O_NONBLOCK
+        # keeps an odd one from blocking: the agent's checks save the fstat on every read
+        data = self._read_raw(key, MAX_READ, regular_only=not self._live)
         return None if data is None else data.decode("utf-8", "replace").rstrip("\n")
 
-    def _read_raw(self, key: str, limit: int) -> bytes | None:
-        """Up to `limit` bytes (limit + 1 tells the caller it was cut), or None."""
+    def _read_raw(self, key: str, limit: int, regular_only: bool = True) -> bytes | None:
+        """Up to `limit` bytes, or None."""
         try:
-            fd = self._open_regular(key, _READ_FLAGS)
+            fd = self._open_regular(key, _READ_FLAGS, regular_only)
         except _Refused as exc:
             log.warning("skipping /%s: %s", key, exc.strerror)
             return None
@@ -222,14 +224,14 @@ class HostFS:
             os.close(fd)
         return b"".join(chunks)
 
-    def read_bytes(self, path: str) -> bytes | None:
+    def read_bytes(self, path: str, limit: int = MAX_READ) -> bytes | None:
         """The exact bytes of a regular file (no decoding, nothing stripped, never cached), or
         None if it does not exist, cannot be read, is not a regular file or leads out of the root.
-        Raises OSError(EFBIG) above MAX_READ: an original cut short must never be restored."""
+        Raises OSError(EFBIG) above `limit` bytes: an original cut short must never be restored."""
         key = self.check_path(path)
-        data = self._read_raw(key, MAX_READ + 1)
-        if data is not None and len(data) > MAX_READ:
-            raise OSError(errno.EFBIG, f"file larger than {MAX_READ} bytes", "/" + key)
+        data = self._read_raw(key, limit + 1)
+        if data is not None and len(data) > limit:
+            raise OSError(errno.EFBIG, f"file larger than {limit} bytes", "/" + key)
         return data
 
     def stat_file(self, path: str) -> tuple[int, int, int] | None:
@@ -447,7 +449,7 @@ class TarHostFS(HostFS):
         data = self._files.get(key)
         return None if data is None else data.decode("utf-8", "replace").rstrip("\n")
 
-    def read_bytes(self, path: str) -> bytes | None:
+    def read_bytes(self, path: str, limit: int = MAX_READ) -> bytes | None:
         return self._files.get(self.check_path(path))
 
     def stat_file(self, path: str) -> tuple[int, int, int] | None:
