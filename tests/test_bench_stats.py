@@ -169,6 +169,69 @@ def test_latency_summary_has_p999_and_max():
     assert s["p99.9"] == pytest.approx(999.001) and s["max"] == 1000.0 and s["p99"] == pytest.approx(990.01)
 
 
+def test_thresholds_are_strict():
+    """Exactly at a threshold is on the calm side: the docs say 'more than'."""
+    assert stats.cv([90.0, 100.0, 110.0]) == 0.10 and stats.cv([3.75, 5.0, 6.25]) == 0.25
+    assert stats.verdict([90.0, 100.0, 110.0], [5.0] * 3)["verdict"] == "unsure"
+    assert stats.verdict([100.0] * 3, [3.75, 5.0, 6.25])["verdict"] == "unsure"
+    assert stats.iqr_outliers([0, 0, 2, 2, 5]) == [] and stats.iqr_outliers([0, 0, 2, 2, 5.01]) == [4]
+    assert stats.iqr_outliers([-3, 0, 0, 2, 2]) == [] and stats.iqr_outliers([-3.01, 0, 0, 2, 2]) == [0]
+    # 2 % from the median exactly is not 'more than 2 %'
+    assert stats.iqr_outliers([100, 100, 100, 100, 102], min_rel=0.02) == []
+    assert stats.iqr_outliers([100, 100, 100, 100, 102.01], min_rel=0.02) == [4]
+
+
+def test_two_runs_can_be_unstable_and_the_result_fields():
+    v = stats.verdict([100.0, 130.0], [5.0, 5.0])
+    assert v["verdict"] == "unstable" and v["runs"] == 2
+    assert v["reasons"] == ["throughput CV 18.4% > 10%"]  # stdev 21.2 / mean 115
+    one = stats.verdict([100.0], [5.0])  # one run: no spread to judge, no confidence interval
+    assert one["verdict"] == "unsure" and one["ci95_throughput"] is None and one["ci95_latency"] is None
+    assert one["reasons"][0] == "1 run(s) < 3" and one["more_runs"] == 2 and one["runs_needed"] == 3
+    assert stats.verdict([], []) == {"verdict": "unsure", "reasons": ["no runs"], "runs": 0, "judge": "p99",
+                                     "runs_needed": 3, "more_runs": 3}
+    with pytest.raises(ValueError, match="one throughput and one p99.9 per run"):
+        stats.verdict([1.0, 2.0], [1.0], judge="p99.9")
+    # unstable after more runs than the CI would need: nothing to add (more runs do not help)
+    many = with_cv(0.11, 200)
+    v = stats.verdict(many, [5.0] * 200)
+    assert v["verdict"] == "unstable" and v["runs_needed"] == 200 and v["more_runs"] == 0
+    assert stats.worst([]) == "unsure" and stats.worst(["stable", "stable"]) == "stable"
+
+
+def test_describe_and_summaries():
+    d = stats.describe([90.0, 100.0, 110.0, 100.0, 150.0])
+    assert d == {"mean": 110.0, "stdev": pytest.approx(statistics.stdev([90, 100, 110, 100, 150])),
+                 "cv": pytest.approx(statistics.stdev([90, 100, 110, 100, 150]) / 110),
+                 "min": 90.0, "max": 150.0, "spread": pytest.approx(60 / 110), "outliers": [4],
+                 "values": [90.0, 100.0, 110.0, 100.0, 150.0]}
+    assert stats.describe([0.0, 0.0])["spread"] == 0.0 and stats.cv([0.0, 0.0]) == 0.0
+    s = stats.latency_summary([3.0, 1.0, 2.0, 4.0])
+    assert (s["min"], s["max"], s["mean"]) == (1.0, 4.0, 2.5) and s["stdev"] == pytest.approx(statistics.stdev([1, 2, 3, 4]))
+    assert set(s) == {"p50", "p90", "p95", "p99", "p99.9", "min", "max", "mean", "stdev"}
+    r = stats.run_summary([1.0, 2.0], 0.5)
+    assert r["duration_s"] == 0.5 and r["throughput"] == 4.0 and r["errors"] == 0
+    assert stats.run_summary([], 1.0)["latency_ms"] is None
+    assert stats.reduce_samples([3.0, 1.0, 2.0], 1) == [3.0] and stats.reduce_samples([3.0, 1.0], 0) == []
+    assert stats.reduce_samples([3.0, 1.0, 2.0], 3) == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="empty sample"):
+        stats.percentile([], 50)
+    with pytest.raises(ValueError, match=r"within \[0, 100\]"):
+        stats.percentile([1.0], -1)
+    with pytest.raises(ValueError, match="duration must be positive"):
+        stats.run_summary([1.0], 0)
+
+
+@given(st.lists(finite, min_size=4, max_size=30), st.sampled_from([0.0, 0.02, 0.05]))
+@settings(deadline=None)  # a loaded 2-CPU machine must not fail the property on time
+def test_outliers_are_exactly_those_numpy_fences_give(values, min_rel):
+    np = pytest.importorskip("numpy")
+    q1, med, q3 = np.percentile(values, [25, 50, 75])
+    lo, hi = q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
+    expected = [i for i, v in enumerate(values) if (v < lo or v > hi) and abs(v - med) > min_rel * abs(med)]
+    assert stats.iqr_outliers(values, min_rel=min_rel) == expected
+
+
 def test_t_quantiles():
     assert stats.t_quantile(0.975, 4) == pytest.approx(2.776445, rel=1e-5)
     assert stats.t_quantile(0.975, 1) == pytest.approx(12.7062, rel=1e-4)

@@ -210,7 +210,7 @@ def verdict(throughputs: Sequence[float], tails: Sequence[float], judge: str = "
         result = "unsure" if reasons else "stable"
     more = max(0, need - n) if result != "stable" else 0
     if result == "unsure" and more == 0:
-        more = 1 if outliers else max(0, MIN_RUNS - n)  # an outlier: one more run to see if it repeats
+        more = 1  # only an outlier gets here (enough runs for the CI): one more run to see if it repeats
     return {
         "verdict": result, "reasons": reasons, "runs": n, "judge": judge,
         "cv_throughput": cv_t, "cv_latency": cv_l,
