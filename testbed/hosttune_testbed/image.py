@@ -134,7 +134,8 @@ UEFI_FILES: dict[str, str] = {
     **{k: v for k, v in FILES.items() if k != "/etc/default/grub"},
     "/etc/fstab": (
         "/dev/vda2 / ext4 defaults,errors=remount-ro 0 1\n"
-        "/dev/vda1 /boot/efi vfat umask=0077 0 2\n"
+        # nofail: the build's first boot comes up before the ESP is formatted (else: emergency mode)
+        "/dev/vda1 /boot/efi vfat umask=0077,nofail 0 2\n"
     ),
     # what kernel-install puts on the loader entry's options line (hosttune rewrites this file)
     "/etc/kernel/cmdline": f"{UEFI_KERNEL_CMDLINE}\n",
