@@ -150,7 +150,11 @@ def _apply_locked(plan: dict[str, Any], fs: HostFS, host: Host, only: list[str] 
         _refresh(host, [{"area": i.area, "path": i.path} for i, _, _ in pending], strict=False)
         return _finish(report, plan, fs, host, selected, changed=bool(pending))
 
-    pending = [(item, raw, item.snapshot(host, raw)) for item, raw, _ in pending]
+    try:
+        pending = [(item, raw, item.snapshot(host, raw)) for item, raw, _ in pending]
+    except OSError as exc:  # an original that cannot be saved whole is not overwritten
+        raise ApplyFailed(f"cannot save the original before changing it: {exc.strerror}",
+                          where=_host_path(fs, exc.filename or "/")) from None
     new_keys = {i.key for i, _, _ in pending} - set(st.originals)
     for item, _, record in pending:
         st.originals.setdefault(item.key, record)

@@ -15,7 +15,6 @@ from hosttune import cpulist, safeyaml
 from hosttune.areas import NAMES
 from hosttune.errors import HosttuneError, PolicyError
 from hosttune.safeyaml import brief
-from hosttune.sysfs import TarHostFS
 
 PROFILES = ("latency", "throughput")
 CONFIG_FILE = "/etc/hosttune/hosttune.yaml"  # the agent's config: a policy, or {policy: ..., agent: ...}
@@ -125,7 +124,10 @@ def read_config(fs: Any, path: str | None) -> tuple[Any, str | None]:
     if fs is None or not fs.exists(CONFIG_FILE):
         return None, None
     where = CONFIG_FILE if fs.is_live else f"{fs.root.rstrip('/')}{CONFIG_FILE}"
-    data = fs.read_bytes(CONFIG_FILE) if not isinstance(fs, TarHostFS) else (fs.read(CONFIG_FILE) or "")
+    try:
+        data = fs.read_bytes(CONFIG_FILE)
+    except OSError as exc:
+        raise PolicyError(f"cannot read the configuration ({exc.strerror})", where=where) from None
     if data is None:
         raise PolicyError("cannot read the configuration", where=where)
     return safeyaml.loads(data, where=where, error=PolicyError), where
@@ -134,9 +136,11 @@ def read_config(fs: Any, path: str | None) -> tuple[Any, str | None]:
 def from_document(raw: Any, where: str) -> dict[str, Any]:
     """The validated policy of a config document (its policy: section, or the whole of it)."""
     try:
-        if isinstance(raw, dict) and "policy" in raw and set(raw) <= {"policy", "agent"} \
-                and not isinstance(raw["policy"], (dict, type(None))):
-            raise PolicyError(f"must be a mapping, got {type(raw['policy']).__name__}", where="policy")
+        if isinstance(raw, dict) and ("policy" in raw or "agent" in raw) and set(raw) <= {"policy", "agent"}:
+            # the agent's config file: {policy: ..., agent: ...}, either section optional
+            if not isinstance(raw.get("policy"), (dict, type(None))):
+                raise PolicyError(f"must be a mapping, got {type(raw['policy']).__name__}", where="policy")
+            raw = raw.get("policy") or {}
         return validate(raw if raw is not None else {}, source=where)
     except PolicyError as exc:
         exc.where = f"{where}: {exc.where}" if exc.where else where
@@ -292,7 +296,7 @@ def _check_values(p: dict[str, Any]) -> None:
     if not 1 <= port <= 65000:
         raise PolicyError(f"must be a TCP port (1-65000), got {brief(port)}", "instances.base_port")
     p["instances"]["bind"] = _bind_field(p["instances"]["bind"])
-    from hosttune.model.repo import NAME_RE  # the model repository's own rule for names
+    from hosttune.model import NAME_RE  # the model repository's own rule for names (a light import)
 
     model = p["instances"]["model"]
     if len(model) > 64 or not NAME_RE.fullmatch(model):

@@ -126,12 +126,15 @@ def _check_record(record: Any, field: str, fs: HostFS, value: str = "value") -> 
     if kind not in RECORD_KINDS:
         raise _Malformed(f"{field}.kind", f"must be one of {', '.join(RECORD_KINDS)}, got {brief(kind)}")
     path = record.get("path")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise _Malformed(f"{field}.path", f"must be an absolute path, got {brief(path)}")
-    try:
-        fs.check_path(path)
-    except HosttuneError:
-        raise _Malformed(f"{field}.path", f"leaves the root ('..' or NUL): {brief(path)}") from None
+    if not isinstance(path, str):
+        raise _Malformed(f"{field}.path", f"must be a string, got {brief(path)}")
+    if kind in ("sysfs", "file"):  # a file under the root; other kinds' keys name a unit or the boot entries
+        if not path.startswith("/"):
+            raise _Malformed(f"{field}.path", f"must be an absolute path, got {brief(path)}")
+        try:
+            fs.check_path(path)
+        except HosttuneError:
+            raise _Malformed(f"{field}.path", f"leaves the root ('..' or NUL): {brief(path)}") from None
     if not isinstance(record.get("area", ""), str):
         raise _Malformed(f"{field}.area", "must be a string")
     if kind in ("sysfs", "file") and not isinstance(record.get(value), (str, type(None))):

@@ -259,7 +259,9 @@ def _write_state(tree, fields):
     ({"originals": {"k": {"kind": "sysfs", "path": "/proc/sys/vm/swappiness", "value": 10}}}, "originals['k'].value"),
     ({"originals": {"k": {"kind": "file", "path": "/etc/x", "value": "a", "data": "!!"}}}, "originals['k'].data"),
     ({"originals": {"k": {"kind": "file", "path": "/etc/x", "value": "a", "mode": "0644"}}}, "originals['k'].mode"),
-    ({"originals": {"k": {"kind": "service", "path": "irqbalance", "service": "--now"}}}, "originals['k'].path"),
+    ({"originals": {"k": {"kind": "service", "path": "systemd:irqbalance", "service": "--now"}}}, "originals['k'].service"),
+    ({"originals": {"k": {"kind": "grubby", "path": "grubby:ALL", "entries": {"/boot/vmlinuz": {"added": "x"}}}}},
+     "originals['k'].entries"),
     ({"originals": {"k": {"kind": "service", "path": "/svc", "service": "--root=/"}}}, "originals['k'].service"),
     ({"originals": []}, "originals must be a mapping"),
 ])

@@ -5,7 +5,10 @@ Top-level imports stay light: openvino, numpy and nncf are imported inside the f
 """
 
 import os
+import re
 
+# a model's name: a directory of the repository, a URL path element and an OVMS model name
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 DEFAULT_REPO_ENV = "HOSTTUNE_MODEL_REPO"
 DEFAULT_REPO = "/var/lib/hosttune/models"
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from hosttune.errors import HosttuneError
+from hosttune.model import NAME_RE  # one rule for names, light to import
 
 META = "hosttune-model.json"
 META_SCHEMA = "hosttune.model/1"
 PRECISIONS = ("FP32", "FP16")
 INT8_SUFFIX = "-int8"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
