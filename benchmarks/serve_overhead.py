@@ -143,7 +143,7 @@ def main() -> int:
         text = conn.getresponse().read().decode()
         conn.close()
         for line in text.splitlines():
-            if line.startswith("ovms_requests_success_total{") and 'method="ModelInfer"' in line \
+            if line.startswith("ovms_requests_success{") and 'method="ModelInfer"' in line \
                     and f'name="{model}"' in line:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
