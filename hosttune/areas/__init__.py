@@ -3,7 +3,7 @@
 Each area is one module holding everything it knows (see base.py for the parts):
   NAME, BOOT                  its name in policies, plans and --only; BOOT: takes effect at boot
   discover(fs, features, cpus) -> {feature key: facts}   what `topology` reports, read via HostFS
-  show(features) -> [line]    its lines in `hosttune topology`
+  show(features) -> [line]    its lines in `hosttune topology` (when its facts are not unsupported)
   plan(ctx) -> setting        {"status": "planned" | "unsupported" | "skipped", ...}, pure
   describe(setting) -> str    its line in `hosttune plan`
   items(setting, plan, host) -> AreaItems   what apply / verify / restore carry out
@@ -50,7 +50,15 @@ def discover(fs: Any, features: dict[str, Any], cpus: list[Any]) -> dict[str, An
 
 
 def show(features: dict[str, Any]) -> list[str]:
-    return [line for area in REGISTRY for line in area.show(features)]
+    """Every area's lines in `hosttune topology`; an area the host cannot do shows its reason."""
+    lines = []
+    for area in REGISTRY:
+        info = features.get(area.NAME)
+        if isinstance(info, dict) and info.get("status") == "unsupported":
+            lines.append(f"{area.NAME}: unsupported: {info['reason']}")
+        else:
+            lines.extend(area.show(features))
+    return lines
 
 
 def plan(ctx: PlanContext) -> tuple[dict[str, Any], dict[str, Any]]:
