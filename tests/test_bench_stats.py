@@ -232,6 +232,35 @@ def test_outliers_are_exactly_those_numpy_fences_give(values, min_rel):
     assert stats.iqr_outliers(values, min_rel=min_rel) == expected
 
 
+def test_mutation_survivors_in_the_verdict_path():
+    """Examples that kill what scripts/mutation left alive in the verdict's own arithmetic."""
+    # unstable on the tail only, with throughput CV exactly 10 %: only the tail is named
+    v = stats.verdict([90.0, 100.0, 110.0], [3.5, 5.0, 6.5])
+    assert v["verdict"] == "unstable" and v["reasons"] == ["p99 CV 30.0% > 25%"]
+    v = stats.verdict([80.0, 100.0, 120.0], [3.75, 5.0, 6.25])
+    assert v["reasons"] == ["throughput CV 20.0% > 10%"]
+    # 99 is outside the IQR fences but 1.98 % from the median (101): not an outlier run at 2 %
+    assert stats.iqr_outliers([103, 102.1, 99, 101, 101]) == [2]
+    assert stats.iqr_outliers([103, 102.1, 99, 101, 101], min_rel=0.02) == []
+    # the CI's t quantile below 1 and on the lower tail; the t CDF on both sides (scipy's values)
+    assert stats.t_quantile(0.6, 10) == pytest.approx(0.2601848, rel=1e-6)
+    assert stats.t_quantile(0.5, 3) == 0.0
+    assert stats.t_cdf(-2.0, 5) == pytest.approx(0.0509697, rel=1e-6) and stats.t_cdf(0.0, 5) == 0.5
+    assert stats.t_cdf(math.inf, 5) == 1.0 and stats.t_cdf(-math.inf, 5) == 0.0
+    assert stats.betainc(2, 3, 0.0) == 0.0 and stats.betainc(2, 3, 1.0) == 1.0
+    for p in (0.0, 1.0):
+        with pytest.raises(ValueError, match=r"p must be within \(0, 1\)"):
+            stats.t_quantile(p, 5)
+    with pytest.raises(ValueError, match="mean of an empty sample"):
+        stats.mean([])
+    with pytest.raises(ValueError, match="judge must be one of p99, p99.9"):
+        stats.verdict([1.0], [1.0], judge="max")
+    # the reduced sample: evenly spaced order statistics, min and max kept
+    assert stats.reduce_samples([float(v) for v in range(100, -1, -1)], 11) == [float(v) for v in range(0, 101, 10)]
+    assert stats.reduce_samples([5.0, 1.0, 3.0], 2) == [1.0, 5.0]
+    assert stats.reduce_samples([5.0, 1.0], 2) == [1.0, 5.0]
+
+
 def test_t_quantiles():
     assert stats.t_quantile(0.975, 4) == pytest.approx(2.776445, rel=1e-5)
     assert stats.t_quantile(0.975, 1) == pytest.approx(12.7062, rel=1e-4)
