@@ -105,7 +105,9 @@ def _checked(doc: dict[str, Any], fs: HostFS) -> State:
         if not isinstance(changes, list):
             raise _Malformed("run.changes", "must be a list")
         for i, record in enumerate(changes):
-            _check_record(record, f"run.changes[{i}]", fs, value="value" if "value" in record else "before")
+            # journals written before records named their value kept it under "before"
+            legacy = isinstance(record, dict) and "value" not in record
+            _check_record(record, f"run.changes[{i}]", fs, value="before" if legacy else "value")
     extras = doc.get("extras") or {}
     if not isinstance(extras, dict):
         raise _Malformed("extras", "must be a mapping")

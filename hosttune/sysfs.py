@@ -38,6 +38,14 @@ _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _WRITE_FLAGS = os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
+def _lzma_error() -> type[Exception]:
+    try:
+        from lzma import LZMAError  # a corrupt .tar.xz; bz2 and gzip raise OSError / zlib.error
+    except ImportError:  # a Python built without lzma opens no .tar.xz at all
+        return OSError
+    return LZMAError
+
+
 def _rel(path: str) -> str:
     return path.lstrip("/")
 
@@ -428,7 +436,7 @@ class TarHostFS(HostFS):
                 for _ in range(64):
                     if not archive.fileobj.read(1 << 16):
                         break
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        except (tarfile.TarError, OSError, EOFError, zlib.error, _lzma_error()) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise TopologyError(f"not a readable capture tarball ({reason[:120]})", where=tar_path) from None
         if not fs._files:
