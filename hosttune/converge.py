@@ -106,28 +106,20 @@ def find_playbook(project: str, name: str) -> str:
 
 
 def parse_extra_vars(items: list[str]) -> dict[str, Any]:
-    """-e K=V (V read as YAML), -e '{"k": ...}' (JSON/YAML mapping) or -e @FILE, merged in order."""
-    import yaml
+    """-e K=V (V read as YAML), -e '{"k": ...}' (JSON/YAML mapping) or -e @FILE, merged in order;
+    all through hosttune.safeyaml (bounded size, aliases and nesting; one-line errors)."""
+    from hosttune import safeyaml
 
     out: dict[str, Any] = {}
     for item in items:
         if item.startswith("@"):
             path = item[1:]
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    data = yaml.safe_load(handle)
-            except OSError as exc:
-                raise HosttuneError(f"cannot read extra vars ({exc.strerror})", where=path) from None
-            except yaml.YAMLError:
-                raise HosttuneError("not valid YAML/JSON", where=path) from None
+            data = safeyaml.load_file(path)
             if not isinstance(data, dict):
                 raise HosttuneError("extra vars file must hold a mapping", where=path)
             out.update(data)
         elif item.lstrip().startswith("{"):
-            try:
-                data = yaml.safe_load(item)
-            except yaml.YAMLError:
-                raise HosttuneError("not a valid JSON/YAML mapping", where=f"-e {item}") from None
+            data = safeyaml.loads(item, where=f"-e {safeyaml.brief(item, 40)}")
             if not isinstance(data, dict):
                 raise HosttuneError("must be a mapping", where=f"-e {item}")
             out.update(data)
@@ -141,9 +133,9 @@ def parse_extra_vars(items: list[str]) -> dict[str, Any]:
                 if not sep or not key.isidentifier():
                     raise HosttuneError("expected NAME=VALUE, a JSON mapping or @FILE", where=f"-e {item}")
                 try:
-                    out[key] = yaml.safe_load(value) if value else ""
-                except yaml.YAMLError:
-                    out[key] = value
+                    out[key] = safeyaml.loads(value, where=f"-e {key}") if value else ""
+                except HosttuneError:
+                    out[key] = value  # not YAML: the plain string, as ansible-playbook takes it
     return out
 
 

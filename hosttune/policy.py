@@ -136,11 +136,8 @@ def read_config(fs: Any, path: str | None) -> tuple[Any, str | None]:
 def from_document(raw: Any, where: str) -> dict[str, Any]:
     """The validated policy of a config document (its policy: section, or the whole of it)."""
     try:
-        if isinstance(raw, dict) and ("policy" in raw or "agent" in raw) and set(raw) <= {"policy", "agent"}:
-            # the agent's config file: {policy: ..., agent: ...}, either section optional
-            if not isinstance(raw.get("policy"), (dict, type(None))):
-                raise PolicyError(f"must be a mapping, got {type(raw['policy']).__name__}", where="policy")
-            raw = raw.get("policy") or {}
+        if isinstance(raw, dict) and "agent" in raw and set(raw) <= {"policy", "agent"}:
+            raw = {"policy": raw.get("policy")}  # the agent's config file: either section optional
         return validate(raw if raw is not None else {}, source=where)
     except PolicyError as exc:
         exc.where = f"{where}: {exc.where}" if exc.where else where
@@ -152,10 +149,12 @@ def validate(raw: Any, source: str = "policy") -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise PolicyError(f"must be a mapping, got {type(raw).__name__}", where=None if source else source)
     if "policy" in raw and set(raw) <= {"policy", "agent"}:
+        if not isinstance(raw["policy"], (dict, type(None))):
+            raise PolicyError(f"must be a mapping, got {type(raw['policy']).__name__}", where="policy")
         raw = raw["policy"] or {}  # /etc/hosttune/hosttune.yaml: {policy: ..., agent: ...}
     profile = raw.get("profile", DEFAULTS["profile"])
-    if profile not in PROFILES:
-        raise PolicyError(f"must be one of {', '.join(PROFILES)}, got {profile!r}", where="profile")
+    if not isinstance(profile, str) or profile not in PROFILES:
+        raise PolicyError(f"must be one of {', '.join(PROFILES)}, got {brief(profile)}", where="profile")
     merged = _merge(_merge(DEFAULTS, PROFILE_OVERRIDES[profile]), raw)
     _check_section(merged, DEFAULTS, "")
     _check_values(merged)

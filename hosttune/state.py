@@ -192,8 +192,12 @@ class Lock:
         self.fd: int | None = None
 
     def __enter__(self) -> Lock:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:  # chattr +i, a read-only filesystem, a symlink planted as the lock
+            raise HosttuneError(f"cannot open the lock file: {exc.strerror} (errno {exc.errno}); nothing was "
+                                f"changed", where=self.path) from None
         deadline = time.monotonic() + self.wait
         while True:
             try:

@@ -255,3 +255,17 @@ def test_dry_run_on_this_machine_succeeds():
     """The README's demo path: this machine has no GRUB and no cpufreq; a dry run must not fail."""
     proc = run_cli("apply", "--dry-run")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_unusable_state_directory_is_one_line_and_changes_nothing(tree):
+    """The lock cannot be taken (chattr +i, a read-only filesystem, a file where the directory
+    should be): one line naming the lock file, exit 2, no value written."""
+    os.makedirs(os.path.join(tree, "var/lib"), exist_ok=True)
+    open(os.path.join(tree, "var/lib/hosttune"), "w").close()
+    with open(os.path.join(tree, "proc/sys/vm/swappiness")) as f:
+        before = f.read()
+    proc = run_cli("apply", "--root", tree)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "var/lib/hosttune/lock" in proc.stderr
+    with open(os.path.join(tree, "proc/sys/vm/swappiness")) as f:
+        assert f.read() == before
