@@ -200,7 +200,7 @@ class Metrics:
         self.proc_cpu.set((stat["utime"] + stat["stime"]) / _TICKS)
         self.proc_rss.set(stat["rss"] * _PAGE)
         self.proc_vms.set(stat["vsize"])
-        self.proc_fds.set(len(os.listdir("/proc/self/fd")))
+        self.proc_fds.set(_open_fds())
         self.proc_max_fds.set(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         return self.registry.render()
 
@@ -209,6 +209,12 @@ class Metrics:
 # process, not the tuned host), so they are read here and not through HostFS.
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _open_fds() -> int:
+    """Open descriptors: the size Linux >= 6.2 reports for /proc/self/fd (listing it takes 16 ms with
+    the 8,000 files the fast check holds on a 768-CPU host), else its entries."""
+    return os.stat("/proc/self/fd").st_size or len(os.listdir("/proc/self/fd"))
 
 
 def _self_stat() -> dict[str, int]:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hosttune import areas, discovery, engine, state
+from hosttune.agent import fastcheck
 from hosttune import plan as plan_mod
 from hosttune.errors import EXIT_LOCKED, HosttuneError, PolicyError
 from hosttune.sysfs import HostFS
@@ -218,7 +219,8 @@ def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | str | None, 
             irqs, online = topology_seen(fs)  # discovery's reads, from its cache
             out["plan_json"] = json.dumps(plan, separators=(",", ":"))
             out["topology"] = {"irqs": irqs, "online": online}
-        report = engine.verify(plan, fs)
+            fs.forget()  # the record below holds verify's inputs only, not discovery's
+        report, out["inputs"] = _verify(plan, fs)
     finally:
         lock.__exit__(None, None, None)
         fs.forget()
@@ -245,10 +247,18 @@ def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | str | None, 
         out["applied"] = {"changes": changes, "recovered": applied.get("recovered", []),
                           "refused": [u for u in applied["unsupported"] if u.get("name")],
                           "commands": applied.get("commands", [])}
-        report = engine.verify(plan, fs)
+        try:
+            with state.Lock(fs, wait=0):  # the record is of an unlocked state file otherwise
+                fs.forget()  # apply's reads are not verify's inputs
+                report, out["inputs"] = _verify(plan, fs)
+        except HosttuneError as exc:
+            if not _lock_held(exc):
+                raise
+            report, out["inputs"] = engine.verify(plan, fs), None  # no record: the next check is full
         fs.forget()
         out["ok"] = _ok_keys(report)
 
+    out["settled"] = _drift(report, frozenset())  # the drift a check repeated now would find
     per_area: dict[str, dict[str, int]] = {}
     for row in report["settings"]:
         counts = per_area.setdefault(row["area"], {})
@@ -263,6 +273,13 @@ def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | str | None, 
         "drifted": [r for r in report["settings"] if r["status"] == "drift"][:MAX_ROWS],
     })
     return out
+
+
+def _verify(plan: dict[str, Any], fs: HostFS) -> tuple[dict[str, Any], dict[str, Any]]:
+    """engine.verify, and the record of its inputs for the daemon's fast check (hosttune.agent.fastcheck)."""
+    with fastcheck.Recorder() as rec:
+        report = engine.verify(plan, fs)
+    return report, fastcheck.record(fs, rec.queries)
 
 
 def _drift(report: dict[str, Any], prev_ok: frozenset[int]) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,132 @@
+"""The agent's fast check (hosttune.agent.fastcheck) against engine.verify on a synthetic tree.
+
+A check whose inputs read as at the last full verify repeats that verify's summary without
+running it; these tests inject drift in place, as a process on the host would, and compare what
+the agent reports with what engine.verify says of the same tree: same counts, same per-area
+statuses, same drifted rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import pytest
+
+from hosttune import cpulist, engine, state
+from hosttune.agent import worker
+from hosttune.agent.daemon import Agent
+from hosttune.agent.log import JsonLog
+from hosttune.agent.notify import Notifier
+from hosttune.sysfs import HostFS
+from tests.treegen import Spec, write_tree
+
+
+def _write(root: str, path: str, value: str) -> None:
+    with open(os.path.join(root, path.lstrip("/")), "w") as handle:  # in place, as the kernel's files change
+        handle.write(value + "\n")
+
+
+@pytest.fixture
+def agent(tmp_path, monkeypatch):
+    root = str(tmp_path / "root")
+    write_tree(root, Spec(sockets=2, cores_per_node=4, threads=2, irqs=32, hostname="fast"))
+    os.makedirs(os.path.join(root, "etc/default"), exist_ok=True)
+    _write(root, "/etc/default/grub", 'GRUB_CMDLINE_LINUX_DEFAULT="quiet"')
+    os.makedirs(os.path.join(root, "etc/hosttune"))
+    with open(os.path.join(root, "etc/hosttune/hosttune.yaml"), "w") as handle:
+        # monitor only: drift stays on the host, so the fast path has drift rows to repeat
+        json.dump({"policy": {"profile": "latency"}, "agent": {"port": 0, "reapply": False}}, handle)
+    notifier = Notifier()
+    a = Agent(argparse.Namespace(root=root, config=None), JsonLog(level="error"), notifier)
+    # what each fast check answered: True, the summary was repeated; False, a full verify ran
+    answers = []
+    real = a.fast.unchanged
+    monkeypatch.setattr(a.fast, "unchanged", lambda: answers.append(real()) or answers[-1])
+    a.answers = answers
+    yield a
+    a.fast.close()
+    a.server.stop()
+
+
+def _verify(agent: Agent) -> dict:
+    plan = agent.plan if agent.plan is not None else json.loads(agent.plan_json)
+    return engine.verify(plan, HostFS(root=agent.fs.root))
+
+
+def _same_as_verify(agent: Agent) -> dict:
+    report = _verify(agent)
+    snap = agent.snapshot
+    areas: dict = {}
+    for row in report["settings"]:
+        areas.setdefault(row["area"], {}).setdefault(row["status"], 0)
+        areas[row["area"]][row["status"]] += 1
+    assert snap["counts"] == report["counts"]
+    assert snap["areas"] == areas
+    assert snap["status"] == report["status"]
+    assert snap["drifted"] == [r for r in report["settings"] if r["status"] == "drift"][:worker.MAX_ROWS]
+    return report
+
+
+def test_fast_check_reports_what_engine_verify_reports(agent):
+    root = agent.fs.root
+    agent.check("start")
+    _same_as_verify(agent)
+    assert agent.fast.spec is not None and len(agent.fast.fds) > 100  # every /sys and /proc value held
+
+    assert agent.check("interval") in ("ok", "drift")
+    assert agent.answers == [True], "nothing changed: the fast path, no full verify"
+    before = _same_as_verify(agent)
+
+    # drift injected in place: an IRQ's affinity, a sysctl
+    row = next(r for r in before["settings"] if r["area"] == "irqs" and r["name"].startswith("irq "))
+    irq = row["name"]
+    outside = min(set(range(16)) - set(cpulist.parse(row["expected"])))  # a CPU the plan keeps IRQs off
+    _write(root, f"/proc/irq/{irq.split()[1]}/smp_affinity_list", str(outside))
+    _write(root, "/proc/sys/vm/swappiness", "77")
+    assert agent.check("interval") == "drift"
+    assert agent.answers[-1] is False, "an input changed: a full verify"
+    report = _same_as_verify(agent)
+    drifted = {r["name"] for r in report["settings"] if r["status"] == "drift"}
+    assert {irq, "vm.swappiness"} <= drifted
+
+    # the same drift again: fast path, the same rows as engine.verify
+    assert agent.check("interval") == "drift"
+    assert agent.answers[-1] is True
+    _same_as_verify(agent)
+
+    # back to the planned value: a full verify again, which finds it ok
+    _write(root, "/proc/sys/vm/swappiness", "10")
+    agent.check("interval")
+    assert agent.answers[-1] is False
+    report = _same_as_verify(agent)
+    assert "vm.swappiness" not in {r["name"] for r in report["settings"] if r["status"] == "drift"}
+
+
+def test_state_file_and_other_inputs_force_a_full_check(agent):
+    root = agent.fs.root
+    agent.check("start")
+    agent.check("interval")
+    assert agent.answers == [True]
+    # a file outside /sys and /proc that verify reads (the sysctl drop-in), written by hand
+    os.makedirs(os.path.join(root, "etc/sysctl.d"), exist_ok=True)
+    _write(root, "/etc/sysctl.d/90-hosttune.conf", "vm.swappiness = 10")
+    agent.check("interval")
+    assert agent.answers[-1] is False
+    _same_as_verify(agent)
+    fs = HostFS(root=root)
+    state.save(fs, state.load(fs))  # a state file appears (monitor only: the agent wrote none)
+    agent.check("interval")
+    assert agent.answers[-1] is False
+    agent.check("interval")
+    assert agent.answers[-1] is True
+    state_file = os.path.join(root, "var/lib/hosttune/state.json")
+    with open(state_file, "rb") as handle:
+        data = handle.read()
+    with open(state_file + ".new", "wb") as handle:
+        handle.write(data)
+    os.replace(state_file + ".new", state_file)  # replaced as state.save does: a new inode
+    agent.check("interval")
+    assert agent.answers[-1] is False
+    _same_as_verify(agent)
