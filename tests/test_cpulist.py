@@ -88,3 +88,31 @@ def test_parse_mask_rejects(bad):
 
 def test_parse_mask_accepts_leading_zero_words():
     assert cpulist.parse_mask("0" * 20000 + ",00000003") == [0, 1]
+
+
+# what the mutation run (scripts/mutation hosttune/cpulist.py=tests/test_cpulist.py) found untested
+def test_stride_and_the_upper_bound_exactly():
+    assert cpulist.parse("0-8:2") == [0, 2, 4, 6, 8] and cpulist.parse("1-9:4") == [1, 5, 9]
+    assert cpulist.parse("7", max_cpu=7) == [7]
+    with pytest.raises(HosttuneError, match="CPU ids go up to 7"):
+        cpulist.parse("8", max_cpu=7)
+    assert cpulist.parse(str(cpulist.MAX_CPUS - 1)) == [cpulist.MAX_CPUS - 1]
+    with pytest.raises(HosttuneError):
+        cpulist.parse(str(cpulist.MAX_CPUS))
+
+
+def test_mask_errors_name_the_file_and_the_length_limit_is_exact():
+    with pytest.raises(HosttuneError) as info:
+        cpulist.parse_mask("zz", where="/proc/irq/default_smp_affinity")
+    assert "/proc/irq/default_smp_affinity" in str(info.value)
+    top = "8" + "0" * (cpulist.MAX_CPUS // 4 - 1)  # highest bit = CPU MAX_CPUS - 1: accepted
+    assert cpulist.parse_mask(top) == [cpulist.MAX_CPUS - 1]
+    with pytest.raises(HosttuneError, match=f"more than {cpulist.MAX_CPUS} CPUs"):
+        cpulist.parse_mask("1" + "0" * (cpulist.MAX_CPUS // 4))
+
+
+def test_error_messages_cut_long_values_to_80_characters():
+    with pytest.raises(HosttuneError) as info:
+        cpulist.parse("x" * 10_000, where="isolation.cpus")
+    shown = str(info.value)
+    assert "x" * 77 + "..." in shown and "x" * 78 not in shown and len(shown) < 250
