@@ -40,16 +40,16 @@ def _host_path(fs: HostFS, path: str) -> str:
 
 def _refresh(host: Host, records: list[dict[str, Any]], strict: bool) -> None:
     """Run the commands that make changed files take effect, area by area, in registry order."""
-    paths_by_area: dict[str, set[str]] = {}
+    by_area: dict[str, list[dict[str, Any]]] = {}
     for record in records:
-        paths_by_area.setdefault(record.get("area", ""), set()).add(record["path"])
+        by_area.setdefault(record.get("area", ""), []).append(record)
     for area in areas.REGISTRY:
-        # records written before they named their area: any area may claim their paths
-        paths = paths_by_area.get(area.NAME, set()) | paths_by_area.get("", set())
-        if not paths:
+        # records written before they named their area: any area may claim them
+        mine = by_area.get(area.NAME, []) + by_area.get("", [])
+        if not mine:
             continue
-        for action in area.refresh(host, paths):
-            if not host.runner.run(action.argv, action.why):
+        for action in area.refresh(host, mine):
+            if not host.runner.run(action.argv, action.why, env=action.env):
                 if strict:
                     raise ApplyFailed(host.runner.last_error(), where=action.area)
                 log.error("%s", host.runner.last_error())

@@ -33,8 +33,10 @@ class Runner:
     def enabled(self) -> bool:
         return commands_enabled(self.live)
 
-    def run(self, argv: list[str], why: str) -> bool:
+    def run(self, argv: list[str], why: str, env: dict[str, str] | None = None) -> bool:
         entry: dict[str, Any] = {"argv": argv, "why": why}
+        if env:
+            entry["env"] = env
         self.ran.append(entry)
         if self.dry:
             entry["result"] = "dry-run"
@@ -43,7 +45,8 @@ class Runner:
             entry["result"] = "skipped: not the live root"
             return True
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT,
+                                  env={**os.environ, **env} if env else None)
         except FileNotFoundError:
             entry["result"] = f"not found: {argv[0]}"
             return False

@@ -49,6 +49,11 @@ STANDIN = textwrap.dedent('''\
                     if target not in ("ALL", e["kernel"]):
                         continue
                     e["args"] = [w for w in e["args"] if w not in gone]
+    elif "{name}" == "kernel-install":
+        conf = os.environ.get("KERNEL_INSTALL_CONF_ROOT")
+        cmdline = open(os.path.join(conf, "cmdline")).read() if conf else None
+        with open(os.path.join(folder, "log"), "a") as log:
+            log.write(json.dumps(["kernel-install-conf", cmdline, sorted(os.listdir(conf)) if conf else None]) + "\\n")
     elif "{name}" == "systemctl":
         verb, names = argv[0], [a for a in argv[1:] if not a.startswith("--")]
         for n in names:
@@ -197,9 +202,17 @@ def test_systemd_boot_kernel_args_through_kernel_install(tree, standins):
     with open(os.path.join(tree, "etc/kernel/cmdline")) as f:
         assert f.read() == "root=UUID=1234 ro quiet " + " ".join(p["kernel_args"]) + "\n"
     assert ["kernel-install", "add", "6.1.0-28-amd64", "/boot/vmlinuz-6.1.0-28-amd64"] in log()
+    assert log()[-1] == ["kernel-install-conf", None, None]  # apply: kernel-install reads /etc/kernel/cmdline
+    with open(os.path.join(tree, "proc/cmdline"), "w") as f:  # rebooted into the planned arguments
+        f.write("initrd=\\initrd.img root=UUID=1234 ro quiet " + " ".join(p["kernel_args"]) + "\n")
+    os.makedirs(os.path.join(tree, "etc/kernel"), exist_ok=True)
+    with open(os.path.join(tree, "etc/kernel/install.conf"), "w") as f:
+        f.write("layout=bls\n")
     engine.restore(fs)
-    assert not os.path.exists(os.path.join(tree, "etc/kernel/cmdline"))
-    assert log()[-1][0] == "kernel-install"  # the entry is written again without the arguments
+    assert not os.path.exists(os.path.join(tree, "etc/kernel/cmdline"))  # as it was: absent
+    # the entry is written again from the command line before hosttune, not from /proc/cmdline
+    assert log()[-2][0] == "kernel-install"
+    assert log()[-1] == ["kernel-install-conf", "root=UUID=1234 ro quiet isolcpus=5\n", ["cmdline", "install.conf"]]
 
 
 def test_service_stopped_and_started_again(tree, standins):

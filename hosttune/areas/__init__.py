@@ -7,7 +7,8 @@ Each area is one module holding everything it knows (see base.py for the parts):
   plan(ctx) -> setting        {"status": "planned" | "unsupported" | "skipped", ...}, pure
   describe(setting) -> str    its line in `hosttune plan`
   items(setting, plan, host) -> AreaItems   what apply / verify / restore carry out
-  refresh(host, paths) -> [Action]          commands that make changed files take effect
+  refresh(host, records) -> [Action]        commands that make changed files take effect (records:
+                                            the state records of what apply/rollback/restore changed)
 optional:
   plan_fields(setting) -> {top-level plan field: value}
   verify_rows(plan, host, row) -> [row]     checks beyond its items (the running kernel)

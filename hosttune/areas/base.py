@@ -12,7 +12,7 @@ to. Item kinds, by where the value lives:
 Before an Item is first changed, its `snapshot` (a JSON record naming its kind) goes into the
 state file; restore and rollback hand that record to `put_back`, so they need no plan.
 Actions are commands that make changed files take effect (update-grub, restart irqbalance);
-an area's `refresh(host, paths)` returns them after apply, rollback and restore alike.
+an area's `refresh(host, records)` returns them after apply, rollback and restore alike.
 """
 
 from __future__ import annotations
@@ -412,6 +412,7 @@ class Action:
     area: str
     argv: list[str]
     why: str
+    env: dict[str, str] | None = None  # added to the command's environment
 
 
 @dataclass

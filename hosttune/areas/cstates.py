@@ -68,5 +68,5 @@ def items(setting: dict[str, Any], plan: dict[str, Any], host: Host) -> AreaItem
                             for cpu in setting["cpus"] for state in setting["disable"]])
 
 
-def refresh(host: Host, paths: set[str]) -> list[Any]:
+def refresh(host: Host, records: list[dict[str, Any]]) -> list[Any]:
     return []

@@ -56,5 +56,5 @@ def items(setting: dict[str, Any], plan: dict[str, Any], host: Host) -> AreaItem
                             for pid in setting["policies"]])
 
 
-def refresh(host: Host, paths: set[str]) -> list[Any]:
+def refresh(host: Host, records: list[dict[str, Any]]) -> list[Any]:
     return []

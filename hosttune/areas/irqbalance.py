@@ -60,7 +60,7 @@ def items(setting: dict[str, Any], plan: dict[str, Any], host: Host) -> AreaItem
     return AreaItems(NAME, [ConfigFile(NAME, "banned CPUs", path, value=wanted)])
 
 
-def refresh(host: Host, paths: set[str]) -> list[Action]:
-    if any(p in CONFIGS for p in paths):
+def refresh(host: Host, records: list[dict[str, Any]]) -> list[Action]:
+    if any(r["path"] in CONFIGS for r in records):
         return [Action(NAME, ["systemctl", "try-restart", SERVICE], "irqbalance rereads its banned CPUs")]
     return []

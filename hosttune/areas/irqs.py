@@ -70,5 +70,5 @@ def items(setting: dict[str, Any], plan: dict[str, Any], host: Host) -> AreaItem
     return AreaItems(NAME, out)
 
 
-def refresh(host: Host, paths: set[str]) -> list[Any]:
+def refresh(host: Host, records: list[dict[str, Any]]) -> list[Any]:
     return []

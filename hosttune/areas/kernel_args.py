@@ -14,6 +14,7 @@ Last in the registry: nothing at runtime depends on it, and it only takes effect
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from hosttune import cpulist
@@ -26,6 +27,7 @@ BOOT = True
 GRUB_DEFAULTS = "/etc/default/grub"
 GRUB_DROPIN = "/etc/default/grub.d/hosttune.cfg"
 KERNEL_CMDLINE = "/etc/kernel/cmdline"
+INSTALL_CONF = "/run/hosttune/kernel-install"  # kernel-install's configuration root for a restore
 LOADER_CONFS = ("/boot/efi/loader/loader.conf", "/efi/loader/loader.conf", "/boot/loader/loader.conf")
 GRUBBY = ("/usr/sbin/grubby", "/sbin/grubby", "/usr/bin/grubby")
 # what a kernel parameter may look like once it is written into a file another program parses
@@ -100,8 +102,10 @@ def items(setting: dict[str, Any], plan: dict[str, Any], host: Host) -> AreaItem
     if kind == "grubby":
         return AreaItems(NAME, [BootArgs(NAME, "grubby (every boot entry)", "grubby:ALL", args=args)] if args else [])
     if kind == "systemd-boot":
-        return AreaItems(NAME, [ConfigFile(NAME, "kernel-install command line", KERNEL_CMDLINE,
-                                           value=_systemd_boot_cmdline(host, args))])
+        current = host.fs.read(KERNEL_CMDLINE)
+        return AreaItems(NAME, [KernelCmdline(NAME, "kernel-install command line", KERNEL_CMDLINE,
+                                              value=_systemd_boot_cmdline(current, host, args),
+                                              boot_cmdline=_systemd_boot_cmdline(current, host, []).strip())])
     content = None
     if args:
         content = (f"{MARK}\n# planned kernel arguments; applied by update-grub, active after a reboot\n"
@@ -109,24 +113,51 @@ def items(setting: dict[str, Any], plan: dict[str, Any], host: Host) -> AreaItem
     return AreaItems(NAME, [ConfigFile(NAME, "GRUB drop-in", GRUB_DROPIN, value=content)])
 
 
-def _systemd_boot_cmdline(host: Host, args: list[str]) -> str:
+@dataclass
+class KernelCmdline(ConfigFile):
+    """/etc/kernel/cmdline. Where it did not exist, kernel-install took the running kernel's command
+    line; the snapshot then also keeps that line, because after the reboot /proc/cmdline holds the
+    planned arguments, and a restore that only removed the file would leave them in the entry."""
+
+    boot_cmdline: str = ""
+
+    def snapshot(self, host: Host, raw: str | None) -> dict[str, Any]:
+        record = super().snapshot(host, raw)
+        if record["value"] is None:
+            record["boot_cmdline"] = self.boot_cmdline
+        return record
+
+
+def _systemd_boot_cmdline(current: str | None, host: Host, args: list[str]) -> str:
     """/etc/kernel/cmdline: the current arguments (the file, else the running kernel's, without the
     loader's own), the planned ones replacing any with the same name."""
-    current = host.fs.read(KERNEL_CMDLINE)
     words = (current if current is not None else host.fs.read("/proc/cmdline") or "").split()
     keys = {a.split("=", 1)[0] for a in args}
     kept = [w for w in words if w.split("=", 1)[0] not in keys and not w.startswith(("BOOT_IMAGE=", "initrd="))]
     return " ".join(kept + args) + "\n"
 
 
-def refresh(host: Host, paths: set[str]) -> list[Action]:
+def refresh(host: Host, records: list[dict[str, Any]]) -> list[Action]:
+    paths = {r["path"] for r in records}
     if GRUB_DROPIN in paths:
         return [Action(NAME, ["update-grub"], "regenerate the boot config")]
-    if KERNEL_CMDLINE in paths:
-        release = (host.fs.read("/proc/sys/kernel/osrelease") or "").strip()
-        return [Action(NAME, ["kernel-install", "add", release, f"/boot/vmlinuz-{release}"],
-                       "write the boot entry with the new command line")]
-    return []
+    cmdline = next((r for r in records if r["path"] == KERNEL_CMDLINE), None)
+    if cmdline is None:
+        return []
+    release = (host.fs.read("/proc/sys/kernel/osrelease") or "").strip()
+    argv = ["kernel-install", "add", release, f"/boot/vmlinuz-{release}"]
+    if host.fs.exists(KERNEL_CMDLINE) or not cmdline.get("boot_cmdline"):
+        return [Action(NAME, argv, "write the boot entry with the new command line")]
+    # back to "no /etc/kernel/cmdline": kernel-install would take /proc/cmdline, which holds the
+    # arguments being removed; give it the line from before the first apply through its own
+    # configuration root (a copy of /etc/kernel's files plus that cmdline)
+    for name in host.fs.listdir("/etc/kernel") or []:
+        data = host.fs.read_bytes(f"/etc/kernel/{name}")
+        if data is not None and name != "cmdline":
+            host.write_file(f"{INSTALL_CONF}/{name}", data, mode=0o644)
+    host.write_file(f"{INSTALL_CONF}/cmdline", cmdline["boot_cmdline"] + "\n", mode=0o644)
+    return [Action(NAME, argv, "write the boot entry with the command line from before hosttune",
+                   env={"KERNEL_INSTALL_CONF_ROOT": host.fs.host_path(INSTALL_CONF)})]
 
 
 def cmdline_missing(plan: dict[str, Any], fs: HostFS) -> list[str]:

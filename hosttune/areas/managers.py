@@ -88,5 +88,5 @@ def items(setting: dict[str, Any], plan: dict[str, Any], host: Host) -> AreaItem
                             for service in setting["stop"]])
 
 
-def refresh(host: Host, paths: set[str]) -> list[Any]:
+def refresh(host: Host, records: list[dict[str, Any]]) -> list[Any]:
     return []
