@@ -162,8 +162,8 @@ def test_sigkill_mid_apply_leaves_a_consistent_state(make_tree):
     proc.wait()
     fs = HostFS.open(root)
     st = state.load(fs)  # parses: the state file was written atomically
-    if st.run:  # killed mid-run: the next start rolls it back
-        engine.recover(fs, st)
+    assert st.run and st.run["changes"], "the kill must land mid-run: the journal is still there"
+    engine.recover(fs, st)  # what the next start does
     engine.restore(fs)
     assert normalized(snapshot(root)) == normalized(before)
 

@@ -8,6 +8,7 @@ import pytest
 from hosttune import discovery, plan, policy
 from hosttune.sysfs import HostFS
 from tests.conftest import extract_fixture, fixture_names, run_cli
+from tests.test_engine import normalized, snapshot
 
 EXPECTED = {
     # name: (sockets, nodes, online cpus, threads/core, offline, node cpulists)
@@ -65,8 +66,13 @@ def test_apply_verify_restore_on_fixture(name, tmp_path):
     root = extract_fixture(name, tmp_path)
     (tmp_path / "etc" / "default").mkdir(parents=True, exist_ok=True)
     (tmp_path / "etc" / "default" / "grub").write_text('GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n')
+    before = snapshot(root)
     run_cli("apply", "--root", root, check=3)
     verify = json.loads(run_cli("verify", "--root", root, "--json").stdout)
     assert verify["counts"]["drift"] == 0 and verify["status"] == "pending-reboot"
+    assert normalized(snapshot(root)) != normalized(before)
     run_cli("restore", "--root", root, check=0)
     assert json.loads(run_cli("verify", "--root", root, "--json").stdout)["counts"]["drift"] > 0
+    after = normalized(snapshot(root))  # every file of the capture, value by value, as before apply
+    expected = normalized(before)
+    assert [k for k in expected if after.get(k) != expected[k]] == [] and set(after) == set(expected)

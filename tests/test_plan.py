@@ -51,6 +51,19 @@ def test_inference_precision_reaches_openvino_and_ovms(make_tree, profile):
     assert inst["ovms"]["plugin_config"]["INFERENCE_PRECISION_HINT"] == "f32"
 
 
+def test_irqs_follow_their_numa_node_not_their_socket(make_tree):
+    """2 sockets x 2 nodes: node 1 is on socket 0. A device on node 1 gets node 1's housekeeping
+    CPU, not socket 1's (or node 0's, which shares its socket)."""
+    p = plan.make_plan(discovery.discover(HostFS.open(make_tree(sockets=2, nodes_per_socket=2, cores_per_node=2,
+                                                                  irqs=8))), policy.validate({}))
+    hk = {row["id"]: row["housekeeping"] for row in p["nodes"]}
+    assert hk == {0: [0], 1: [2], 2: [4], 3: [6]}
+    by_node = {}
+    for pin in p["settings"]["irqs"]["pin"]:
+        by_node.setdefault(pin["node"], set()).add(tuple(pin["cpus"]))
+    assert by_node == {0: {(0,)}, 1: {(2,)}, 2: {(4,)}, 3: {(6,)}, None: {(0, 2, 4, 6)}}
+
+
 def test_smt_siblings_stay_together_and_threads_use_cores(make_tree):
     p = make(make_tree(sockets=1, cores_per_node=4, threads=2), {"profile": "throughput"})
     assert p["nodes"][0]["housekeeping"] == [0, 4]
@@ -151,9 +164,12 @@ specs = st.builds(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(spec=specs, hk=st.integers(1, 3), profile=st.sampled_from(["latency", "throughput"]),
-       offline_pick=st.lists(st.integers(0, 200), max_size=3), memoryless=st.lists(st.integers(0, 5), max_size=2))
-def test_plan_invariants(spec, hk, profile, offline_pick, memoryless):
+       offline_pick=st.lists(st.integers(0, 200), max_size=3), memoryless=st.lists(st.integers(0, 5), max_size=2),
+       sparse_nodes=st.booleans())
+def test_plan_invariants(spec, hk, profile, offline_pick, memoryless, sparse_nodes):
     assume(hk < spec.cores_per_node)
+    if sparse_nodes:  # node numbers that are neither 0..n-1 nor the socket numbers
+        spec.node_ids = [3 * i + 1 for i in range(spec.nodes)]
     spec.memoryless = [m for m in memoryless if m < spec.nodes - 1]  # keep one node with memory
     ncpus = spec.sockets * spec.nodes_per_socket * spec.cores_per_node * spec.threads
     spec.offline = sorted({(p % ncpus) * spec.cpu_stride for p in offline_pick})
@@ -189,3 +205,10 @@ def test_plan_invariants(spec, hk, profile, offline_pick, memoryless):
         assert inst["streams"] <= inst["cores"] and ov["INFERENCE_NUM_THREADS"] <= inst["cores"]
         assert inst["ovms"]["nireq"] >= inst["streams"]
     assert len({i["port"] for i in p["instances"]}) == len(p["instances"])
+    # every device IRQ on the housekeeping CPUs of its own NUMA node (any when it has none or no node)
+    hk_by_node: dict = {}
+    for cpu_id in hk_set:
+        hk_by_node.setdefault(topo.cpu(cpu_id).node, set()).add(cpu_id)
+    node_of_irq = {i.irq: i.node for i in topo.irqs}
+    for pin in p["settings"]["irqs"]["pin"]:
+        assert set(pin["cpus"]) == (hk_by_node.get(node_of_irq[pin["irq"]]) or hk_set), pin
