@@ -116,17 +116,25 @@ def test_dashboard_queries_are_promql(tmp_path):
 
 
 def _read_until(proc, pattern, timeout=180):  # generous: the machine may be loaded
-    deadline, seen = time.monotonic() + timeout, []
+    """The first line of the agent's stdout matching `pattern`. Reads the raw pipe (os.read) and
+    splits lines itself: select() on a buffered text pipe misses lines already buffered."""
+    deadline, buffer, seen = time.monotonic() + timeout, getattr(proc, "_hosttune_rest", b""), []
+    fd = proc.stdout.fileno()
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
+        while b"\n" in buffer:
+            raw, buffer = buffer.split(b"\n", 1)
+            line = raw.decode(errors="replace")
+            seen.append(line + "\n")
             m = re.search(pattern, line)
             if m:
+                proc._hosttune_rest = buffer  # lines after the match belong to the next wait
                 return m
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buffer += chunk
         elif proc.poll() is not None:
             break
     raise AssertionError(f"no {pattern!r} from the agent:\n{''.join(seen)}{proc.stderr.read() if proc.poll() is not None else ''}")

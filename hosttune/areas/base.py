@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import difflib
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ def bracketed(value: str | None) -> str | None:
     return match.group(1) if match else value.strip()
 
 
+@functools.lru_cache(maxsize=4096)  # thousands of IRQs share a few affinity texts (768-CPU lists)
 def as_cpulist(value: str | None) -> str | None:
     if value is None:
         return None
