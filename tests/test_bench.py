@@ -203,6 +203,19 @@ def test_compare(models, plan_file, tmp_path):
     r = subprocess.run([*HOSTTUNE, "bench", "compare", str(a), str(tmp_path / "bad.json")], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "not a hosttune.bench/1 result" in r.stderr
+    # the right schema with the wrong types (issue 13): one line naming the field, exit 2
+    good = json.loads(a.read_text())
+    for mutate, field in ((lambda d: d["instances"][0]["runs"][0].update(throughput="fast"), "throughput"),
+                          (lambda d: d["instances"][0].update(runs="x"), "runs"),
+                          (lambda d: d["aggregate"]["p99_ms"].update(values=[None]), "aggregate.p99_ms.values"),
+                          (lambda d: d["instances"][0]["runs"][0]["latency_ms"].update(p99=[1]), "latency_ms.p99")):
+        doc = json.loads(json.dumps(good))
+        mutate(doc)
+        (tmp_path / "typed.json").write_text(json.dumps(doc))
+        r = subprocess.run([*HOSTTUNE, "bench", "compare", str(a), str(tmp_path / "typed.json")],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and field in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, message", [

@@ -210,9 +210,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not result["instances"]:
         raise HosttuneError(f"no instance in common ({', '.join(result['unmatched'])})", where=args.b)
     if args.html:
+        try:
+            page = report.html_report([(a.get("label") or "A", a), (b.get("label") or "B", b)],
+                                      title="hosttune bench compare")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a field the report shows
+            raise HosttuneError(f"cannot draw the report from these results ({type(exc).__name__}: {exc})",
+                                where=args.html) from None
         with open(args.html, "w") as f:
-            f.write(report.html_report([(a.get("label") or "A", a), (b.get("label") or "B", b)],
-                                       title="hosttune bench compare"))
+            f.write(page)
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")
