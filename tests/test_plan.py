@@ -212,3 +212,25 @@ def test_plan_invariants(spec, hk, profile, offline_pick, memoryless, sparse_nod
     node_of_irq = {i.irq: i.node for i in topo.irqs}
     for pin in p["settings"]["irqs"]["pin"]:
         assert set(pin["cpus"]) == (hk_by_node.get(node_of_irq[pin["irq"]]) or hk_set), pin
+
+
+def test_memory_node_is_the_nearest_with_memory():
+    """A memoryless node's instance binds memory on the nearest node that has memory (lowest
+    distance, then lowest id); a node with memory, or one without distances, keeps its own."""
+    from hosttune.topology import Node, Topology
+
+    def topo(nodes):
+        return Topology("h", [], nodes, [], "", [], [], None, None, {})
+
+    nodes = [Node(0, [0], 4 << 30, {0: 10, 1: 20, 2: 12, 3: 12}), Node(1, [1], 0, {0: 20, 1: 10, 2: 31, 3: 21}),
+             Node(2, [2], 4 << 30, {0: 12, 1: 31, 2: 10, 3: 30}), Node(3, [3], 4 << 30, {0: 12, 1: 21, 2: 30, 3: 10})]
+    t = topo(nodes)
+    assert plan._memory_node(t, 0) == 0  # has memory
+    assert plan._memory_node(t, 1) == 0  # nearest with memory: 0 (20) before 3 (21) and 2 (31)
+    nodes[0].memory_bytes = 0
+    assert plan._memory_node(t, 1) == 3  # 0 has none now: 3 (21) before 2 (31)
+    nodes[3].distances = {0: 12, 1: 31, 2: 30, 3: 10}
+    nodes[1].distances = {0: 20, 1: 10, 2: 31, 3: 31}
+    assert plan._memory_node(t, 1) == 2  # a tie at 31: the lower id
+    assert plan._memory_node(topo([Node(0, [0], 0, {})]), 0) == 0  # no distances: itself
+    assert plan._memory_node(topo([Node(0, [0], 0, {0: 10}), Node(1, [1], 0, {1: 10})]), 0) == 0  # nobody has memory
