@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -522,7 +523,19 @@ def test_inside_a_cpuset_narrower_than_the_plan(models, tmp_path):
             assert "listening on" in lines[1], lines
             assert os.sched_getaffinity(proc.pid) == {cpus[0]}
         finally:
-            proc.terminate()
-            proc.wait(timeout=15)
+            proc.terminate()  # a graceful stop (up to 10 s) on one CPU the guests may be loading
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=60)
     finally:
-        os.rmdir(group)
+        deadline = time.monotonic() + 30
+        while True:  # the kernel empties the group just after the exit is reaped
+            try:
+                os.rmdir(group)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
