@@ -102,8 +102,9 @@ def _discover_cpus(fs: HostFS) -> list[Cpu]:
             die = _nonneg(_int(fs, f"{base}/die_id"))
             core = _nonneg(_int(fs, f"{base}/core_id"))
             # core_cpus_list replaces the deprecated thread_siblings_list; older kernels have the mask only
-            sib = (_cpus(fs, f"{base}/core_cpus_list") if fs.exists(f"{base}/core_cpus_list")
-                   else _cpus(fs, f"{base}/thread_siblings_list", mask=f"{base}/thread_siblings"))
+            sib = _cpus(fs, f"{base}/core_cpus_list")
+            if sib is None:
+                sib = _cpus(fs, f"{base}/thread_siblings_list", mask=f"{base}/thread_siblings")
             if sib:
                 siblings = sorted(set(sib) & online | {cpu_id})
         cpus.append(Cpu(cpu_id, is_online, socket, die, core, node_of.get(cpu_id), siblings))

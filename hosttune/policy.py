@@ -13,6 +13,7 @@ from typing import Any
 
 from hosttune import cpulist, safeyaml
 from hosttune.areas import NAMES
+from hosttune.areas.kernel_args import KERNEL_ARG
 from hosttune.errors import HosttuneError, PolicyError
 from hosttune.safeyaml import brief
 
@@ -163,7 +164,6 @@ def validate(raw: Any, source: str = "policy") -> dict[str, Any]:
 
 # Grammars for values that end up in files other programs parse (GRUB's shell-sourced drop-in,
 # sysctl.d, unit files, nginx): nothing that a shell or a config parser could read as syntax.
-_KERNEL_ARG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(=[A-Za-z0-9_.,:/+=-]*)?", re.ASCII)
 _SYSCTL_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_*-]+)+", re.ASCII)
 _SYSFS_WORD = re.compile(r"[a-z0-9_]{1,32}", re.ASCII)  # governor and EPP names
 _KEY = re.compile(r"[A-Za-z0-9_.*-]{1,64}", re.ASCII)
@@ -272,7 +272,7 @@ def _check_values(p: dict[str, Any]) -> None:
         raise PolicyError(f"more than {MAX_KERNEL_ARGS} arguments", "isolation.extra_kernel_args")
     for arg in args:
         # update-grub sources the drop-in as a shell script: no $, `, \, quotes or spaces reach it
-        if not isinstance(arg, str) or len(arg) > MAX_KERNEL_ARG_LEN or not _KERNEL_ARG.fullmatch(arg):
+        if not isinstance(arg, str) or len(arg) > MAX_KERNEL_ARG_LEN or not KERNEL_ARG.fullmatch(arg):
             raise PolicyError(f"each argument must look like name or name=value (letters, digits, _ . - in the "
                               f"name; also , : / + = in the value; at most {MAX_KERNEL_ARG_LEN} characters), "
                               f"got {brief(arg)}", "isolation.extra_kernel_args")

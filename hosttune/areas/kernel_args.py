@@ -31,7 +31,9 @@ INSTALL_CONF = "/run/hosttune/kernel-install"  # kernel-install's configuration 
 LOADER_CONFS = ("/boot/efi/loader/loader.conf", "/efi/loader/loader.conf", "/boot/loader/loader.conf")
 GRUBBY = ("/usr/sbin/grubby", "/sbin/grubby", "/usr/bin/grubby")
 # what a kernel parameter may look like once it is written into a file another program parses
-SAFE_ARG = re.compile(r"[A-Za-z0-9_.-]+(=[A-Za-z0-9_.,:/+=@-]*)?")
+# (a shell-sourced GRUB drop-in): the policy validates extra_kernel_args against it, and the
+# writer checks every argument again
+KERNEL_ARG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(=[A-Za-z0-9_.,:/+=-]*)?", re.ASCII)
 
 
 def discover(fs: HostFS, features: dict[str, Any], cpus: list[Any]) -> dict[str, Any]:
@@ -90,7 +92,7 @@ def describe(setting: dict[str, Any]) -> str:
 
 def _checked(args: list[str]) -> list[str]:
     for arg in args:
-        if not SAFE_ARG.fullmatch(arg):
+        if not KERNEL_ARG.fullmatch(arg):
             raise HosttuneError(f"kernel argument {arg[:80]!r} has characters a boot loader file cannot hold safely",
                                 where="isolation.extra_kernel_args")
     return args
