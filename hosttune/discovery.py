@@ -11,11 +11,11 @@ import re
 from typing import Any
 
 from hosttune import areas, cpulist
+from hosttune.areas.base import CPU
 from hosttune.errors import HosttuneError, TopologyError
 from hosttune.sysfs import HostFS
 from hosttune.topology import Cpu, Irq, Node, Topology, unsupported
 
-CPU = "/sys/devices/system/cpu"
 NODE = "/sys/devices/system/node"
 INFERENCE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8",
                    "amx_bf16", "fma", "f16c", "asimd", "sve")

@@ -29,7 +29,7 @@ from hosttune import cpulist
 from hosttune.errors import HosttuneError
 from hosttune.runner import Runner
 from hosttune.sysfs import HostFS
-from hosttune.topology import Topology
+from hosttune.topology import Topology, unsupported  # noqa: F401 - re-exported for the areas
 
 CPU = "/sys/devices/system/cpu"
 MARK = "# managed by hosttune; `hosttune restore` removes it"
@@ -81,10 +81,6 @@ class PlanContext:
     @property
     def features(self) -> dict[str, Any]:
         return self.topo.features
-
-
-def unsupported(reason: str) -> dict[str, Any]:
-    return {"status": "unsupported", "reason": reason}
 
 
 def skipped(reason: str) -> dict[str, Any]:
