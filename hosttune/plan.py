@@ -10,6 +10,8 @@ from typing import Any
 
 from hosttune import areas, cpulist
 from hosttune.errors import PolicyError
+from hosttune.policy import model_specs
+from hosttune.serve import ovms_config
 from hosttune.topology import Cpu, Node, Topology
 
 SCHEMA = "hosttune.plan/1"
@@ -145,6 +147,8 @@ def _instances(topo: Topology, node_rows: list[dict[str, Any]], policy: dict[str
         if empty:
             raise PolicyError(f"node(s) {cpulist.format(empty)} have no CPUs for an instance",
                               where="instances.nodes")
+    _check_ports(want, len(selected))
+    models = [{"name": name, "version": version} for name, version in model_specs(want)]
     instances = []
     for index, row in enumerate(selected):
         cpus = row["isolated"]
@@ -152,7 +156,7 @@ def _instances(topo: Topology, node_rows: list[dict[str, Any]], policy: dict[str
         cores = len(_cores_of([topo.cpu(c) for c in cpus]))
         settings, streams = _openvino(policy, cores, len(cpus))
         nireq = max(streams, 2 if policy["profile"] == "throughput" else 1) * (2 if streams > 1 else 1)
-        instances.append({
+        instance = {
             "name": f"node{row['id']}",
             "node": row["id"],
             "cpus": cpus,
@@ -161,12 +165,14 @@ def _instances(topo: Topology, node_rows: list[dict[str, Any]], policy: dict[str
             "mems_list": cpulist.format(mems),
             "cores": cores,
             "port": want["base_port"] + index,
+            "grpc_port": want["grpc_base_port"] + index,
             "bind": want["bind"],
             # where the host itself reaches the instance: a wildcard bind is reached on the
             # loopback address of its family (agent, bench, roles and nginx all read this)
             "probe_host": probe_host(want["bind"]),
             "probe_url": f"http://{_url_host(probe_host(want['bind']))}:{want['base_port'] + index}",
-            "model": want["model"],
+            "model": models[0]["name"],  # the one bench and the health checks ask for
+            "models": models,
             "openvino": settings,
             "streams": streams,
             "ovms": {
@@ -175,8 +181,24 @@ def _instances(topo: Topology, node_rows: list[dict[str, Any]], policy: dict[str
                 "plugin_config": {k: (str(v) if not isinstance(v, bool) else ("YES" if v else "NO"))
                                   for k, v in settings.items()},
             },
-        })
+        }
+        # OVMS's config.json for the container (the role mounts the model repository at /models);
+        # `hosttune serve --config-path` reads the same file
+        instance["ovms"]["config"] = ovms_config.render(instance, ovms_config.CONTAINER_MODELS)
+        instances.append(instance)
     return instances
+
+
+def _check_ports(want: dict[str, Any], count: int) -> None:
+    """REST ports base_port.., gRPC ports grpc_base_port..: one each per instance, no overlap."""
+    rest = range(want["base_port"], want["base_port"] + count)
+    grpc = range(want["grpc_base_port"], want["grpc_base_port"] + count)
+    if count and (rest[-1] > 65535 or grpc[-1] > 65535):
+        raise PolicyError(f"{count} instances need ports up to {max(rest[-1], grpc[-1])} (above 65535)",
+                          where="instances.base_port")
+    if set(rest) & set(grpc):
+        raise PolicyError(f"the {count} instances' REST ports {rest[0]}-{rest[-1]} overlap their gRPC ports "
+                          f"{grpc[0]}-{grpc[-1]}", where="instances.grpc_base_port")
 
 
 def probe_host(bind: str) -> str:

@@ -59,8 +59,12 @@ DEFAULTS: dict[str, Any] = {
     "instances": {
         "enabled": True,
         "nodes": "all",  # or a list of node ids
-        "base_port": 9000,
+        "base_port": 9000,  # REST port of the first instance (the next ones count up)
+        # gRPC port of the first instance (OVMS; hosttune serve has no gRPC); null: base_port + 100
+        "grpc_base_port": None,
         "bind": "127.0.0.1",
+        # the model(s) each instance serves: a name, "name:version", or a list of them (several
+        # models share the instance's CPUs, each compiled with the instance's OpenVINO settings)
         "model": "sample",
         "threads_per_stream": None,  # throughput profile: CPUs per stream (null: derived)
         # OpenVINO's INFERENCE_PRECISION_HINT: null leaves OpenVINO's default, which runs FP32
@@ -91,7 +95,7 @@ _CHOICES = {
     "instances.inference_precision": (None, "f32", "bf16", "f16"),
 }
 _ISOLCPUS_FLAGS = ("managed_irq", "domain", "nohz")
-_OPTIONAL_INT = {"cstates.max_latency_us", "instances.threads_per_stream"}
+_OPTIONAL_INT = {"cstates.max_latency_us", "instances.threads_per_stream", "instances.grpc_base_port"}
 _OPTIONAL_STR = {"cpufreq.epp", "housekeeping.cpus", "isolation.cpus", "instances.inference_precision"}
 
 
@@ -210,7 +214,7 @@ def _check_section(values: dict[str, Any], schema: dict[str, Any], prefix: str) 
                 raise PolicyError(f"must be a list, got {brief(value)}", where=field)
             if len(value) > MAX_LIST:
                 raise PolicyError(f"more than {MAX_LIST} entries", where=field)
-        elif isinstance(expected, str) and field not in ("cpufreq.lock", "instances.nodes"):
+        elif isinstance(expected, str) and field not in ("cpufreq.lock", "instances.nodes", "instances.model"):
             if not isinstance(value, str):
                 raise PolicyError(f"must be a string, got {brief(value)}", where=field)
         if field in _CHOICES and value not in _CHOICES[field]:
@@ -291,19 +295,52 @@ def _check_values(p: dict[str, Any]) -> None:
     if nodes != "all" and not (isinstance(nodes, list) and len(nodes) <= MAX_LIST and all(
             isinstance(n, int) and not isinstance(n, bool) and 0 <= n < cpulist.MAX_CPUS for n in nodes)):
         raise PolicyError(f"must be 'all' or a list of node ids, got {brief(nodes)}", "instances.nodes")
-    port = p["instances"]["base_port"]
-    if not 1 <= port <= 65000:
-        raise PolicyError(f"must be a TCP port (1-65000), got {brief(port)}", "instances.base_port")
+    for field in ("base_port", "grpc_base_port"):
+        port = p["instances"][field]
+        if port is not None and not 1 <= port <= 65535:
+            raise PolicyError(f"must be a TCP port (1-65535), got {brief(port)}", f"instances.{field}")
+    if p["instances"]["grpc_base_port"] is None:  # the plan checks that the ports fit and differ
+        p["instances"]["grpc_base_port"] = p["instances"]["base_port"] + 100
     p["instances"]["bind"] = _bind_field(p["instances"]["bind"])
-    from hosttune.model import NAME_RE  # the model repository's own rule for names (a light import)
-
-    model = p["instances"]["model"]
-    if len(model) > 64 or not NAME_RE.fullmatch(model):
-        raise PolicyError(f"must be a model name (letters, digits, _ . -, starting with a letter or digit; "
-                          f"at most 64 characters), got {brief(model)}", "instances.model")
+    p["instances"]["model"] = _models_field(p["instances"]["model"])
     for area in p["required"]:
         if area not in AREAS:
             raise PolicyError(f"unknown area {brief(area)} (known: {', '.join(AREAS)})", "required")
+
+
+MAX_MODELS = 16
+
+
+def _models_field(value: Any) -> str | list[str]:
+    """A model spec ("name" or "name:version") or a list of distinct ones: the names become
+    directories of the model repository, URL path elements and OVMS model names."""
+    from hosttune.model import NAME_RE  # the model repository's own rule for names (a light import)
+
+    specs = value if isinstance(value, list) else [value]
+    if not specs or len(specs) > MAX_MODELS:
+        raise PolicyError(f"must name 1 to {MAX_MODELS} models, got {brief(value)}", "instances.model")
+    names = []
+    for spec in specs:
+        name, colon, version = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+        if (len(name) > 64 or not NAME_RE.fullmatch(name)
+                or (colon and not (version.isascii() and version.isdigit() and 0 < int(version) < 2**31))):
+            raise PolicyError(f"must be a model name (letters, digits, _ . -, starting with a letter or digit; "
+                              f"at most 64 characters), optionally with :version (a positive number), "
+                              f"or a list of them, got {brief(spec)}", "instances.model")
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise PolicyError(f"a model is named twice: {brief(value)}", "instances.model")
+    return value
+
+
+def model_specs(instances: dict[str, Any]) -> list[tuple[str, int | None]]:
+    """(name, version or None) of each model of the policy's `instances.model`."""
+    model = instances["model"]
+    out = []
+    for spec in model if isinstance(model, list) else [model]:
+        name, _, version = spec.partition(":")
+        out.append((name, int(version) if version else None))
+    return out
 
 
 def _bind_field(value: str) -> str:

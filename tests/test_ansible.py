@@ -32,6 +32,7 @@ ansible_runner = pytest.importorskip("ansible_runner")
 
 VENV_BIN = os.path.dirname(sys.executable)
 HOSTTUNE = os.path.join(VENV_BIN, "hosttune")
+IMAGE = "openvino/model_server:2025.3"  # a pinned tag (the role refuses latest)
 PLAYBOOKS = sorted(f for f in os.listdir(os.path.join(REPO, "playbooks")) if f.endswith(".yml"))
 ROLES = sorted(d for d in os.listdir(os.path.join(REPO, "roles")) if not d.startswith("."))
 
@@ -150,6 +151,8 @@ def base_vars(tmp_path, host):
         "hosttune_irq_packages": [],
         "hosttune_instances_kind": "systemd",
         "hosttune_instances_unit_dir": str(units),
+        "hosttune_instances_config_dir": str(tmp_path / "instances"),
+        "hosttune_instances_image": IMAGE,
         "hosttune_instances_systemd": False,
         "hosttune_bench_enabled": False,
         "hosttune_verify_instances": False,
@@ -494,14 +497,20 @@ def test_ovms_containers_follow_the_plan_and_are_idempotent(tmp_path, host, base
         c = state["containers"][f"hosttune-{inst['name']}"]
         opts = c["Options"]
         assert opts["--cpuset-cpus"] == [inst["cpus_list"]] and opts["--cpuset-mems"] == [inst["mems_list"]]
-        assert opts["--publish"] == [f"127.0.0.1:{inst['port']}:{inst['port']}"]
+        assert opts["--publish"] == [f"127.0.0.1:{inst['port']}:{inst['port']}",
+                                     f"127.0.0.1:{inst['grpc_port']}:{inst['grpc_port']}"]
         assert opts["--read-only"] == [True] and opts["--tmpfs"] == ["/tmp"] and opts["--user"] == ["5000:5000"]
-        assert opts["--volume"] == ["/var/lib/hosttune/models:/models:ro"]
-        assert c["Image"] == "openvino/model_server:latest"
-        args = c["Args"]
-        assert json.loads(args[args.index("--plugin_config") + 1]) == inst["ovms"]["plugin_config"]
-        assert args[args.index("--nireq") + 1] == str(inst["ovms"]["nireq"])
-        assert args[args.index("--rest_port") + 1] == str(inst["port"])
+        config_dir = os.path.join(base_vars["hosttune_instances_config_dir"], inst["name"])
+        assert opts["--volume"] == ["/var/lib/hosttune/models:/models:ro", f"{config_dir}:/config:ro"]
+        assert c["Image"] == IMAGE
+        # OVMS on the plan's config.json (models, nireq, plugin_config, metrics), REST and gRPC ports
+        assert c["Args"] == ["--config_path", "/config/config.json", "--rest_port", str(inst["port"]),
+                             "--port", str(inst["grpc_port"])]
+        with open(os.path.join(config_dir, "config.json")) as f:
+            assert json.load(f) == inst["ovms"]["config"]
+        with open(os.path.join(config_dir, "container.json")) as f:
+            spec = json.load(f)
+        assert spec["image"] == IMAGE and spec["args"] == c["Args"] and "--cpuset-cpus" in spec["options"]
     health = run.task("Wait for each instance to answer")
     assert health and all(not r["res"].get("failed") for r in health)
 
@@ -515,7 +524,56 @@ def test_ovms_containers_follow_the_plan_and_are_idempotent(tmp_path, host, base
     assert third.rc == 0, third.explain()
     state = json.loads(state_file.read_text())
     assert sorted(state["containers"]) == ["hosttune-node1"]
-    assert state["containers"]["hosttune-node1"]["Options"]["--publish"] == [f"127.0.0.1:{ready_servers}:{ready_servers}"]
+    assert state["containers"]["hosttune-node1"]["Options"]["--publish"][0] == f"127.0.0.1:{ready_servers}:{ready_servers}"
+    assert sorted(os.listdir(base_vars["hosttune_instances_config_dir"])) == ["node1"]
+
+    # another model in the policy: the config.json changes, --diff shows it, the container is recreated
+    policy = {"instances": {"base_port": ready_servers, "nodes": [1], "model": ["sample", "second:2"]}}
+    write_config(base_vars, policy)
+    before = state["containers"]["hosttune-node1"]["Config"]["Labels"]["hosttune.spec"]
+    check = play(tmp_path, playbook, {**extravars, "hosttune_policy": policy}, check=True, diff=True,
+                 extra_path=bindir)
+    assert check.rc == 0, check.explain()
+    diffs = [r["res"]["diff"] for r in check.task("Write the OVMS config.json of node1")]
+    assert diffs and '"name": "second"' in diffs[0][0]["after"] and '"name": "second"' not in diffs[0][0]["before"]
+    spec_diff = check.task("Write the container spec of node1")[0]["res"]["diff"][0]
+    assert spec_diff["before"] != spec_diff["after"] and '"config_sha256"' in spec_diff["after"]
+    assert json.loads(state_file.read_text())["containers"]["hosttune-node1"]["Config"]["Labels"]["hosttune.spec"] == before
+    fourth = play(tmp_path, playbook, {**extravars, "hosttune_policy": policy}, extra_path=bindir)
+    assert fourth.rc == 0, fourth.explain()
+    assert json.loads(state_file.read_text())["containers"]["hosttune-node1"]["Config"]["Labels"]["hosttune.spec"] != before
+    with open(os.path.join(base_vars["hosttune_instances_config_dir"], "node1", "config.json")) as f:
+        assert [m["config"]["name"] for m in json.load(f)["model_config_list"]] == ["sample", "second"]
+
+
+@pytest.mark.parametrize("image", [None, "openvino/model_server", "openvino/model_server:latest",
+                                   "openvino/model_server@sha256:abc", "Openvino/x:1", "x:1 --privileged"])
+def test_an_unpinned_image_is_refused_before_any_change(tmp_path, host, base_vars, fake_docker, image):
+    bindir, state_file = fake_docker
+    write_config(base_vars, {})
+    playbook = write_playbook(tmp_path, "instances.yml", ["hosttune_instances"])
+    extravars = {**base_vars, "hosttune_instances_kind": "ovms"}
+    if image is None:
+        del extravars["hosttune_instances_image"]
+    else:
+        extravars["hosttune_instances_image"] = image
+    run = play(tmp_path, playbook, extravars, extra_path=bindir)
+    assert run.rc != 0
+    failed = run.failed()
+    assert failed[0]["task"] == "Check that the container image is given and pinned", failed
+    assert "must be a pinned image reference" in failed[0]["res"]["msg"]
+    assert not state_file.exists() and not os.path.exists(base_vars["hosttune_instances_config_dir"])
+
+
+@pytest.mark.parametrize("image", ["openvino/model_server:2025.3", "registry.example.com:5000/ovms/server:v1.2-cpu",
+                                   "openvino/model_server@sha256:" + "a" * 64, "localhost/ovms:latest-2"])
+def test_pinned_images_pass_the_check(tmp_path, host, base_vars, image):
+    write_config(base_vars, {})
+    playbook = write_playbook(tmp_path, "instances.yml", ["hosttune_instances"])
+    run = play(tmp_path, playbook, {**base_vars, "hosttune_instances_kind": "ovms", "hosttune_instances_image": image},
+               check=True)
+    assert run.rc == 0, run.explain()
+    assert run.task("Check that the container image is given and pinned")[0]["res"].get("failed") is not True
 
 
 def test_ovms_check_mode_predicts_containers_without_running_them(tmp_path, host, base_vars, fake_docker):
@@ -548,6 +606,32 @@ def test_systemd_instances_get_placement_drop_ins_from_the_plan(tmp_path, host, 
         assert f"CPUAffinity={inst['cpus_list']}\n" in dropin
         assert f"HOSTTUNE_PORT={inst['port']}" in dropin
     assert play(tmp_path, playbook, base_vars).changed() == []
+    # Type=notify: serve says READY=1 once its models are compiled; the sandbox is scored below
+    assert "\nType=notify\nNotifyAccess=main\n" in template and "\nCapabilityBoundingSet=\n" in template
+
+
+@pytest.mark.parametrize("unit, limit", [("instance", 2.0), ("agent", 3.0)])
+def test_units_sandbox_exposure(tmp_path, unit, limit):
+    """systemd-analyze security scores both units (0 = locked down, 10 = exposed); the agent must
+    keep write access to kernel tunables, the instance needs nothing but its cache and TCP."""
+    if unit == "instance":
+        text = open(os.path.join(REPO, "roles", "hosttune_instances", "templates", "hosttune-instance@.service.j2")).read()
+        text = (text.replace("{{ ansible_managed }}", "managed")
+                    .replace("{{ hosttune_instances_model_repo }}", "/var/lib/hosttune/models"))
+        text = "\n".join(f"ExecStart={HOSTTUNE} serve --plan-instance node%i" if line.startswith("ExecStart=") else line
+                         for line in text.splitlines())
+        assert "{{" not in text
+        path = tmp_path / "hosttune-instance@0.service"
+    else:
+        text = open(os.path.join(REPO, "hosttune", "data", "hosttune-agent.service")).read()
+        path = tmp_path / "hosttune-agent.service"
+    path.write_text(text)
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    score = [line for line in proc.stdout.splitlines() if "Overall exposure level" in line]
+    assert score, proc.stdout + proc.stderr
+    exposure = float(score[0].split(":")[1].split()[0])
+    assert exposure <= limit, f"{score[0]}\n{proc.stdout}"
 
 
 def test_nginx_exposed_without_tls_or_access_control_fails_before_any_change(tmp_path, host, base_vars):

@@ -104,11 +104,33 @@ def test_explicit_sets(make_tree):
     ({"cpufreq": {"lock": 9000}}, "cpufreq.lock", "outside"),
     ({"cpufreq": {"governor": "ondemand"}}, "cpufreq.governor", "not offered"),
     ({"cpufreq": {"epp": "turbo"}}, "cpufreq.epp", "not offered"),
+    ({"instances": {"base_port": 65535}}, "instances.base_port", "ports up to 65636 (above 65535)"),
+    ({"instances": {"base_port": 9000, "grpc_base_port": 9001}}, "instances.grpc_base_port",
+     "REST ports 9000-9001 overlap their gRPC ports 9001-9002"),
 ])
 def test_policy_that_does_not_fit_the_host(make_tree, pol, field, words):
     with pytest.raises(PolicyError) as info:
         make(make_tree(sockets=2, cores_per_node=4), pol)
     assert info.value.where == field and words in info.value.message
+
+
+def test_instance_ports_and_models(make_tree):
+    tree = make_tree(sockets=2, cores_per_node=4)
+    default = make(tree)["instances"]
+    assert [(i["port"], i["grpc_port"], i["model"], i["models"]) for i in default] == [
+        (9000, 9100, "sample", [{"name": "sample", "version": None}]),
+        (9001, 9101, "sample", [{"name": "sample", "version": None}])]
+    two = make(tree, {"instances": {"base_port": 7000, "grpc_base_port": 6998, "model": ["b:3", "a"]}})["instances"]
+    assert [(i["port"], i["grpc_port"]) for i in two] == [(7000, 6998), (7001, 6999)]
+    assert two[1]["model"] == "b" and two[1]["models"] == [{"name": "b", "version": 3}, {"name": "a", "version": None}]
+    # the container's OVMS config.json: both models, the instance's nireq and OpenVINO properties
+    entries = [e["config"] for e in two[1]["ovms"]["config"]["model_config_list"]]
+    assert entries == [
+        {"name": "b", "base_path": "/models/b", "nireq": two[1]["ovms"]["nireq"], "target_device": "CPU",
+         "plugin_config": two[1]["ovms"]["plugin_config"], "model_version_policy": {"specific": {"versions": [3]}}},
+        {"name": "a", "base_path": "/models/a", "nireq": two[1]["ovms"]["nireq"], "target_device": "CPU",
+         "plugin_config": two[1]["ovms"]["plugin_config"]}]
+    assert two[1]["ovms"]["config"]["monitoring"]["metrics"]["enable"] is True
 
 
 def test_smt_split_by_user_is_refused(make_tree):

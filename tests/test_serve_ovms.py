@@ -161,11 +161,18 @@ def test_config_json_from_a_real_plan_is_served(models, tmp_path):
 def test_several_models_per_instance_and_a_pinned_version(models, tmp_path):
     from hosttune.serve import ovms_config
 
-    plan = plan_of_a_tree(tmp_path, "trivial")
-    inst = dict(plan["instances"][0], model=["trivial:1", "tiny"])  # the list a policy may name one day
+    plan = plan_of_a_tree(tmp_path, '["trivial:1", tiny]')  # a policy naming two models, one pinned
+    inst = plan["instances"][0]
+    assert inst["model"] == "trivial"
+    assert inst["models"] == [{"name": "trivial", "version": 1}, {"name": "tiny", "version": None}]
+    # the plan carries the container's config.json: the same document rendered for /models
+    assert inst["ovms"]["config"] == ovms_config.render(inst, "/models")
+    assert [m["config"]["base_path"] for m in inst["ovms"]["config"]["model_config_list"]] == [
+        "/models/trivial", "/models/tiny"]
     model_repo.sample(str(tmp_path / "repo"), variant="trivial", int8=False, version=2)
     config = ovms_config.render(inst, str(models))
     assert config["model_config_list"][0]["config"]["model_version_policy"] == {"specific": {"versions": [1]}}
+    assert "model_version_policy" not in config["model_config_list"][1]["config"]
     # base_path may point anywhere, and the served name need not be the directory's
     config["model_config_list"].append({"config": {"name": "renamed", "base_path": str(tmp_path / "repo" / "trivial")}})
     path = tmp_path / "config.json"

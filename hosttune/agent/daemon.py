@@ -398,7 +398,7 @@ class Agent:
         instances = probe_instances(out["instances"])
         self.metrics.instance_ready.clear()
         for row in instances:
-            self.metrics.instance_ready.set(1 if row["ready"] else 0, instance=row["name"])
+            self.metrics.instance_ready.set(1 if row["ready"] else 0, inference_instance=row["name"])
         verdict, bench = status_mod.read_bench(self.fs)
         if verdict is None:
             self.metrics.bench.clear()

@@ -146,7 +146,7 @@ class Metrics:
         self.topology = r.counter("hosttune_topology_changes_total", "Fast checks that saw IRQs appear/disappear or "
                                   "CPUs go online/offline (each triggers a full check)", ["kind"])
         self.instance_ready = r.gauge("hosttune_instance_ready", f"1 when the plan's inference instance answers "
-                                      f"GET {HEALTH_PATH} on its probe_url with 200", ["instance"])
+                                      f"GET {HEALTH_PATH} on its probe_url with 200", ["inference_instance"])
         self.bench = r.gauge("hosttune_bench_stable", "Verdict of the last benchmark: 1 stable, 0 unstable, -1 unsure "
                              "(absent without a verdict file)")
         self.reloads = r.counter("hosttune_config_reloads_total", "SIGHUP reloads by result (ok, failed)", ["result"])

@@ -353,7 +353,7 @@ def prepare(src: str, name: str, repo: str, version: int = 1, static_shape: list
     """Write `src` (or an in-memory `model`) into the repository; returns the metadata written."""
     import openvino as ov
 
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):
         raise HosttuneError(f"{name!r} is not a usable model name (letters, digits, _ . -)", where="--name")
     if precision.upper() not in PRECISIONS:
         raise HosttuneError(f"unknown precision {precision!r} (choose {' or '.join(PRECISIONS)}; INT8 is "

@@ -159,7 +159,9 @@ def openvino_config(base: dict[str, Any], override: str | None) -> dict[str, Any
 def _model_specs(args: argparse.Namespace, instance: dict[str, Any] | None, repo: str) -> list[tuple[str, int | None]]:
     from hosttune.model.repo import list_models
 
-    specs = args.model or ([instance["model"]] if instance and instance.get("model") else None)
+    if not args.model and instance and instance.get("models"):
+        return [(m["name"], m.get("version")) for m in instance["models"]]
+    specs = args.model or ([instance["model"]] if instance and instance.get("model") else None)  # older plans
     if not specs:
         specs = list(list_models(repo))
         if not specs:

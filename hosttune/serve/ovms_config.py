@@ -36,39 +36,28 @@ class ModelConfig:
     plugin_config: dict[str, Any]
 
 
-def instance_models(instance: dict[str, Any]) -> list[str]:
-    """The instance's model names ("name" or "name:version"); the plan carries one name today,
-    a list is taken as several models in one instance."""
-    model = instance.get("model")
-    names = [model] if isinstance(model, str) else model
-    where = f"instances[{instance.get('name', '?')}].model"
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-        raise HosttuneError(f"expected a model name or a list of names, got {model!r}", where=where)
-    if len({n.partition(":")[0] for n in names}) != len(names):
-        raise HosttuneError(f"a model is named twice: {names}", where=where)
-    return names
+# where the role mounts the model repository inside an OVMS container
+CONTAINER_MODELS = "/models"
 
 
 def render(instance: dict[str, Any], models_root: str) -> dict[str, Any]:
-    """config.json for one plan instance. `models_root` is the model repository as the server sees
-    it: the mount point inside OVMS's container (e.g. /models), or a host path for hosttune serve."""
+    """config.json for one plan instance: each of its `models` with the instance's nireq and
+    OpenVINO properties. `models_root` is the model repository as the server sees it: the mount
+    point inside OVMS's container (CONTAINER_MODELS), or a host path for hosttune serve."""
     if not posixpath.isabs(models_root):
         raise HosttuneError("the model repository must be an absolute path", where=models_root)
     ovms = instance.get("ovms") or {}
     entries = []
-    for spec in instance_models(instance):
-        name, _, version = spec.partition(":")
-        if version and not version.isdigit():
-            raise HosttuneError(f"{spec!r}: the version must be a number", where=f"instances[{instance.get('name')}].model")
+    for model in instance["models"]:
         config: dict[str, Any] = {
-            "name": name,
-            "base_path": posixpath.join(models_root, name),
+            "name": model["name"],
+            "base_path": posixpath.join(models_root, model["name"]),
             "nireq": ovms.get("nireq"),
             "target_device": ovms.get("target_device", "CPU"),
             "plugin_config": dict(ovms.get("plugin_config") or {}),
         }
-        if version:
-            config["model_version_policy"] = {"specific": {"versions": [int(version)]}}
+        if model.get("version"):
+            config["model_version_policy"] = {"specific": {"versions": [model["version"]]}}
         entries.append({"config": {k: v for k, v in config.items() if v is not None}})
     return {"model_config_list": entries, "monitoring": {"metrics": {"enable": True, "metrics_list": list(METRICS_LIST)}}}
 
@@ -117,7 +106,7 @@ def load(path: str) -> list[tuple[ModelEntry, dict[str, Any], int | None]]:
 
 def _model(config: dict[str, Any], where: str, config_dir: str) -> ModelConfig:
     name, base = config.get("name"), config.get("base_path")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise HosttuneError(f"not a model name: {name!r}", where=f"{where}.name")
     if not isinstance(base, str) or not base:
         raise HosttuneError("missing", where=f"{where}.base_path")
