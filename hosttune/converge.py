@@ -60,20 +60,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # -- resolving the project, inventory, playbook, extra vars --------------------------------------
+COLLECTION = os.path.join("collections", "ansible_collections", "hosttune", "tuning")
+
+
 def _is_project(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "playbooks", "site.yml")) and os.path.isdir(os.path.join(path, "roles"))
+    return (os.path.isfile(os.path.join(path, "playbooks", "site.yml"))
+            and os.path.isdir(os.path.join(path, COLLECTION, "roles")))
 
 
 def find_project(explicit: str | None = None) -> str:
-    """The directory with playbooks/, roles/, inventory/ and ansible.cfg."""
+    """The directory with playbooks/, inventory/, ansible.cfg and the collection hosttune.tuning
+    (collections/ansible_collections/hosttune/tuning: the roles and modules)."""
     if explicit:
         if not _is_project(explicit):
-            raise HosttuneError("no playbooks/site.yml and roles/ there", where=explicit)
+            raise HosttuneError("no playbooks/site.yml and collections/ansible_collections/hosttune/tuning there",
+                                where=explicit)
         return os.path.abspath(explicit)
     env = os.environ.get("HOSTTUNE_ANSIBLE_DIR")
     if env:
         if not _is_project(env):
-            raise HosttuneError("no playbooks/site.yml and roles/ there", where=f"HOSTTUNE_ANSIBLE_DIR={env}")
+            raise HosttuneError("no playbooks/site.yml and collections/ansible_collections/hosttune/tuning there", where=f"HOSTTUNE_ANSIBLE_DIR={env}")
         return os.path.abspath(env)
     package = os.path.dirname(os.path.abspath(__file__))
     for candidate in (os.path.dirname(package), os.path.join(package, "data", "ansible")):
@@ -418,7 +424,9 @@ def cmd_converge(args: argparse.Namespace) -> int:
     cmdline = " ".join(flag for flag, on in (("--check", args.check), ("--diff", args.diff)) if on)
     envvars = {
         "ANSIBLE_CONFIG": os.path.join(project, "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": os.path.join(project, "roles"),
+        # the collection hosttune.tuning of this project first (its FQCNs), then the usual places
+        "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join([os.path.join(project, "collections"), "~/.ansible/collections",
+                                                     "/usr/share/ansible/collections"]),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
         "PATH": _search_path(),

@@ -93,7 +93,6 @@ def ansible_env(extra_path: str | None = None) -> dict[str, str]:
     path = os.pathsep.join(p for p in (extra_path, VENV_BIN, os.environ.get("PATH", "")) if p)
     return {
         "ANSIBLE_CONFIG": os.path.join(REPO, "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": os.path.join(REPO, "roles"),
         "ANSIBLE_NOCOLOR": "1",
         "PATH": path,
     }
@@ -122,7 +121,7 @@ def play(tmp_path, playbook: str, extravars: dict[str, Any], check=False, diff=F
 def write_playbook(tmp_path, name: str, roles: list[str], gather_facts=False) -> str:
     path = tmp_path / name
     path.write_text(yaml.safe_dump([{"name": f"Test {name}", "hosts": "hosttune", "gather_facts": gather_facts,
-                                     "roles": [{"role": r} for r in roles]}], sort_keys=False))
+                                     "roles": [{"role": f"hosttune.tuning.{r}"} for r in roles]}], sort_keys=False))
     return str(path)
 
 
@@ -534,9 +533,9 @@ def test_ovms_containers_follow_the_plan_and_are_idempotent(tmp_path, host, base
     check = play(tmp_path, playbook, {**extravars, "hosttune_policy": policy}, check=True, diff=True,
                  extra_path=bindir)
     assert check.rc == 0, check.explain()
-    diffs = [r["res"]["diff"] for r in check.task("Write the OVMS config.json of node1")]
+    diffs = [r["res"]["diff"] for r in check.task("Write the plan's OVMS config.json of node1")]
     assert diffs and '"name": "second"' in diffs[0][0]["after"] and '"name": "second"' not in diffs[0][0]["before"]
-    spec_diff = check.task("Write the container spec of node1")[0]["res"]["diff"][0]
+    spec_diff = check.task("Write the container spec (what --diff shows) of node1")[0]["res"]["diff"][0]
     assert spec_diff["before"] != spec_diff["after"] and '"config_sha256"' in spec_diff["after"]
     assert json.loads(state_file.read_text())["containers"]["hosttune-node1"]["Config"]["Labels"]["hosttune.spec"] == before
     fourth = play(tmp_path, playbook, {**extravars, "hosttune_policy": policy}, extra_path=bindir)

@@ -106,7 +106,7 @@ def test_converge_drives_a_stage_in_check_mode_on_a_synthetic_root(tmp_path):
     assert "WARNING   localhost: localhost: a reboot is required" in proc.stderr
     events = events_of(proc.stderr.strip().splitlines()[-1])
     applied = [e for e in events if e["event"] == "runner_on_ok"
-               and e["event_data"].get("task") == "Stage the kernel arguments (GRUB drop-in, update-grub)"]
+               and e["event_data"].get("task") == "Stage the kernel arguments with the boot loader"]
     assert applied and "--dry-run" in applied[0]["event_data"]["res"]["cmd"]
     assert not os.path.exists(os.path.join(root, "etc", "default", "grub.d", "hosttune.cfg"))
 

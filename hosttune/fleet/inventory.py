@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hosttune.errors import HosttuneError, PolicyError
+from hosttune.fleet import sshargs
+from hosttune.fleet.sshargs import SshArgError, SshArgs
 
 DEFAULT_COMMAND = "hosttune"
 DEFAULT_ROOT = "/"
@@ -40,6 +42,10 @@ class FleetHost:
     password: str | None = field(default=None, repr=False)  # ansible_password / ansible_ssh_pass
     connection: str | None = None  # ansible_connection
     command: str = DEFAULT_COMMAND  # hosttune_command: the remote executable (may be "sudo -n hosttune")
+    ssh: SshArgs = field(default_factory=SshArgs)  # ansible_ssh_args/_common_args/_extra_args, parsed
+    become: bool = False  # ansible_become: hosttune runs as become_user through sudo
+    become_user: str = "root"  # ansible_become_user
+    become_password: str | None = field(default=None, repr=False)  # ansible_become_password: sudo -S, on stdin
     root: str = DEFAULT_ROOT  # hosttune_root: passed as --root on the host
     groups: list[str] = field(default_factory=list)
     policy_raw: dict[str, Any] | None = None  # hosttune_policy as written (plain types), None if unset
@@ -237,22 +243,82 @@ def _host(host: Any, variables: Any, loader: Any) -> FleetHost:
             raise HosttuneError(f"ansible_port of host {host.name} must be a TCP port, got {port!r}",
                                 where=_where(origin(hostvars.get("ansible_port"))) or host.name) from None
     key_file = var("ansible_ssh_private_key_file", "ansible_private_key_file")
+    ssh = _ssh_args(host.name, hostvars, var)
+    user = var("ansible_user", "ansible_ssh_user")
     fh = FleetHost(
         name=host.name,
         address=str(var("ansible_host", "ansible_ssh_host", default=host.name)),
-        port=port,
-        user=var("ansible_user", "ansible_ssh_user"),
+        port=port if port is not None else ssh.port,  # ansible's -o Port comes before the user's args: it wins
+        user=user if user is not None else ssh.user,
         key_file=os.path.expanduser(str(key_file)) if key_file else None,
         password=var("ansible_password", "ansible_ssh_pass"),
         connection=var("ansible_connection"),
         command=str(var("hosttune_command", default=DEFAULT_COMMAND)),
         root=str(var("hosttune_root", default=DEFAULT_ROOT)),
         groups=sorted(g.name for g in host.get_groups()),
+        ssh=ssh,
     )
+    if ssh.proxy_command:  # checked again with the user and port Fabric resolves, at connect time
+        try:
+            sshargs.expand_proxy_command(ssh.proxy_command, fh.address, fh.port or 22, fh.user or "user")
+        except SshArgError as exc:
+            raise _var_error("ansible_host", host.name, hostvars, str(exc)) from None
+    _set_become(fh, hostvars, var)
     raw_policy = hostvars.get(POLICY_VAR)
     if raw_policy is not None:
         _set_policy(fh, raw_policy, var)
     return fh
+
+
+def _var_error(name: str, host: str, hostvars: Any, message: str) -> HosttuneError:
+    """`<file:line>: <variable> of host <host>: <message>` (exit 2)."""
+    return HosttuneError(f"{name} of host {host}: {message}", where=_where(origin(hostvars.get(name))) or host)
+
+
+def _ssh_args(host: str, hostvars: Any, var: Any) -> SshArgs:
+    """ansible_ssh_args, ansible_ssh_common_args, ansible_ssh_extra_args: in the order Ansible puts
+    them on the ssh command line (for ssh, the first value of an option wins)."""
+    args = SshArgs()
+    for name in sshargs.VARIABLES:
+        value = var(name)
+        if value is None or value == "":
+            continue
+        try:
+            sshargs.parse(value, args)
+        except SshArgError as exc:
+            raise _var_error(name, host, hostvars, str(exc)) from None
+    return args
+
+
+def _set_become(fh: FleetHost, hostvars: Any, var: Any) -> None:
+    """ansible_become (+ _user, _method, _password): sudo only; unset or false: as the login user."""
+    from ansible.module_utils.parsing.convert_bool import boolean
+
+    try:
+        fh.become = boolean(var("ansible_become", default=False), strict=True)
+    except TypeError:
+        raise _var_error("ansible_become", fh.name, hostvars, "must be a boolean "
+                         f"(true/false), got {var('ansible_become')!r}") from None
+    if not fh.become:
+        return
+    method = var("ansible_become_method", default="sudo")
+    if method != "sudo":
+        raise _var_error("ansible_become_method", fh.name, hostvars,
+                         f"{method!r} is not supported by hosttune fleet (sudo only)")
+    user = var("ansible_become_user", default="root")
+    if not isinstance(user, str) or not re.fullmatch(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,63}", user):
+        raise _var_error("ansible_become_user", fh.name, hostvars, f"{user!r} is not a user name")
+    fh.become_user = user
+    for name in ("ansible_become_password", "ansible_become_pass"):
+        password = var(name)
+        if password is None:
+            continue
+        try:  # it goes to sudo -S as one line: a line break would end it early
+            text = str(password) if isinstance(password, (int, float)) else password  # YAML: 1234
+            fh.become_password = sshargs.check_value(text, "the password")
+        except SshArgError as exc:
+            raise _var_error(name, fh.name, hostvars, str(exc)) from None
+        break
 
 
 def _set_policy(fh: FleetHost, raw_policy: Any, var: Any) -> None:

@@ -67,16 +67,27 @@ def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = 
 
 
 class Sshd:
-    """One sshd on 127.0.0.1:port that accepts `authorized_key` for root."""
+    """One sshd on 127.0.0.1:port that accepts `authorized_key` for root (and any user allowed to
+    read it: authorized_keys is world-readable, the workdir may not be).
+
+    `log_level` DEBUG1 makes the log show each forwarded connection (`direct-tcpip`, a jump host's
+    work); `hosts` runs sshd in a mount namespace of its own where /etc/hosts is that text, so
+    that names resolve for this sshd (and what it forwards to) and nowhere else."""
 
     def __init__(self, workdir: str, authorized_key: str, force_command: str | None = None,
-                 port: int | None = None):
+                 port: int | None = None, log_level: str = "ERROR", hosts: str | None = None):
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.port = port or free_port()
         self.host_key = keygen(os.path.join(workdir, "host_key"))
         self.authorized = os.path.join(workdir, "authorized_keys")
         shutil.copyfile(authorized_key, self.authorized)
+        os.chmod(self.authorized, 0o644)  # sshd reads it as the user logging in
+        self.hosts_file = None
+        if hosts is not None:
+            self.hosts_file = os.path.join(workdir, "hosts")
+            with open(self.hosts_file, "w") as handle:
+                handle.write(hosts)
         self.config = os.path.join(workdir, "sshd_config")
         self.log = os.path.join(workdir, "sshd.log")
         lines = [
@@ -94,7 +105,7 @@ class Sshd:
             "PrintMotd no",
             "MaxStartups 200",
             "MaxSessions 50",
-            "LogLevel ERROR",
+            f"LogLevel {log_level}",
             "Subsystem sftp internal-sftp",
         ]
         self.forced_pids = os.path.join(workdir, "forced.pids")
@@ -107,8 +118,12 @@ class Sshd:
 
     def start(self) -> Sshd:
         os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
+        command = [SSHD, "-D", "-e", "-f", self.config]
+        if self.hosts_file:  # unshare and sh exec: the pid stays sshd's
+            command = ["unshare", "--mount", "--", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
+                       self.hosts_file, *command]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", self.config], stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log, start_new_session=True)
         try:
             wait_port(self.port, proc=self.proc)
@@ -117,6 +132,10 @@ class Sshd:
             with open(self.log) as handle:
                 raise RuntimeError(f"sshd on port {self.port}: {exc}\n{handle.read()}") from None
         return self
+
+    def log_text(self) -> str:
+        with open(self.log, errors="replace") as handle:
+            return handle.read()
 
     def stop(self) -> None:
         """Stop this sshd and the sessions it forked (each session is its own process group)."""

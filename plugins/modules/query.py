@@ -1,11 +1,13 @@
 #!/usr/bin/python
+# Copyright: hosttune contributors
+# Apache License 2.0 (see LICENSE at the collection root)
 """Ansible module: read-only hosttune calls (plan, verify, topology) with their JSON."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: hosttune_query
+module: query
 short_description: Run a read-only hosttune command (plan, verify, topology) and return its JSON
 description:
   - Runs C(hosttune COMMAND --json --root ROOT [--policy ...]) on the managed host.
@@ -37,7 +39,31 @@ options:
     type: list
     elements: int
     default: [0]
-author: hosttune maintainers
+author:
+  - hosttune maintainers (@hosttune)
+"""
+
+EXAMPLES = r"""
+- name: Read the plan hosttune computes for this host from /etc/hosttune/hosttune.yaml
+  hosttune.tuning.query:
+    command: plan
+  register: plan
+
+- name: Show where each inference instance runs
+  ansible.builtin.debug:
+    msg: "{{ item.name }}: CPUs {{ item.cpus_list }}, memory node {{ item.mems_list }}, port {{ item.port }}"
+  loop: "{{ plan.data.instances }}"
+
+- name: Ask whether the host is as planned (exit 1 is drift, 3 a pending reboot)
+  hosttune.tuning.query:
+    command: verify
+    ok_rcs: [0, 1, 3]
+  register: verify
+
+- name: Fail on drift
+  ansible.builtin.assert:
+    that: verify.exit_code == 0
+    fail_msg: "{{ verify.data.settings | selectattr('status', 'eq', 'drift') | map(attribute='name') | list }}"
 """
 
 RETURN = r"""
@@ -54,7 +80,7 @@ exit_code:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.hosttune_run import HosttuneRunError, policy_args, run_json
+from ansible_collections.hosttune.tuning.plugins.module_utils.hosttune_run import HosttuneRunError, policy_args, run_json
 
 
 def main():

@@ -1,4 +1,6 @@
-# Shared by the hosttune_query and hosttune_apply modules: run the hosttune CLI on the host.
+# Copyright: hosttune contributors
+# Apache License 2.0 (see LICENSE at the collection root)
+# Shared by the hosttune.tuning.query and hosttune.tuning.apply modules: run the hosttune CLI on the host.
 """Run `hosttune ... --json` on the managed host and parse its output."""
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 #!/usr/bin/python
+# Copyright: hosttune contributors
+# Apache License 2.0 (see LICENSE at the collection root)
 """Ansible module: `hosttune apply` / `hosttune restore` with check mode, diff and changed from JSON."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
-module: hosttune_apply
+module: apply
 short_description: Apply (or restore) hosttune settings, honestly reporting changes
 description:
   - Runs C(hosttune apply --json --root ROOT --policy CONFIG --only AREA...) on the managed host.
@@ -28,6 +30,7 @@ options:
     type: list
     elements: str
     default: []
+    choices: [managers, cpufreq, turbo, epp, cstates, sysctls, thp, irqs, irqbalance, kernel_args]
   bin:
     description: The hosttune executable on the host.
     type: path
@@ -46,7 +49,37 @@ options:
   reboot_warning:
     description: A warning to emit when hosttune says a reboot is required (the caller will not reboot).
     type: str
-author: hosttune maintainers
+author:
+  - hosttune maintainers (@hosttune)
+"""
+
+EXAMPLES = r"""
+- name: Apply the CPU settings of the plan (governor, frequency lock, turbo, EPP, C-states)
+  hosttune.tuning.apply:
+    areas: [cpufreq, turbo, epp, cstates]
+  register: cpu
+
+- name: Stage the kernel arguments (isolcpus, nohz_full, rcu_nocbs); a reboot applies them
+  hosttune.tuning.apply:
+    areas: [kernel_args]
+    reboot_warning: the kernel arguments take effect at the next boot
+  register: kernel
+
+- name: Reboot when hosttune staged something for the next boot
+  ansible.builtin.reboot:
+  when: kernel.reboot_required
+
+- name: Try a policy given inline, in check mode with --diff (nothing is changed)
+  hosttune.tuning.apply:
+    policy:
+      profile: throughput
+      thp: madvise
+  check_mode: true
+  diff: true
+
+- name: Put back what the first apply found
+  hosttune.tuning.apply:
+    command: restore
 """
 
 RETURN = r"""
@@ -82,10 +115,10 @@ exit_code:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.hosttune_run import HosttuneRunError, policy_args, run_json
+from ansible_collections.hosttune.tuning.plugins.module_utils.hosttune_run import HosttuneRunError, policy_args, run_json
 
 GRUB_DROPIN = "/etc/default/grub.d/hosttune.cfg"
-AREAS = ["cpufreq", "turbo", "epp", "cstates", "sysctls", "thp", "irqs", "irqbalance", "kernel_args"]
+AREAS = ["managers", "cpufreq", "turbo", "epp", "cstates", "sysctls", "thp", "irqs", "irqbalance", "kernel_args"]
 
 
 def _block(change, side):

@@ -1,0 +1,156 @@
+"""The Ansible content as the collection hosttune.tuning, the way infra teams take it: the tarball
+`ansible-galaxy collection build` makes from the repository root, installed into an empty
+collections path, then used only through fully qualified names - ansible-doc for every module and
+role, and `ansible-playbook hosttune.tuning.<playbook>` in check mode on a synthetic host tree.
+
+Nothing here reads the checkout's roles: ANSIBLE_CONFIG points at an empty file, the working
+directory is a temp directory, and the only collections path is the one the tarball went into.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from tests.collection import BIN, build_and_install, version
+from tests.conftest import REPO
+from tests.test_ansible import HOSTTUNE, IMAGE, tree_digest
+from tests.treegen import Spec, write_tree
+
+ROLES = sorted(d for d in os.listdir(os.path.join(REPO, "roles")) if not d.startswith("."))
+MODULES = ["hosttune.tuning.apply", "hosttune.tuning.query"]
+MAX_TARBALL = 300_000  # bytes: roles, modules, playbooks, docs; no Python package, tests or testbed
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(tarball, collections path, environment, work dir) of the built and installed collection."""
+    work = tmp_path_factory.mktemp("collection")
+    cfg = work / "ansible.cfg"
+    cfg.write_text("[defaults]\n")
+    env = {
+        "PATH": os.pathsep.join([BIN, os.environ.get("PATH", "")]),
+        "HOME": str(work),  # no ~/.ansible from elsewhere
+        "ANSIBLE_CONFIG": str(cfg),
+        "ANSIBLE_COLLECTIONS_PATH": str(work / "collections"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_LOCAL_TEMP": str(work / "tmp"),
+        "ANSIBLE_REMOTE_TEMP": str(work / "tmp"),
+        "LC_ALL": "C.UTF-8",
+    }
+    tarball, collections = build_and_install(work, env)
+    return tarball, collections, env, work
+
+
+def test_the_tarball_holds_the_collection_and_nothing_else(installed):
+    tarball, collections, _, _ = installed
+    size = tarball.stat().st_size
+    assert size < MAX_TARBALL, f"{tarball.name}: {size} bytes"
+    with tarfile.open(tarball) as tar:
+        names = set(tar.getnames())
+    manifest = json.loads(tarfile.open(tarball).extractfile("MANIFEST.json").read())
+    info = manifest["collection_info"]
+    assert (info["namespace"], info["name"], info["version"]) == ("hosttune", "tuning", version())
+    assert info["license"] == ["Apache-2.0"]
+    for needed in ("meta/runtime.yml", "plugins/modules/apply.py", "plugins/modules/query.py",
+                   "plugins/module_utils/hosttune_run.py", "playbooks/site.yml", "LICENSE", "README.md",
+                   "tests/config.yml"):
+        assert needed in names, needed
+    for role in ROLES:
+        assert f"roles/{role}/meta/argument_specs.yml" in names and f"roles/{role}/README.md" in names, role
+    tops = {n.split("/")[0] for n in names}
+    assert not tops & {"hosttune", "testbed", "molecule", "collections", "benchmarks", "scripts", ".venv", ".git"}, tops
+    assert not [n for n in names if n.startswith("tests/") and n != "tests/config.yml" and n != "tests"]
+    installed_root = collections / "ansible_collections" / "hosttune" / "tuning"
+    assert (installed_root / "MANIFEST.json").is_file()
+    print(f"{tarball.name}: {size} bytes, {len(names)} entries")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ansible_doc_renders_each_module(installed, module):
+    _, _, env, work = installed
+    proc = subprocess.run([os.path.join(BIN, "ansible-doc"), "--json", module], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=str(work))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)[module]
+    assert doc["doc"]["short_description"] and doc["doc"]["options"]
+    assert doc["examples"] and module in doc["examples"]  # the examples call it by its FQCN
+    assert doc["return"]
+    text = subprocess.run([os.path.join(BIN, "ansible-doc"), module], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=str(work))
+    assert text.returncode == 0 and "EXAMPLES" in text.stdout and "RETURN VALUES" in text.stdout, text.stderr
+
+
+def test_ansible_doc_renders_each_role_entry_point(installed):
+    _, _, env, work = installed
+    listed = subprocess.run([os.path.join(BIN, "ansible-doc"), "-t", "role", "-l", "hosttune.tuning", "--json"],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=str(work))
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(json.loads(listed.stdout)) == [f"hosttune.tuning.{r}" for r in ROLES]
+    for role in ROLES:
+        proc = subprocess.run([os.path.join(BIN, "ansible-doc"), "-t", "role", "--json", f"hosttune.tuning.{role}"],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=str(work))
+        assert proc.returncode == 0, proc.stderr
+        entry = json.loads(proc.stdout)[f"hosttune.tuning.{role}"]["entry_points"]["main"]
+        assert entry["short_description"], role
+
+
+def test_playbooks_by_fqcn_run_from_the_installed_collection_only(installed, tmp_path):
+    """`ansible-playbook hosttune.tuning.tune --check --diff` and `hosttune.tuning.deploy --check`
+    against a synthetic host tree: the roles and modules come from the installed tarball (the
+    checkout is not on any path), the plan is computed and nothing changes."""
+    _, collections, env, work = installed
+    host = write_tree(str(tmp_path / "host"), Spec())
+    before = tree_digest(host)
+    units = tmp_path / "units"
+    units.mkdir()
+    extravars = {
+        "hosttune_root": host,
+        "hosttune_bin": HOSTTUNE,
+        "hosttune_config": str(tmp_path / "etc" / "hosttune.yaml"),
+        "hosttune_policy": {},
+        "hosttune_agent_install_method": "none",
+        "hosttune_agent_packages": [],
+        "hosttune_agent_systemd": False,
+        "hosttune_agent_unit_dir": str(units),
+        "hosttune_cpu_packages": [],
+        "hosttune_irq_packages": [],
+        "hosttune_instances_unit_dir": str(units),
+        "hosttune_instances_config_dir": str(tmp_path / "instances"),
+        "hosttune_instances_image": IMAGE,
+        "hosttune_instances_systemd": False,
+    }
+    varfile = tmp_path / "vars.json"
+    varfile.write_text(json.dumps(extravars))
+    inventory = os.path.join(REPO, "inventory", "localhost")
+    out = {}
+    for playbook, flags in (("hosttune.tuning.tune", ["--check", "--diff"]), ("hosttune.tuning.deploy", ["--check"])):
+        proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", inventory, playbook, *flags,
+                               "-e", f"@{varfile}"], capture_output=True, text=True, timeout=900, env=env,
+                              cwd=str(work))
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+        assert "failed=0" in proc.stdout
+        out[playbook] = proc.stdout
+    tune = out["hosttune.tuning.tune"]
+    # the tasks ran from the installed roles, and check mode predicted the changes (with a diff)
+    installed_roles = str(collections / "ansible_collections" / "hosttune" / "tuning" / "roles")
+    assert "TASK [hosttune.tuning.hosttune_kernel : Stage the kernel arguments with the boot loader]" in tune, tune[-4000:]
+    assert "TASK [hosttune.tuning.hosttune_cpu : Apply the CPU power settings]" in tune
+    assert "governor" in tune  # the --diff of the CPU settings
+    assert os.path.join(REPO, "roles") not in tune + out["hosttune.tuning.deploy"]
+    assert "TASK [hosttune.tuning.hosttune_instances : Check that the container image is given and pinned]" in \
+        out["hosttune.tuning.deploy"]
+    assert os.path.isdir(installed_roles)
+    assert tree_digest(host) == before
+    assert not os.path.exists(extravars["hosttune_config"])
+
+
+def test_role_readmes_match_their_argument_specs():
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "role-docs"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
