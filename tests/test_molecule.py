@@ -37,6 +37,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.collection import build_and_install
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SCENARIOS = {"default": "mol-default", "smt4n": "mol-smt4n"}
@@ -178,6 +180,8 @@ def test_molecule_scenario(scenario: str, molecule_ready) -> None:
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     log = base / "molecule.log"
+    # the roles as a user gets them: this checkout's collection tarball, installed into an empty path
+    _, collections = build_and_install(base / "collection")
     started = time.monotonic()
     records: list[dict] = []
     retries: list[dict] = []
@@ -185,6 +189,7 @@ def test_molecule_scenario(scenario: str, molecule_ready) -> None:
     for attempt in (1, 2):
         ephemeral = base / f"ephemeral{attempt}"
         env = _env(ephemeral)
+        env["MOLECULE_HOSTTUNE_COLLECTIONS"] = str(collections)
         rc, timed_out = _run([str(BIN / "molecule"), "test", "-s", scenario], env, log, timeout)
         records = _timings(ephemeral)
         if timed_out:
