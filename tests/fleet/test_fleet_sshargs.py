@@ -13,7 +13,7 @@ import pytest
 
 from hosttune.errors import HosttuneError
 from hosttune.fleet import inventory, sshargs
-from hosttune.fleet.ssh import Options, ProxyCommandSocket, Session
+from hosttune.fleet.ssh import Options, ProxyCommandSocket, Session, _sudo_refused
 from hosttune.fleet.sshargs import Hop, SshArgError, expand_proxy_command, parse
 from tests.fleet.conftest import REPO, write_inventory
 
@@ -187,6 +187,15 @@ def test_become_prefix_is_the_one_place_commands_are_wrapped():
     assert command == "sudo -S -p '' -u svc -- /opt/hosttune/bin/hosttune capture"
     assert "leaked" not in command  # the password goes on stdin, never on the command line
     assert _session(user="root", become=True).hosttune(["verify"]) == "/opt/hosttune/bin/hosttune verify"
+
+
+def test_sudo_refusals_are_told_from_hosttune_failures():
+    assert _sudo_refused(1, "", "sudo: a password is required\n")
+    assert _sudo_refused(1, "", "Sorry, try again.\nsudo: 1 incorrect password attempt\n")
+    assert _sudo_refused(127, "", "sh: 1: sudo: not found\n")
+    assert not _sudo_refused(1, '{"schema": "hosttune.verify/1"}', "sudo: something\n")  # drift, with JSON
+    assert not _sudo_refused(2, "", "hosttune: error: /x: no such root\n")
+    assert not _sudo_refused(127, "", "sh: 1: /opt/hosttune/bin/hosttune: not found\n")
 
 
 def test_proxy_command_socket_reports_eof_and_stderr():
