@@ -154,3 +154,36 @@ def test_role_readmes_match_their_argument_specs():
     proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "role-docs"), "--check"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_ansible_test_sanity_passes_on_the_installed_collection(installed):
+    """ansible-test sanity (all 24 tests it runs without containers: validate-modules, pylint,
+    pep8, compile, import, yamllint, ansible-doc, ...) on the installed copy, with the
+    ansible-core the project runs. ansible-test installs the sanity tools it pins (pylint,
+    yamllint, voluptuous, ...) into a venv of its own under .cache/, kept between runs; its pip
+    bootstrap script, normally downloaded from ci-files.testing.ansible.com, is
+    scripts/ansible-test-get-pip.py (ensurepip, then pip from the package index)."""
+    import importlib.metadata
+
+    _, collections, env, work = installed
+    core = importlib.metadata.version("ansible-core")
+    venv = os.path.join(REPO, ".cache", f"ansible-test-{core}")
+    if not os.path.exists(os.path.join(venv, "bin", "ansible-test")):
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, timeout=300)
+        pip = subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", f"ansible-core=={core}"],
+                             capture_output=True, text=True, timeout=900)
+        assert pip.returncode == 0, pip.stderr
+    cache = work / ".ansible" / "test" / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    stand_in = open(os.path.join(REPO, "scripts", "ansible-test-get-pip.py")).read()
+    for pip_version in ("24.2", "24.3", "25.0", "25.1", "25.2", "25.3"):
+        (cache / f"get_pip_{pip_version.replace('.', '_')}.py").write_text(stand_in)
+    root = collections / "ansible_collections" / "hosttune" / "tuning"
+    proc = subprocess.run([os.path.join(venv, "bin", "ansible-test"), "sanity", "--requirements",
+                           "--python", f"{sys.version_info.major}.{sys.version_info.minor}", "--color", "no"],
+                          capture_output=True, text=True, timeout=1800, cwd=str(root),
+                          env={**env, "PATH": os.pathsep.join([os.path.join(venv, "bin"), env["PATH"]])})
+    ran = [line for line in proc.stdout.splitlines() if line.startswith("Running sanity test")]
+    print("\n".join(ran))
+    assert proc.returncode == 0, (proc.stdout[-6000:] + proc.stderr[-6000:])
+    assert len(ran) >= 20 and any('"validate-modules"' in r for r in ran) and any('"pylint"' in r for r in ran), ran

@@ -171,7 +171,7 @@ def main():
                 argv += ["--only"] + p["areas"]
             if dry_run:
                 argv.append("--dry-run")
-        rc, data, _, stderr = run_json(module, argv, ok_rcs=(0, 3))
+        rc, data, _stdout, stderr = run_json(module, argv, ok_rcs=(0, 3))
     except HosttuneRunError as exc:
         data = exc.details.get("data")
         failed = data.get("failed") if isinstance(data, dict) else None

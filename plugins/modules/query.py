@@ -102,7 +102,7 @@ def main():
         if p["command"] != "topology":
             extra, temp = policy_args(module, p["config"], p["policy"])
             argv += extra
-        rc, data, _, stderr = run_json(module, argv, ok_rcs=tuple(p["ok_rcs"]))
+        rc, data, _stdout, stderr = run_json(module, argv, ok_rcs=tuple(p["ok_rcs"]))
     except HosttuneRunError as exc:
         module.fail_json(msg=exc.msg, **exc.details)
     finally:

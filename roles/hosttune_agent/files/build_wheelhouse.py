@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build hosttune's wheel (and its dependencies' wheels) on the controller, reproducibly.
 
     build_wheelhouse.py --src CHECKOUT --out DIR [--deps [--extras inference]]
