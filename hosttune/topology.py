@@ -6,7 +6,7 @@ The JSON form is stable and versioned (`schema`). Anything a host lacks is repor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 SCHEMA = "hosttune.topology/1"
@@ -14,6 +14,12 @@ SCHEMA = "hosttune.topology/1"
 
 def unsupported(reason: str) -> dict[str, Any]:
     return {"status": "unsupported", "reason": reason}
+
+
+def _row(record: Any) -> dict[str, Any]:
+    """A Cpu or Irq as a JSON object. Not dataclasses.asdict, which deep-copies every list element:
+    3 million copies (16 s) for the affinities of 4,096 IRQs on a 768-CPU host."""
+    return {f.name: (list(v) if isinstance(v := getattr(record, f.name), list) else v) for f in fields(record)}
 
 
 @dataclass
@@ -95,7 +101,7 @@ class Topology:
                 "cpus_offline": self.offline_cpus,
                 "threads_per_core": max((len(c.siblings) for c in self.cpus if c.online), default=0),
             },
-            "cpus": [asdict(c) for c in self.cpus],
+            "cpus": [_row(c) for c in self.cpus],
             "nodes": [
                 {"id": n.id, "cpus": n.cpus, "memory_bytes": n.memory_bytes,
                  "distances": {str(k): v for k, v in n.distances.items()}}
@@ -106,6 +112,6 @@ class Topology:
             "nohz_full": self.nohz_full,
             "allowed_cpus": self.allowed_cpus,
             "allowed_mems": self.allowed_mems,
-            "irqs": [asdict(i) for i in self.irqs],
+            "irqs": [_row(i) for i in self.irqs],
             **self.features,
         }

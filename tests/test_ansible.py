@@ -99,7 +99,7 @@ def ansible_env(extra_path: str | None = None) -> dict[str, str]:
 
 
 def play(tmp_path, playbook: str, extravars: dict[str, Any], check=False, diff=False, inventory=None,
-         extra_path=None, limit=None) -> Run:
+         extra_path=None, limit=None, tags=None) -> Run:
     """Run a playbook (a path, or a name under playbooks/) with ansible-runner against localhost."""
     if not os.path.isabs(playbook):
         playbook = os.path.join(REPO, "playbooks", playbook)
@@ -114,6 +114,8 @@ def play(tmp_path, playbook: str, extravars: dict[str, Any], check=False, diff=F
         kwargs["cmdline"] = flags
     if limit:
         kwargs["limit"] = limit
+    if tags:
+        kwargs["tags"] = tags
     runner = ansible_runner.run(**kwargs)
     return Run(runner, private)
 
@@ -631,6 +633,31 @@ def test_units_sandbox_exposure(tmp_path, unit, limit):
     assert score, proc.stdout + proc.stderr
     exposure = float(score[0].split(":")[1].split()[0])
     assert exposure <= limit, f"{score[0]}\n{proc.stdout}"
+
+
+def test_phase_tags_run_one_phase_of_a_role(tmp_path, host, base_vars):
+    """--tags hosttune_instances_run writes the units (the plan, tagged always, still comes first);
+    --tags hosttune_instances_nginx alone writes nothing; the agent's configure phase writes its
+    configuration without its install or run phases."""
+    write_config(base_vars, {})
+    playbook = write_playbook(tmp_path, "instances.yml", ["hosttune_instances"])
+    units = base_vars["hosttune_instances_unit_dir"]
+    nginx_only = play(tmp_path, playbook, base_vars, tags="hosttune_instances_nginx")
+    assert nginx_only.rc == 0, nginx_only.explain()
+    assert nginx_only.task("Publish the plan as the fact hosttune_plan")  # always
+    assert not os.path.exists(os.path.join(units, "hosttune-instance@.service"))
+    run_only = play(tmp_path, playbook, base_vars, tags="hosttune_instances_run")
+    assert run_only.rc == 0, run_only.explain()
+    assert os.path.exists(os.path.join(units, "hosttune-instance@.service"))
+
+    os.unlink(base_vars["hosttune_config"])
+    agent = write_playbook(tmp_path, "agent.yml", ["hosttune_agent"])
+    configure = play(tmp_path, agent, base_vars, tags="hosttune_agent_configure")
+    assert configure.rc == 0, configure.explain()
+    assert os.path.exists(base_vars["hosttune_config"])
+    ran = {e["event_data"].get("task") for e in configure.results()}
+    assert "Write the hosttune configuration" in ran
+    assert not ran & {"Link hosttune onto the PATH", "Install the hosttune-agent systemd unit"}, ran
 
 
 def test_nginx_exposed_without_tls_or_access_control_fails_before_any_change(tmp_path, host, base_vars):
