@@ -256,3 +256,45 @@ def test_memory_node_is_the_nearest_with_memory():
     assert plan._memory_node(t, 1) == 2  # a tie at 31: the lower id
     assert plan._memory_node(topo([Node(0, [0], 0, {})]), 0) == 0  # no distances: itself
     assert plan._memory_node(topo([Node(0, [0], 0, {0: 10}), Node(1, [1], 0, {1: 10})]), 0) == 0  # nobody has memory
+
+
+@pytest.mark.parametrize("given, field, split", [
+    ({"housekeeping": {"cpus": "0,1"}}, "housekeeping.cpus", "0-1,4-5"),
+    ({"housekeeping": {"cpus": "0,2,4"}}, "housekeeping.cpus", "2,6"),  # core 0 whole, core 2 split
+    ({"isolation": {"cpus": "1-3,5,6"}}, "isolation.cpus", "3,7"),  # housekeeping 0,4,7: core 3 split
+])
+def test_split_siblings_are_named_exactly(make_tree, given, field, split):
+    """SMT siblings are 0/4, 1/5, 2/6, 3/7: the message names every CPU of each split core, and only those."""
+    with pytest.raises(PolicyError) as info:
+        make(make_tree(sockets=1, cores_per_node=4, threads=2), given)
+    assert info.value.where == field
+    assert f"CPUs {split} are split from their core's siblings" in info.value.message, info.value.message
+
+
+def test_whole_cores_named_by_the_user_are_accepted(make_tree):
+    p = make(make_tree(sockets=1, cores_per_node=4, threads=2), {"housekeeping": {"cpus": "0,4"}})
+    assert p["housekeeping"] == [0, 4] and p["isolated"] == [1, 2, 3, 5, 6, 7]
+
+
+@pytest.mark.parametrize("profile, per_stream, cores, cpus, want", [
+    # latency: one stream, all cores' threads, no SMT threads
+    ("latency", None, 3, 6, ({"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 3, "ENABLE_CPU_PINNING": True,
+                               "ENABLE_HYPER_THREADING": False}, 1)),
+    # throughput, derived: 1 CPU per stream below 8 cores, 4 from 8 cores on
+    ("throughput", None, 1, 1, ({"NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": True,
+                                  "ENABLE_HYPER_THREADING": False}, 1)),
+    ("throughput", None, 7, 14, ({"NUM_STREAMS": 7, "INFERENCE_NUM_THREADS": 7, "ENABLE_CPU_PINNING": True,
+                                   "ENABLE_HYPER_THREADING": True}, 7)),
+    ("throughput", None, 8, 8, ({"NUM_STREAMS": 2, "INFERENCE_NUM_THREADS": 8, "ENABLE_CPU_PINNING": True,
+                                  "ENABLE_HYPER_THREADING": False}, 2)),
+    ("throughput", None, 10, 10, ({"NUM_STREAMS": 2, "INFERENCE_NUM_THREADS": 8, "ENABLE_CPU_PINNING": True,
+                                    "ENABLE_HYPER_THREADING": False}, 2)),
+    # explicit threads per stream: streams never exceed cores, threads never exceed cores
+    ("throughput", 3, 10, 20, ({"NUM_STREAMS": 3, "INFERENCE_NUM_THREADS": 9, "ENABLE_CPU_PINNING": True,
+                                 "ENABLE_HYPER_THREADING": True}, 3)),
+    ("throughput", 100, 6, 6, ({"NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": 6, "ENABLE_CPU_PINNING": True,
+                                 "ENABLE_HYPER_THREADING": False}, 1)),
+])
+def test_openvino_settings_are_pinned(profile, per_stream, cores, cpus, want):
+    pol = policy.validate({"profile": profile, "instances": {"threads_per_stream": per_stream}})
+    assert plan._openvino(pol, cores, cpus) == want
