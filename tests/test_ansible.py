@@ -139,6 +139,7 @@ def base_vars(tmp_path, host):
     """Role variables that keep every run inside tmp_path."""
     units = tmp_path / "units"
     units.mkdir()
+    (tmp_path / "bin").mkdir()
     return {
         "hosttune_root": host,
         "hosttune_bin": HOSTTUNE,
@@ -148,6 +149,8 @@ def base_vars(tmp_path, host):
         "hosttune_agent_packages": [],
         "hosttune_agent_systemd": False,
         "hosttune_agent_unit_dir": str(units),
+        # not /usr/local/bin: tests running side by side would take the link from each other
+        "hosttune_agent_link": str(tmp_path / "bin" / "hosttune"),
         "hosttune_cpu_packages": [],
         "hosttune_irq_packages": [],
         "hosttune_instances_kind": "systemd",

@@ -201,8 +201,11 @@ def test_plan_invariants(spec, hk, profile, offline_pick, memoryless, sparse_nod
         try:
             p = plan.make_plan(topo, policy.validate({"profile": profile, "housekeeping": {"cores_per_node": hk}}))
         except PolicyError as exc:
-            # only refusal allowed: offline CPUs left a node with too few cores
-            assert exc.where == "housekeeping.cores_per_node", exc
+            # the only refusals allowed: offline CPUs left a node with too few cores, or none at all
+            if not topo.online_cpus:
+                assert exc.where == "topology" and "no online CPU" in exc.message, exc
+            else:
+                assert exc.where == "housekeeping.cores_per_node", exc
             return
     hk_set, iso_set = set(p["housekeeping"]), set(p["isolated"])
     assert not hk_set & iso_set
@@ -298,3 +301,9 @@ def test_whole_cores_named_by_the_user_are_accepted(make_tree):
 def test_openvino_settings_are_pinned(profile, per_stream, cores, cpus, want):
     pol = policy.validate({"profile": profile, "instances": {"threads_per_stream": per_stream}})
     assert plan._openvino(pol, cores, cpus) == want
+
+
+def test_a_host_with_no_online_cpu_is_refused_naming_the_topology(make_tree):
+    with pytest.raises(PolicyError) as info:
+        make(make_tree(sockets=1, cores_per_node=2, threads=1, offline=[0, 1]))
+    assert info.value.where == "topology" and "no online CPU" in info.value.message
