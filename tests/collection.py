@@ -21,6 +21,7 @@ def version() -> str:
 
 def build_and_install(work: Path, env: dict[str, str] | None = None) -> tuple[Path, Path]:
     """(the tarball, the collections path it was installed into), both under `work`."""
+    work.mkdir(parents=True, exist_ok=True)
     dist, collections = work / "dist", work / "collections"
     run = dict(capture_output=True, text=True, timeout=300, cwd=str(work), env=env)
     build = subprocess.run([os.path.join(BIN, "ansible-galaxy"), "collection", "build", "--force",
