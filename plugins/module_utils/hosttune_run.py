@@ -14,6 +14,15 @@ NO_CONFIG = ("hosttune configuration {config} does not exist (the hosttune_agent
              "hosttune_policy; run it first, or set hosttune_config)")
 
 
+# the options both modules take (documented once in doc_fragments/hosttune.py)
+COMMON_ARGS = {
+    "bin": {"type": "path", "default": "/opt/hosttune/venv/bin/hosttune"},
+    "root": {"type": "path", "default": "/"},
+    "config": {"type": "path", "default": "/etc/hosttune/hosttune.yaml"},
+    "policy": {"type": "dict"},
+}
+
+
 class HosttuneRunError(Exception):
     def __init__(self, msg, **details):
         super().__init__(msg)

@@ -31,24 +31,11 @@ options:
     elements: str
     default: []
     choices: [managers, cpufreq, turbo, epp, cstates, sysctls, thp, irqs, irqbalance, kernel_args]
-  bin:
-    description: The hosttune executable on the host.
-    type: path
-    default: /opt/hosttune/venv/bin/hosttune
-  root:
-    description: Passed as C(--root).
-    type: path
-    default: /
-  config:
-    description: The configuration file passed as C(--policy).
-    type: path
-    default: /etc/hosttune/hosttune.yaml
-  policy:
-    description: An inline policy used instead of I(config) (written to a temporary file, then removed).
-    type: dict
   reboot_warning:
     description: A warning to emit when hosttune says a reboot is required (the caller will not reboot).
     type: str
+extends_documentation_fragment:
+  - hosttune.tuning.hosttune
 author:
   - hosttune maintainers (@hosttune)
 """
@@ -115,7 +102,7 @@ exit_code:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hosttune.tuning.plugins.module_utils.hosttune_run import HosttuneRunError, policy_args, run_json
+from ansible_collections.hosttune.tuning.plugins.module_utils.hosttune_run import COMMON_ARGS, HosttuneRunError, policy_args, run_json
 
 GRUB_DROPIN = "/etc/default/grub.d/hosttune.cfg"
 AREAS = ["managers", "cpufreq", "turbo", "epp", "cstates", "sysctls", "thp", "irqs", "irqbalance", "kernel_args"]
@@ -146,12 +133,9 @@ def diff_of(changes, title):
 def main():
     module = AnsibleModule(
         argument_spec={
+            **COMMON_ARGS,
             "command": {"type": "str", "default": "apply", "choices": ["apply", "restore"]},
             "areas": {"type": "list", "elements": "str", "default": [], "choices": AREAS},
-            "bin": {"type": "path", "default": "/opt/hosttune/venv/bin/hosttune"},
-            "root": {"type": "path", "default": "/"},
-            "config": {"type": "path", "default": "/etc/hosttune/hosttune.yaml"},
-            "policy": {"type": "dict"},
             "reboot_warning": {"type": "str"},
         },
         supports_check_mode=True,

@@ -19,26 +19,13 @@ options:
     type: str
     required: true
     choices: [plan, verify, topology]
-  bin:
-    description: The hosttune executable on the host.
-    type: path
-    default: /opt/hosttune/venv/bin/hosttune
-  root:
-    description: Passed as C(--root).
-    type: path
-    default: /
-  config:
-    description: The configuration file passed as C(--policy) (plan, verify).
-    type: path
-    default: /etc/hosttune/hosttune.yaml
-  policy:
-    description: An inline policy used instead of I(config) (written to a temporary file, then removed).
-    type: dict
   ok_rcs:
     description: Exit codes that are not failures (verify exits 1 on drift, 3 when a reboot is pending).
     type: list
     elements: int
     default: [0]
+extends_documentation_fragment:
+  - hosttune.tuning.hosttune
 author:
   - hosttune maintainers (@hosttune)
 """
@@ -80,17 +67,14 @@ exit_code:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hosttune.tuning.plugins.module_utils.hosttune_run import HosttuneRunError, policy_args, run_json
+from ansible_collections.hosttune.tuning.plugins.module_utils.hosttune_run import COMMON_ARGS, HosttuneRunError, policy_args, run_json
 
 
 def main():
     module = AnsibleModule(
         argument_spec={
+            **COMMON_ARGS,
             "command": {"type": "str", "required": True, "choices": ["plan", "verify", "topology"]},
-            "bin": {"type": "path", "default": "/opt/hosttune/venv/bin/hosttune"},
-            "root": {"type": "path", "default": "/"},
-            "config": {"type": "path", "default": "/etc/hosttune/hosttune.yaml"},
-            "policy": {"type": "dict"},
             "ok_rcs": {"type": "list", "elements": "int", "default": [0]},
         },
         supports_check_mode=True,
