@@ -19,8 +19,7 @@ import pytest
 
 from tests.collection import BIN, build_and_install, version
 from tests.conftest import REPO
-from tests.test_ansible import HOSTTUNE, IMAGE, tree_digest
-from tests.treegen import Spec, write_tree
+from tests.test_ansible import base_vars, host, tree_digest  # noqa: F401 (base_vars, host: fixtures)
 
 ROLES = sorted(d for d in os.listdir(os.path.join(REPO, "roles")) if not d.startswith("."))
 MODULES = ["hosttune.tuning.apply", "hosttune.tuning.query"]
@@ -102,31 +101,13 @@ def test_ansible_doc_renders_each_role_entry_point(installed):
         assert entry["short_description"], role
 
 
-def test_playbooks_by_fqcn_run_from_the_installed_collection_only(installed, tmp_path):
+def test_playbooks_by_fqcn_run_from_the_installed_collection_only(installed, tmp_path, host, base_vars):
     """`ansible-playbook hosttune.tuning.tune --check --diff` and `hosttune.tuning.deploy --check`
     against a synthetic host tree: the roles and modules come from the installed tarball (the
     checkout is not on any path), the plan is computed and nothing changes."""
     _, collections, env, work = installed
-    host = write_tree(str(tmp_path / "host"), Spec())
     before = tree_digest(host)
-    units = tmp_path / "units"
-    units.mkdir()
-    extravars = {
-        "hosttune_root": host,
-        "hosttune_bin": HOSTTUNE,
-        "hosttune_config": str(tmp_path / "etc" / "hosttune.yaml"),
-        "hosttune_policy": {},
-        "hosttune_agent_install_method": "none",
-        "hosttune_agent_packages": [],
-        "hosttune_agent_systemd": False,
-        "hosttune_agent_unit_dir": str(units),
-        "hosttune_cpu_packages": [],
-        "hosttune_irq_packages": [],
-        "hosttune_instances_unit_dir": str(units),
-        "hosttune_instances_config_dir": str(tmp_path / "instances"),
-        "hosttune_instances_image": IMAGE,
-        "hosttune_instances_systemd": False,
-    }
+    extravars = base_vars  # test_ansible's: every path inside tmp_path, nothing installed or started
     varfile = tmp_path / "vars.json"
     varfile.write_text(json.dumps(extravars))
     inventory = os.path.join(REPO, "inventory", "localhost")

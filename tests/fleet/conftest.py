@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -13,6 +15,15 @@ from tests.fleet import sshd as sshd_mod
 from tests.treegen import Spec, write_tree
 
 REPO = sshd_mod.REPO
+
+
+def fleet_json(*args):
+    """`hosttune fleet ARGS --json` with generous timeouts: (the process, {host: its result})."""
+    proc = subprocess.run([sys.executable, "-m", "hosttune", "fleet", *args, "--json", "-q",
+                           "--connect-timeout", "20", "--timeout", "120"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc, {h["host"]: h for h in json.loads(proc.stdout)["hosts"]}
 
 
 @pytest.fixture(scope="session")

@@ -5,32 +5,22 @@ wrapper that notes who ran it: a host that is ok really ran hosttune as root."""
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
 
 from tests.fleet import sshd as sshd_mod
-from tests.fleet.conftest import REPO, ssh_vars, write_inventory
+from tests.fleet.conftest import fleet_json, ssh_vars, write_inventory
 
 pytestmark = pytest.mark.skipif(sshd_mod.missing() is not None, reason=sshd_mod.missing() or "")
 
 USER = "hosttune-fleet-test"
 SUDOERS = f"/etc/sudoers.d/{USER}"
-
-
-def fleet_json(*args):
-    proc = subprocess.run([sys.executable, "-m", "hosttune", "fleet", *args, "--json", "-q",
-                           "--connect-timeout", "20", "--timeout", "120"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc, {h["host"]: h for h in json.loads(proc.stdout)["hosts"]}
 
 
 def sudoers(rule: str) -> None:

@@ -5,28 +5,17 @@ through the bastion, and the bastion's log (LogLevel DEBUG1) shows the forwarded
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from tests.fleet import sshd as sshd_mod
-from tests.fleet.conftest import REPO, ssh_vars, write_inventory
+from tests.fleet.conftest import fleet_json, ssh_vars, write_inventory
 
 pytestmark = pytest.mark.skipif(sshd_mod.missing() is not None, reason=sshd_mod.missing() or "")
 
 TARGET = "hosttune-fleet-target.test"  # resolves for the bastion only
-
-
-def fleet_json(*args):
-    proc = subprocess.run([sys.executable, "-m", "hosttune", "fleet", *args, "--json", "-q",
-                           "--connect-timeout", "20", "--timeout", "120"],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc, {h["host"]: h for h in json.loads(proc.stdout)["hosts"]}
 
 
 def forwarded(server: sshd_mod.Sshd, host: str, port: int) -> int:
