@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 # -- resolving the project, inventory, playbook, extra vars --------------------------------------
 COLLECTION = os.path.join("collections", "ansible_collections", "hosttune", "tuning")
+NOT_A_PROJECT = f"no playbooks/site.yml and {COLLECTION} there"
 
 
 def _is_project(path: str) -> bool:
@@ -73,13 +74,12 @@ def find_project(explicit: str | None = None) -> str:
     (collections/ansible_collections/hosttune/tuning: the roles and modules)."""
     if explicit:
         if not _is_project(explicit):
-            raise HosttuneError("no playbooks/site.yml and collections/ansible_collections/hosttune/tuning there",
-                                where=explicit)
+            raise HosttuneError(NOT_A_PROJECT, where=explicit)
         return os.path.abspath(explicit)
     env = os.environ.get("HOSTTUNE_ANSIBLE_DIR")
     if env:
         if not _is_project(env):
-            raise HosttuneError("no playbooks/site.yml and collections/ansible_collections/hosttune/tuning there", where=f"HOSTTUNE_ANSIBLE_DIR={env}")
+            raise HosttuneError(NOT_A_PROJECT, where=f"HOSTTUNE_ANSIBLE_DIR={env}")
         return os.path.abspath(env)
     package = os.path.dirname(os.path.abspath(__file__))
     for candidate in (os.path.dirname(package), os.path.join(package, "data", "ansible")):
@@ -423,10 +423,8 @@ def cmd_converge(args: argparse.Namespace) -> int:
     ident = time.strftime("%Y%m%d-%H%M%S") + f"-{os.path.splitext(os.path.basename(playbook))[0]}-{os.getpid()}"
     cmdline = " ".join(flag for flag, on in (("--check", args.check), ("--diff", args.diff)) if on)
     envvars = {
+        # its collections_path puts the project's collections/ (hosttune.tuning) first
         "ANSIBLE_CONFIG": os.path.join(project, "ansible.cfg"),
-        # the collection hosttune.tuning of this project first (its FQCNs), then the usual places
-        "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join([os.path.join(project, "collections"), "~/.ansible/collections",
-                                                     "/usr/share/ansible/collections"]),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
         "PATH": _search_path(),
