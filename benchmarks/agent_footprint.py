@@ -9,6 +9,16 @@ prints the figures against the budget: RSS <= 25 MB and <= 0.1 % of one core ave
 run at the default interval. A Prometheus scrape of /metrics every --scrape seconds is simulated
 (0: none); the scraper's own CPU is not counted, the agent's work to answer it is.
 
+The agent re-discovers the host every agent.replan_interval seconds (an hour by default), which a
+window of minutes rarely holds: after the window the benchmark makes it re-discover once
+(SIGHUP), takes that check's CPU (the agent's log line gives it, forked child included) and adds
+it spread over replan_interval to the steady figure; the budget is judged on the sum.
+
+The agent holds the /sys and /proc files its checks read open (hosttune.agent.fastcheck). On a
+live kernel each held sysfs attribute or seq_file keeps a page of unreclaimable kernel memory
+after its first read, which RSS does not show: the benchmark counts the held files and measures
+that cost per file on this kernel (opens of a live sysfs attribute, read once, Slab delta).
+
 Only checks that ran to the end (ok, repaired, drift) are work done. A check that failed (error,
 apply_failed) costs less than a real one, so when the first check or any check of the measured
 window failed, the CPU figures are not reported: the errors are printed and the exit code is 2.
@@ -115,6 +125,40 @@ def wait_for_event(log_path: str, event: str, proc: subprocess.Popen, timeout: f
     raise SystemExit(f"no {event} event in {timeout}s:\n" + open(log_path).read())
 
 
+def kernel_kb_per_held_file(count: int = 2000, trials: int = 3) -> float | None:
+    """Unreclaimable slab per open-and-read live sysfs attribute (median of `trials`), or None."""
+    path = "/sys/kernel/mm/transparent_hugepage/enabled"
+    if not os.path.exists(path):
+        path = "/sys/devices/system/cpu/online"
+
+    def sunreclaim() -> int:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("SUnreclaim:"):
+                    return int(line.split()[1])
+        return 0
+
+    per_file = []
+    for _ in range(trials):
+        before = sunreclaim()
+        fds = []
+        try:
+            for _ in range(count):
+                fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                os.pread(fds[-1], 4096, 0)
+            per_file.append((sunreclaim() - before) / count)
+        except OSError:
+            return None
+        finally:
+            for fd in fds:
+                os.close(fd)
+    return round(statistics.median(per_file), 2)
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def checks(port: int) -> dict[str, int]:
     """hosttune_checks_total by result, from the agent's /metrics."""
     out = {}
@@ -185,8 +229,26 @@ def main() -> int:
             after = checks(port)
             done = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
             errors = check_errors(log_path)
+            modes: dict[str, int] = {}
+            for rec in log_events(log_path):
+                if rec.get("event") == "check" and rec.get("reason") == "interval":
+                    modes[rec.get("mode", "?")] = modes.get(rec.get("mode", "?"), 0) + 1
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as resp:
                 status = json.load(resp)
+            held = open_fds(proc.pid)
+            # one re-discovery, as the agent does every replan_interval: its CPU from the log line
+            seen = sum(1 for _ in log_events(log_path))
+            print("  re-discovering once (SIGHUP) to measure a replan ...", file=sys.stderr, flush=True)
+            proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 600
+            replan = None
+            while replan is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+                for rec in list(log_events(log_path))[seen:]:
+                    if rec.get("event") == "check" and rec.get("reason") == "reload":
+                        replan = rec
+            if replan is None:
+                raise SystemExit("no re-discovery (check after SIGHUP) within 600 s:\n" + open(log_path).read())
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -196,7 +258,12 @@ def main() -> int:
 
     rss = [s["VmRSS"] for s in samples]
     steady_cpu = (cpu1 - cpu0) + (child1 - child0)
-    pct = 100 * steady_cpu / wall
+    replan_every = status["config"]["agent"]["replan_interval"]
+    replan_cpu = replan["cpu_s"]
+    window_pct = 100 * steady_cpu / wall
+    replan_pct = 100 * replan_cpu / replan_every
+    pct = window_pct + replan_pct
+    kb_per_file = kernel_kb_per_held_file()
     succeeded = sum(done.get(k, 0) for k in SUCCESS)
     failed = sum(done.get(k, 0) for k in FAILED)
     # CPU spent on checks that failed is not the cost of checking: no CPU figure from such a run
@@ -213,10 +280,15 @@ def main() -> int:
         # VmHWM is only updated at some kernel events; a sampled RSS can be higher
         "hwm_kb": max(samples[-1]["VmHWM"], max(rss)), "rss_anon_kb": samples[-1]["RssAnon"], "rss_file_kb": samples[-1]["RssFile"],
         "threads": samples[-1]["Threads"],
-        "checks": done, "first_check": first, "successful_checks": succeeded, "errors": errors,
+        "checks": done, "interval_checks_by_mode": modes, "first_check": first, "successful_checks": succeeded, "errors": errors,
         "cpu_refused": refused,
         "check_process_max_rss_kb": status["process"]["check_max_rss_kb"],
         "last_check_duration_s": status["last_check"]["duration_s"],
+        "open_fds": held,
+        "kernel_kb_per_held_file": kb_per_file,
+        "kernel_mb_held_files": round(held * kb_per_file / 1024, 1) if kb_per_file is not None else None,
+        "replan": {"cpu_s": replan_cpu, "every_s": replan_every, "mode": replan.get("mode"),
+                   "duration_s": replan["duration_s"], "pct_one_core": round(replan_pct, 4)},
         "within_budget": {"rss": max(samples[-1]["VmHWM"], max(rss)) <= RSS_BUDGET_KB},
     }
     if first in SUCCESS:  # start-up (imports, discovery, plan, the first full check) stands on its own
@@ -225,7 +297,8 @@ def main() -> int:
     if refused is None:
         figures.update({
             "cpu_s": round(steady_cpu, 3),
-            "children_cpu_s": round(child1 - child0, 3), "cpu_pct_one_core": round(pct, 4),
+            "children_cpu_s": round(child1 - child0, 3), "cpu_pct_window": round(window_pct, 4),
+            "cpu_pct_one_core": round(pct, 4),  # the window plus the re-discovery spread over its interval
             "cpu_pct_incl_startup": round(100 * (steady_cpu + startup_cpu) / wall, 4),
             "cpu_ms_per_check": round(1000 * steady_cpu / succeeded, 1),  # all of the agent's CPU, per check
         })
@@ -236,8 +309,9 @@ def main() -> int:
         print(f"hosttune agent footprint: {figures['source']}")
         print(f"  run: {wall:.0f} s at interval {figures['interval']:g} s, /metrics scraped every "
               f"{args.scrape:g} s" if args.scrape else f"  run: {wall:.0f} s at interval {figures['interval']:g} s, no scrapes")
-        print(f"  full checks in the run: {', '.join(f'{k} {v:g}' for k, v in done.items()) or 'none'} "
-              f"(first check at start-up: {first})")
+        print(f"  checks in the run: {', '.join(f'{k} {v:g}' for k, v in done.items()) or 'none'} "
+              f"(first check at start-up: {first}); interval checks by mode: "
+              f"{', '.join(f'{k} {v}' for k, v in modes.items()) or 'none'}")
         for error, count in errors.items():
             print(f"  check failed ({count}x): {error}")
         print(f"  RSS: min {min(rss) / 1024:.1f} MB, mean {statistics.mean(rss) / 1024:.1f} MB, max {max(rss) / 1024:.1f} MB, "
@@ -246,14 +320,20 @@ def main() -> int:
         print(f"  check process (forked per check, lives milliseconds): peak RSS "
               f"{figures['check_process_max_rss_kb'] / 1024:.1f} MB (mostly pages shared with the agent); "
               f"last check took {figures['last_check_duration_s'] * 1000:.0f} ms")
+        kernel = (f"{figures['kernel_mb_held_files']:.1f} MB ({kb_per_file:.2f} kB each, measured on this kernel)"
+                  if kb_per_file is not None else "not measured (no live sysfs)")
+        print(f"  open descriptors: {held} (the held /sys and /proc files); on a live host their kernel "
+              f"memory, outside RSS: {kernel}")
+        print(f"  re-discovery (every {replan_every:g} s, mode {replan.get('mode')}): {replan_cpu:.2f} CPU-s = "
+              f"{replan_pct:.4f} % of one core spread over its interval")
         if "startup_cpu_s" in figures:
             print(f"  start-up (to the first full check's end): {startup_cpu:.2f} CPU-s   budget "
                   f"{STARTUP_BUDGET_S:g} s: {'ok' if figures['within_budget']['startup'] else 'OVER'}")
         if refused:
             print(f"  CPU: not reported: {refused}; a failed check does less work than a real one")
         else:
-            print(f"  CPU: {steady_cpu:.2f} s in {wall:.0f} s = {pct:.4f} % of one core, "
-                  f"{figures['cpu_ms_per_check']:.0f} ms per check "
+            print(f"  CPU: {steady_cpu:.2f} s in {wall:.0f} s = {window_pct:.4f} %, with the re-discovery "
+                  f"{pct:.4f} % of one core, {figures['cpu_ms_per_check']:.0f} ms per check in the window "
                   f"(startup {startup_cpu:.2f} s more; {figures['cpu_pct_incl_startup']:.4f} % with it)   budget 0.1 %: "
                   f"{'ok' if figures['within_budget']['cpu'] else 'OVER'}")
     if refused:

@@ -90,6 +90,7 @@ class HostFS:
         self._real_prefix = self._real_root.rstrip("/") + "/"
         self._real_dirs: dict[str, str] = {}
         self._dirs_inside: dict[str, bool] = {}
+        self._raw: dict[str, bytes] | None = None  # see keep_raw
 
     @property
     def is_live(self) -> bool:
@@ -206,7 +207,11 @@ class HostFS:
         # the live /sys and /proc hold no FIFOs or devices where hosttune reads, and O_NONBLOCK
         # keeps an odd one from blocking: the agent's checks save the fstat on every read
         data = self._read_raw(key, MAX_READ, regular_only=not self._live)
-        return None if data is None else data.decode("utf-8", "replace").rstrip("\n")
+        if data is None:
+            return None
+        if self._raw is not None:
+            self._raw[key] = data
+        return data.decode("utf-8", "replace").rstrip("\n")
 
     def _read_raw(self, key: str, limit: int, regular_only: bool = True) -> bytes | None:
         """Up to `limit` bytes, or None."""
@@ -368,7 +373,17 @@ class HostFS:
             os.close(dir_fd)
         self._invalidate(key)
 
+    def keep_raw(self, on: bool) -> None:
+        """While on, the exact bytes of every file read are kept beside its cached text (`raw`):
+        the agent's fast check compares what it re-reads with them byte for byte."""
+        self._raw = {} if on else None
+
+    def raw(self, key: str) -> bytes | None:
+        return None if self._raw is None else self._raw.get(key)
+
     def _invalidate(self, key: str) -> None:
+        if self._raw is not None:
+            self._raw.pop(key, None)
         self._cache.pop(key, None)
         self._exists.pop(key, None)
         self._dirs.pop(key.rpartition("/")[0], None)
@@ -376,6 +391,8 @@ class HostFS:
     def forget(self) -> None:
         """Drop the read cache (the agent re-reads live values on every check)."""
         self._cache.clear()
+        if self._raw is not None:
+            self._raw.clear()
         self._dirs.clear()
         self._exists.clear()
         self._real_dirs.clear()

@@ -510,6 +510,7 @@ def test_a_big_host_keeps_only_the_plan_text_and_checks_in_children(tmp_path, ag
     ("agent: {port: 70000}\n", "agent.port"),
     ("agent: {listen: localhost}\n", "agent.listen"),
     ("agent: {reapply: 1}\n", "agent.reapply"),
+    ("agent: {replan_interval: 0}\n", "agent.replan_interval"),
     ("policy: {thp: sometimes}\nagent: {}\n", "policy.thp"),
     ("thp: sometimes\n", "thp"),
     ("agent: [1, 2]\n", "agent"),

@@ -9,13 +9,16 @@ statuses, same drifted rows.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import shutil
+import zlib
 
 import pytest
 
 from hosttune import cpulist, engine, state
-from hosttune.agent import worker
+from hosttune.agent import fastcheck, worker
 from hosttune.agent.daemon import Agent
 from hosttune.agent.log import JsonLog
 from hosttune.agent.notify import Notifier
@@ -130,3 +133,104 @@ def test_state_file_and_other_inputs_force_a_full_check(agent):
     agent.check("interval")
     assert agent.answers[-1] is False
     _same_as_verify(agent)
+
+
+def _held_path(agent: Agent, suffix: str) -> str:
+    """After a first check: a /sys or /proc file the fast check holds, whose path ends with `suffix`."""
+    agent.check("start")
+    held = [p for p in _record(agent)["held"] if p.endswith(suffix)]
+    assert held, f"no held file ends with {suffix}"
+    return held[0]
+
+
+def _record(agent: Agent) -> dict:
+    """The record of a full verify on the agent's tree, as the worker makes it (held paths decoded)."""
+    plan = agent.plan if agent.plan is not None else json.loads(agent.plan_json)
+    fs = HostFS(root=agent.fs.root)
+    with state.Lock(fs, wait=0):
+        _, inputs = worker._verify(plan, fs)
+    inputs["held"] = zlib.decompress(base64.b64decode(inputs["held"])).decode().split("\n")
+    return inputs
+
+
+def test_raw_bytes_are_compared(agent):
+    """A change HostFS.read would hide (a second trailing newline, an invalid UTF-8 byte) still
+    counts as a changed input, and a value longer than one read (READ_SIZE) is compared whole."""
+    root = agent.fs.root
+    path = _held_path(agent, "/smp_affinity_list")
+    agent.check("interval")
+    assert agent.answers == [True]
+    with open(os.path.join(root, path), "rb") as handle:
+        original = handle.read()
+    for changed in (original + b"\n", original.rstrip(b"\n") + b"\xff\n"):
+        with open(os.path.join(root, path), "wb") as handle:
+            handle.write(changed)
+        agent.check("interval")
+        assert agent.answers[-1] is False, f"{changed!r}: a full verify"
+        agent.check("interval")
+        assert agent.answers[-1] is True, f"{changed!r} again: the fast path"
+        _same_as_verify(agent)
+    long_value = b"0," * (fastcheck.READ_SIZE + 100) + b"0\n"  # wider than one pread
+    with open(os.path.join(root, path), "wb") as handle:
+        handle.write(long_value)
+    agent.check("interval")
+    assert agent.answers[-1] is False
+    agent.check("interval")
+    assert agent.answers[-1] is True, "the long value reads the same in the daemon as in the child"
+    with open(os.path.join(root, path), "r+b") as handle:  # one byte past the first read changes
+        handle.seek(fastcheck.READ_SIZE + 3)
+        handle.write(b"1")
+    agent.check("interval")
+    assert agent.answers[-1] is False, "a change past the first READ_SIZE bytes is seen"
+    _same_as_verify(agent)
+
+
+def test_a_tested_path_going_away_is_seen(agent):
+    """verify tests that each CPU's cpufreq policy directory exists; the fast check looks them up in
+    one listing of their parent. One gone (or a new one appearing) is a full check."""
+    root = agent.fs.root
+    agent.check("start")
+    exists = agent.fast.spec["exists"]
+    parents: dict = {}
+    for key in exists:
+        parents.setdefault(key.rpartition("/")[0], []).append(key)
+    parent, keys = max(parents.items(), key=lambda item: len(item[1]))
+    assert len(keys) >= fastcheck.LIST_FROM, "the synthetic host has enough policies for a listing"
+    agent.check("interval")
+    assert agent.answers == [True]
+    shutil.rmtree(os.path.join(root, keys[-1]))
+    agent.check("interval")
+    assert agent.answers[-1] is False
+    _same_as_verify(agent)
+    agent.check("interval")
+    assert agent.answers[-1] is True
+
+
+def test_lexists_all_agrees_with_lexists(tmp_path):
+    base = tmp_path / "d"
+    base.mkdir()
+    for i in range(12):
+        (base / f"f{i}").write_text("x")
+    (base / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "file").write_text("x")
+    keys = [f"d/f{i}" for i in range(0, 16)] + ["d/dangling", "nowhere/a", "file/x"] + [f"file/{i}" for i in range(9)]
+    prefix = str(tmp_path) + "/"
+    assert fastcheck._lexists_all(prefix, keys) == [os.path.lexists(prefix + k) for k in keys]
+
+
+def test_replan_interval_bounds_the_time_between_rediscoveries(agent, monkeypatch):
+    """Interval checks verify the current plan until agent.replan_interval has passed since it was
+    made; then one re-discovers (mode replan) and the fast path resumes."""
+    import dataclasses
+
+    agent.check("start")
+    assert agent.check_mode == "replan"
+    agent.check("interval")
+    assert agent.check_mode == "unchanged"
+    agent.config.agent = dataclasses.replace(agent.config.agent, replan_interval=60.0)
+    monkeypatch.setattr(agent, "planned_at", agent.planned_at - 61)
+    agent.check("interval")
+    assert agent.check_mode == "replan"
+    assert agent.snapshot["last_check"]["mode"] == "replan"
+    agent.check("interval")
+    assert agent.check_mode == "unchanged"

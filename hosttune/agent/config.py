@@ -24,6 +24,9 @@ class AgentSettings:
     port: int = 9477  # 0: any free port (tests)
     reapply: bool = True  # false: only verify and report
     fast_check_interval: float = 5.0  # seconds between cheap IRQ/CPU-hotplug checks; 0: off
+    # seconds between re-discoveries of the host when the fast check saw no IRQ or CPU change
+    # (what it cannot see: e.g. a cpufreq driver loaded); one costs about as much as 20 checks
+    replan_interval: float = 3600.0
     # seconds a check process may run before it is killed (engine commands such as systemctl
     # time out after 300 s each; an apply it leaves half done is rolled back by the next one)
     check_timeout: float = 900.0
@@ -61,6 +64,7 @@ def validate_agent(raw: Any) -> AgentSettings:
     interval = _number(values["interval"], "agent.interval", 0.1, allow_zero=False)
     fast = _number(values["fast_check_interval"], "agent.fast_check_interval", 0.0, allow_zero=True)
     check_timeout = _number(values["check_timeout"], "agent.check_timeout", 0.1, allow_zero=False)
+    replan = _number(values["replan_interval"], "agent.replan_interval", 1.0, allow_zero=False)
     listen = values["listen"]
     if not isinstance(listen, str) or not _is_ip(listen):
         raise PolicyError(f"must be an IP address to listen on, such as 127.0.0.1 or ::1, got {listen!r}",
@@ -72,7 +76,7 @@ def validate_agent(raw: Any) -> AgentSettings:
     if not isinstance(reapply, bool):
         raise PolicyError(f"must be true or false, got {reapply!r}", where="agent.reapply")
     return AgentSettings(interval=interval, listen=listen, port=port, reapply=reapply, fast_check_interval=fast,
-                         check_timeout=check_timeout)
+                         check_timeout=check_timeout, replan_interval=replan)
 
 
 def _is_ip(text: str) -> bool:

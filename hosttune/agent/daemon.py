@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import select
 import signal
 import sys
@@ -52,7 +53,6 @@ from hosttune.errors import HosttuneError, PolicyError
 from hosttune.sysfs import HostFS, TarHostFS
 
 RUNTIME_AREAS = worker.RUNTIME_AREAS
-REPLAN_AFTER = 600.0  # seconds: re-discover at least this often (see Agent._replan_due)
 INPROCESS_MAX_SETTINGS = 1500  # verify-only checks of bigger hosts fork too (see Agent._check)
 
 
@@ -87,6 +87,10 @@ class Agent:
         self.planned_at = 0.0
         # the last full check's summary, repeated while its inputs read the same (see _check)
         self.last_out: dict[str, Any] | None = None
+        # how the last check got its answer: replan (discover, plan, verify, re-apply: forked),
+        # unchanged (the fast check: inputs as last time), verify (in this process), verify_forked,
+        # apply (a verify here found drift to re-apply: forked), none (failed before choosing)
+        self.check_mode = "none"
         self.fast = fastcheck.FastCheck(self.fs.root)
         self.prev_ok: frozenset[int] = frozenset()  # settings ok at the last check (worker._key)
         self.prev_drift: dict[str, list[str]] = {}
@@ -225,8 +229,9 @@ class Agent:
                      paths=result["restored"][:50])
 
     def check(self, reason: str) -> str:
-        started, t0 = time.time(), time.monotonic()
+        started, t0, c0 = time.time(), time.monotonic(), _cpu_seconds()
         error = None
+        self.check_mode = "none"
         try:
             result = self._check(reason)
         except HosttuneError as exc:
@@ -246,11 +251,11 @@ class Agent:
         m.last_success.set(1 if result in ("ok", "repaired", "drift") else 0)
         self.results[result] += 1
         self.snapshot["last_check"] = {"ts": status_mod.iso(started), "reason": reason, "result": result,
-                                      "duration_s": round(duration, 4), "error": error}
+                                      "mode": self.check_mode, "duration_s": round(duration, 4), "error": error}
         changed = result != self.last_result or self.snapshot.get("counts") != self.last_counts
         self.log("check", level="info" if changed or result in ("repaired", "apply_failed", "error") else "debug",
-                 reason=reason, result=result, duration_s=round(duration, 4),
-                 counts=self.snapshot.get("counts"))
+                 reason=reason, result=result, mode=self.check_mode, duration_s=round(duration, 4),
+                 cpu_s=round(_cpu_seconds() - c0, 4), counts=self.snapshot.get("counts"))
         self.last_result, self.last_counts = result, self.snapshot.get("counts")
         if self.state == "running":
             self.notifier.status(status_mod.line(self.snapshot))
@@ -266,14 +271,19 @@ class Agent:
         root, policy, reapply = self.fs.root, self.config.policy, self.config.agent.reapply
         if self._replan_due(reason):
             self._forget_plan()  # a host that cannot be planned any more gets no stale plan applied
+            self.check_mode = "replan"
             out = self._work(worker.check, root, policy, None, self.prev_ok, reapply)
         elif self.last_out is not None and self._unchanged():
+            self.check_mode = "unchanged"
             out = self.last_out  # verify's inputs read as they did: its rows would be the same
         elif self.plan is None:
+            self.check_mode = "verify_forked"
             out = self._work(worker.check, root, policy, self.plan_json, self.prev_ok, reapply)
         else:
+            self.check_mode = "verify"
             out = worker.check(root, policy, self.plan, self.prev_ok, reapply, apply=False)
             if out.get("needs_apply"):
+                self.check_mode = "apply"
                 out = self._work(worker.check, root, policy, self.plan_json, self.prev_ok, reapply)
         self._remember(out)
         if "counts" in out:
@@ -344,10 +354,11 @@ class Agent:
         """Discovery is most of a check's cost (every CPU's and IRQ's files), and the topology only
         changes with IRQs or CPUs coming and going, which the fast check sees. So a check re-discovers
         and re-plans at start, after a reload or a topology change, when the fast check is off, and
-        every REPLAN_AFTER seconds for what it cannot see (a driver or irqbalance installed);
-        otherwise it verifies the current plan."""
-        return (self.plan_json is None or reason != "interval" or not self.config.agent.fast_check_interval
-                or time.time() - self.planned_at >= REPLAN_AFTER)
+        every agent.replan_interval seconds for what it cannot see (a driver or irqbalance
+        installed); otherwise it verifies the current plan."""
+        agent = self.config.agent
+        return (self.plan_json is None or reason != "interval" or not agent.fast_check_interval
+                or time.time() - self.planned_at >= agent.replan_interval)
 
     def _report_apply(self, applied: dict[str, Any]) -> int:
         if applied["recovered"]:
@@ -467,6 +478,12 @@ class Agent:
         self.log("reloaded", config=new.path or "defaults", profile=new.policy["profile"], **new.agent.to_dict())
         self.notifier.ready(status_mod.line(self.snapshot))
         return True
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its reaped children (the forked checks)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _dir_sig(path: str) -> tuple[int, ...] | None:

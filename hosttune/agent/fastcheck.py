@@ -5,12 +5,13 @@ Items from the plan and opens, reads and closes one file per setting (210 ms on 
 4,096-IRQ host). But engine.verify is a function of what it reads: the plan, the files it reads
 (HostFS.read), the directories it lists, the paths it tests, the state file and the commands it
 queries. So the child that ran the full verify also records those inputs (`record`): a digest of
-every value it read, as HostFS.read returned it. Between full checks the daemon keeps the /sys and
-/proc files open and re-reads them with os.pread (one syscall each, no path walk), re-reads the few
-other inputs, and digests them the same way (`FastCheck.unchanged`). Same digest: the same inputs,
-so engine.verify would return the same rows and statuses as last time, and the last summary stands.
-Any difference (a value, a file gone, a listing, the state file, a command's output) and the daemon
-runs the full check as before, which records the inputs again.
+the exact bytes of every /sys and /proc file it read, and of the other values as HostFS.read
+returned them. Between full checks the daemon keeps the /sys and /proc files open and re-reads
+them with os.pread (one syscall each, no path walk, the loop in C), re-reads the few other inputs,
+and digests them the same way (`FastCheck.unchanged`). Same digest: the same inputs, so
+engine.verify would return the same rows and statuses as last time, and the last summary stands.
+Any difference (a byte of a value, a file gone, a listing, the state file, a command's output) and
+the daemon runs the full check as before, which records the inputs again.
 
 What this relies on: a held /sys or /proc file re-read at offset 0 shows the current value (the
 kernel re-runs show() for a read at 0), and a removed one fails (ENODEV) rather than reading old
@@ -30,13 +31,18 @@ import os
 import resource
 import zlib
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from itertools import repeat
 from typing import Any
 
-from hosttune import runner, state
+from hosttune import runner, state, sysfs
 from hosttune.sysfs import HostFS
 
 HELD = ("sys/", "proc/")  # pseudo-files: held open and re-read with pread
+READ_SIZE = 4097  # a sysfs value is one page at most: one pread reads it whole
+BATCH = 512  # held files read per map() call
+MAX_VALUE = sysfs.MAX_READ  # what HostFS reads of a file at most
+LIST_FROM = 8  # keys of one parent directory from which a listing is cheaper than a lexists each
 FIRST_FD = 1024  # held files from here up: select() takes descriptors below 1024 only
 FD_MARGIN = 256  # descriptors above the held ones
 
@@ -45,24 +51,37 @@ def _digest(values: list[Any]) -> str:
     return hashlib.blake2b(json.dumps(values, separators=(",", ":")).encode(), digest_size=16).hexdigest()
 
 
-def _held_digest(values: Iterable[bytes]) -> str:
-    """Of the values as HostFS.read returns them, UTF-8 encoded: in the daemon, the raw bytes less
-    trailing newlines, which are the same bytes exactly when the raw text is valid UTF-8 (when it
-    is not, the digests differ and the check is a full one). Streamed: no list of 8,000 values."""
+def _held_digest(batches: Iterable[list[bytes]]) -> str:
+    """Of the held files' raw bytes, in order: their concatenation, then the array of their
+    lengths (so no two different lists share a digest). Taken batch by batch, so the daemon never
+    holds 8,000 values at once; the same values in any batching give the same digest."""
     h = hashlib.blake2b(digest_size=16)
-    for value in values:
-        h.update(len(value).to_bytes(4, "little") + value)
+    lengths = array("I")
+    for values in batches:
+        h.update(b"".join(values))
+        lengths.extend(map(len, values))
+    h.update(lengths.tobytes())
     return h.hexdigest()
 
 
-def _pread(fd: int) -> bytes:
-    data = os.pread(fd, 8192, 0)
-    while data and len(data) % 8192 == 0:  # rare: a value of 8 KiB or more
-        more = os.pread(fd, 8192, len(data))
+def _pread_batches(fds: array) -> Iterator[list[bytes]]:
+    """Each held file read again from offset 0, BATCH at a time. map() over os.pread keeps the
+    loop in C: per file, the syscall is then most of the cost (Python code per file added half)."""
+    for start in range(0, len(fds), BATCH):
+        batch = fds[start:start + BATCH]
+        values = list(map(os.pread, batch, repeat(READ_SIZE, len(batch)), repeat(0, len(batch))))
+        if max(map(len, values), default=0) >= READ_SIZE:  # rare: a value of READ_SIZE or more
+            values = [_read_rest(fd, v) if len(v) >= READ_SIZE else v for fd, v in zip(batch, values)]
+        yield values
+
+
+def _read_rest(fd: int, data: bytes) -> bytes:
+    while len(data) < MAX_VALUE:
+        more = os.pread(fd, READ_SIZE, len(data))
         if not more:
             break
         data += more
-    return data
+    return data[:MAX_VALUE]
 
 
 def _stat(path: str) -> list[int] | None:
@@ -91,14 +110,17 @@ def _listdir(path: str) -> list[str] | None:
 
 
 class Recorder:
-    """Counts runner.Runner.query calls (systemctl is-active ...) during a verify, with their output."""
+    """During a verify on `fs`: keeps the raw bytes of the files it reads (HostFS.keep_raw) and
+    counts its runner.Runner.query calls (systemctl is-active ...) with their output."""
 
-    def __init__(self) -> None:
+    def __init__(self, fs: HostFS) -> None:
+        self.fs = fs
         self.queries: list[list[Any]] = []
         self._orig = runner.Runner.query
 
     def __enter__(self) -> Recorder:
         orig, queries = self._orig, self.queries
+        self.fs.keep_raw(True)
 
         def query(this: runner.Runner, argv: list[str]) -> str | None:
             out = orig(this, argv)
@@ -117,7 +139,7 @@ def record(fs: HostFS, queries: list[list[Any]]) -> dict[str, Any]:
     lock is held. Held paths come as one newline-joined string (cheap to ship and to compare)."""
     files, dirs = fs.recorded()
     cache = fs._cache  # files read -> value (None included: absent is an input too)
-    held = sorted(k for k, v in cache.items() if v is not None and k.startswith(HELD))
+    held = sorted(k for k, v in cache.items() if v is not None and k.startswith(HELD) and fs.raw(k) is not None)
     held_set = set(held)
     other = sorted(k for k in cache if k not in held_set)
     exists = sorted(k for k in fs._exists if k not in cache)
@@ -126,7 +148,7 @@ def record(fs: HostFS, queries: list[list[Any]]) -> dict[str, Any]:
     return {
         # ~45 bytes a path, 8,000 paths: compressed ~10x, so the daemon never holds the list as objects
         "held": base64.b64encode(zlib.compress("\n".join(held).encode(), 6)).decode(),
-        "held_digest": _held_digest(cache[k].encode() for k in held),
+        "held_digest": _held_digest([[fs.raw(k) for k in held]]),
         "other": other, "exists": exists, "dirs": listed, "queries": [q[0] for q in queries],
         "live": fs.is_live,
         "other_digest": _digest([[cache[k] for k in other], [fs._exists[k] for k in exists],
@@ -187,7 +209,7 @@ class FastCheck:
         if spec is None:
             return False
         try:
-            digest = _held_digest(_pread(fd).rstrip(b"\n") for fd in self.fds)
+            digest = _held_digest(_pread_batches(self.fds))
         except OSError:  # e.g. ENODEV: the file went away with its device
             return False
         if digest != spec["held_digest"]:
@@ -195,11 +217,34 @@ class FastCheck:
         prefix = self.prefix
         query = runner.Runner(live=spec["live"]).query
         other = [[_read(prefix + k) for k in spec["other"]],
-                 [os.path.lexists(prefix + k) for k in spec["exists"]],
+                 _lexists_all(prefix, spec["exists"]),
                  [_listdir(prefix + k) for k in spec["dirs"]],
                  [query(argv) for argv in spec["queries"]],
                  _stat(prefix + state.STATE_FILE.lstrip("/"))]
         return _digest(other) == spec["other_digest"]
+
+
+def _lexists_all(prefix: str, keys: list[str]) -> list[bool]:
+    """os.path.lexists of each key under prefix. Keys that share a parent directory (a verify tests
+    every cpufreq policyN of a 768-CPU host) are looked up in one listing of it: one getdents
+    instead of a path walk per key (4 us each here). A name is listed exactly when lexists is
+    true of it, dangling symlinks included; an unreadable parent is left to lexists."""
+    by_parent: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_parent.setdefault(key.rpartition("/")[0], []).append(i)
+    out = [False] * len(keys)
+    for parent, indexes in by_parent.items():
+        names = None
+        if len(indexes) >= LIST_FROM:
+            try:
+                names = set(os.listdir(prefix + parent))
+            except FileNotFoundError:
+                names = set()
+            except OSError:
+                names = None
+        for i in indexes:
+            out[i] = keys[i].rpartition("/")[2] in names if names is not None else os.path.lexists(prefix + keys[i])
+    return out
 
 
 def _enough_fds(count: int) -> bool:

@@ -277,9 +277,12 @@ def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | str | None, 
 
 def _verify(plan: dict[str, Any], fs: HostFS) -> tuple[dict[str, Any], dict[str, Any]]:
     """engine.verify, and the record of its inputs for the daemon's fast check (hosttune.agent.fastcheck)."""
-    with fastcheck.Recorder() as rec:
+    with fastcheck.Recorder(fs) as rec:
         report = engine.verify(plan, fs)
-    return report, fastcheck.record(fs, rec.queries)
+    try:
+        return report, fastcheck.record(fs, rec.queries)
+    finally:
+        fs.keep_raw(False)
 
 
 def _drift(report: dict[str, Any], prev_ok: frozenset[int]) -> dict[str, dict[str, Any]]:
