@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import shutil
+import time
 import zlib
 
 import pytest
@@ -220,9 +221,11 @@ def test_lexists_all_agrees_with_lexists(tmp_path):
 
 def test_replan_interval_bounds_the_time_between_rediscoveries(agent, monkeypatch):
     """Interval checks verify the current plan until agent.replan_interval has passed since it was
-    made; then one re-discovers (mode replan) and the fast path resumes."""
+    made; then the host is discovered and planned again. The same plan needs no full check (the
+    fast path goes on); a different one (here: the host renamed) gets one."""
     import dataclasses
 
+    root = agent.fs.root
     agent.check("start")
     assert agent.check_mode == "replan"
     agent.check("interval")
@@ -230,7 +233,36 @@ def test_replan_interval_bounds_the_time_between_rediscoveries(agent, monkeypatc
     agent.config.agent = dataclasses.replace(agent.config.agent, replan_interval=60.0)
     monkeypatch.setattr(agent, "planned_at", agent.planned_at - 61)
     agent.check("interval")
-    assert agent.check_mode == "replan"
-    assert agent.snapshot["last_check"]["mode"] == "replan"
+    assert agent.check_mode == "rediscovered_unchanged"
+    assert agent.snapshot["last_check"]["mode"] == "rediscovered_unchanged"
+    assert time.time() - agent.planned_at < 5
     agent.check("interval")
     assert agent.check_mode == "unchanged"
+    assert agent.status()["check_modes"] == {"replan": 1, "unchanged": 2, "rediscovered_unchanged": 1}
+
+    _write(root, "/proc/sys/kernel/hostname", "renamed")
+    monkeypatch.setattr(agent, "planned_at", agent.planned_at - 61)
+    agent.check("interval")
+    assert agent.check_mode == "replan", "a different plan: a full check with it"
+    assert agent.snapshot["hostname"] == "renamed"
+    assert json.loads(agent.plan_json)["hostname"] == "renamed"
+    _same_as_verify(agent)
+
+
+def test_a_held_file_that_fails_is_opened_again(agent):
+    """A held descriptor that stops working (on a live kernel: ENODEV once its IRQ or CPU went away,
+    though a new one may come back under the same path) makes that check a full one, and the
+    files are opened again, so the fast path resumes instead of failing for good."""
+    agent.check("start")
+    agent.check("interval")
+    assert agent.answers == [True]
+    stale = agent.fast.fds[len(agent.fast.fds) // 2]
+    os.close(stale)  # the descriptor number now reads EBADF, as a removed sysfs file reads ENODEV
+    agent.check("interval")
+    assert agent.answers[-1] is False
+    assert agent.list_irqs, "a check the fast path did not answer: the next fast check lists /proc/irq"
+    agent.fast_check()
+    assert not agent.list_irqs
+    agent.check("interval")
+    assert agent.answers[-1] is True, "opened again: the fast path is back"
+    _same_as_verify(agent)

@@ -74,7 +74,9 @@ class Agent:
         self.metrics = Metrics()
         self.notify_every = notifier.watchdog_period
         self.child_max_rss_kb = 0
-        self._check_plan(self.config)  # a policy that cannot be planned on this host is a config error (2)
+        # a policy that cannot be planned on this host is a config error (2); the plan is kept for
+        # the first check, which then does not discover the host a second time
+        self.start_plan: dict[str, Any] | None = self._check_plan(self.config, keep=True)
         self.server = self._bind(self.config)
         self.started = time.time()
         self.state = "starting"
@@ -89,18 +91,20 @@ class Agent:
         self.last_out: dict[str, Any] | None = None
         # how the last check got its answer: replan (discover, plan, verify, re-apply: forked),
         # unchanged (the fast check: inputs as last time), verify (in this process), verify_forked,
-        # apply (a verify here found drift to re-apply: forked), none (failed before choosing)
+        # apply (a verify here found drift to re-apply: forked), none (failed before choosing);
+        # rediscovered_<one of those>: a periodic re-discovery found the same plan first
         self.check_mode = "none"
         self.fast = fastcheck.FastCheck(self.fs.root)
         self.prev_ok: frozenset[int] = frozenset()  # settings ok at the last check (worker._key)
         self.prev_drift: dict[str, list[str]] = {}
         self.seen_irqs: frozenset[str] | None = None
         self.irq_sig: tuple[int, ...] | None = None  # /proc/irq's stat at the last listing
-        self.irqs_listed_at = 0.0
+        self.list_irqs = True  # the next fast check lists /proc/irq whatever its stat says
         self.seen_online: str | None = None
         self.drift_events: Counter[str] = Counter()
         self.reapplied: Counter[str] = Counter()
         self.results: Counter[str] = Counter()
+        self.modes: Counter[str] = Counter()  # checks by check_mode
         self.last_result: str | None = None
         self.last_counts: dict[str, Any] | None = None
         self.snapshot: dict[str, Any] = {}  # the check's part of /status (hosttune.agent.status)
@@ -250,10 +254,15 @@ class Agent:
         m.duration.set(duration)
         m.last_success.set(1 if result in ("ok", "repaired", "drift") else 0)
         self.results[result] += 1
+        self.modes[self.check_mode] += 1
+        if self.check_mode != "unchanged":
+            self.list_irqs = True
         self.snapshot["last_check"] = {"ts": status_mod.iso(started), "reason": reason, "result": result,
                                       "mode": self.check_mode, "duration_s": round(duration, 4), "error": error}
         changed = result != self.last_result or self.snapshot.get("counts") != self.last_counts
-        self.log("check", level="info" if changed or result in ("repaired", "apply_failed", "error") else "debug",
+        notable = (changed or result in ("repaired", "apply_failed", "error")
+                   or self.check_mode == "replan" or self.check_mode.startswith("rediscovered"))
+        self.log("check", level="info" if notable else "debug",
                  reason=reason, result=result, mode=self.check_mode, duration_s=round(duration, 4),
                  cpu_s=round(_cpu_seconds() - c0, 4), counts=self.snapshot.get("counts"))
         self.last_result, self.last_counts = result, self.snapshot.get("counts")
@@ -269,11 +278,22 @@ class Agent:
         quarter of a check's CPU; on bigger hosts it forks too, to stay within the RSS budget, and
         the daemon keeps only the plan's JSON text, which the child parses."""
         root, policy, reapply = self.fs.root, self.config.policy, self.config.agent.reapply
-        if self._replan_due(reason):
-            self._forget_plan()  # a host that cannot be planned any more gets no stale plan applied
+        trial, self.start_plan = self.start_plan, None  # planned moments ago at start, or None
+        if trial is None and self._replan_due(reason):
+            if reason == "interval" and self.plan_json is not None:
+                trial = self._rediscover()
+            else:
+                self._forget_plan()  # a host that cannot be planned any more gets no stale plan applied
+                self.check_mode = "replan"
+                out = self._work(worker.check, root, policy, None, self.prev_ok, reapply)
+                return self._digest(out)
+        if trial is not None:
             self.check_mode = "replan"
-            out = self._work(worker.check, root, policy, None, self.prev_ok, reapply)
-        elif self.last_out is not None and self._unchanged():
+            out = self._work(worker.check, root, policy, trial["plan_json"], self.prev_ok, reapply)
+            out.update(plan_json=trial["plan_json"], topology=trial["topology"])
+            return self._digest(out)
+        prefix = "rediscovered_" if self.check_mode == "rediscovered" else ""
+        if self.last_out is not None and self._unchanged():
             self.check_mode = "unchanged"
             out = self.last_out  # verify's inputs read as they did: its rows would be the same
         elif self.plan is None:
@@ -285,6 +305,26 @@ class Agent:
             if out.get("needs_apply"):
                 self.check_mode = "apply"
                 out = self._work(worker.check, root, policy, self.plan_json, self.prev_ok, reapply)
+        self.check_mode = prefix + self.check_mode
+        return self._digest(out)
+
+    def _rediscover(self) -> dict[str, Any] | None:
+        """The periodic re-discovery (agent.replan_interval): discover and plan in a child. The same
+        plan as the current one needs no full check (None: the check goes on as any other, and
+        check_mode says "rediscovered_<mode>"); a different one is returned for a full check."""
+        try:
+            fresh = self._work(worker.trial_plan, self.fs.root, self.config.policy, True, self.plan_json)
+        except HosttuneError:
+            self._forget_plan()  # a host that cannot be planned any more gets no stale plan applied
+            raise
+        self.planned_at = time.time()
+        if not fresh.get("same"):
+            return fresh
+        self.check_mode = "rediscovered"
+        return None
+
+    def _digest(self, out: dict[str, Any]) -> str:
+        """Take a check's summary in: plan, fast-check record, drift log lines, metrics, status."""
         self._remember(out)
         if "counts" in out:
             self.settings_count = sum(out["counts"].values())
@@ -378,17 +418,18 @@ class Agent:
     def fast_check(self) -> list[str]:
         """Cheap: one directory listing and one small read. Returns what changed since last seen."""
         self.fast_fs.forget()
-        # listing 4,096 IRQs costs 3 ms, every fast check: done when /proc/irq's stat changed (procfs
-        # counts subdirectories in st_nlink, a plain tree bumps st_mtime) and at least once an interval
+        # listing 4,096 IRQs costs 2-3 ms: done when /proc/irq's stat changed (procfs counts
+        # subdirectories in st_nlink, a plain tree bumps st_mtime) and after a check that was not
+        # answered by the fast path. An IRQ freed and another requested between two fast checks
+        # leave st_nlink as it was, but the freed one's held affinity file then fails its read
+        # (ENODEV), so the next check is a full one and the listing after it sees the new IRQ.
         sig = _dir_sig(self.fast_fs.host_path("/proc/irq"))
-        now = time.monotonic()
-        if (sig is not None and sig == self.irq_sig and self.seen_irqs is not None
-                and now - self.irqs_listed_at < self.config.agent.interval):
+        if sig is not None and sig == self.irq_sig and self.seen_irqs is not None and not self.list_irqs:
             irqs, online = self.seen_irqs, self.fast_fs.read(f"{discovery.CPU}/online")
         else:
             irq_list, online = worker.topology_seen(self.fast_fs)
             irqs = frozenset(irq_list)
-            self.irq_sig, self.irqs_listed_at = sig, now
+            self.irq_sig, self.list_irqs = sig, False
         before_irqs, before_online = self.seen_irqs, self.seen_online
         self.seen_irqs, self.seen_online = irqs, online
         changed = []
@@ -427,10 +468,10 @@ class Agent:
         return status_mod.document(self)
 
     # -- reload ----------------------------------------------------------------------------------
-    def _check_plan(self, cfg: config_mod.Config) -> None:
+    def _check_plan(self, cfg: config_mod.Config, keep: bool = False) -> dict[str, Any]:
         """A policy that validates but cannot be planned on this host is a config error too."""
         try:
-            self._work(worker.trial_plan, self.fs.root, cfg.policy)
+            return self._work(worker.trial_plan, self.fs.root, cfg.policy, keep)
         except PolicyError as exc:
             exc.where = f"{cfg.path or 'defaults'}: {exc.where}" if exc.where else cfg.path
             raise

@@ -168,7 +168,10 @@ class FastCheck:
 
     def close(self) -> None:
         for fd in self.fds:
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError:  # EBADF: closed already; nothing else fails a close of a read-only file
+                pass
         self.fds, self.held_key, self.spec = array("i"), "", None
 
     def forget(self) -> None:
@@ -210,7 +213,8 @@ class FastCheck:
             return False
         try:
             digest = _held_digest(_pread_batches(self.fds))
-        except OSError:  # e.g. ENODEV: the file went away with its device
+        except OSError:  # e.g. ENODEV: the file went away with its device (an IRQ freed, a CPU
+            self.close()  # unplugged); reopened at the next load, which may name the same paths
             return False
         if digest != spec["held_digest"]:
             return False

@@ -59,6 +59,7 @@ def document(agent: Any) -> dict[str, Any]:
         **dict(agent.snapshot),
         "drift_events": dict(agent.drift_events), "reapplied": dict(agent.reapplied),
         "checks": dict(agent.results),
+        "check_modes": dict(agent.modes),
         "process": {"heavy_modules": sorted(m for m in HEAVY_MODULES if sys.modules.get(m) is not None),
                     "modules": len(sys.modules), "threads": threading.active_count(),
                     "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,

@@ -162,10 +162,21 @@ def topology_seen(fs: HostFS) -> tuple[list[str], str | None]:
     return [e for e in fs.listdir("/proc/irq") or () if e.isdigit()], fs.read(f"{discovery.CPU}/online")
 
 
-def trial_plan(root: str, policy: dict[str, Any]) -> dict[str, Any]:
+def trial_plan(root: str, policy: dict[str, Any], keep: bool = False, current: str | None = None) -> dict[str, Any]:
+    """Can `policy` be planned on this host? With `keep`, the plan's JSON and what the fast check
+    compares come back too, for the check that follows (at start: one discovery instead of two),
+    unless the plan is `current` (the daemon's plan JSON): then only {"same": True} comes back,
+    and the daemon does not parse 0.3 MB it already holds."""
     fs = HostFS(root=root)
     plan = plan_mod.make_plan(discovery.discover(fs), policy)
-    return {"hostname": plan["hostname"], "profile": plan["profile"]}
+    out: dict[str, Any] = {"hostname": plan["hostname"], "profile": plan["profile"]}
+    if keep:
+        plan_json = json.dumps(plan, separators=(",", ":"))
+        if plan_json == current:  # the daemon keeps what it saw; its next fast check lists /proc/irq
+            return {**out, "same": True}
+        irqs, online = topology_seen(fs)
+        out.update(plan_json=plan_json, topology={"irqs": irqs, "online": online})
+    return out
 
 
 def recover(root: str) -> dict[str, Any]:
