@@ -249,6 +249,33 @@ def test_replan_interval_bounds_the_time_between_rediscoveries(agent, monkeypatc
     _same_as_verify(agent)
 
 
+def test_a_new_plan_whose_check_fails_leaves_no_old_plan(agent, monkeypatch):
+    """A periodic re-discovery that finds a different plan checks with it; when that check fails,
+    the agent must not go on verifying (or re-applying) the plan it replaced: the next check plans
+    from scratch."""
+    import dataclasses
+
+    from hosttune.errors import HosttuneError
+
+    agent.check("start")
+    agent.check("interval")
+    agent.config.agent = dataclasses.replace(agent.config.agent, replan_interval=60.0)
+    _write(agent.fs.root, "/proc/sys/kernel/hostname", "renamed")
+    monkeypatch.setattr(agent, "planned_at", agent.planned_at - 61)
+    real = worker.check
+
+    def failing(*args, **kwargs):
+        raise HosttuneError("apply child died")
+
+    monkeypatch.setattr(worker, "check", failing)
+    assert agent.check("interval") == "error"
+    assert agent.plan_json is None and agent.plan is None and agent.last_out is None
+    monkeypatch.setattr(worker, "check", real)
+    assert agent.check("interval") == "drift"
+    assert agent.check_mode == "replan"
+    assert json.loads(agent.plan_json)["hostname"] == "renamed"
+
+
 def test_a_held_file_that_fails_is_opened_again(agent):
     """A held descriptor that stops working (on a live kernel: ENODEV once its IRQ or CPU went away,
     though a new one may come back under the same path) makes that check a full one, and the

@@ -288,6 +288,7 @@ class Agent:
                 out = self._work(worker.check, root, policy, None, self.prev_ok, reapply)
                 return self._digest(out)
         if trial is not None:
+            self._forget_plan()  # a new plan whose check fails must not leave the old one in place
             self.check_mode = "replan"
             out = self._work(worker.check, root, policy, trial["plan_json"], self.prev_ok, reapply)
             out.update(plan_json=trial["plan_json"], topology=trial["topology"])
