@@ -20,6 +20,11 @@ live kernel each held sysfs attribute or seq_file keeps a page of unreclaimable 
 after its first read, which RSS does not show: the benchmark counts the held files and measures
 that cost per file on this kernel (opens of a live sysfs attribute, read once, Slab delta).
 
+The host tree is written to a memory filesystem (/dev/shm when it is tmpfs; --tree-dir picks
+another place), as /sys and /proc are: on a disk filesystem every value written costs block
+allocation at close (ext4 flushes a file truncated and rewritten), which no write to sysfs does.
+The figures say where the tree was.
+
 Only checks that ran to the end (ok, repaired, drift) are work done. A check that failed (error,
 apply_failed) costs less than a real one, so when the first check or any check of the measured
 window failed, the CPU figures are not reported: the errors are printed and the exit code is 2.
@@ -106,6 +111,31 @@ def make_root(args: argparse.Namespace, work: str) -> str:
     with open(os.path.join(root, "etc/hosttune/hosttune.yaml"), "w") as handle:
         json.dump({"policy": {}, "agent": agent}, handle)  # JSON is YAML
     return root, source
+
+
+def tree_dir(args: argparse.Namespace) -> str | None:
+    """Where the host tree goes: --tree-dir, else /dev/shm when it is a writable tmpfs, else the
+    temp dir."""
+    if args.tree_dir:
+        return args.tree_dir
+    if filesystem("/dev/shm") == "tmpfs" and os.access("/dev/shm", os.W_OK):
+        return "/dev/shm"
+    return None
+
+
+def filesystem(path: str) -> str:
+    """The filesystem type of the mount holding `path` (the longest matching mount point)."""
+    real, best, kind = os.path.realpath(path), "", "unknown"
+    try:
+        with open("/proc/self/mounts") as handle:
+            for line in handle:
+                fields = line.split()
+                point = fields[1].replace("\\040", " ")
+                if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+                    best, kind = point, fields[2]
+    except OSError:
+        pass
+    return kind
 
 
 def replan_every(args: argparse.Namespace) -> float:
@@ -200,11 +230,14 @@ def main() -> int:
     parser.add_argument("--interval", type=float, help="agent.interval (default: the agent's default, 30 s)")
     parser.add_argument("--scrape", type=float, default=15, help="scrape /metrics every N s (default 15; 0: never)")
     parser.add_argument("--sample", type=float, default=5, help="sample RSS every N s (default 5)")
+    parser.add_argument("--tree-dir", help="where to write the host tree (default: /dev/shm when tmpfs, "
+                        "as /sys and /proc are memory filesystems; else the temp dir)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="hosttune-agent-bench-") as work:
+    with tempfile.TemporaryDirectory(prefix="hosttune-agent-bench-", dir=tree_dir(args)) as work:
         root, source = make_root(args, work)
+        source += f"; tree on {filesystem(work)} ({os.path.dirname(work)})"
         log_path = os.path.join(work, "agent.log")
         with open(log_path, "w") as log:
             proc = subprocess.Popen([sys.executable, "-m", "hosttune", "agent", "--foreground", "--root", root],

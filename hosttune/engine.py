@@ -118,10 +118,18 @@ def apply(plan: dict[str, Any], fs: HostFS, dry_run: bool = False, only: list[st
         return _apply_locked(plan, fs, _host(fs), only)
 
 
-def _apply_locked(plan: dict[str, Any], fs: HostFS, host: Host, only: list[str] | None) -> dict[str, Any]:
+def apply_held(plan: dict[str, Any], fs: HostFS, only: list[str] | None = None) -> dict[str, Any]:
+    """apply, for a caller that holds the state lock and has just read the host through `fs` (the
+    agent's check: verify, then apply what drifted): the values read under that lock stand."""
+    return _apply_locked(plan, fs, _host(fs), only, reread=False)
+
+
+def _apply_locked(plan: dict[str, Any], fs: HostFS, host: Host, only: list[str] | None,
+                  reread: bool = True) -> dict[str, Any]:
     st = state.load(fs)
     recovered = [] if host.dry else recover(fs, st)
-    fs.forget()
+    if reread or recovered:
+        fs.forget()
     selected = areas.build(plan, host, only)
     refused = set(st.extras.get("immovable_irqs", []))
     pending: list[tuple[Item, str | None, dict[str, Any]]] = []

@@ -232,42 +232,22 @@ def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | str | None, 
             out["topology"] = {"irqs": irqs, "online": online}
             fs.forget()  # the record below holds verify's inputs only, not discovery's
         report, out["inputs"] = _verify(plan, fs)
+        fix = sorted({r["area"] for r in report["settings"] if r["status"] == "drift"} & set(RUNTIME_AREAS))
+        if fix and reapply and not apply:
+            return {"locked": False, "needs_apply": True}
+        out["drift"] = _drift(report, prev_ok)
+        out["ok"] = _ok_keys(report)
+        if fix and reapply:
+            # the lock is held from verify to the verify after: apply takes the values verify read
+            # (a 768-CPU host's first start writes ~8,000 files; not reading them twice saves ~10 %)
+            applied = engine.apply_held(plan, fs, only=fix)
+            out["applied"] = _applied(applied)
+            fs.forget()  # apply's reads are not verify's inputs
+            report, out["inputs"] = _verify(plan, fs)
+            out["ok"] = _ok_keys(report)
     finally:
         lock.__exit__(None, None, None)
         fs.forget()
-
-    fix = sorted({r["area"] for r in report["settings"] if r["status"] == "drift"} & set(RUNTIME_AREAS))
-    if fix and reapply and not apply:
-        return {"locked": False, "needs_apply": True}
-    out["drift"] = _drift(report, prev_ok)
-    out["ok"] = _ok_keys(report)
-    if fix and reapply:
-        try:
-            applied = engine.apply(plan, fs, only=fix, lock_wait=0)
-        except HosttuneError as exc:
-            if not _lock_held(exc):
-                raise
-            out.update(locked=True, phase="apply", detail=str(exc))  # "ok" set: these drifts are counted once
-            return out
-        changes: dict[str, dict[str, Any]] = {}
-        for change in applied["changes"]:
-            entry = changes.setdefault(change["area"], {"count": 0, "names": []})
-            entry["count"] += 1
-            if len(entry["names"]) < MAX_NAMES:
-                entry["names"].append(change["name"])
-        out["applied"] = {"changes": changes, "recovered": applied.get("recovered", []),
-                          "refused": [u for u in applied["unsupported"] if u.get("name")],
-                          "commands": applied.get("commands", [])}
-        try:
-            with state.Lock(fs, wait=0):  # the record is of an unlocked state file otherwise
-                fs.forget()  # apply's reads are not verify's inputs
-                report, out["inputs"] = _verify(plan, fs)
-        except HosttuneError as exc:
-            if not _lock_held(exc):
-                raise
-            report, out["inputs"] = engine.verify(plan, fs), None  # no record: the next check is full
-        fs.forget()
-        out["ok"] = _ok_keys(report)
 
     out["settled"] = _drift(report, frozenset())  # the drift a check repeated now would find
     per_area: dict[str, dict[str, int]] = {}
@@ -284,6 +264,19 @@ def check(root: str, policy: dict[str, Any], plan: dict[str, Any] | str | None, 
         "drifted": [r for r in report["settings"] if r["status"] == "drift"][:MAX_ROWS],
     })
     return out
+
+
+def _applied(applied: dict[str, Any]) -> dict[str, Any]:
+    """engine.apply's report, as counts and a few names per area (the daemon's log lines and metrics)."""
+    changes: dict[str, dict[str, Any]] = {}
+    for change in applied["changes"]:
+        entry = changes.setdefault(change["area"], {"count": 0, "names": []})
+        entry["count"] += 1
+        if len(entry["names"]) < MAX_NAMES:
+            entry["names"].append(change["name"])
+    return {"changes": changes, "recovered": applied.get("recovered", []),
+            "refused": [u for u in applied["unsupported"] if u.get("name")],
+            "commands": applied.get("commands", [])}
 
 
 def _verify(plan: dict[str, Any], fs: HostFS) -> tuple[dict[str, Any], dict[str, Any]]:

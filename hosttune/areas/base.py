@@ -119,6 +119,7 @@ def mask_as_cpulist(value: str | None) -> str | None:
         return value.strip()
 
 
+@functools.lru_cache(maxsize=4096)  # as as_cpulist: a few distinct pairs among thousands of IRQs
 def _cpus_within(actual: str | None, planned: str | None) -> bool:
     if not actual or not planned:
         return False

@@ -60,9 +60,14 @@ def items(setting: dict[str, Any], plan: dict[str, Any], host: Host) -> AreaItem
     out = [SysfsValue(NAME, "default_smp_affinity", DEFAULT_AFFINITY,
                       value=cpulist.format_mask(setting["default_affinity"], nr_cpus),
                       normalize=mask_as_cpulist, restore_raw=True)]
+    texts: dict[tuple[int, ...], str] = {}  # thousands of IRQs, a few distinct CPU sets
     for pin in setting["pin"]:
+        cpus = tuple(pin["cpus"])
+        text = texts.get(cpus)
+        if text is None:
+            text = texts[cpus] = cpulist.format(cpus)
         out.append(SysfsValue(NAME, f"irq {pin['irq']} ({pin['name'] or '?'})", f"/proc/irq/{pin['irq']}/smp_affinity_list",
-                              value=cpulist.format(pin["cpus"]), normalize=as_cpulist, unsupported_errnos=MANAGED,
+                              value=text, normalize=as_cpulist, unsupported_errnos=MANAGED,
                               remember_refusal=True,
                               # irqbalance (ban mode) narrows an IRQ to one CPU of the allowed set; what
                               # the plan needs is that it stays within its node's housekeeping CPUs
