@@ -7,6 +7,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -112,6 +113,29 @@ def test_binary_extension_raw_http(server, models):
     assert meta["outputs"][0]["parameters"]["binary_data_size"] == 40
     got = np.frombuffer(body[n:], np.float32).reshape(1, 10)
     np.testing.assert_allclose(got, expected_tiny(models, x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_response_leaves_in_one_send(server, models):
+    """Status line, headers, JSON header and binary output go out in one send (one segment, one
+    wakeup of the client): the first recv() holds the whole answer, on a kept-alive connection too."""
+    x = np.random.default_rng(5).random((1, 3, 32, 32)).astype(np.float32)
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    body = header + x.tobytes()
+    head = (f"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"Inference-Header-Content-Length: {len(header)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        for _ in range(3):
+            sock.sendall(head + body)
+            first = sock.recv(1 << 20)
+            status, _, rest = first.partition(b"\r\n\r\n")
+            assert status.startswith(b"HTTP/1.1 200"), first[:200]
+            length = int(re.search(rb"(?i)content-length: (\d+)", status).group(1))
+            assert len(rest) == length, f"first recv: {len(first)} bytes, the body is {length} bytes"
+            n = int(re.search(rb"(?i)inference-header-content-length: (\d+)", status).group(1))
+            got = np.frombuffer(rest[n:], np.float32).reshape(1, 10)
+            np.testing.assert_allclose(got, expected_tiny(models, x), rtol=1e-5, atol=1e-6)
 
 
 def test_binary_data_output_makes_every_output_binary(server, models):

@@ -464,6 +464,40 @@ class Limits:
     max_connections: int = 512
 
 
+class OneSend:
+    """A transport whose writes made in one step of the event loop leave in one send: uvicorn
+    writes a response's status line and headers, then each body part, separately, and each
+    separate send on a TCP_NODELAY socket is a segment of its own and a wakeup of the client
+    (a binary answer was three). Everything else is the transport's own; close() sends what is
+    held first."""
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self._send)
+        self._held.append(data)
+
+    def writelines(self, parts: Any) -> None:
+        for part in parts:
+            self.write(part)
+
+    def _send(self) -> None:
+        held, self._held = self._held, []
+        if held and not self._transport.is_closing():
+            self._transport.writelines(held)  # uvloop: one writev, no copy
+
+    def close(self) -> None:
+        self._send()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def protocol_class(limits: Limits) -> type:
     """uvicorn's httptools protocol with the limits it lacks: a client that trickles its headers or
     its body is answered 408 and disconnected; a connection beyond the cap is answered 503 and
@@ -475,6 +509,7 @@ def protocol_class(limits: Limits) -> type:
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self.transport = OneSend(transport, self.loop)
             if len(self.connections) > limits.max_connections:
                 self._refuse(503, f"more than {limits.max_connections} connections")
                 return
