@@ -138,6 +138,62 @@ def test_a_response_leaves_in_one_send(server, models):
             np.testing.assert_allclose(got, expected_tiny(models, x), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_response_leaves_before_the_rest_of_the_request(loop):
+    """The answer is sent the moment its last part is written, not when the application's loop
+    step ends: the metrics and the ASGI task's return come after it. The application below blocks
+    its loop after the last send until the client says it has the answer; if the answer were held
+    back to the end of the step, the client would wait out the application's 5 s instead."""
+    import threading
+
+    import uvicorn
+
+    from hosttune.serve.server import Limits, protocol_class
+
+    client_has_it = threading.Event()
+    seen: list[bool] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"he", "more_body": True})
+        await send({"type": "http.response.body", "body": b"llo"})
+        seen.append(client_has_it.wait(5))  # blocks the loop, as the request's bookkeeping would
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, loop=loop, http=protocol_class(Limits()), lifespan="off",
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            for i in range(2):  # a kept-alive connection too
+                started = time.monotonic()
+                conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                reply = b""
+                while not reply.endswith(b"hello"):
+                    chunk = conn.recv(4096)
+                    assert chunk, reply
+                    reply += chunk
+                waited = time.monotonic() - started
+                client_has_it.set()
+                assert reply.startswith(b"HTTP/1.1 200"), reply
+                assert waited < 4, f"the answer came after {waited:.1f} s: held back to the end of the loop step"
+                deadline = time.monotonic() + 10
+                while len(seen) < i + 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                client_has_it.clear()
+        assert seen == [True, True]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
 def test_binary_data_output_makes_every_output_binary(server, models):
     """`"parameters": {"binary_data_output": true}` on a plain JSON request: all outputs come back
     as binary data after the JSON header; an output that asks for JSON still gets JSON."""

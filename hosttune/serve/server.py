@@ -190,9 +190,10 @@ class App:
         body, header_len = await self._read_body(scope, receive)
         t0 = time.perf_counter()
         bound["current"].inc()
+        timings: dict[str, float] = {}
         try:
             try:
-                response, binary = await self._run(body, header_len, model)
+                response, binary = await self._run(body, header_len, model, timings)
             except (InputError, HTTPError) as exc:
                 bound["fail"]["ModelInfer"].inc()
                 status = exc.status if isinstance(exc, HTTPError) else 400
@@ -208,12 +209,16 @@ class App:
                                                              (HEADER_LEN, str(len(header)).encode())])
             else:
                 await _respond(send, 200, header, [JSON_CT])
-            bound["success"]["ModelInfer"].inc()
+            # Counted once the answer has left (on_response_complete sends it): not on its way.
             bound["request_time"].observe((time.perf_counter() - t0) * 1e6)
+            bound["inference_time"].observe(timings["infer_us"])
+            bound["wait_time"].observe(timings["wait_us"])
+            bound["success"]["ModelInfer"].inc()
         finally:
             bound["current"].dec()
 
-    async def _run(self, body: bytes | bytearray, header_len: int | None, model: ServedModel) -> tuple[dict, list[bytes]]:
+    async def _run(self, body: bytes | bytearray, header_len: int | None, model: ServedModel,
+                   timings: dict[str, float]) -> tuple[dict, list[bytes]]:
         json_len = header_len if header_len is not None else len(body)
         if json_len <= JSON_INLINE_MAX:
             request, arrays, selected = parse_request(model, body, header_len)
@@ -221,11 +226,7 @@ class App:
             loop = asyncio.get_running_loop()
             request, arrays, selected = await loop.run_in_executor(self._decoder, parse_request, model, body,
                                                                    header_len)
-        timings: dict[str, float] = {}
         results = await model.infer(arrays, timings)
-        bound = self.bound[model.name]
-        bound["inference_time"].observe(timings["infer_us"])
-        bound["wait_time"].observe(timings["wait_us"])
         outputs = []
         binary: list[bytes] = []
         for port, as_binary in selected:
@@ -510,13 +511,15 @@ class OneSend:
         for part in parts:
             self.write(part)
 
-    def _send(self) -> None:
+    def flush(self) -> None:
         held, self._held = self._held, []
         if held and not self._transport.is_closing():
             self._transport.writelines(held)  # uvloop: one writev, no copy
 
+    _send = flush
+
     def close(self) -> None:
-        self._send()
+        self.flush()
         self._transport.close()
 
     def __getattr__(self, name: str) -> Any:
@@ -555,6 +558,12 @@ def protocol_class(limits: Limits) -> type:
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            # The whole answer is written: it leaves now, not after the request's bookkeeping
+            # (metrics, the ASGI task's return) that runs in the rest of this loop step.
+            self.transport.flush()
+            super().on_response_complete()
 
         def _arm(self, seconds: float, what: str) -> None:
             self._disarm()
