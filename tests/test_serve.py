@@ -619,3 +619,23 @@ def test_inside_a_cpuset_narrower_than_the_plan(models, tmp_path):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+
+def test_serve_timeline_benchmark_splits_a_request(tmp_path):
+    """benchmarks/serve_timeline.py hooks the server's private seams (data_received, _read_body,
+    infer, OneSend.flush): a rename would leave the benchmark matching no request. A short run
+    matches every measured request, and its phases add up to a request."""
+    cpus = sorted(os.sched_getaffinity(0))
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "serve_timeline.py")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, script, "--requests", "40", "--warmup", "10", "--out", str(out),
+                          "--server-cpu", str(cpus[-1]), "--client-cpu", str(cpus[0])],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"] == 30
+    p50 = summary["p50_us"]
+    assert all(p50[name] > 0 for name in ("in flight", "read", "decode", "inference", "answer", "answer flight"))
+    assert p50["beyond inference"] < p50["total"] and p50["inference"] < p50["total"]
+    assert summary["raw_floor_p50_us"] > 0
+    assert "<svg" in (out / "report.html").read_text()
