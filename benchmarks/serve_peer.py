@@ -45,6 +45,14 @@ def ensure_fastapi() -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "fastapi"], check=True)
 
 
+def sample_repo(repo: str) -> str:
+    """`repo`, with the sample model built into it first if it has none."""
+    if not os.path.isdir(os.path.join(repo, "sample")):
+        subprocess.run([*HOSTTUNE, "model", "sample", "--repo", repo, "--no-int8"], check=True,
+                       stdout=subprocess.DEVNULL)
+    return repo
+
+
 def start_peer(model_xml: str, config: dict, cpu: int, port: int) -> subprocess.Popen:
     env = dict(os.environ, PEER_MODEL=model_xml, PEER_CONFIG=json.dumps(config))
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "peer_fastapi:app", "--app-dir", HERE,
@@ -156,10 +164,7 @@ def main() -> int:
     ensure_fastapi()
     out = args.out or tempfile.mkdtemp(prefix="hosttune-peer-")
     os.makedirs(out, exist_ok=True)
-    repo = args.repo or os.path.join(out, "models")
-    if not os.path.isdir(os.path.join(repo, "sample")):
-        subprocess.run([*HOSTTUNE, "model", "sample", "--repo", repo, "--no-int8"], check=True,
-                       stdout=subprocess.DEVNULL)
+    repo = sample_repo(args.repo or os.path.join(out, "models"))
     model_xml = os.path.join(repo, "sample", "1", "model.xml")
     config = json.loads(args.config)
     concurrencies = [int(c) for c in args.concurrency.split(",")]

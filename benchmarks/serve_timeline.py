@@ -31,13 +31,14 @@ import os
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
+from serve_peer import sample_repo  # noqa: E402
+
 PHASES = ("in flight", "read", "decode", "inference", "answer", "answer flight")
 SITECUSTOMIZE = "import serve_timeline\nserve_timeline.install_hooks()\n"
 
@@ -74,21 +75,24 @@ def install_hooks() -> None:
 
     infer = engine.ServedModel.infer
     real: list[float] = []  # the stub spins for the median of the first 50 real inferences
+    spin: list[float] = []
     outputs: list = []
 
     async def timed_infer(self, tensors, timings=None):
         events.append(("i0", now()))
-        if stub and len(real) >= 50:
-            end = now() + statistics.median(real)
+        if spin:
+            end = now() + spin[0]
             while now() < end:
                 pass
-            timings.update(infer_us=statistics.median(real) * 1e6, wait_us=0.0)
+            timings.update(infer_us=spin[0] * 1e6, wait_us=0.0)
             out = outputs[0]
         else:
             t = now()
             out = await infer(self, tensors, timings)
             real.append(now() - t)
             outputs[:] = [out]
+            if stub and len(real) == 50:
+                spin.append(statistics.median(real))
         events.append(("i1", now()))
         return out
 
@@ -102,7 +106,7 @@ def install_hooks() -> None:
     HttpToolsProtocol.data_received = timed_data_received
     server.App._read_body = timed_read_body
     engine.ServedModel.infer = timed_infer
-    server.OneSend.flush = server.OneSend._send = timed_flush
+    server.OneSend.flush = timed_flush
 
 
 def read_answer(sock: socket.socket, buf: bytearray) -> int:
@@ -117,8 +121,10 @@ def read_answer(sock: socket.socket, buf: bytearray) -> int:
         if end < 0:
             continue
         head = bytes(buf[:end]).lower()
-        at = head.find(b"content-length:")
-        length = int(head[at + 15:].split(b"\r\n", 1)[0])
+        at = head.find(b"\r\ncontent-length:")  # not inference-header-content-length
+        if at < 0:
+            raise ValueError(f"an answer without Content-Length: {head[:300]!r}")
+        length = int(head[at + 17:].split(b"\r\n", 1)[0])
         if n >= end + 4 + length:
             return int(head.split(b" ", 2)[1])
 
@@ -255,15 +261,12 @@ def main() -> int:
     args = ap.parse_args()
     if args.requests <= args.warmup:
         ap.error("--requests must exceed --warmup")
-    from hosttune.bench.httpclient import binary_request
+    from hosttune.bench.httpclient import binary_request, request_head
     from hosttune.serve.process import Server
 
     out = args.out or tempfile.mkdtemp(prefix="hosttune-timeline-")
     os.makedirs(out, exist_ok=True)
-    repo = args.repo or os.path.join(out, "models")
-    if not os.path.isdir(os.path.join(repo, "sample")):
-        subprocess.run([sys.executable, "-m", "hosttune", "model", "sample", "--repo", repo, "--no-int8"],
-                       check=True, stdout=subprocess.DEVNULL)
+    repo = sample_repo(args.repo or os.path.join(out, "models"))
     body, headers = binary_request({"inputs": [{"name": "input", "shape": [1, 3, 112, 112], "datatype": "FP32"}]})
     hooks = tempfile.mkdtemp(prefix="hosttune-timeline-hooks-")
     with open(os.path.join(hooks, "sitecustomize.py"), "w") as f:
@@ -276,9 +279,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     srv = Server("--repo", repo, "--model", "sample", "--cpus", str(args.server_cpu), "--config", args.config,
                  env=env)
-    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    request = (f"POST /v2/models/sample/infer HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n"
-               f"Content-Length: {len(body)}\r\n{head}\r\n").encode() + body
+    request = request_head("POST", "/v2/models/sample/infer", "127.0.0.1", srv.port, len(body), headers) + body
     print(f"server on CPU {args.server_cpu} (pid {srv.proc.pid}), client on CPU {args.client_cpu}: "
           f"{args.requests} binary requests of {len(request)} bytes{', inference stubbed' if args.stub else ''}",
           flush=True)

@@ -40,10 +40,7 @@ class Connection:
         if self.writer is None:
             await self.open()
         assert self.reader is not None and self.writer is not None
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}"]
-        for k, v in (headers or {}).items():
-            lines.append(f"{k}: {v}")
-        self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        self.writer.write(request_head(method, path, self.host, self.port, len(body), headers) + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
         status = int(status_line.split(" ", 2)[1])
@@ -69,6 +66,15 @@ class Connection:
         if hdrs.get("connection", "").lower() == "close":
             await self.close()
         return status, hdrs, data
+
+
+def request_head(method: str, path: str, host: str, port: int, length: int,
+                 headers: dict[str, str] | None = None) -> bytes:
+    """The request line and headers of an HTTP/1.1 request with a body of `length` bytes."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", f"Content-Length: {length}"]
+    for k, v in (headers or {}).items():
+        lines.append(f"{k}: {v}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
 def split_url(url: str) -> tuple[str, int]:

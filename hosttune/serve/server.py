@@ -190,10 +190,9 @@ class App:
         body, header_len = await self._read_body(scope, receive)
         t0 = time.perf_counter()
         bound["current"].inc()
-        timings: dict[str, float] = {}
         try:
             try:
-                response, binary = await self._run(body, header_len, model, timings)
+                response, binary = await self._run(body, header_len, model)
             except (InputError, HTTPError) as exc:
                 bound["fail"]["ModelInfer"].inc()
                 status = exc.status if isinstance(exc, HTTPError) else 400
@@ -209,16 +208,12 @@ class App:
                                                              (HEADER_LEN, str(len(header)).encode())])
             else:
                 await _respond(send, 200, header, [JSON_CT])
-            # Counted once the answer has left (on_response_complete sends it): not on its way.
-            bound["request_time"].observe((time.perf_counter() - t0) * 1e6)
-            bound["inference_time"].observe(timings["infer_us"])
-            bound["wait_time"].observe(timings["wait_us"])
             bound["success"]["ModelInfer"].inc()
+            bound["request_time"].observe((time.perf_counter() - t0) * 1e6)
         finally:
             bound["current"].dec()
 
-    async def _run(self, body: bytes | bytearray, header_len: int | None, model: ServedModel,
-                   timings: dict[str, float]) -> tuple[dict, list[bytes]]:
+    async def _run(self, body: bytes | bytearray, header_len: int | None, model: ServedModel) -> tuple[dict, list[bytes]]:
         json_len = header_len if header_len is not None else len(body)
         if json_len <= JSON_INLINE_MAX:
             request, arrays, selected = parse_request(model, body, header_len)
@@ -226,7 +221,11 @@ class App:
             loop = asyncio.get_running_loop()
             request, arrays, selected = await loop.run_in_executor(self._decoder, parse_request, model, body,
                                                                    header_len)
+        timings: dict[str, float] = {}
         results = await model.infer(arrays, timings)
+        bound = self.bound[model.name]
+        bound["inference_time"].observe(timings["infer_us"])
+        bound["wait_time"].observe(timings["wait_us"])
         outputs = []
         binary: list[bytes] = []
         for port, as_binary in selected:
@@ -504,7 +503,7 @@ class OneSend:
 
     def write(self, data: bytes) -> None:
         if not self._held:
-            self._loop.call_soon(self._send)
+            self._loop.call_soon(self.flush)
         self._held.append(data)
 
     def writelines(self, parts: Any) -> None:
@@ -515,8 +514,6 @@ class OneSend:
         held, self._held = self._held, []
         if held and not self._transport.is_closing():
             self._transport.writelines(held)  # uvloop: one writev, no copy
-
-    _send = flush
 
     def close(self) -> None:
         self.flush()
