@@ -13,10 +13,15 @@ it sent each request and when it had the whole answer. Both read the same clock
     answer          inference end -> the answer handed to the kernel (outputs, JSON, HTTP)
     answer flight   -> the client has all of it (the send, the client's wakeup and read)
 
-For comparison, the floor of the machine: a raw-socket server on the same CPUs that reads the
-same request, spins for the median inference time and answers 4 kB (no HTTP, no Python beyond
-recv/send). `--stub spin` replaces the inference by a spin of the same length (the CPU caches
-stay warm), which shows what the inference's cache footprint costs the Python around it.
+For comparison, on the same CPUs with the same request:
+- the leanest Python server: uvloop and httptools with nothing between them and the model (no
+  ASGI, no routing, no checks, limits or metrics; the body straight into one buffer that the input
+  tensor shares, the JSON header by orjson, the answer in one write), split into the same phases.
+  It is what any HTTP front end that runs Python per request can at best reach here;
+- the floor of the machine: a raw-socket server that reads the same request, spins for the median
+  inference time and answers 4 kB (no HTTP, no Python beyond recv/send).
+`--stub spin` replaces the inference by a spin of the same length (the CPU caches stay warm),
+which shows what the inference's cache footprint costs the Python around it.
 
     python benchmarks/serve_timeline.py --requests 600 --repo /tmp/peer/models --out /tmp/timeline
 
@@ -109,6 +114,111 @@ def install_hooks() -> None:
     server.OneSend.flush = timed_flush
 
 
+def minimal_server(listener: socket.socket, model_xml: str, config: dict, cpu: int, log: str,
+                   stub: str | None) -> None:
+    """The leanest Python HTTP server for the sample model's binary request (in a forked child;
+    serves until SIGTERM, then writes its events to `log` in install_hooks' format)."""
+    os.sched_setaffinity(0, {cpu})
+    import asyncio
+
+    import httptools
+    import numpy as np
+    import openvino as ov
+    import orjson
+    import uvloop
+
+    compiled = ov.Core().compile_model(model_xml, "CPU", config)
+    infer_request = compiled.create_infer_request()
+    events: list[tuple[str, float]] = []
+    real: list[float] = []
+    spin: list[float] = []
+    now = time.perf_counter
+
+    class Connection(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.header_len = 0
+            self.body = bytearray()
+
+        def data_received(self, data):
+            events.append(("rx", now()))
+            self.parser.feed_data(data)
+
+        def on_header(self, name, value):
+            if name.lower() == b"inference-header-content-length":
+                self.header_len = int(value)
+
+        def on_body(self, chunk):
+            self.body += chunk
+
+        def on_message_complete(self):
+            events.append(("body", now()))
+            body, self.body = self.body, bytearray()
+            spec = orjson.loads(memoryview(body)[:self.header_len])["inputs"][0]
+            tensor = np.frombuffer(body, np.float32, offset=self.header_len).reshape(spec["shape"])
+            events.append(("i0", now()))
+            if spin:
+                end = now() + spin[0]
+                while now() < end:
+                    pass
+            else:
+                t = now()
+                infer_request.set_input_tensor(0, ov.Tensor(tensor, shared_memory=True))
+                infer_request.infer()
+                real.append(now() - t)
+                if stub and len(real) == 50:
+                    spin.append(statistics.median(real))
+            events.append(("i1", now()))
+            output = infer_request.get_output_tensor(0).data
+            data = output.tobytes()
+            header = orjson.dumps({"model_name": "sample", "model_version": "1", "outputs": [
+                {"name": compiled.output(0).any_name, "datatype": "FP32", "shape": list(output.shape),
+                 "parameters": {"binary_data_size": len(data)}}]})
+            events.append(("tx", now()))
+            self.transport.writelines([b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+                                       b"inference-header-content-length: %d\r\ncontent-length: %d\r\n\r\n"
+                                       % (len(header), len(header) + len(data)), header, data])
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
+        server = await loop.create_server(Connection, sock=listener)
+        await stop
+        server.close()
+
+    uvloop.run(serve())
+    with open(log, "w") as f:
+        json.dump(events, f)
+
+
+def start_minimal_server(model_xml: str, config: dict, cpu: int, log: str, stub: str | None) -> tuple[int, int]:
+    """Fork the leanest server; returns (pid, port) once it accepts."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            minimal_server(listener, model_xml, config, cpu, log, stub)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    port = listener.getsockname()[1]
+    listener.close()  # the child has its own copy; connections queue until it compiles and accepts
+    return pid, port
+
+
+def stop_minimal_server(pid: int) -> int:
+    os.kill(pid, signal.SIGTERM)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 def read_answer(sock: socket.socket, buf: bytearray) -> int:
     """Read one HTTP answer with a Content-Length into buf; returns its status."""
     view, n = memoryview(buf), 0
@@ -171,6 +281,15 @@ def phases(times: list[tuple[float, float]], events: list[tuple[str, float]]) ->
     return rows
 
 
+def read_events(path: str) -> list[tuple[str, float]]:
+    with open(path) as f:
+        return [(name, t) for name, t in json.load(f)]
+
+
+def p50_phases(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {name: p50([r[name] for r in rows]) for name in (*PHASES, "beyond inference", "total")}
+
+
 def raw_floor(request_size: int, work_s: float, count: int, server_cpu: int, client_cpu: int) -> list[float]:
     """Round trips (us, minus the spin) of a raw-socket server doing nothing but the spin."""
     listener = socket.socket()
@@ -221,26 +340,29 @@ COLOURS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f")
 def stacked_svg(summary: dict) -> str:
     """Two horizontal bars on one scale: the request's phases besides the inference, stacked, and
     the raw-socket floor."""
-    parts = [(name, summary["p50_us"][name]) for name in PHASES if name != "inference"]
-    rows = [("hosttune serve", parts), ("raw-socket floor", [("raw round trip", summary["raw_floor_p50_us"])])]
+    names = [name for name in PHASES if name != "inference"]
+    rows = [("hosttune serve", [(n, summary["p50_us"][n]) for n in names]),
+            ("leanest Python", [(n, summary["minimal_p50_us"][n]) for n in names]),
+            ("raw-socket floor", [("raw round trip", summary["raw_floor_p50_us"])])]
     top = max(sum(v for _, v in bar) for _, bar in rows) * 1.1 or 1
     width, left, scale = 860, 140, 680 / top
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="170" font-size="12">']
+    legend = 20 + len(rows) * 50
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{legend + 40}" font-size="12">']
     for row, (label, bar) in enumerate(rows):
         y, x = 20 + row * 50, left
         out.append(f'<text x="{left - 8}" y="{y + 20}" text-anchor="end">{label}</text>')
         for i, (name, value) in enumerate(bar):
             w = value * scale
-            colour = COLOURS[i % len(COLOURS)] if row == 0 else "#999"
+            colour = COLOURS[i % len(COLOURS)] if len(bar) > 1 else "#999"
             out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="30" fill="{colour}">'
                        f'<title>{name}: {value:.0f} us</title></rect>')
             if w > 40:
                 out.append(f'<text x="{x + w / 2:.1f}" y="{y + 19}" text-anchor="middle" fill="#fff">{value:.0f}</text>')
             x += w
-    for i, (name, _) in enumerate(parts):
-        out.append(f'<rect x="{left + i * 130}" y="130" width="12" height="12" fill="{COLOURS[i]}"/>'
-                   f'<text x="{left + i * 130 + 16}" y="141">{name}</text>')
-    out.append(f'<text x="{left}" y="165">us at p50; scale 0 - {top:.0f} us</text></svg>')
+    for i, name in enumerate(names):
+        out.append(f'<rect x="{left + i * 130}" y="{legend}" width="12" height="12" fill="{COLOURS[i]}"/>'
+                   f'<text x="{left + i * 130 + 16}" y="{legend + 11}">{name}</text>')
+    out.append(f'<text x="{left}" y="{legend + 35}">us at p50; scale 0 - {top:.0f} us</text></svg>')
     return "".join(out)
 
 
@@ -289,22 +411,36 @@ def main() -> int:
         code = srv.stop()
     if code != 0:
         print(f"hosttune serve exited with {code}", file=sys.stderr)
-    with open(log) as f:
-        events = [(name, t) for name, t in json.load(f)]
-    rows = phases(times[args.warmup:], events)
+    rows = phases(times[args.warmup:], read_events(log))
     if not rows:
         sys.exit("no request could be matched with the server's events")
+
+    print("the leanest Python server ...", flush=True)
+    minimal_log = os.path.join(out, "minimal-events.json")
+    pid, port = start_minimal_server(os.path.join(repo, "sample", "1", "model.xml"), json.loads(args.config),
+                                     args.server_cpu, minimal_log, args.stub)
+    try:
+        minimal_times = run_client(port, request, args.requests, args.client_cpu)
+    finally:
+        code = stop_minimal_server(pid)
+    if code != 0:
+        sys.exit(f"the leanest Python server exited with {code}")
+    minimal_rows = phases(minimal_times[args.warmup:], read_events(minimal_log))
+    if not minimal_rows:
+        sys.exit("no request could be matched with the leanest server's events")
+
     infer_s = p50([r["inference"] for r in rows]) / 1e6
     print("raw-socket floor ...", flush=True)
     floor = raw_floor(len(request), infer_s, max(200, args.requests // 2), args.server_cpu, args.client_cpu)
 
     summary = {"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "requests": len(rows),
-               "stub": args.stub, "p50_us": {}, "raw_floor_p50_us": p50(floor),
+               "stub": args.stub, "p50_us": p50_phases(rows), "minimal_requests": len(minimal_rows),
+               "minimal_p50_us": p50_phases(minimal_rows), "raw_floor_p50_us": p50(floor),
                "reads_per_request": statistics.mode(r["reads"] for r in rows)}
-    print(f"\n{len(rows)} requests, p50 of each phase (us; the phases' p50s need not add up to the total's):")
+    print(f"\n{len(rows)} requests each, p50 of each phase in us (the phases' p50s need not add up to the "
+          f"total's):\n  {'':<17} {'hosttune':>9} {'leanest':>9}")
     for name in (*PHASES, "beyond inference", "total"):
-        summary["p50_us"][name] = p50([r[name] for r in rows])
-        print(f"  {name:<17} {summary['p50_us'][name]:9.1f}")
+        print(f"  {name:<17} {summary['p50_us'][name]:9.1f} {summary['minimal_p50_us'][name]:9.1f}")
     print(f"  {'raw-socket floor':<17} {summary['raw_floor_p50_us']:9.1f}  (same request size and CPUs, spin of "
           f"{infer_s * 1e3:.2f} ms, 4 kB answer)")
     with open(os.path.join(out, "summary.json"), "w") as f:
@@ -314,11 +450,14 @@ def main() -> int:
             f"{args.client_cpu}; inference p50 {summary['p50_us']['inference'] / 1e3:.2f} ms"
             f"{' (stubbed by a spin)' if args.stub else ''}.</p>",
             "<h2>p50 per phase besides the inference (us)</h2>", stacked_svg(summary),
-            "<pre>" + json.dumps(summary["p50_us"], indent=1) + "</pre>"]
+            "<p>hosttune serve against the leanest Python server (uvloop + httptools straight to the model, "
+            "nothing else) and the raw-socket floor, on the same CPUs with the same request.</p>",
+            "<pre>" + json.dumps({"hosttune serve": summary["p50_us"], "leanest Python": summary["minimal_p50_us"],
+                                  "raw-socket floor": summary["raw_floor_p50_us"]}, indent=1) + "</pre>"]
     with open(os.path.join(out, "report.html"), "w") as f:
         f.write("<!doctype html><meta charset='utf-8'><title>serve timeline</title>"
                 "<body style='font-family:sans-serif'>" + "\n".join(page) + "</body>")
-    print(f"\nresults in {out} (summary.json, report.html, server-events.json)")
+    print(f"\nresults in {out} (summary.json, report.html, server-events.json, minimal-events.json)")
     return 0
 
 

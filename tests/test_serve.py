@@ -624,7 +624,8 @@ def test_inside_a_cpuset_narrower_than_the_plan(models, tmp_path):
 def test_serve_timeline_benchmark_splits_a_request(tmp_path):
     """benchmarks/serve_timeline.py hooks the server's private seams (data_received, _read_body,
     infer, OneSend.flush): a rename would leave the benchmark matching no request. A short run
-    matches every measured request, and its phases add up to a request."""
+    matches every measured request of hosttune serve and of the leanest Python server it is
+    compared with, and their phases add up to a request."""
     cpus = sorted(os.sched_getaffinity(0))
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "serve_timeline.py")
     out = tmp_path / "out"
@@ -637,5 +638,9 @@ def test_serve_timeline_benchmark_splits_a_request(tmp_path):
     p50 = summary["p50_us"]
     assert all(p50[name] > 0 for name in ("in flight", "read", "decode", "inference", "answer", "answer flight"))
     assert p50["beyond inference"] < p50["total"] and p50["inference"] < p50["total"]
+    assert summary["minimal_requests"] == 30
+    lean = summary["minimal_p50_us"]
+    assert all(lean[name] > 0 for name in ("in flight", "read", "decode", "inference", "answer", "answer flight"))
+    assert lean["beyond inference"] < lean["total"] and lean["inference"] < lean["total"]
     assert summary["raw_floor_p50_us"] > 0
     assert "<svg" in (out / "report.html").read_text()
