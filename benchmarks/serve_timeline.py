@@ -17,7 +17,7 @@ For comparison, on the same CPUs with the same request:
 - the leanest Python server: uvloop and httptools with nothing between them and the model (no
   ASGI, no routing, no checks, limits or metrics; the body straight into one buffer that the input
   tensor shares, the JSON header by orjson, the answer in one write), split into the same phases.
-  It is what any HTTP front end that runs Python per request can at best reach here;
+  It is about the best an HTTP front end that runs Python per request can reach here;
 - the floor of the machine: a raw-socket server that reads the same request, spins for the median
   inference time and answers 4 kB (no HTTP, no Python beyond recv/send).
 `--stub spin` replaces the inference by a spin of the same length (the CPU caches stay warm),
@@ -48,6 +48,30 @@ PHASES = ("in flight", "read", "decode", "inference", "answer", "answer flight")
 SITECUSTOMIZE = "import serve_timeline\nserve_timeline.install_hooks()\n"
 
 
+class SpinStub:
+    """`--stub spin`: once 50 real inferences are timed, each inference is replaced by a spin of
+    their median (the CPU caches stay warm)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.real: list[float] = []
+        self.seconds: float | None = None
+
+    def spun(self) -> bool:
+        """Spin instead of an inference, if it is time to; says whether it did."""
+        if self.seconds is None:
+            return False
+        end = time.perf_counter() + self.seconds
+        while time.perf_counter() < end:
+            pass
+        return True
+
+    def note(self, seconds: float) -> None:
+        self.real.append(seconds)
+        if self.enabled and len(self.real) == 50:
+            self.seconds = statistics.median(self.real)
+
+
 def install_hooks() -> None:
     """In the server process (through a sitecustomize on PYTHONPATH): note the seams' times and
     write them to $HOSTTUNE_TIMELINE_LOG at exit (SIGTERM ends `hosttune serve` cleanly)."""
@@ -59,7 +83,6 @@ def install_hooks() -> None:
     events: list[tuple[str, float]] = []
     now = time.perf_counter
     atexit.register(lambda: json.dump(events, open(path, "w")))
-    stub = os.environ.get("HOSTTUNE_TIMELINE_STUB")
 
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -79,25 +102,19 @@ def install_hooks() -> None:
         return body
 
     infer = engine.ServedModel.infer
-    real: list[float] = []  # the stub spins for the median of the first 50 real inferences
-    spin: list[float] = []
+    stub = SpinStub(bool(os.environ.get("HOSTTUNE_TIMELINE_STUB")))
     outputs: list = []
 
     async def timed_infer(self, tensors, timings=None):
         events.append(("i0", now()))
-        if spin:
-            end = now() + spin[0]
-            while now() < end:
-                pass
-            timings.update(infer_us=spin[0] * 1e6, wait_us=0.0)
+        if stub.spun():
+            timings.update(infer_us=stub.seconds * 1e6, wait_us=0.0)
             out = outputs[0]
         else:
             t = now()
             out = await infer(self, tensors, timings)
-            real.append(now() - t)
+            stub.note(now() - t)
             outputs[:] = [out]
-            if stub and len(real) == 50:
-                spin.append(statistics.median(real))
         events.append(("i1", now()))
         return out
 
@@ -130,8 +147,7 @@ def minimal_server(listener: socket.socket, model_xml: str, config: dict, cpu: i
     compiled = ov.Core().compile_model(model_xml, "CPU", config)
     infer_request = compiled.create_infer_request()
     events: list[tuple[str, float]] = []
-    real: list[float] = []
-    spin: list[float] = []
+    spin = SpinStub(bool(stub))
     now = time.perf_counter
 
     class Connection(asyncio.Protocol):
@@ -158,17 +174,11 @@ def minimal_server(listener: socket.socket, model_xml: str, config: dict, cpu: i
             spec = orjson.loads(memoryview(body)[:self.header_len])["inputs"][0]
             tensor = np.frombuffer(body, np.float32, offset=self.header_len).reshape(spec["shape"])
             events.append(("i0", now()))
-            if spin:
-                end = now() + spin[0]
-                while now() < end:
-                    pass
-            else:
+            if not spin.spun():
                 t = now()
                 infer_request.set_input_tensor(0, ov.Tensor(tensor, shared_memory=True))
                 infer_request.infer()
-                real.append(now() - t)
-                if stub and len(real) == 50:
-                    spin.append(statistics.median(real))
+                spin.note(now() - t)
             events.append(("i1", now()))
             output = infer_request.get_output_tensor(0).data
             data = output.tobytes()
@@ -338,8 +348,8 @@ COLOURS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f")
 
 
 def stacked_svg(summary: dict) -> str:
-    """Two horizontal bars on one scale: the request's phases besides the inference, stacked, and
-    the raw-socket floor."""
+    """Three horizontal bars on one scale: the phases besides the inference of hosttune serve and
+    of the leanest Python server, stacked, and the raw-socket floor."""
     names = [name for name in PHASES if name != "inference"]
     rows = [("hosttune serve", [(n, summary["p50_us"][n]) for n in names]),
             ("leanest Python", [(n, summary["minimal_p50_us"][n]) for n in names]),
