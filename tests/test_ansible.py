@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import textwrap
 import threading
 from typing import Any
@@ -778,6 +779,14 @@ def test_agent_installs_hosttune_into_a_temp_prefix_idempotently(tmp_path, host,
     unit = open(os.path.join(base_vars["hosttune_agent_unit_dir"], "hosttune-agent.service")).read()
     assert f"ExecStart={hosttune} agent --root {host} --config {base_vars['hosttune_config']}" in unit
     assert "Type=notify" in unit and "WatchdogSec=" in unit  # the packaged unit, not a copy
+    # the wheels went over as one archive (wheelhouse.tar) and were unpacked next to each other
+    with tarfile.open(tmp_path / "wheelhouse" / "wheelhouse.tar") as archive:
+        packed = archive.getnames()
+    built = sorted(n for n in os.listdir(tmp_path / "wheelhouse") if n.endswith(".whl"))
+    assert packed == built and any(n.startswith("hosttune-") for n in packed), packed
+    assert sorted(os.listdir(prefix / "wheels")) == packed
+    for name in packed:
+        assert (prefix / "wheels" / name).read_bytes() == (tmp_path / "wheelhouse" / name).read_bytes(), name
 
     again = play(tmp_path, playbook, extravars)
     assert again.rc == 0 and again.changed() == [], again.changed()

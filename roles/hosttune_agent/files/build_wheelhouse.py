@@ -5,7 +5,10 @@
 The source tree is copied to a temporary directory first (without .git, .venv, build/ and other
 leftovers: stale build/ files would end up in the wheel), and SOURCE_DATE_EPOCH is fixed, so the
 same source gives the same wheel, byte for byte: the roles compare checksums to stay idempotent.
-Prints JSON: {"hosttune_wheel": name, "sha256": hex, "wheels": [names]}.
+The wheels hosts need (hosttune's alone, or with --deps every wheel) are also packed into one
+plain tar, wheelhouse.tar: the role sends one file, not one per wheel (each file copied costs a
+few module runs, which on a slow host is most of the install).
+Prints JSON: {"hosttune_wheel": name, "sha256": hex, "wheels": [names], "archive": "wheelhouse.tar"}.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 
 IGNORE = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg-info", "__pycache__",
                                 "*.pyc", ".pytest_cache", ".hypothesis", ".benchmarks", ".cache",
                                 "artifacts", ".tox", ".mypy_cache", ".ruff_cache")
 EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can hold
+ARCHIVE = "wheelhouse.tar"
 
 
 def sha256(path: str) -> str:
@@ -39,6 +44,21 @@ def pip(args: list[str], env: dict[str, str]) -> None:
     if proc.returncode:
         sys.stderr.write(proc.stdout[-4000:])
         raise SystemExit(f"pip {' '.join(args[:1])} failed (exit {proc.returncode})")
+
+
+def pack(out: str, names: list[str]) -> None:
+    """Write out/wheelhouse.tar with the named wheels: flat, root-owned 0644 files, fixed dates."""
+    tmp = os.path.join(out, ARCHIVE + ".tmp")
+    # wheels are zip files already: compressing them again only costs the host time to unpack
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            info = tar.gettarinfo(os.path.join(out, name), arcname=name)
+            info.mode, info.mtime = 0o644, int(EPOCH)
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            with open(os.path.join(out, name), "rb") as handle:
+                tar.addfile(info, handle)
+    os.replace(tmp, os.path.join(out, ARCHIVE))
 
 
 def main() -> int:
@@ -69,8 +89,9 @@ def main() -> int:
             spec = os.path.join(out, wheel) + (f"[{args.extras}]" if args.extras else "")
             pip(["wheel", "--quiet", "--wheel-dir", out, spec], env)
     wheels = sorted(n for n in os.listdir(out) if n.endswith(".whl"))
-    json.dump({"hosttune_wheel": wheel, "sha256": sha256(os.path.join(out, wheel)), "wheels": wheels},
-              sys.stdout)
+    pack(out, wheels)
+    json.dump({"hosttune_wheel": wheel, "sha256": sha256(os.path.join(out, wheel)), "wheels": wheels,
+               "archive": ARCHIVE}, sys.stdout)
     sys.stdout.write("\n")
     return 0
 
