@@ -496,6 +496,9 @@ class TestDefaultGuest:
             assert 800 * 1024 < total_kb <= 1024 * 1024
             assert "console=ttyS0" in g.ssh("cat /proc/cmdline").stdout
             assert g.ssh("grep -c '^' /etc/machine-id").stdout.strip() == "1"
+            # the CPU model leaves ERMS out (qemu.DEFAULT_CPU_MODEL: rep stosb is slow under TCG)
+            flags = g.ssh("grep -m1 '^flags' /proc/cpuinfo").stdout.split()
+            assert "avx2" in flags and "erms" not in flags, flags
 
     def test_default_guest_files_and_tools(self, default_guest, tmp_path):
         g = default_guest

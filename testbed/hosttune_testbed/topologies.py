@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from hosttune_testbed.errors import TestbedError
-from hosttune_testbed.qemu import Topology
+from hosttune_testbed.qemu import SMT_CPU_MODEL, Topology
 
 TOPOLOGIES: dict[str, dict[str, Any]] = {
     "default": {
@@ -58,7 +58,7 @@ TOPOLOGIES: dict[str, dict[str, Any]] = {
         # Linux 6.1 lets CPU 0 go offline only with cpu0_hotplug AND an Intel CPU vendor
         # (arch_register_cpu: "CPU0 is only hotpluggable on Intel platforms"); TCG's `max`
         # says AuthenticAMD, so this topology asks for the Intel vendor.
-        "cpu_model": "max,vendor=GenuineIntel",
+        "cpu_model": SMT_CPU_MODEL,
         "kernel_args": "cpu0_hotplug",
         "offline": "0,5",
     },
