@@ -788,10 +788,27 @@ def test_agent_installs_hosttune_into_a_temp_prefix_idempotently(tmp_path, host,
     for name in packed:
         assert (prefix / "wheels" / name).read_bytes() == (tmp_path / "wheelhouse" / name).read_bytes(), name
 
+    # a fresh venv got this wheel from the install itself: no second, forced install
+    assert run.skipped("Reinstall the hosttune wheel itself"), run.explain()
+
     again = play(tmp_path, playbook, extravars)
     assert again.rc == 0 and again.changed() == [], again.changed()
     check = play(tmp_path, playbook, extravars, check=True, diff=True)
     assert check.rc == 0 and check.changed() == [], check.changed()
+
+    # an older build of the same version in the venv (its marker differs, a module was changed):
+    # pip alone would keep it; the forced reinstall puts this wheel's files back
+    marker = prefix / "venv" / ".hosttune-wheel.sha256"
+    marker.write_text("0" * 64 + "\n")
+    [module] = glob.glob(str(prefix / "venv" / "lib" / "python3*" / "site-packages" / "hosttune" / "cpulist.py"))
+    pristine = open(module, "rb").read()
+    with open(module, "ab") as handle:
+        handle.write(b"\n# an older build\n")
+    upgrade = play(tmp_path, playbook, extravars)
+    assert upgrade.rc == 0, upgrade.explain()
+    assert [r["res"].get("changed") for r in upgrade.task("Reinstall the hosttune wheel itself")] == [True]
+    assert open(module, "rb").read() == pristine
+    assert marker.read_text() != "0" * 64 + "\n"
 
     # a policy change shows up as an honest diff in check mode, and is not written
     check = play(tmp_path, playbook, {**extravars, "hosttune_policy": {"profile": "latency"}}, check=True, diff=True)
