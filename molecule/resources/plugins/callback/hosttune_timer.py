@@ -6,7 +6,8 @@ ansible-playbook run it prints one line
     hosttune-timing: converge.yml 812.4 s (slowest: Reboot into the new kernel arguments 151.0 s, ...)
 
 and appends a JSON record to $HOSTTUNE_TIMINGS_FILE (default:
-$MOLECULE_EPHEMERAL_DIRECTORY/timings.jsonl; tests/test_molecule.py reads it): {"playbook", "start", "seconds", "failed", "tasks": [{"name", "host", "seconds"}, ... slowest 10]}.
+$MOLECULE_EPHEMERAL_DIRECTORY/timings.jsonl; tests/test_molecule.py reads it): {"playbook", "start", "seconds", "failed", "tasks": [{"name", "host", "start", "seconds"}, ... slowest 10]}
+(a task's start: when its first host began it, epoch seconds, to line it up with other logs).
 The second converge.yml record of a `molecule test` is the idempotence run.
 """
 
@@ -55,7 +56,9 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_start(self, host, task) -> None:
         self._task_start(task)
-        self._tasks[task._uuid]["hosts"][host.get_name()] = time.time()
+        entry = self._tasks[task._uuid]
+        entry["hosts"][host.get_name()] = time.time()
+        entry.setdefault("start", round(time.time(), 1))
 
     def _done(self, result, *args, **kwargs) -> None:
         entry = self._tasks.get(result._task._uuid)
@@ -71,7 +74,8 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_stats(self, stats) -> None:
         seconds = time.time() - self._start
         slowest = sorted(self._tasks.values(), key=lambda t: t["seconds"], reverse=True)[:10]
-        tasks = [{"name": t["name"], "host": t.get("host"), "seconds": round(t["seconds"], 1)}
+        tasks = [{"name": t["name"], "host": t.get("host"), "start": t.get("start"),
+                  "seconds": round(t["seconds"], 1)}
                  for t in slowest if t["seconds"] >= 0.05]
         failed = any(stats.failures.values()) or any(stats.dark.values())
         text = ", ".join(f"{t['name']} {t['seconds']:.0f} s" for t in tasks[:5])
