@@ -57,8 +57,9 @@ class CallbackModule(CallbackBase):
     def v2_runner_on_start(self, host, task) -> None:
         self._task_start(task)
         entry = self._tasks[task._uuid]
-        entry["hosts"][host.get_name()] = time.time()
-        entry.setdefault("start", round(time.time(), 1))
+        now = time.time()
+        entry["hosts"][host.get_name()] = now
+        entry.setdefault("start", round(now, 1))
 
     def _done(self, result, *args, **kwargs) -> None:
         entry = self._tasks.get(result._task._uuid)
