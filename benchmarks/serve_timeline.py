@@ -7,7 +7,8 @@ it sent each request and when it had the whole answer. Both read the same clock
 (CLOCK_MONOTONIC), so each request splits into:
 
     in flight       client send -> the server's first read of it (the server's wakeup)
-    read            first read -> body complete (HTTP parsing, the ASGI task, further reads)
+    read            first read -> body complete (HTTP parsing, further reads; the ASGI task
+                    where the request does not take the direct lane)
     decode          body complete -> inference start (the JSON header, the input tensor)
     inference       the model's infer
     answer          inference end -> the answer handed to the kernel (outputs, JSON, HTTP)
@@ -94,12 +95,11 @@ def install_hooks() -> None:
         events.append(("rx", now()))
         return data_received(self, data)
 
-    read_body = server.App._read_body
+    app_infer = server.App.infer
 
-    async def timed_read_body(self, scope, receive):
-        body = await read_body(self, scope, receive)
+    async def timed_app_infer(self, model, body, header_len):  # the body is complete (either path)
         events.append(("body", now()))
-        return body
+        return await app_infer(self, model, body, header_len)
 
     infer = engine.ServedModel.infer
     stub = SpinStub(bool(os.environ.get("HOSTTUNE_TIMELINE_STUB")))
@@ -126,7 +126,7 @@ def install_hooks() -> None:
         flush(self)
 
     HttpToolsProtocol.data_received = timed_data_received
-    server.App._read_body = timed_read_body
+    server.App.infer = timed_app_infer
     engine.ServedModel.infer = timed_infer
     server.OneSend.flush = timed_flush
 

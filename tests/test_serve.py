@@ -194,6 +194,156 @@ def test_a_response_leaves_before_the_rest_of_the_request(loop):
         sock.close()
 
 
+def _uvicorn_in_thread(app, asgi, protocol):
+    """uvicorn with hosttune's protocol in a thread; returns (server, thread, port)."""
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    server = uvicorn.Server(uvicorn.Config(asgi, loop="uvloop", http=protocol, lifespan="off", log_level="warning",
+                                           timeout_graceful_shutdown=10))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return server, thread, sock.getsockname()[1]
+
+
+def _read_answers(conn: socket.socket, count: int) -> list[tuple[bytes, bytes]]:
+    """`count` HTTP answers with a Content-Length: (head without the date header, body) each."""
+    data, answers = b"", []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + int(
+                re.search(rb"(?i)content-length: (\d+)", data).group(1)):
+            chunk = conn.recv(1 << 20)
+            assert chunk, (answers, data[:300])
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        answers.append((re.sub(rb"(?im)^date: [^\r]*\r\n", b"", head + b"\r\n"), rest[:length]))
+        data = rest[length:]
+    return answers
+
+
+def _counts(exposition: bytes) -> dict[str, str]:
+    """The metrics that count requests (no timings: those differ between any two runs)."""
+    values = {}
+    for line in exposition.decode().splitlines():
+        key, _, value = line.rpartition(" ")
+        if line and not line.startswith("#") and "_bucket" not in key and "_sum" not in key:
+            values[key] = value
+    return values
+
+
+def test_direct_lane_answers_as_the_asgi_path(models):
+    """An infer request for a model with a pool of one is answered from the HTTP parser's callbacks
+    (the direct lane), without the ASGI application; every answer, the errors included, and the
+    metrics are byte for byte those of the ASGI path, on kept-alive, pipelined and HTTP/1.0
+    connections."""
+    from hosttune.model.repo import find
+    from hosttune.serve.engine import ServedModel
+    from hosttune.serve.server import App, Limits, protocol_class
+
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}
+    x = np.random.default_rng(9).random((1, 16)).astype(np.float32)
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}, "id": "b1"}).encode()
+
+    def post(body: bytes, extra: str = "", version: str = "1.1", path: str = "/v2/models/trivial/infer") -> bytes:
+        head = f"POST {path} HTTP/{version}\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+        return head.encode() + body
+
+    binary = post(header + x.tobytes(), f"Inference-Header-Content-Length: {len(header)}\r\n")
+    exchanges = [  # what one connection sends at once, and how many answers come back
+        ([binary, binary], 2),  # pipelined
+        ([post(_infer_body([1, 16]).encode())], 1),
+        ([post(_infer_body([1, 15]).encode())], 1),  # 400 from the model's checks
+        ([post(b'{"inputs": [')], 1),  # malformed JSON
+        ([post(header + x.tobytes()[:8], f"Inference-Header-Content-Length: {len(header)}\r\n")], 1),
+        ([post(b"{}", "Inference-Header-Content-Length: 99\r\n")], 1),  # header outside the body
+        ([post(_infer_body([1, 16]).encode(), path="/v2/models/trivial/versions/1/infer")], 1),
+        ([post(_infer_body([1, 16]).encode(), path="/v2/models/tri%76ial/infer")], 1),
+        ([post(_infer_body([1, 16]).encode(), path="/v2/models/nope/infer")], 1),  # not a lane request
+        ([post(_infer_body([1, 16]).encode(), "Connection: close\r\n")], 1),
+        ([post(_infer_body([1, 16]).encode(), version="1.0")], 1),
+    ]
+    results = {}
+    for lane in (True, False):
+        app = App([ServedModel(core, find(str(models), "trivial", None), config)])
+        assert app.models["trivial"].nireq == 1
+        called: list[str] = []
+
+        async def asgi(scope, receive, send, app=app, called=called):
+            if scope["type"] == "http":
+                called.append(scope["path"])
+            await app(scope, receive, send)
+
+        server, thread, port = _uvicorn_in_thread(app, asgi, protocol_class(Limits(), app if lane else None))
+        try:
+            seen = []
+            for parts, count in exchanges:
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+                    for _ in range(2):  # the same connection again, when it stays open
+                        conn.sendall(b"".join(parts))
+                        answers = _read_answers(conn, count)
+                        seen.append(answers)
+                        if any(b"connection: close" in head.lower() for head, _ in answers):
+                            assert conn.recv(10) == b""  # closed after the answer
+                            break
+            metrics = app.metrics.render()[0]
+        finally:
+            server.should_exit = True
+            thread.join(30)
+        results[lane] = seen, metrics, called
+    lane_seen, lane_metrics, lane_called = results[True]
+    asgi_seen, asgi_metrics, asgi_called = results[False]
+    assert lane_seen == asgi_seen
+    assert _counts(lane_metrics) == _counts(asgi_metrics)
+    statuses = [head.split(b" ")[1] for answers in lane_seen for head, _ in answers]
+    assert statuses.count(b"200") >= 10 and statuses.count(b"400") == 8 and statuses.count(b"404") == 2, statuses
+    head, body = lane_seen[0][0]
+    n = int(re.search(rb"inference-header-content-length: (\d+)", head).group(1))
+    assert json.loads(body[:n])["id"] == "b1"
+    # the trivial model adds 1
+    np.testing.assert_allclose(np.frombuffer(body[n:], np.float32), x.ravel() + 1, rtol=1e-6)
+    assert lane_called == ["/v2/models/nope/infer"] * 2  # only what the lane does not take
+    assert len(asgi_called) == len(statuses)
+
+
+def test_direct_lane_request_is_answered_in_a_graceful_shutdown(models):
+    """A shutdown while the lane reads a request's body: the request is answered (connection:
+    close) and the connection closed, as the ASGI path finishes its requests."""
+    from hosttune.model.repo import find
+    from hosttune.serve.engine import ServedModel
+    from hosttune.serve.server import App, Limits, protocol_class
+
+    app = App([ServedModel(ov.Core(), find(str(models), "trivial", None), {"PERFORMANCE_HINT": "LATENCY"})])
+    server, thread, port = _uvicorn_in_thread(app, app, protocol_class(Limits(), app))
+    try:
+        body = _infer_body([1, 16]).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(f"POST /v2/models/trivial/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+                         .encode() + body[:10])
+            time.sleep(0.3)
+            server.should_exit = True
+            time.sleep(0.5)
+            conn.sendall(body[10:])
+            (head, answer), = _read_answers(conn, 1)
+            assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head, head
+            assert json.loads(answer)["outputs"][0]["shape"] == [1, 16]
+            assert conn.recv(10) == b""
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    assert not thread.is_alive()
+
+
 def test_binary_data_output_makes_every_output_binary(server, models):
     """`"parameters": {"binary_data_output": true}` on a plain JSON request: all outputs come back
     as binary data after the JSON header; an output that asks for JSON still gets JSON."""

@@ -204,6 +204,35 @@ def test_trickled_body_gets_408_and_the_connection_closed(server):
     assert_serving(server)
 
 
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_a_declared_length_reserves_no_memory(server):
+    """Binary requests that declare bodies near the limit (60 MiB) and send a few bytes: the server
+    holds only what has arrived (the direct lane takes these requests: its buffer grows with the
+    body), then times them out."""
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 60 * 2**20}}]}).encode()
+    before = _rss_kib(server.proc.pid)
+    conns = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_CONNECTIONS - 2)]
+    try:
+        for conn in conns:
+            conn.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+                         b"Inference-Header-Content-Length: %d\r\n\r\n%s" % (len(header) + 60 * 2**20, len(header),
+                                                                              header))
+        time.sleep(BODY_TIMEOUT / 2)
+        grown = _rss_kib(server.proc.pid) - before
+        assert grown < 64 * 1024, f"the server grew by {grown} KiB for {len(conns)} bodies it has not received"
+        for conn in conns:
+            assert read_reply(conn, BODY_TIMEOUT + 30).startswith(b"HTTP/1.1 408")
+    finally:
+        for conn in conns:
+            conn.close()
+    assert_serving(server)
+
 def test_connections_beyond_the_cap_get_503(server):
     time.sleep(1)  # the earlier tests' closed connections are gone from the server's count
     idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_CONNECTIONS)]

@@ -12,7 +12,9 @@ the request path. Endpoints (the ones OVMS speaks):
 Bad requests get a 4xx with `{"error": "..."}` and the server keeps serving. JSON is parsed by
 simdjson with each input's numbers going straight into numpy (large bodies on a decoder thread)
 and written by orjson; JSON has its own size limit below the body limit. The HTTP protocol adds
-header/body read timeouts and a connection cap to uvicorn's (`protocol_class`).
+header/body read timeouts and a connection cap to uvicorn's (`protocol_class`), and the direct
+lane: infer requests of a model with a pool of one are answered from the HTTP parser's callbacks,
+through the same App.infer, without the ASGI cycle.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ JSON_INLINE_MAX = 64 * 2**10
 PARSER_KEEP_MAX = 4 * 2**20
 JSON_CT = (b"content-type", b"application/json")
 HEADER_LEN = b"inference-header-content-length"
+
+
+# (status, body, headers, close the connection after it)
+Answer = tuple[int, "bytes | list[bytes]", list[tuple[bytes, bytes]], bool]
 
 
 class HTTPError(Exception):
@@ -100,24 +106,27 @@ class App:
             else:
                 raise HTTPError(404, f"no such endpoint: {path}", "not_found")
         except HTTPError as exc:
-            self.metrics.bad.labels(exc.reason).inc()
-            close = exc.status == 413
-            await _json(send, exc.status, {"error": exc.message}, close=close)
+            await _respond(send, *self.refused(exc))
+
+    def refused(self, exc: HTTPError) -> Answer:
+        """The answer to a request refused before it reached a model (counted as such)."""
+        self.metrics.bad.labels(exc.reason).inc()
+        return exc.status, dumps({"error": exc.message}), [JSON_CT], exc.status == 413
 
     @staticmethod
     def _only(method: str, *allowed: str) -> None:
         if method not in allowed:
             raise HTTPError(405, f"method {method} not allowed here (use {', '.join(allowed)})", "method")
 
-    async def _model_route(self, scope: dict, receive: Any, send: Any, rest: str, method: str) -> None:
+    def route(self, rest: str, path: str) -> tuple[ServedModel, str]:
+        """The model and the action ("", "ready" or "infer") of a path below /v2/models/."""
         parts = rest.split("/")
-        name, version, action = parts[0], None, ""
+        name, version = parts[0], None
         tail = parts[1:]
         if len(tail) >= 2 and tail[0] == "versions":
             version, tail = tail[1], tail[2:]
         if len(tail) > 1 or (tail and tail[0] not in ("", "ready", "infer")):
-            raise HTTPError(404, f"no such endpoint: {scope['path']}", "not_found")
-        action = tail[0] if tail else ""
+            raise HTTPError(404, f"no such endpoint: {path}", "not_found")
         model = self.models.get(name)
         if model is None:
             raise HTTPError(404, f"model {name!r} is not served here (models: {', '.join(self.models)})",
@@ -125,25 +134,31 @@ class App:
         if version not in (None, "", str(model.version)):
             raise HTTPError(404, f"model {name!r} version {version} is not served (version {model.version} is)",
                             "unknown_model")
-        bound = self.bound[name]
+        return model, tail[0] if tail else ""
+
+    async def _model_route(self, scope: dict, receive: Any, send: Any, rest: str, method: str) -> None:
+        model, action = self.route(rest, scope["path"])
+        bound = self.bound[model.name]
         if action == "infer":
             self._only(method, "POST")
-            await self._infer(scope, receive, send, model, bound)
+            body, header_len = await self._read_body(scope, receive)
+            await _respond(send, *await self.infer(model, body, header_len))
         elif action == "ready":
             self._only(method, "GET", "HEAD")
             bound["success"]["ModelReady"].inc()
-            await _json(send, 200, {"name": name, "ready": True})
+            await _json(send, 200, {"name": model.name, "ready": True})
         else:
             self._only(method, "GET")
             bound["success"]["ModelMetadata"].inc()
             await _json(send, 200, model.metadata())
 
-    async def _read_body(self, scope: dict, receive: Any) -> tuple[bytes | bytearray, int | None]:
-        """The body and the Inference-Header-Content-Length (None: the whole body is JSON). JSON is
-        held to max_json, the whole body to max_body: both checked before reading when the lengths
-        are declared, and while reading otherwise."""
+    def body_limit(self, headers: list[tuple[bytes, bytes]]) -> tuple[int, str, int | None, int | None]:
+        """From a request's headers: the most its body may hold and what to call it in a 413, the
+        declared Content-Length and the Inference-Header-Content-Length (None: the whole body is
+        JSON). JSON is held to max_json, the whole body to max_body; a declared length beyond the
+        limit is refused here, before the body is read."""
         length = header_len = None
-        for key, value in scope["headers"]:
+        for key, value in headers:
             if key in (b"content-length", HEADER_LEN):
                 try:
                     number = int(value)
@@ -164,6 +179,12 @@ class App:
                                 "oversized")
         if length is not None and length > limit:
             raise HTTPError(413, f"{what} of {length} bytes exceeds the limit of {limit}", "oversized")
+        return limit, what, length, header_len
+
+    async def _read_body(self, scope: dict, receive: Any) -> tuple[bytes | bytearray, int | None]:
+        """The body and the Inference-Header-Content-Length (None: the whole body is JSON), held to
+        body_limit's limit while reading too (a chunked body has no declared length)."""
+        limit, what, _, header_len = self.body_limit(scope["headers"])
         chunks = []
         size = 0
         while True:
@@ -181,13 +202,16 @@ class App:
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         else:  # writable, so that the input tensors can share it: a copied input tensor made the
             body = bytearray().join(chunks)  # sample model's inference ~0.27 ms slower
-        if header_len is not None and header_len > len(body):
-            raise HTTPError(400, f"Inference-Header-Content-Length {header_len} is outside the body "
-                                 f"({len(body)} bytes)", "malformed")
         return body, header_len
 
-    async def _infer(self, scope: dict, receive: Any, send: Any, model: ServedModel, bound: dict) -> None:
-        body, header_len = await self._read_body(scope, receive)
+    async def infer(self, model: ServedModel, body: bytes | bytearray, header_len: int | None) -> Answer:
+        """The answer to an infer request whose body has been read. The one path of every infer
+        request: the ASGI application's, and the direct lane's, which runs it to the end without a
+        loop (for a pool of one and JSON decoded inline it never waits)."""
+        if header_len is not None and header_len > len(body):
+            return self.refused(HTTPError(400, f"Inference-Header-Content-Length {header_len} is outside the "
+                                               f"body ({len(body)} bytes)", "malformed"))
+        bound = self.bound[model.name]
         t0 = time.perf_counter()
         bound["current"].inc()
         try:
@@ -196,22 +220,39 @@ class App:
             except (InputError, HTTPError) as exc:
                 bound["fail"]["ModelInfer"].inc()
                 status = exc.status if isinstance(exc, HTTPError) else 400
-                await _json(send, status, {"error": str(exc)})
-                return
+                return status, dumps({"error": str(exc)}), [JSON_CT], False
             except Exception as exc:  # an OpenVINO failure on valid input: the server keeps serving
                 bound["fail"]["ModelInfer"].inc()
-                await _json(send, 500, {"error": f"inference failed: {str(exc).strip()[:300]}"})
-                return
+                return 500, dumps({"error": f"inference failed: {str(exc).strip()[:300]}"}), [JSON_CT], False
             header = dumps(response)
             if binary:
-                await _respond(send, 200, [header, *binary], [(b"content-type", b"application/octet-stream"),
-                                                             (HEADER_LEN, str(len(header)).encode())])
+                answer = (200, [header, *binary], [(b"content-type", b"application/octet-stream"),
+                                                   (HEADER_LEN, str(len(header)).encode())], False)
             else:
-                await _respond(send, 200, header, [JSON_CT])
+                answer = (200, header, [JSON_CT], False)
             bound["success"]["ModelInfer"].inc()
             bound["request_time"].observe((time.perf_counter() - t0) * 1e6)
+            return answer
         finally:
             bound["current"].dec()
+
+    def lane(self, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[ServedModel, int | None] | None:
+        """Whether a POST to `path` (undecoded) with these headers takes the direct lane: an infer
+        request for a model with a pool of one, its length declared and within the limits, its
+        JSON small enough to decode inline. Returns (model, header_len); None sends the
+        request down the ASGI path, which also answers every error."""
+        if not path.startswith("/v2/models/"):
+            return None
+        try:
+            model, action = self.route(unquote(path[len("/v2/models/"):]), path)
+            _, _, length, header_len = self.body_limit(headers)
+        except HTTPError:
+            return None
+        if action != "infer" or model.nireq != 1 or length is None:
+            return None
+        if (header_len if header_len is not None else length) > JSON_INLINE_MAX:
+            return None
+        return model, header_len
 
     async def _run(self, body: bytes | bytearray, header_len: int | None, model: ServedModel) -> tuple[dict, list[bytes]]:
         json_len = header_len if header_len is not None else len(body)
@@ -420,6 +461,16 @@ def _tolist(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
+def _run_to_end(coroutine: Any) -> Any:
+    """The result of a coroutine that never waits, run without an event loop."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    coroutine.close()
+    raise RuntimeError("a direct-lane request had to wait")
+
+
 async def _respond(send: Any, status: int, body: bytes | list[bytes], headers: list | None = None,
                    close: bool = False) -> None:
     parts = body if isinstance(body, list) else [body]
@@ -523,14 +574,25 @@ class OneSend:
         return getattr(self._transport, name)
 
 
-def protocol_class(limits: Limits) -> type:
+def protocol_class(limits: Limits, app: App | None = None) -> type:
     """uvicorn's httptools protocol with the limits it lacks: a client that trickles its headers or
     its body is answered 408 and disconnected; a connection beyond the cap is answered 503 and
-    closed at once (the keep-alive timeout already covers idle connections between requests)."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    closed at once (the keep-alive timeout already covers idle connections between requests).
+
+    With `app`, the direct lane: an infer request that App.lane accepts (a model with a pool of
+    one, a declared length within the limits, little JSON) is read into one buffer and answered
+    from the parser's callbacks, through the same App.infer as the ASGI path, without uvicorn's
+    request cycle, task and messages: on the development VM 30-40 us less per request (the sample
+    model's binary request, the trivial model's), 12 % more trivial-model requests per second.
+    Anything else, errors included, takes the ASGI path."""
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
     class Protocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
+        # the lane's request being read: [model, header_len, body so far]
+        _lane: list | None = None
+        _close_after_lane = False
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -546,13 +608,70 @@ def protocol_class(limits: Limits) -> type:
 
         def on_headers_complete(self) -> None:
             self._arm(limits.body_timeout, "body")
-            super().on_headers_complete()
+            if app is None or not self._take_lane():
+                super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            lane = self._lane
+            if lane is None:
+                super().on_body(body)
+                return
+            lane[2] += body  # grown as it arrives: a declared length alone reserves nothing
 
         def on_message_complete(self) -> None:
             self._disarm()
-            super().on_message_complete()
+            if self._lane is None:
+                super().on_message_complete()
+                return
+            model, header_len, body = self._lane
+            self._lane = None
+            try:
+                answer = _run_to_end(app.infer(model, bytes(body) if header_len is None else body, header_len))
+            except Exception as exc:  # a bug, not the request: as uvicorn answers an application's
+                self.logger.error("Exception in the direct lane", exc_info=exc)
+                answer = (500, b"Internal Server Error", [(b"content-type", b"text/plain; charset=utf-8")], True)
+            self._answer(*answer)
+
+        def _take_lane(self) -> bool:
+            if (self.parser.get_method() != b"POST" or self.expect_100_continue or self.parser.should_upgrade()
+                    or (self.cycle is not None and not self.cycle.response_complete)  # answers go in order
+                    or self.flow.write_paused  # the ASGI path waits for a slow reader; the lane cannot
+                    or any(name == b"transfer-encoding" for name, _ in self.headers)):
+                return False
+            try:
+                path = httptools.parse_url(self.url).path.decode("ascii")
+            except (httptools.HttpParserError, UnicodeDecodeError):
+                return False  # the ASGI path deals with it as before
+            taken = app.lane(unquote(path) if "%" in path else path, self.headers)  # as uvicorn's scope
+            if taken is None:
+                return False
+            model, header_len = taken
+            self._lane = [model, header_len, bytearray()]
+            return True
+
+        def _answer(self, status: int, body: bytes | list[bytes], headers: list, close: bool) -> None:
+            parts = body if isinstance(body, list) else [body]
+            close = close or self._close_after_lane or not self.parser.should_keep_alive()
+            head = [STATUS_LINE[status]]
+            for name, value in (*self.server_state.default_headers,
+                                (b"content-length", b"%d" % sum(len(p) for p in parts)), *headers):
+                head += (name, b": ", value, b"\r\n")
+            if close:
+                head.append(b"connection: close\r\n")
+            head.append(b"\r\n")
+            self.transport.writelines([b"".join(head), *parts])
+            self.on_response_complete()  # sends it; keep-alive and pipelining as after any answer
+            if close:
+                self.transport.close()
+
+        def shutdown(self) -> None:
+            if self._lane is not None:  # graceful: the request being read is answered, then closed
+                self._close_after_lane = True
+                return
+            super().shutdown()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            self._lane = None
             self._disarm()
             super().connection_lost(exc)
 
@@ -603,7 +722,7 @@ def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False,
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    config = uvicorn.Config(app, loop=loop, http=protocol_class(limits or Limits()), lifespan="off",
+    config = uvicorn.Config(app, loop=loop, http=protocol_class(limits or Limits(), app), lifespan="off",
                             access_log=False, log_level="warning", timeout_keep_alive=75, server_header=False,
                             backlog=1024, timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
