@@ -233,6 +233,7 @@ def test_a_declared_length_reserves_no_memory(server):
             conn.close()
     assert_serving(server)
 
+
 def test_connections_beyond_the_cap_get_503(server):
     time.sleep(1)  # the earlier tests' closed connections are gone from the server's count
     idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_CONNECTIONS)]
