@@ -243,7 +243,7 @@ def test_direct_lane_answers_as_the_asgi_path(models):
     """An infer request for a model with a pool of one is answered from the HTTP parser's callbacks
     (the direct lane), without the ASGI application; every answer, the errors included, and the
     metrics are byte for byte those of the ASGI path, on kept-alive, pipelined and HTTP/1.0
-    connections."""
+    connections, and a client gone in the middle of a body is counted the same way."""
     from hosttune.model.repo import find
     from hosttune.serve.engine import ServedModel
     from hosttune.serve.server import App, Limits, protocol_class
@@ -296,6 +296,11 @@ def test_direct_lane_answers_as_the_asgi_path(models):
                         if any(b"connection: close" in head.lower() for head, _ in answers):
                             assert conn.recv(10) == b""  # closed after the answer
                             break
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+                conn.sendall(binary[:-100])  # and gone before the end of the body
+            deadline = time.monotonic() + 10
+            while b'reason="disconnect"' not in app.metrics.render()[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
             metrics = app.metrics.render()[0]
         finally:
             server.should_exit = True
@@ -313,7 +318,7 @@ def test_direct_lane_answers_as_the_asgi_path(models):
     # the trivial model adds 1
     np.testing.assert_allclose(np.frombuffer(body[n:], np.float32), x.ravel() + 1, rtol=1e-6)
     assert lane_called == ["/v2/models/nope/infer"] * 2  # only what the lane does not take
-    assert len(asgi_called) == len(statuses)
+    assert len(asgi_called) == len(statuses) + 1  # and the request whose client left
 
 
 def test_direct_lane_request_is_answered_in_a_graceful_shutdown(models):

@@ -671,7 +671,9 @@ def protocol_class(limits: Limits, app: App | None = None) -> type:
             super().shutdown()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._lane = None
+            if self._lane is not None:  # gone before the end of its body: counted as the ASGI path does
+                self._lane = None
+                app.metrics.bad.labels("disconnect").inc()
             self._disarm()
             super().connection_lost(exc)
 
