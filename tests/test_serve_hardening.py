@@ -4,6 +4,7 @@ benchmarks/serve_hostile.py; the waits here are generous deadlines, not targets.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -204,6 +205,16 @@ def test_trickled_body_gets_408_and_the_connection_closed(server):
     assert_serving(server)
 
 
+@contextlib.contextmanager
+def _connections(srv, count: int):
+    """`count` open connections to the server, closed at the end."""
+    conns = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(count)]
+    try:
+        yield conns
+    finally:
+        for conn in conns:
+            conn.close()
+
 
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
@@ -217,8 +228,7 @@ def test_a_declared_length_reserves_no_memory(server):
     header = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
                                      "parameters": {"binary_data_size": 60 * 2**20}}]}).encode()
     before = _rss_kib(server.proc.pid)
-    conns = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_CONNECTIONS - 2)]
-    try:
+    with _connections(server, MAX_CONNECTIONS - 2) as conns:
         for conn in conns:
             conn.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
                          b"Inference-Header-Content-Length: %d\r\n\r\n%s" % (len(header) + 60 * 2**20, len(header),
@@ -228,16 +238,12 @@ def test_a_declared_length_reserves_no_memory(server):
         assert grown < 64 * 1024, f"the server grew by {grown} KiB for {len(conns)} bodies it has not received"
         for conn in conns:
             assert read_reply(conn, BODY_TIMEOUT + 30).startswith(b"HTTP/1.1 408")
-    finally:
-        for conn in conns:
-            conn.close()
     assert_serving(server)
 
 
 def test_connections_beyond_the_cap_get_503(server):
     time.sleep(1)  # the earlier tests' closed connections are gone from the server's count
-    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_CONNECTIONS)]
-    try:
+    with _connections(server, MAX_CONNECTIONS) as idle:
         with socket.create_connection(("127.0.0.1", server.port)) as extra:
             reply = read_reply(extra, 30)
         assert reply.startswith(b"HTTP/1.1 503"), reply
@@ -245,9 +251,6 @@ def test_connections_beyond_the_cap_get_503(server):
         # the idle ones are let go by the header timeout (not held for good)
         for s in idle:
             assert read_reply(s, HEADER_TIMEOUT + 30).startswith(b"HTTP/1.1 408")
-    finally:
-        for s in idle:
-            s.close()
     assert_serving(server)
 
 

@@ -50,6 +50,7 @@ JSON_INLINE_MAX = 64 * 2**10
 PARSER_KEEP_MAX = 4 * 2**20
 JSON_CT = (b"content-type", b"application/json")
 HEADER_LEN = b"inference-header-content-length"
+MODELS = "/v2/models/"
 
 
 # (status, body, headers, close the connection after it)
@@ -89,8 +90,8 @@ class App:
         path = scope["path"]
         method = scope["method"]
         try:
-            if path.startswith("/v2/models/"):
-                await self._model_route(scope, receive, send, unquote(path[len("/v2/models/"):]), method)
+            if path.startswith(MODELS):
+                await self._model_route(scope, receive, send, method)
             elif path in ("/v2/health/live", "/v2/health/ready"):
                 self._only(method, "GET", "HEAD")
                 ok = path.endswith("live") or self.ready
@@ -118,9 +119,9 @@ class App:
         if method not in allowed:
             raise HTTPError(405, f"method {method} not allowed here (use {', '.join(allowed)})", "method")
 
-    def route(self, rest: str, path: str) -> tuple[ServedModel, str]:
+    def route(self, path: str) -> tuple[ServedModel, str]:
         """The model and the action ("", "ready" or "infer") of a path below /v2/models/."""
-        parts = rest.split("/")
+        parts = unquote(path[len(MODELS):]).split("/")
         name, version = parts[0], None
         tail = parts[1:]
         if len(tail) >= 2 and tail[0] == "versions":
@@ -136,8 +137,8 @@ class App:
                             "unknown_model")
         return model, tail[0] if tail else ""
 
-    async def _model_route(self, scope: dict, receive: Any, send: Any, rest: str, method: str) -> None:
-        model, action = self.route(rest, scope["path"])
+    async def _model_route(self, scope: dict, receive: Any, send: Any, method: str) -> None:
+        model, action = self.route(scope["path"])
         bound = self.bound[model.name]
         if action == "infer":
             self._only(method, "POST")
@@ -241,10 +242,10 @@ class App:
         request for a model with a pool of one, its length declared and within the limits, its
         JSON small enough to decode inline. Returns (model, header_len); None sends the
         request down the ASGI path, which also answers every error."""
-        if not path.startswith("/v2/models/"):
+        if not path.startswith(MODELS):
             return None
         try:
-            model, action = self.route(unquote(path[len("/v2/models/"):]), path)
+            model, action = self.route(path)
             _, _, length, header_len = self.body_limit(headers)
         except HTTPError:
             return None
@@ -588,6 +589,10 @@ def protocol_class(limits: Limits, app: App | None = None) -> type:
     import httptools
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+    def _head(status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """The status line and headers of an answer the protocol writes itself."""
+        return b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in headers), b"\r\n"])
+
     class Protocol(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
         # the lane's request being read: [model, header_len, body so far]
@@ -652,14 +657,11 @@ def protocol_class(limits: Limits, app: App | None = None) -> type:
         def _answer(self, status: int, body: bytes | list[bytes], headers: list, close: bool) -> None:
             parts = body if isinstance(body, list) else [body]
             close = close or self._close_after_lane or not self.parser.should_keep_alive()
-            head = [STATUS_LINE[status]]
-            for name, value in (*self.server_state.default_headers,
-                                (b"content-length", b"%d" % sum(len(p) for p in parts)), *headers):
-                head += (name, b": ", value, b"\r\n")
+            fields = [*self.server_state.default_headers, (b"content-length", b"%d" % sum(len(p) for p in parts)),
+                      *headers]
             if close:
-                head.append(b"connection: close\r\n")
-            head.append(b"\r\n")
-            self.transport.writelines([b"".join(head), *parts])
+                fields.append((b"connection", b"close"))
+            self.transport.writelines([_head(status, fields), *parts])
             self.on_response_complete()  # sends it; keep-alive and pipelining as after any answer
             if close:
                 self.transport.close()
@@ -707,9 +709,8 @@ def protocol_class(limits: Limits, app: App | None = None) -> type:
             if self.transport.is_closing():
                 return
             body = dumps({"error": message})
-            reason = {408: b"Request Timeout", 503: b"Service Unavailable"}[status]
-            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                                 b"connection: close\r\n\r\n%s" % (status, reason, len(body), body))
+            self.transport.write(_head(status, [JSON_CT, (b"content-length", b"%d" % len(body)),
+                                                (b"connection", b"close")]) + body)
             self.transport.close()
 
     return Protocol
