@@ -7,7 +7,9 @@ client runs pinned to the client CPU, one keep-alive connection per concurrent s
 encoded once. Every round runs each case once (the order alternates between rounds), so a shared
 machine's changing load falls on both sides alike. Also measured in the same rounds: the binary
 tensor path of `hosttune serve` at concurrency 1 against the in-process latency of the model (a
-synchronous infer loop on the server CPU, same properties).
+synchronous infer loop on the server CPU, same properties), both with the server's default and
+from a second `hosttune serve` that polls for the next request after each answer
+(`--idle-poll-us`, the latency profile's 1000 by default; the JSON cases run against the default).
 
     python benchmarks/serve_peer.py --rounds 3 --duration 5 --out /tmp/peer
 
@@ -155,6 +157,8 @@ def main() -> int:
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--config", default='{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}',
                     help="OpenVINO properties of both servers")
+    ap.add_argument("--idle-poll-us", type=int, default=1000,
+                    help="--idle-poll-us of the second hosttune server (the binary case with polling)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops its servers (finally)
@@ -171,7 +175,7 @@ def main() -> int:
 
     import numpy as np
 
-    from hosttune.bench.httpclient import binary_request
+    from hosttune.bench.httpclient import binary_request, run
 
     x = np.random.default_rng(7).random((1, 3, 112, 112)).astype(np.float32)
     json_body = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
@@ -183,11 +187,14 @@ def main() -> int:
           f"servers on CPU {args.server_cpu}, client on CPU {args.client_cpu}, OpenVINO {config}", flush=True)
 
     ours = Server("--repo", repo, "--model", "sample", "--cpus", str(args.server_cpu), "--config", json.dumps(config))
+    polling = Server("--repo", repo, "--model", "sample", "--cpus", str(args.server_cpu), "--config",
+                     json.dumps(config), "--idle-poll-us", str(args.idle_poll_us))
     peer_port = free_port()
     peer = start_peer(model_xml, config, args.server_cpu, peer_port)
     os.sched_setaffinity(0, {args.client_cpu})
     cases = [(f"{side} JSON c{c}", side, c) for c in concurrencies for side in ("hosttune", "peer")]
-    cases += [("hosttune binary c1", "binary", 1), ("in-process", "inprocess", 1)]
+    poll_case = f"hosttune binary c1 poll {args.idle_poll_us} us"
+    cases += [("hosttune binary c1", "binary", 1), (poll_case, "binary-poll", 1), ("in-process", "inprocess", 1)]
     results: dict[str, list[dict]] = {name: [] for name, _, _ in cases}
     path = "/v2/models/sample/infer"
     try:
@@ -197,18 +204,18 @@ def main() -> int:
                 if side == "inprocess":
                     r = inprocess(model_xml, config, args.server_cpu, args.duration, args.warmup)
                 else:
-                    port = peer_port if side == "peer" else ours.port
-                    body, headers = (bin_body, bin_headers) if side == "binary" else (json_body, json_headers)
-                    r = asyncio.run(load(port, path, body, headers, c, args.duration, args.warmup))
+                    port = {"peer": peer_port, "binary-poll": polling.port}.get(side, ours.port)
+                    body, headers = (bin_body, bin_headers) if side.startswith("binary") else (json_body, json_headers)
+                    r = run(load(port, path, body, headers, c, args.duration, args.warmup))
                 results[name].append(r)
                 print(f"round {k + 1}/{args.rounds} {name:<20} {r['throughput']:7.1f} req/s  p50 {r['p50_ms']:7.2f} ms  "
                       f"p99 {r['p99_ms']:7.2f} ms  errors {r['errors']}  load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
-        code = ours.stop()
+        codes = [ours.stop(), polling.stop()]
         peer.send_signal(signal.SIGTERM)
         peer.wait(timeout=30)
-    if code != 0:
-        print(f"hosttune serve exited with {code}", file=sys.stderr)
+    if any(codes):
+        print(f"hosttune serve exited with {codes}", file=sys.stderr)
 
     summary: dict = {"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "rounds": args.rounds,
                      "duration_s": args.duration, "json_body_bytes": len(json_body), "values": int(x.size),
@@ -231,9 +238,11 @@ def main() -> int:
         p50 = median([x["p50_ms"] / y["p50_ms"] for x, y in zip(a, b)])
         verdicts[f"c{c}"] = {"throughput_ratio": thr, "p50_ratio": p50}
         print(f"JSON c{c}: hosttune / peer throughput {thr:.2f}x, p50 {p50:.2f}x (median of the per-round ratios)")
-    diff = median([x["p50_ms"] - y["p50_ms"] for x, y in zip(results["hosttune binary c1"], results["in-process"])])
-    verdicts["binary_c1_minus_inprocess_p50_ms"] = diff
-    print(f"binary c1 p50 - in-process p50: {diff:+.3f} ms (median of the per-round differences)")
+    for name, key in (("hosttune binary c1", "binary_c1_minus_inprocess_p50_ms"),
+                      (poll_case, "binary_c1_poll_minus_inprocess_p50_ms")):
+        diff = median([x["p50_ms"] - y["p50_ms"] for x, y in zip(results[name], results["in-process"])])
+        verdicts[key] = diff
+        print(f"{name[9:]} p50 - in-process p50: {diff:+.3f} ms (median of the per-round differences)")
     summary["ratios"] = verdicts
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)

@@ -389,6 +389,8 @@ def main() -> int:
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--stub", choices=["spin"], help="replace the inference by a spin of its length")
     ap.add_argument("--config", default='{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}')
+    ap.add_argument("--idle-poll-us", type=int, default=0, help="hosttune serve's --idle-poll-us (the leanest "
+                                                                   "server never polls)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.requests <= args.warmup:
@@ -410,7 +412,7 @@ def main() -> int:
         env["HOSTTUNE_TIMELINE_STUB"] = args.stub
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     srv = Server("--repo", repo, "--model", "sample", "--cpus", str(args.server_cpu), "--config", args.config,
-                 env=env)
+                 "--idle-poll-us", str(args.idle_poll_us), env=env)
     request = request_head("POST", "/v2/models/sample/infer", "127.0.0.1", srv.port, len(body), headers) + body
     print(f"server on CPU {args.server_cpu} (pid {srv.proc.pid}), client on CPU {args.client_cpu}: "
           f"{args.requests} binary requests of {len(request)} bytes{', inference stubbed' if args.stub else ''}",

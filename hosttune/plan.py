@@ -175,6 +175,8 @@ def _instances(topo: Topology, node_rows: list[dict[str, Any]], policy: dict[str
             "models": models,
             "openvino": settings,
             "streams": streams,
+            # `hosttune serve` polls for the next request this long after each answer (OVMS does not)
+            "idle_poll_us": want["idle_poll_us"],
             "ovms": {
                 "nireq": nireq,
                 "target_device": "CPU",
@@ -278,5 +280,6 @@ def render(plan: dict[str, Any]) -> str:
         for inst in plan["instances"]:
             props = ", ".join(f"{k}={v}" for k, v in inst["openvino"].items())
             lines.append(f"  {inst['name']}: cpus {inst['cpus_list']} mems {inst['mems_list']} "
-                         f"{inst['bind']}:{inst['port']} nireq {inst['ovms']['nireq']} [{props}]")
+                         f"{inst['bind']}:{inst['port']} nireq {inst['ovms']['nireq']}"
+                         f"{' idle poll %d us' % inst['idle_poll_us'] if inst.get('idle_poll_us') else ''} [{props}]")
     return "\n".join(lines)

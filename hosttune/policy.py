@@ -70,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
         # OpenVINO's INFERENCE_PRECISION_HINT: null leaves OpenVINO's default, which runs FP32
         # models in BF16 on CPUs with AVX512-BF16/AMX; f32 keeps FP32 numbers on every host
         "inference_precision": None,
+        # microseconds an instance polls for the next request after each answer instead of
+        # sleeping (`hosttune serve --idle-poll-us`): null derives it from the profile
+        "idle_poll_us": None,
     },
     # other tuning daemons that rewrite governors, EPP and sysctls: stop (and restore starts them
     # again) | keep (with a warning) | refuse (no plan while one runs)
@@ -95,7 +98,11 @@ _CHOICES = {
     "instances.inference_precision": (None, "f32", "bf16", "f16"),
 }
 _ISOLCPUS_FLAGS = ("managed_irq", "domain", "nohz")
-_OPTIONAL_INT = {"cstates.max_latency_us", "instances.threads_per_stream", "instances.grpc_base_port"}
+_OPTIONAL_INT = {"cstates.max_latency_us", "instances.threads_per_stream", "instances.grpc_base_port",
+                 "instances.idle_poll_us"}
+# an instance's polling after each answer: at most a second (the latency profile's is 1 ms)
+MAX_IDLE_POLL_US = 1_000_000
+IDLE_POLL_US = {"latency": 1000, "throughput": 0}
 _OPTIONAL_STR = {"cpufreq.epp", "housekeeping.cpus", "isolation.cpus", "instances.inference_precision"}
 
 
@@ -301,6 +308,12 @@ def _check_values(p: dict[str, Any]) -> None:
             raise PolicyError(f"must be a TCP port (1-65535), got {brief(port)}", f"instances.{field}")
     if p["instances"]["grpc_base_port"] is None:  # the plan checks that the ports fit and differ
         p["instances"]["grpc_base_port"] = p["instances"]["base_port"] + 100
+    poll = p["instances"]["idle_poll_us"]
+    if poll is None:
+        p["instances"]["idle_poll_us"] = IDLE_POLL_US[p["profile"]]
+    elif poll > MAX_IDLE_POLL_US:
+        raise PolicyError(f"must be 0 to {MAX_IDLE_POLL_US} microseconds or null, got {brief(poll)}",
+                          "instances.idle_poll_us")
     p["instances"]["bind"] = _bind_field(p["instances"]["bind"])
     p["instances"]["model"] = _models_field(p["instances"]["model"])
     for area in p["required"]:

@@ -215,13 +215,9 @@ def _read_event(proc: subprocess.Popen, progress: Progress) -> dict[str, Any]:
 # -- over HTTP ----------------------------------------------------------------------------------
 def run_http(targets: list[Target], runs: int, warmup_s: float, duration_s: float, concurrency: int,
              progress: Progress) -> None:
-    try:
-        import uvloop
+    from hosttune.bench.httpclient import run
 
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    runner(_http_main(targets, runs, warmup_s, duration_s, concurrency, progress))
+    run(_http_main(targets, runs, warmup_s, duration_s, concurrency, progress))
 
 
 async def _http_main(targets: list[Target], runs: int, warmup_s: float, duration_s: float, concurrency: int,

@@ -13,6 +13,7 @@ from typing import Any
 
 from hosttune import cpulist
 from hosttune.errors import HosttuneError
+from hosttune.policy import MAX_IDLE_POLL_US
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a client has to send a "
                                                                     "request's body (408 after)")
     p.add_argument("--max-connections", type=int, default=512, help="open connections at most (503 above)")
+    p.add_argument("--idle-poll-us", type=int, metavar="US",
+                   help="after each answer, poll for the next request for this many microseconds instead "
+                        "of sleeping: no CPU wake-up between back-to-back requests, one CPU busy while "
+                        f"they come (0: off; at most {MAX_IDLE_POLL_US}; default: the plan instance's, else 0)")
     p.set_defaults(func=cmd_serve)
 
     m = subparsers.add_parser("model", help="model repository: prepare (convert/quantize), sample, list, check")
@@ -212,6 +217,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name in ("header_timeout", "body_timeout", "max_connections"):
         if not 0 < getattr(args, name) < float("inf"):
             raise HosttuneError("must be a positive number", where="--" + name.replace("_", "-"))
+    idle_poll_us = args.idle_poll_us if args.idle_poll_us is not None else (instance or {}).get("idle_poll_us") or 0
+    if isinstance(idle_poll_us, bool) or not isinstance(idle_poll_us, int) or not 0 <= idle_poll_us <= MAX_IDLE_POLL_US:
+        raise HosttuneError(f"must be 0 to {MAX_IDLE_POLL_US} microseconds, got {idle_poll_us!r}",
+                            where="--idle-poll-us" if args.idle_poll_us is not None else "the plan's idle_poll_us")
     cpus = cpulist.parse(args.cpus, where="--cpus") if args.cpus else (instance or {}).get("cpus")
 
     from hosttune.serve.server import App, Limits, bind_socket, serve_forever
@@ -233,7 +242,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
-    serve_forever(app, sock, host, limits=Limits(args.header_timeout, args.body_timeout, args.max_connections))
+    serve_forever(app, sock, host, limits=Limits(args.header_timeout, args.body_timeout, args.max_connections),
+                  idle_poll_us=idle_poll_us)
     return 0
 
 
