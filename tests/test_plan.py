@@ -51,6 +51,16 @@ def test_inference_precision_reaches_openvino_and_ovms(make_tree, profile):
     assert inst["ovms"]["plugin_config"]["INFERENCE_PRECISION_HINT"] == "f32"
 
 
+def test_instances_carry_the_idle_poll(make_tree):
+    tree = make_tree(sockets=2, cores_per_node=4)
+    latency = make(tree, {})
+    assert [i["idle_poll_us"] for i in latency["instances"]] == [1000, 1000]
+    assert "idle poll 1000 us" in plan.render(latency)
+    throughput = make(tree, {"profile": "throughput"})
+    assert [i["idle_poll_us"] for i in throughput["instances"]] == [0, 0]
+    assert "idle poll" not in plan.render(throughput)
+
+
 def test_irqs_follow_their_numa_node_not_their_socket(make_tree):
     """2 sockets x 2 nodes: node 1 is on socket 0. A device on node 1 gets node 1's housekeeping
     CPU, not socket 1's (or node 0's, which shares its socket)."""

@@ -12,6 +12,13 @@ def test_defaults_per_profile():
     assert thr["cpufreq"]["turbo"] == "keep" and thr["thp"] == "madvise"
 
 
+def test_idle_poll_is_derived_from_the_profile_unless_given():
+    assert policy.validate({})["instances"]["idle_poll_us"] == 1000
+    assert policy.validate({"profile": "throughput"})["instances"]["idle_poll_us"] == 0
+    assert policy.validate({"profile": "throughput", "instances": {"idle_poll_us": 250}})["instances"]["idle_poll_us"] == 250
+    assert policy.validate({"instances": {"idle_poll_us": 0}})["instances"]["idle_poll_us"] == 0
+
+
 def test_user_values_merge_over_defaults():
     p = policy.validate({"housekeeping": {"cores_per_node": 2}, "sysctls": {"vm.swappiness": 1}})
     assert p["housekeeping"] == {"cores_per_node": 2, "cpus": None}
@@ -100,6 +107,10 @@ def test_policy_file_errors_name_the_file(tmp_path):
     ({"instances": {"model": "a:1x"}}, "instances.model"),
     ({"instances": {"model": "a:١"}}, "instances.model"),  # a digit, but not an ASCII one
     ({"instances": {"model": [{"name": "a"}]}}, "instances.model"),
+    ({"instances": {"idle_poll_us": 1_000_001}}, "instances.idle_poll_us"),
+    ({"instances": {"idle_poll_us": -1}}, "instances.idle_poll_us"),
+    ({"instances": {"idle_poll_us": True}}, "instances.idle_poll_us"),
+    ({"instances": {"idle_poll_us": "1ms"}}, "instances.idle_poll_us"),
     ({"instances": {"grpc_base_port": 0}}, "instances.grpc_base_port"),
     ({"instances": {"grpc_base_port": 70000}}, "instances.grpc_base_port"),
     ({"cpufreq": {"governor": "performance\nx"}}, "cpufreq.governor"),

@@ -349,6 +349,102 @@ def test_direct_lane_request_is_answered_in_a_graceful_shutdown(models):
     assert not thread.is_alive()
 
 
+def _binary_post(x: np.ndarray, request_id: str, cut: int = 0) -> bytes:
+    """A binary infer request for the trivial model; `cut` bytes short of its declared data."""
+    header = json.dumps({"id": request_id, "inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                                                       "parameters": {"binary_data_size": x.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    body = header + x.tobytes()[:x.nbytes - cut]
+    return (f"POST /v2/models/trivial/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
+            f"Inference-Header-Content-Length: {len(header)}\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize("nireq", [1, 2])  # the direct lane, the ASGI path
+def test_a_repeated_binary_header_answers_each_body(models, nireq):
+    """A client sends the same JSON header with every binary request; the server reuses what it
+    made of the last one, but each answer is that of its own body, a shorter body is still refused,
+    and another header is read afresh."""
+    rng = np.random.default_rng(12)
+    xs = [rng.random((1, 16)).astype(np.float32) for _ in range(3)]
+    srv = Server("--repo", str(models), "--model", "trivial", "--nireq", str(nireq), "--config",
+                 json.dumps({"NUM_STREAMS": nireq}))
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as conn:
+            sent = [(_binary_post(xs[0], "a"), xs[0], "a"), (_binary_post(xs[1], "a"), xs[1], "a"),
+                    (_binary_post(xs[2], "a", cut=4), None, "a"), (_binary_post(xs[2], "a"), xs[2], "a"),
+                    (_binary_post(xs[0], "b"), xs[0], "b"), (_binary_post(xs[1], "a"), xs[1], "a")]
+            for request, x, request_id in sent:
+                conn.sendall(request)
+                (head, body), = _read_answers(conn, 1)
+                if x is None:
+                    assert head.startswith(b"HTTP/1.1 400") and b"runs past the body" in body, (head, body)
+                    continue
+                assert head.startswith(b"HTTP/1.1 200"), (head, body)
+                n = int(re.search(rb"inference-header-content-length: (\d+)", head).group(1))
+                assert json.loads(body[:n])["id"] == request_id
+                np.testing.assert_array_equal(np.frombuffer(body[n:], np.float32).reshape(1, 16), x + 1)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_only_small_binary_only_headers_are_remembered(models):
+    """What a request's header made is kept per model, and only for a header of at most 4 KiB whose
+    inputs are all binary: memory stays bounded whatever the clients send."""
+    from hosttune.model.repo import find
+    from hosttune.serve.engine import ServedModel
+    from hosttune.serve.server import App, _run_to_end
+
+    model = ServedModel(ov.Core(), find(str(models), "trivial", None), {"PERFORMANCE_HINT": "LATENCY"})
+    app = App([model])
+    x = np.arange(16, dtype=np.float32).reshape(1, 16)
+
+    def infer(header: dict, data: bytes = x.tobytes()) -> int:
+        head = json.dumps(header).encode()
+        return _run_to_end(app.infer(model, bytearray(head + data), len(head)))[0]
+
+    binary = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
+                          "parameters": {"binary_data_size": x.nbytes}}]}
+    assert infer({**binary, "id": "x" * 5000}) == 200 and app._layouts == {}
+    assert infer({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": x.ravel().tolist()}]},
+                 b"") == 200 and app._layouts == {}
+    assert infer(binary) == 200 and len(app._layouts) == 1
+    for i in range(50):
+        assert infer({**binary, "id": str(i)}) == 200
+    assert len(app._layouts) == 1 and b'"id":"49"' in app._layouts["trivial"][0].replace(b" ", b"")
+
+
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def test_idle_poll_polls_after_an_answer_then_sleeps(models):
+    """--idle-poll-us: after an answer the server polls for the next request (its CPU busy) for
+    that long, then sleeps again (its CPU idle); it still stops cleanly."""
+    srv = Server("--repo", str(models), "--model", "trivial", "--idle-poll-us", "600000", "--config",
+                 '{"PERFORMANCE_HINT": "LATENCY"}')
+    try:
+        assert "idle poll 600000 us" in srv.banner
+        time.sleep(1.0)
+        before = _cpu_seconds(srv.proc.pid)
+        time.sleep(0.5)
+        assert _cpu_seconds(srv.proc.pid) - before < 0.1  # asleep before any request
+        assert request(srv, "POST", "/v2/models/trivial/infer", _infer_body([1, 16]))[0] == 200
+        before = _cpu_seconds(srv.proc.pid)
+        time.sleep(0.4)
+        busy = _cpu_seconds(srv.proc.pid) - before
+        assert busy > 0.15, busy  # polling
+        time.sleep(0.5)
+        before = _cpu_seconds(srv.proc.pid)
+        time.sleep(0.5)
+        assert _cpu_seconds(srv.proc.pid) - before < 0.1  # the window is over
+        assert request(srv, "POST", "/v2/models/trivial/infer", _infer_body([1, 16]))[0] == 200
+    finally:
+        assert srv.stop() == 0  # SIGTERM while polling
+
+
 def test_binary_data_output_makes_every_output_binary(server, models):
     """`"parameters": {"binary_data_output": true}` on a plain JSON request: all outputs come back
     as binary data after the JSON header; an output that asks for JSON still gets JSON."""
@@ -592,6 +688,9 @@ def test_start_errors_are_one_line_exit_2(models, tmp_path):
     assert r.returncode == 2 and "not both" in r.stderr
     r = serve("--repo", str(models), "--model", "trivial", "--config", "{nope")
     assert r.returncode == 2 and "--config" in r.stderr
+    for value in ("1000001", "-1"):
+        r = serve("--repo", str(models), "--model", "trivial", "--idle-poll-us", value)
+        assert r.returncode == 2 and "--idle-poll-us" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_plan_instance_sets_port_cpus_and_openvino(models, tmp_path):
@@ -601,13 +700,13 @@ def test_plan_instance_sets_port_cpus_and_openvino(models, tmp_path):
         "name": "node0", "node": 0, "cpus": [cpu], "cpus_list": str(cpu), "mems": [0], "mems_list": "0",
         "cores": 1, "port": port, "bind": "127.0.0.1", "model": "tiny", "streams": 1,
         "openvino": {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": True},
-        "ovms": {"nireq": 1}}]}
+        "ovms": {"nireq": 1}, "idle_poll_us": 1000}]}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     proc = subprocess.Popen([*HOSTTUNE, "serve", "--plan", str(tmp_path / "plan.json"), "--plan-instance", "node0",
                              "--repo", str(models)], stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()
-        assert f"127.0.0.1:{port}" in line and "tiny:1 (streams 1, nireq 1)" in line, line
+        assert f"127.0.0.1:{port}" in line and "tiny:1 (streams 1, nireq 1), idle poll 1000 us" in line, line
         assert os.sched_getaffinity(proc.pid) == {cpu}
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         conn.request("GET", "/v2/models/tiny")
