@@ -445,6 +445,42 @@ def test_idle_poll_polls_after_an_answer_then_sleeps(models):
         assert srv.stop() == 0  # SIGTERM while polling
 
 
+def test_idle_poll_yields_to_other_threads_and_ends():
+    """The event loop polls (its thread busy) after extend() until the window ends, and stops at
+    once while another thread works on a request: it must not take that thread's CPU."""
+    import uvloop
+
+    from hosttune.serve.server import IdlePoll
+
+    busy = [False]
+
+    async def main() -> list[tuple[bool, float]]:
+        loop = asyncio.get_running_loop()
+        poll = IdlePoll(0.3, lambda: busy[0])
+        seen = []
+
+        async def phase(seconds: float) -> None:
+            start = time.thread_time()
+            await asyncio.sleep(seconds)
+            seen.append((poll.loop is not None, (time.thread_time() - start) / seconds))
+
+        poll.extend(loop)
+        await phase(0.1)  # polling
+        busy[0] = True
+        await phase(0.1)  # another thread is busy: stopped
+        busy[0] = False
+        poll.extend(loop)
+        await phase(0.1)  # polling again
+        await asyncio.sleep(0.25)
+        await phase(0.1)  # the window is over
+        return seen
+
+    seen = uvloop.run(main())
+    assert [polling for polling, _ in seen] == [True, False, True, False], seen
+    assert seen[0][1] > 0.3 and seen[2][1] > 0.3, seen  # the thread kept its CPU busy
+    assert seen[1][1] < 0.2 and seen[3][1] < 0.2, seen  # and slept
+
+
 def test_binary_data_output_makes_every_output_binary(server, models):
     """`"parameters": {"binary_data_output": true}` on a plain JSON request: all outputs come back
     as binary data after the JSON header; an output that asks for JSON still gets JSON."""
