@@ -931,3 +931,20 @@ def test_serve_timeline_benchmark_splits_a_request(tmp_path):
         assert p50["beyond inference"] < p50["total"] and p50["inference"] < p50["total"]
     assert summary["raw_floor_p50_us"] > 0
     assert "<svg" in (out / "report.html").read_text()
+
+
+def test_idle_wakeup_benchmark_measures_every_case(tmp_path):
+    """benchmarks/idle_wakeup.py (the measurement behind --idle-poll-us): a short run gives a p50
+    per case and round, and a picture."""
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "idle_wakeup.py")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, script, "--rounds", "2", "--count", "20", "--gap-us", "200",
+                          "--cpu", str(cpu), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["p50_us"]) == {"back to back", "after a sleep", "after a busy wait", "after a 150 kB copy"}
+    assert all(len(v) == 2 and all(x > 0 for x in v) for v in summary["p50_us_per_round"].values())
+    assert "<svg" in (out / "report.html").read_text()
+    bad = subprocess.run([sys.executable, script, "--gap-us", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--gap-us" in bad.stderr

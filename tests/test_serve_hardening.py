@@ -205,6 +205,38 @@ def test_trickled_body_gets_408_and_the_connection_closed(server):
     assert_serving(server)
 
 
+def test_each_phase_keeps_its_own_deadline(models):
+    """Headers get --header-timeout, a body --body-timeout from the end of its headers, the next
+    request on the connection --header-timeout again: each phase's deadline holds, whether it comes
+    after a shorter or a longer one."""
+    srv = Server("--repo", str(models), "--header-timeout", "1", "--body-timeout", "5")
+    try:
+        body = infer_body().encode()
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+            s.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body), body[:5]))
+            time.sleep(1.8)  # past the header timeout, within the body timeout
+            s.sendall(body[5:])
+            started = time.monotonic()
+            s.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHo")  # the next request: no more
+            data = read_reply(s, 30)
+            waited = time.monotonic() - started
+        first, _, second = data.partition(b"HTTP/1.1 408")
+        assert first.startswith(b"HTTP/1.1 200"), data
+        assert b"request headers not received in time" in second, data
+        assert 0.7 < waited < 2.0, waited
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+            s.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+                      % (len(body), body[:5]))
+            started = time.monotonic()
+            reply = read_reply(s, 30)
+            waited = time.monotonic() - started
+        assert reply.startswith(b"HTTP/1.1 408") and b"request body not received in time" in reply, reply
+        assert 4.7 < waited < 6.5, waited
+    finally:
+        assert srv.stop() == 0
+
+
 @contextlib.contextmanager
 def _connections(srv, count: int):
     """`count` open connections to the server, closed at the end."""
