@@ -242,7 +242,7 @@ def main() -> int:
                       (poll_case, "binary_c1_poll_minus_inprocess_p50_ms")):
         diff = median([x["p50_ms"] - y["p50_ms"] for x, y in zip(results[name], results["in-process"])])
         verdicts[key] = diff
-        print(f"{name[9:]} p50 - in-process p50: {diff:+.3f} ms (median of the per-round differences)")
+        print(f"{name.removeprefix('hosttune ')} p50 - in-process p50: {diff:+.3f} ms (median of the per-round differences)")
     summary["ratios"] = verdicts
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)

@@ -14,6 +14,7 @@ from typing import Any
 from hosttune import cpulist
 from hosttune.errors import HosttuneError
 from hosttune.policy import MAX_IDLE_POLL_US
+from hosttune.safeyaml import brief
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -219,7 +220,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise HosttuneError("must be a positive number", where="--" + name.replace("_", "-"))
     idle_poll_us = args.idle_poll_us if args.idle_poll_us is not None else (instance or {}).get("idle_poll_us") or 0
     if isinstance(idle_poll_us, bool) or not isinstance(idle_poll_us, int) or not 0 <= idle_poll_us <= MAX_IDLE_POLL_US:
-        raise HosttuneError(f"must be 0 to {MAX_IDLE_POLL_US} microseconds, got {idle_poll_us!r}",
+        raise HosttuneError(f"must be 0 to {MAX_IDLE_POLL_US} microseconds, got {brief(idle_poll_us)}",
                             where="--idle-poll-us" if args.idle_poll_us is not None else "the plan's idle_poll_us")
     cpus = cpulist.parse(args.cpus, where="--cpus") if args.cpus else (instance or {}).get("cpus")
 
