@@ -1,7 +1,8 @@
 """What a sleeping CPU costs the next inference: the sample model's synchronous infer() on one
 CPU, back to back, after a sleep, after a busy wait of the same length, and after copying a
 request-sized buffer. A server's CPU sleeps between two requests of a back-to-back client; this is
-the measurement behind `hosttune serve --idle-poll-us` (docs/serve-and-bench.md).
+the measurement behind `hosttune serve --idle-poll-us` (docs/serve-and-bench.md; its runs are in
+docs/measurements.md).
 
     python benchmarks/idle_wakeup.py --rounds 4 --gap-us 300 --out /tmp/wakeup
 
