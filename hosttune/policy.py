@@ -294,7 +294,7 @@ def _check_type(f: Field, value: Any, field: str) -> None:
         if not isinstance(value, str):
             raise PolicyError(f"must be a string, got {brief(value)}", where=field)
     if f.choices is not None and value not in f.choices:
-        names = ", ".join("null" if c is None else c for c in f.choices)
+        names = ", ".join("null" if c is None else str(c) for c in f.choices)
         raise PolicyError(f"must be one of {names}, got {brief(value)}", where=field)
 
 
