@@ -249,7 +249,7 @@ def validate(raw: Any, source: str = "policy") -> dict[str, Any]:
     checked: list[tuple[dict[str, Any], str, Field]] = []
     _check_types(merged, tree, "", checked)
     for values, key, f in checked:  # every type first, then each field's own check
-        if f.check is not None and values[key] is not None:
+        if f.check is not None and not (values[key] is None and f.type.endswith("?")):  # null passes "?"
             values[key] = f.check(values[key], f.path)
     _check_across(merged)
     return merged

@@ -441,7 +441,8 @@ class Field:
     type: str
     doc: str = ""
     choices: tuple[Any, ...] | None = None
-    # (value, path) -> the canonical value; raises PolicyError(where=path). Runs after every type check.
+    # (value, path) -> the canonical value; raises PolicyError(where=path). Runs after every type
+    # check, on any value but the null of an int? or str? field
     check: Callable[[Any, str], Any] | None = None
     profiles: dict[str, Any] = field(default_factory=dict)  # the default where a profile differs
 
