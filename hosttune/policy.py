@@ -111,7 +111,8 @@ _HEAD = (
           doc="whole cores kept for the OS on every node (SMT siblings together)"),
     Field("housekeeping.cpus", None, "str?", check=_cpus, doc='or an explicit cpulist, e.g. "0,32"'),
     Field("isolation.enabled", True, "bool"),
-    Field("isolation.cpus", None, "str?", check=_cpus, doc="or an explicit cpulist to isolate (the rest: housekeeping)"),
+    Field("isolation.cpus", None, "str?", check=_cpus,
+          doc="or an explicit cpulist to isolate (the rest: housekeeping)"),
 )
 _TAIL = (
     Field("instances.enabled", True, "bool"),
@@ -129,7 +130,8 @@ _TAIL = (
           doc="f32 | bf16 | f16 | null (OpenVINO's default: BF16 on AVX512-BF16/AMX CPUs)"),
     Field("instances.idle_poll_us", None, "int?", check=_idle_poll,
           doc="hosttune serve polls this long after each answer; null: 1000 latency, 0 throughput"),
-    Field("required", [], "list", check=_required, doc="areas that must be supported, e.g. [cpufreq, turbo, kernel_args]"),
+    Field("required", [], "list", check=_required,
+          doc="areas that must be supported, e.g. [cpufreq, turbo, kernel_args]"),
 )
 
 
@@ -140,7 +142,8 @@ def fields() -> list[Field]:
 
 @functools.lru_cache(maxsize=4)
 def _schema(registry: tuple[Any, ...]) -> dict[str, Any]:
-    """{top-level key: Field, or {key: Field} for a section}, in order of first appearance."""
+    """{top-level key: Field, or {key: Field} for a section}, in order of first appearance
+    (`registry`, the one fields() reads, is the cache key)."""
     tree: dict[str, Any] = {}
     for f in fields():
         section, _, key = f.path.partition(".")

@@ -146,8 +146,8 @@ def test_only_accepts_the_registry_and_nothing_else(capsys):
 # -- the contract -----------------------------------------------------------------------------------
 def _module(name, **parts):
     module = types.ModuleType(f"hosttune_test_{name}")
-    base = {"NAME": name, "BOOT": False, "POLICY": (), **{p: (lambda *a: None) for p in
-                                                            ("discover", "show", "plan", "describe", "items", "refresh")}}
+    functions = ("discover", "show", "plan", "describe", "items", "refresh")
+    base = {"NAME": name, "BOOT": False, "POLICY": (), **{p: (lambda *a: None) for p in functions}}
     vars(module).update({**base, **parts})
     return module
 
@@ -187,6 +187,14 @@ def test_optional_parts_have_defaults():
 def test_two_areas_with_one_name_are_refused(registry):
     with pytest.raises(TypeError, match="area names must differ"):
         registry([*(a.module for a in areas.REGISTRY), _module("thp")])
+
+
+def test_a_key_declared_twice_is_an_error_naming_it(registry):
+    from hosttune.areas.base import Field
+
+    registry([*(a.module for a in areas.REGISTRY), _module("again", POLICY=(Field("irqs.pin", True, "bool"),))])
+    with pytest.raises(TypeError, match="policy field irqs.pin is declared twice"):
+        policy.validate({})
 
 
 def test_nothing_asks_an_area_whether_it_has_a_part():

@@ -20,9 +20,10 @@ optional (the default when a module leaves it out):
   verify_rows(plan, host, row) -> [row]     checks beyond its items (the running kernel)   ([])
   reboot_required(plan, fs) -> bool                                               (False)
 
-Adding an area is one module and one line in REGISTRY: the policy, the plan, apply / verify /
-restore, --only and `hosttune plan` follow; tests/test_registry.py pins the lists that cannot
-import this one (the Ansible module, the roles' choices, the docs) to it.
+Adding an area is one module and one entry in the use(...) line below: the policy, the plan,
+apply / verify / restore, --only and `hosttune plan` follow; tests/test_registry.py pins what
+cannot import this registry to it (the roles' area lists, the docs, the README's policy block;
+the Ansible module keeps no list: the hosttune on the host checks --only).
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ MAX_MHZ = 100_000
 def _lock(value: Any, path: str) -> Any:
     if not (value in ("base", "max", "none")
             or (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_MHZ)):
-        raise PolicyError(f"must be base, max, none or a frequency in MHz (1-{MAX_MHZ}), got {brief(value)}", where=path)
+        raise PolicyError(f"must be base, max, none or a frequency in MHz (1-{MAX_MHZ}), got {brief(value)}",
+                          where=path)
     return value
 
 

@@ -11,7 +11,8 @@ from hosttune.sysfs import HostFS
 NAME = "thp"
 BOOT = False
 ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
-POLICY = (Field("thp", "never", "str", choices=("always", "madvise", "never", "keep"), profiles={"throughput": "madvise"},
+POLICY = (Field("thp", "never", "str", choices=("always", "madvise", "never", "keep"),
+                profiles={"throughput": "madvise"},
                 doc="always | madvise | never | keep"),)
 
 
