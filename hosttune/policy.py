@@ -146,6 +146,13 @@ def _schema(registry: tuple[Any, ...]) -> dict[str, Any]:
     (`registry`, the one fields() reads, is the cache key)."""
     tree: dict[str, Any] = {}
     for f in fields():
+        if set(f.profiles) - set(PROFILES):
+            raise TypeError(f"policy field {f.path}: unknown profile in {sorted(f.profiles)}")
+        for profile in PROFILES:  # a declared default must pass its own checks
+            try:
+                _check_type(f, _default(f, profile), f.path)
+            except PolicyError as exc:
+                raise TypeError(f"policy field {f.path}: the {profile} default {exc.message}") from None
         section, _, key = f.path.partition(".")
         if key:
             node = tree.setdefault(section, {})

@@ -197,6 +197,14 @@ def test_a_key_declared_twice_is_an_error_naming_it(registry):
         policy.validate({})
 
 
+def test_a_default_that_fails_its_own_type_is_an_error_naming_it(registry):
+    from hosttune.areas.base import Field
+
+    registry([*(a.module for a in areas.REGISTRY), _module("odd", POLICY=(Field("odd.level", "high", "int"),))])
+    with pytest.raises(TypeError, match="policy field odd.level: the latency default must be an integer"):
+        policy.validate({})
+
+
 def test_nothing_asks_an_area_whether_it_has_a_part():
     for path in ("hosttune/engine.py", "hosttune/areas/__init__.py", "hosttune/plan.py"):
         assert "hasattr(" not in open(os.path.join(REPO, path)).read(), path
