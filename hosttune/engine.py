@@ -219,8 +219,7 @@ def _finish(report: dict[str, Any], plan: dict[str, Any], fs: HostFS, host: Host
     names = {a.area for a in selected}
     report["changed"] = changed
     report["commands"] = host.runner.ran
-    report["reboot_required"] = any(area.reboot_required(plan, fs) for area in areas.REGISTRY
-                                    if area.NAME in names and hasattr(area, "reboot_required"))
+    report["reboot_required"] = any(area.reboot_required(plan, fs) for area in areas.REGISTRY if area.NAME in names)
     return report
 
 
@@ -245,9 +244,7 @@ def verify(plan: dict[str, Any], fs: HostFS, only: list[str] | None = None) -> d
             else:
                 status, reason = "drift", None
             rows.append(_row(item.area, item.name, item.expected(), item.shown(raw), status, reason))
-        module = areas.get(area.area)
-        if hasattr(module, "verify_rows"):
-            rows.extend(module.verify_rows(plan, host, _row))
+        rows.extend(areas.get(area.area).verify_rows(plan, host, _row))
     counts = {k: sum(1 for r in rows if r["status"] == k) for k in ("ok", "drift", "unsupported", "pending-reboot")}
     overall = "drift" if counts["drift"] else ("pending-reboot" if counts["pending-reboot"] else "ok")
     return {"schema": "hosttune.verify/1", "hostname": plan["hostname"], "status": overall,

@@ -272,7 +272,7 @@ def render(plan: dict[str, Any]) -> str:
     if plan["offline"]:
         lines.append(f"offline CPUs (left alone): {cpulist.format(plan['offline'])}")
     lines += [f"warning: {w}" for w in plan.get("warnings", [])]
-    lines += ["", "kernel arguments: " + (" ".join(plan["kernel_args"]) or "(none)"), "", "settings:"]
+    lines += ["", *areas.summary(plan), "", "settings:"]
     for area, setting in plan["settings"].items():
         lines.append(f"  {area:<11} {areas.describe(area, setting)}")
     if plan["instances"]:

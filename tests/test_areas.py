@@ -109,7 +109,7 @@ def _el_tree(tree, folder, entries):
 
 def test_registry_order_and_interface():
     names = [a.NAME for a in areas.REGISTRY]
-    assert names == list(policy.AREAS) and len(set(names)) == len(names)
+    assert names == list(areas.NAMES) and len(set(names)) == len(names)
     # turbo before the frequency lock, governor area before EPP, IRQ pins before irqbalance, boot last
     assert names.index("turbo") < names.index("cpufreq") < names.index("epp")
     assert names.index("irqs") < names.index("irqbalance") and names[-1] == "kernel_args"

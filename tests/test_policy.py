@@ -121,6 +121,12 @@ def test_policy_file_errors_name_the_file(tmp_path):
     ({"housekeeping": {"cpus": "0-100000000000"}}, "housekeeping.cpus"),
     ({"isolation": {"cpus": "0-100000000000"}}, "isolation.cpus"),
     ({"isolation": {"isolcpus_flags": ["x" * 10**6]}}, "isolation.isolcpus_flags"),
+    # null where the key takes no null: refused by the key's own check, not passed on to the plan
+    ({"sysctls": None}, "sysctls"),
+    ({"cpufreq": {"lock": None}}, "cpufreq.lock"),
+    ({"instances": {"nodes": None}}, "instances.nodes"),
+    ({"instances": {"model": None}}, "instances.model"),
+    ({"managers": {"tuned": None}}, "managers.tuned"),
 ])
 def test_hostile_values_name_the_field(raw, field):
     with pytest.raises(PolicyError) as info:

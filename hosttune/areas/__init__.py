@@ -1,7 +1,12 @@
 """The tuning areas and the order they are applied in.
 
-Each area is one module holding everything it knows (see base.py for the parts):
+Each area is one module holding everything it knows (base.py has the building blocks). The
+contract, checked when this registry is built (base.Area.of: a missing or mistyped part is an
+error naming the module):
   NAME, BOOT                  its name in policies, plans and --only; BOOT: takes effect at boot
+  POLICY                      its policy keys: a tuple of base.Field (default, type, choices, check,
+                              per-profile default, its comment in the README's policy block);
+                              hosttune.policy composes them, () for an area without keys
   discover(fs, features, cpus) -> {feature key: facts}   what `topology` reports, read via HostFS
   show(features) -> [line]    its lines in `hosttune topology` (when its facts are not unsupported)
   plan(ctx) -> setting        {"status": "planned" | "unsupported" | "skipped", ...}, pure
@@ -9,21 +14,46 @@ Each area is one module holding everything it knows (see base.py for the parts):
   items(setting, plan, host) -> AreaItems   what apply / verify / restore carry out
   refresh(host, records) -> [Action]        commands that make changed files take effect (records:
                                             the state records of what apply/rollback/restore changed)
-optional:
-  plan_fields(setting) -> {top-level plan field: value}
-  verify_rows(plan, host, row) -> [row]     checks beyond its items (the running kernel)
-  reboot_required(plan, fs) -> bool
+optional (the default when a module leaves it out):
+  plan_fields(setting) -> {top-level plan field: value}        ({})
+  summary(plan) -> [line]     lines above the settings in `hosttune plan`        ([])
+  verify_rows(plan, host, row) -> [row]     checks beyond its items (the running kernel)   ([])
+  reboot_required(plan, fs) -> bool                                               (False)
 
-Adding an area is one module and one line in REGISTRY.
+Adding an area is one module and one entry in the use(...) line below: the policy, the plan,
+apply / verify / restore, --only and `hosttune plan` follow; tests/test_registry.py pins what
+cannot import this registry to it (the roles' area lists, the docs, the README's policy block;
+the Ansible module keeps no list: the hosttune on the host checks --only).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
 from hosttune.areas import cpufreq, cstates, epp, irqbalance, irqs, kernel_args, managers, sysctls, thp, turbo
-from hosttune.areas.base import AreaItems, Host, PlanContext
+from hosttune.areas.base import Area, AreaItems, Field, Host, PlanContext
+
+REGISTRY: tuple[Area, ...] = ()
+NAMES: tuple[str, ...] = ()
+RUNTIME: tuple[str, ...] = ()
+_BY_NAME: dict[str, Area] = {}
+
+
+def use(modules: Sequence[ModuleType]) -> None:
+    """Make `modules` the registry, each checked against the contract. Called once below; a test
+    adds a throwaway area through it. Readers look REGISTRY / NAMES / RUNTIME up here when they
+    run, not at their import, so they follow."""
+    global REGISTRY, NAMES, RUNTIME, _BY_NAME
+    registry = tuple(Area.of(m) for m in modules)
+    names = tuple(area.NAME for area in registry)
+    if len(set(names)) != len(names):
+        raise TypeError(f"area names must differ: {' '.join(names)}")
+    REGISTRY, NAMES = registry, names
+    RUNTIME = tuple(area.NAME for area in registry if not area.BOOT)
+    _BY_NAME = {area.NAME: area for area in registry}
+
 
 # The order apply walks (and restore walks backwards):
 # - managers first: tuned / power-profiles-daemon are stopped before the values they rewrite;
@@ -32,14 +62,10 @@ from hosttune.areas.base import AreaItems, Host, PlanContext
 # - cstates, sysctls, thp are independent of the rest;
 # - irqs before irqbalance: IRQs are pinned before irqbalance rereads which CPUs it may use;
 # - kernel_args last: it is only staged for the next boot.
-REGISTRY: tuple[ModuleType, ...] = (managers, turbo, cpufreq, epp, cstates, sysctls, thp, irqs, irqbalance, kernel_args)
-
-NAMES: tuple[str, ...] = tuple(area.NAME for area in REGISTRY)
-RUNTIME: tuple[str, ...] = tuple(area.NAME for area in REGISTRY if not area.BOOT)
-_BY_NAME = {area.NAME: area for area in REGISTRY}
+use((managers, turbo, cpufreq, epp, cstates, sysctls, thp, irqs, irqbalance, kernel_args))
 
 
-def get(name: str) -> ModuleType:
+def get(name: str) -> Area:
     return _BY_NAME[name]
 
 
@@ -67,9 +93,18 @@ def plan(ctx: PlanContext) -> tuple[dict[str, Any], dict[str, Any]]:
     settings, fields = {}, {}
     for area in REGISTRY:
         setting = settings[area.NAME] = area.plan(ctx)
-        if hasattr(area, "plan_fields"):
-            fields.update(area.plan_fields(setting))
+        fields.update(area.plan_fields(setting))
     return settings, fields
+
+
+def policy_fields() -> list[Field]:
+    """Every area's policy keys, in registry order."""
+    return [f for area in REGISTRY for f in area.POLICY]
+
+
+def summary(plan: dict[str, Any]) -> list[str]:
+    """The areas' lines above the settings in `hosttune plan`."""
+    return [line for area in REGISTRY for line in area.summary(plan)]
 
 
 def describe(name: str, setting: dict[str, Any]) -> str:
@@ -94,5 +129,5 @@ def build(plan: dict[str, Any], host: Host, only: list[str] | None = None) -> li
     return out
 
 
-__all__ = ["REGISTRY", "NAMES", "RUNTIME", "get", "discover", "show", "plan", "describe", "build",
-           "AreaItems", "Host", "PlanContext"]
+__all__ = ["REGISTRY", "NAMES", "RUNTIME", "use", "get", "discover", "show", "plan", "policy_fields", "summary",
+           "describe", "build", "Area", "AreaItems", "Field", "Host", "PlanContext"]

@@ -13,6 +13,9 @@ Before an Item is first changed, its `snapshot` (a JSON record naming its kind) 
 state file; restore and rollback hand that record to `put_back`, so they need no plan.
 Actions are commands that make changed files take effect (update-grub, restart irqbalance);
 an area's `refresh(host, records)` returns them after apply, rollback and restore alike.
+
+Also here: `Field` (one policy key an area declares in its POLICY) and `Area` (an area module
+checked against the contract, optional parts filled with their defaults).
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, ClassVar
 
 from hosttune import cpulist
-from hosttune.errors import HosttuneError
+from hosttune.errors import HosttuneError, PolicyError
 from hosttune.runner import Runner
+from hosttune.safeyaml import brief
 from hosttune.sysfs import HostFS
 from hosttune.topology import Topology, unsupported  # noqa: F401 - re-exported for the areas
 
@@ -419,3 +424,115 @@ class AreaItems:
     area: str
     items: list[Item]
     unsupported: str | None = None  # the whole area cannot be done here, and why
+
+
+# -- policy fields --------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Field:
+    """One policy key: its dotted path ("cpufreq.governor", "thp"), its default, what it accepts and
+    its comment in the README's policy block. hosttune.policy composes every area's fields with its
+    own (profile, housekeeping, isolation, instances, required) into the schema it validates.
+
+    type: bool | int | str | list | int? (0 to 10^9 or null) | str? (or null) | mapping (merged
+    key by key over the default, checked by `check`) | any (checked by `check` alone)."""
+
+    path: str
+    default: Any
+    type: str
+    doc: str = ""
+    choices: tuple[Any, ...] | None = None
+    # (value, path) -> the canonical value; raises PolicyError(where=path). Runs after every type
+    # check, on any value but the null of an int? or str? field
+    check: Callable[[Any, str], Any] | None = None
+    profiles: dict[str, Any] = field(default_factory=dict)  # the default where a profile differs
+
+    TYPES: ClassVar[tuple[str, ...]] = ("bool", "int", "str", "list", "int?", "str?", "mapping", "any")
+
+    def __post_init__(self) -> None:
+        if self.type not in self.TYPES or self.path.count(".") > 1:
+            raise TypeError(f"policy field {self.path}: type {self.type!r} (known: {', '.join(self.TYPES)}), "
+                            f"at most one dot in the path")
+
+
+POLICY_KEY = re.compile(r"[A-Za-z0-9_.*-]{1,64}", re.ASCII)
+SYSFS_WORD = re.compile(r"[a-z0-9_]{1,32}", re.ASCII)  # governor and EPP names
+
+
+def policy_field(prefix: str, key: Any) -> str:
+    """The dotted field path; an odd key (newline, huge, not a string) shown cut as its repr."""
+    return f"{prefix}{key}" if isinstance(key, str) and POLICY_KEY.fullmatch(key) else f"{prefix}{brief(key, 40)}"
+
+
+def sysfs_word(what: str) -> Callable[[Any, str], Any]:
+    """A check for a name written into a sysfs file (governor, EPP): a-z, 0-9, _ (null passes)."""
+    def check(value: Any, path: str) -> Any:
+        if value is not None and not SYSFS_WORD.fullmatch(value):
+            raise PolicyError(f"must be {what}, got {brief(value)}", where=path)
+        return value
+    return check
+
+
+# -- the area contract ----------------------------------------------------------------------------
+def _no_fields(setting: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+def _no_rows(plan: dict[str, Any], host: Host, row: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
+    return []
+
+
+def _no_reboot(plan: dict[str, Any], fs: HostFS) -> bool:
+    return False
+
+
+def _no_summary(plan: dict[str, Any]) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True, eq=False)
+class Area:
+    """An area module checked against the contract (see hosttune/areas/__init__.py): `of` raises
+    naming the module and the part when a required part is missing; optional parts the module does
+    not define get these defaults, so nothing asks an area whether it has a part."""
+
+    module: ModuleType
+    NAME: str
+    BOOT: bool
+    POLICY: tuple[Field, ...]
+    discover: Callable[[HostFS, dict[str, Any], list[Any]], dict[str, Any]]
+    show: Callable[[dict[str, Any]], list[str]]
+    plan: Callable[[PlanContext], dict[str, Any]]
+    describe: Callable[[dict[str, Any]], str]
+    items: Callable[[dict[str, Any], dict[str, Any], Host], AreaItems]
+    refresh: Callable[[Host, list[dict[str, Any]]], list[Action]]
+    plan_fields: Callable[[dict[str, Any]], dict[str, Any]] = _no_fields
+    verify_rows: Callable[..., list[dict[str, Any]]] = _no_rows
+    reboot_required: Callable[[dict[str, Any], HostFS], bool] = _no_reboot
+    summary: Callable[[dict[str, Any]], list[str]] = _no_summary
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("NAME", "BOOT", "POLICY", "discover", "show", "plan", "describe",
+                                           "items", "refresh")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("plan_fields", "verify_rows", "reboot_required", "summary")
+
+    @classmethod
+    def of(cls, module: ModuleType) -> Area:
+        def bad(part: str, what: str) -> TypeError:
+            return TypeError(f"area module {module.__name__}: {part} {what} (the area contract: "
+                             f"hosttune/areas/__init__.py)")
+
+        parts = {}
+        for part in cls.REQUIRED + cls.OPTIONAL:
+            if part not in vars(module):
+                if part in cls.REQUIRED:
+                    raise bad(part, "is missing")
+                continue
+            parts[part] = value = vars(module)[part]
+            if part == "NAME" and not (isinstance(value, str) and POLICY_KEY.fullmatch(value)):
+                raise bad(part, "must be a name (a string)")
+            elif part == "BOOT" and not isinstance(value, bool):
+                raise bad(part, "must be true or false")
+            elif part == "POLICY" and not (isinstance(value, tuple) and all(isinstance(f, Field) for f in value)):
+                raise bad(part, "must be a tuple of Field")
+            elif part not in ("NAME", "BOOT", "POLICY") and not callable(value):
+                raise bad(part, "must be a function")
+        return cls(module, **parts)

@@ -9,12 +9,29 @@ import re
 from typing import Any
 
 from hosttune import cpulist
-from hosttune.areas.base import CPU, AreaItems, Host, PlanContext, SysfsValue, unsupported
+from hosttune.areas.base import CPU, AreaItems, Field, Host, PlanContext, SysfsValue, sysfs_word, unsupported
 from hosttune.errors import HosttuneError, PolicyError
+from hosttune.safeyaml import brief
 from hosttune.sysfs import HostFS
 
 NAME = "cpufreq"
 BOOT = False
+MAX_MHZ = 100_000
+
+
+def _lock(value: Any, path: str) -> Any:
+    if not (value in ("base", "max", "none")
+            or (isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_MHZ)):
+        raise PolicyError(f"must be base, max, none or a frequency in MHz (1-{MAX_MHZ}), got {brief(value)}",
+                          where=path)
+    return value
+
+
+POLICY = (
+    Field("cpufreq.governor", "performance", "str", check=sysfs_word("a governor name (a-z, 0-9, _)")),
+    Field("cpufreq.lock", "base", "any", check=_lock, profiles={"throughput": "none"},
+          doc="min = max frequency: base | max | none | MHz"),
+)
 
 
 def _int(fs: HostFS, path: str) -> int | None:

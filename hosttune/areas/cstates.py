@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hosttune.areas.base import CPU, AreaItems, Host, PlanContext, SysfsValue, skipped, unsupported
+from hosttune.areas.base import CPU, AreaItems, Field, Host, PlanContext, SysfsValue, skipped, unsupported
 from hosttune.sysfs import HostFS
 
 NAME = "cstates"
 BOOT = False
+POLICY = (Field("cstates.max_latency_us", None, "int?", profiles={"latency": 10},
+                doc="deeper idle states off on the isolated CPUs; null: leave them"),)
 
 
 def _int(text: str | None) -> int | None:

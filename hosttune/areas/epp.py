@@ -7,12 +7,14 @@ import errno
 from typing import Any
 
 from hosttune.areas.cpufreq import policy_dir
-from hosttune.areas.base import AreaItems, Host, PlanContext, SysfsValue, skipped, unsupported
+from hosttune.areas.base import AreaItems, Field, Host, PlanContext, SysfsValue, skipped, sysfs_word, unsupported
 from hosttune.errors import PolicyError
 from hosttune.sysfs import HostFS
 
 NAME = "epp"
 BOOT = False
+POLICY = (Field("cpufreq.epp", "performance", "str?", check=sysfs_word("an EPP name or number (a-z, 0-9, _) or null"),
+                doc="an EPP name, or null to leave it"),)
 
 
 def discover(fs: HostFS, features: dict[str, Any], cpus: list[Any]) -> dict[str, Any]:

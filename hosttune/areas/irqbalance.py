@@ -7,14 +7,16 @@ import re
 from typing import Any
 
 from hosttune import cpulist
-from hosttune.areas.base import (MARK, Action, AreaItems, ConfigFile, Host, PlanContext, ServiceState, skipped,
-                                 unsupported)
+from hosttune.areas.base import (MARK, Action, AreaItems, ConfigFile, Field, Host, PlanContext, ServiceState,
+                                 skipped, unsupported)
 from hosttune.sysfs import HostFS
 
 NAME = "irqbalance"
 BOOT = False
 SERVICE = "irqbalance"
 CONFIGS = ("/etc/default/irqbalance", "/etc/sysconfig/irqbalance")
+POLICY = (Field("irqs.irqbalance", "ban", "str", choices=("ban", "stop", "keep"),
+                doc="ban (the isolated CPUs) | stop | keep"),)
 
 
 def discover(fs: HostFS, features: dict[str, Any], cpus: list[Any]) -> dict[str, Any]:

@@ -7,14 +7,15 @@ import errno
 from typing import Any
 
 from hosttune import cpulist
-from hosttune.areas.base import (CPU, AreaItems, Host, PlanContext, SysfsValue, as_cpulist, mask_as_cpulist,
-                                 skipped)
+from hosttune.areas.base import (CPU, AreaItems, Field, Host, PlanContext, SysfsValue, as_cpulist,
+                                 mask_as_cpulist, skipped)
 from hosttune.errors import HosttuneError
 from hosttune.sysfs import HostFS
 
 NAME = "irqs"
 BOOT = False
 DEFAULT_AFFINITY = "/proc/irq/default_smp_affinity"
+POLICY = (Field("irqs.pin", True, "bool", doc="device IRQs onto the housekeeping CPUs of their node"),)
 
 
 def discover(fs: HostFS, features: dict[str, Any], cpus: list[Any]) -> dict[str, Any]:

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hosttune import cpulist
-from hosttune.areas.base import (CPU, MARK, Action, AreaItems, BootArgs, ConfigFile, Host, PlanContext, unsupported)
-from hosttune.errors import HosttuneError
+from hosttune.areas.base import (CPU, MARK, Action, AreaItems, BootArgs, ConfigFile, Field, Host, PlanContext,
+                                 unsupported)
+from hosttune.errors import HosttuneError, PolicyError
+from hosttune.safeyaml import brief
 from hosttune.sysfs import HostFS
 
 NAME = "kernel_args"
@@ -34,6 +36,39 @@ GRUBBY = ("/usr/sbin/grubby", "/sbin/grubby", "/usr/bin/grubby")
 # (a shell-sourced GRUB drop-in): the policy validates extra_kernel_args against it, and the
 # writer checks every argument again
 KERNEL_ARG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(=[A-Za-z0-9_.,:/+=-]*)?", re.ASCII)
+MAX_KERNEL_ARGS, MAX_KERNEL_ARG_LEN = 32, 256
+ISOLCPUS_FLAGS = ("managed_irq", "domain", "nohz")
+
+
+def _flags(value: list[Any], path: str) -> list[Any]:
+    for flag in value:
+        if flag not in ISOLCPUS_FLAGS:
+            raise PolicyError(f"unknown isolcpus flag {brief(flag)} (known: {', '.join(ISOLCPUS_FLAGS)})", where=path)
+    return value
+
+
+def _extra(value: list[Any], path: str) -> list[Any]:
+    if len(value) > MAX_KERNEL_ARGS:
+        raise PolicyError(f"more than {MAX_KERNEL_ARGS} arguments", where=path)
+    for arg in value:
+        # update-grub sources the drop-in as a shell script: no $, `, \, quotes or spaces reach it
+        if not isinstance(arg, str) or len(arg) > MAX_KERNEL_ARG_LEN or not KERNEL_ARG.fullmatch(arg):
+            raise PolicyError(f"each argument must look like name or name=value (letters, digits, _ . - in the "
+                              f"name; also , : / + = in the value; at most {MAX_KERNEL_ARG_LEN} characters), "
+                              f"got {brief(arg)}", where=path)
+    return value
+
+
+# the isolation keys only the kernel arguments read (isolation.enabled and .cpus are the policy's:
+# the CPU partition reads them too)
+POLICY = (
+    Field("isolation.isolcpus_flags", ["managed_irq", "domain"], "list", check=_flags,
+          doc=f"of {', '.join(ISOLCPUS_FLAGS)}"),
+    Field("isolation.nohz_full", True, "bool"),
+    Field("isolation.rcu_nocbs", True, "bool"),
+    Field("isolation.irqaffinity", True, "bool", doc="= the housekeeping CPUs"),
+    Field("isolation.extra_kernel_args", [], "list", check=_extra, doc="name or name=value each"),
+)
 
 
 def discover(fs: HostFS, features: dict[str, Any], cpus: list[Any]) -> dict[str, Any]:
@@ -84,6 +119,11 @@ def plan(ctx: PlanContext) -> dict[str, Any]:
 def plan_fields(setting: dict[str, Any]) -> dict[str, Any]:
     """Top-level plan fields this area owns (roles and the agent read plan.kernel_args)."""
     return {"kernel_args": setting.get("args", [])}
+
+
+def summary(plan: dict[str, Any]) -> list[str]:
+    """Above the settings in `hosttune plan`: the arguments, also when no boot loader can take them."""
+    return ["kernel arguments: " + (" ".join(plan["kernel_args"]) or "(none)")]
 
 
 def describe(setting: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hosttune.areas.base import AreaItems, Host, PlanContext, ServiceState, skipped
+from hosttune.areas.base import AreaItems, Field, Host, PlanContext, ServiceState, skipped
 from hosttune.errors import PolicyError
 from hosttune.sysfs import HostFS
 
@@ -24,6 +24,9 @@ KNOWN = {
                                            "/usr/lib/power-profiles-daemon/power-profiles-daemon"),
                               "profile": "/var/lib/power-profiles-daemon/state.ini", "pid": None},
 }
+# per daemon: stop (and restore starts it again) | keep (with a warning) | refuse (no plan while it runs)
+POLICY = tuple(Field(f"managers.{service}", "stop", "str", choices=("stop", "keep", "refuse"),
+                     doc="stop | keep (warned) | refuse") for service in KNOWN)
 WANTS = ("/etc/systemd/system/multi-user.target.wants", "/etc/systemd/system/graphical.target.wants")
 
 

@@ -3,13 +3,45 @@ boot. Names and values are validated by the policy (they end up in a file system
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from hosttune.areas.base import MARK, AreaItems, ConfigFile, Host, PlanContext, SysfsValue, skipped
+from hosttune.areas.base import MARK, AreaItems, ConfigFile, Field, Host, PlanContext, SysfsValue, policy_field, skipped
+from hosttune.errors import PolicyError
+from hosttune.safeyaml import brief
 from hosttune.sysfs import HostFS
 
 NAME = "sysctls"
 BOOT = False
+_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_*-]+)+", re.ASCII)
+MAX_SYSCTLS, MAX_NAME_LEN, MAX_VALUE_LEN = 256, 128, 1024
+
+
+def _check(value: Any, field: str) -> Any:
+    """Names and values are written as `name = value` lines of /etc/sysctl.d/90-hosttune.conf and
+    as /proc/sys paths: one line each, no path tricks."""
+    if not isinstance(value, dict):
+        raise PolicyError("must be a mapping of sysctl name to value", where=field)
+    if len(value) > MAX_SYSCTLS:
+        raise PolicyError(f"more than {MAX_SYSCTLS} sysctls", where=field)
+    for name, setting in value.items():
+        where = policy_field(f"{field}.", name)
+        if not isinstance(name, str) or len(name) > MAX_NAME_LEN or not _NAME.fullmatch(name):
+            raise PolicyError(f"sysctl names look like kernel.numa_balancing (a-z, 0-9, _, -, *, dots; "
+                              f"at most {MAX_NAME_LEN} characters)", where=where)
+        if not isinstance(setting, (int, str)) or isinstance(setting, bool):
+            raise PolicyError("must be an integer or a string", where=where)
+        text = setting if isinstance(setting, str) else str(setting)
+        # printable: no newline, NUL or other line separator; a tab may separate numbers (tcp_rmem)
+        if not text.strip() or len(text) > MAX_VALUE_LEN or not text.replace("\t", " ").isprintable():
+            raise PolicyError(f"must be one line of 1 to {MAX_VALUE_LEN} characters without control "
+                              f"characters, got {brief(setting)}", where=where)
+    return value
+
+
+POLICY = (Field("sysctls", {"kernel.numa_balancing": 0, "kernel.timer_migration": 0, "vm.swappiness": 10,
+                            "vm.stat_interval": 10}, "mapping", check=_check,
+                doc="yours are merged over these"),)
 DROPIN = "/etc/sysctl.d/90-hosttune.conf"
 # reported by `topology` so that a plan and a verify can be read beside them
 REPORTED = ("kernel.numa_balancing", "kernel.timer_migration", "vm.swappiness", "vm.stat_interval",

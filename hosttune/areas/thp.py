@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hosttune.areas.base import AreaItems, Host, PlanContext, SysfsValue, bracketed, skipped, unsupported
+from hosttune.areas.base import AreaItems, Field, Host, PlanContext, SysfsValue, bracketed, skipped, unsupported
 from hosttune.sysfs import HostFS
 
 NAME = "thp"
 BOOT = False
 ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+POLICY = (Field("thp", "never", "str", choices=("always", "madvise", "never", "keep"),
+                profiles={"throughput": "madvise"},
+                doc="always | madvise | never | keep"),)
 
 
 def discover(fs: HostFS, features: dict[str, Any], cpus: list[Any]) -> dict[str, Any]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from hosttune.areas.base import CPU, AreaItems, Host, PlanContext, SysfsValue, skipped, unsupported
+from hosttune.areas.base import CPU, AreaItems, Field, Host, PlanContext, SysfsValue, skipped, unsupported
 from hosttune.sysfs import HostFS
 
 NAME = "turbo"
 BOOT = False
+POLICY = (Field("cpufreq.turbo", "off", "str", choices=("off", "on", "keep"), profiles={"throughput": "keep"},
+                doc="off | on | keep"),)
 
 
 def discover(fs: HostFS, features: dict[str, Any], cpus: list[Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 from hosttune.commands.core import add_policy, add_root, load_plan, print_json
 from hosttune.errors import EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_REBOOT
-from hosttune.policy import AREAS
+from hosttune import areas
 
 
 
@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_root(p)
     add_policy(p)
     p.add_argument("--dry-run", action="store_true", help="show what would change (diffs), change nothing")
-    p.add_argument("--only", nargs="+", choices=AREAS, metavar="AREA", help=f"limit to areas: {' '.join(AREAS)}")
+    # the registry's names as they stand when the parser is built
+    p.add_argument("--only", nargs="+", choices=areas.NAMES, metavar="AREA",
+                   help=f"limit to areas: {' '.join(areas.NAMES)}")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for another run's lock (default 30)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_apply)
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("verify", help="compare the host with the plan, one line per setting")
     add_root(p)
     add_policy(p)
-    p.add_argument("--only", nargs="+", choices=AREAS, metavar="AREA")
+    p.add_argument("--only", nargs="+", choices=areas.NAMES, metavar="AREA")
     p.add_argument("--json", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true", help="print only settings that are not ok")
     p.set_defaults(func=cmd_verify)
