@@ -19,7 +19,7 @@ import pytest
 ov = pytest.importorskip("openvino")
 
 from hosttune.model import repo as model_repo  # noqa: E402
-from hosttune.serve.process import HOSTTUNE, Server, free_port  # noqa: E402
+from tests.serverproc import HOSTTUNE, Server, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_a_response_leaves_before_the_rest_of_the_request(loop):
 
     import uvicorn
 
-    from hosttune.serve.server import Limits, protocol_class
+    from hosttune.serve.wire import Limits, protocol_class
 
     client_has_it = threading.Event()
     seen: list[bool] = []
@@ -246,7 +246,8 @@ def test_direct_lane_answers_as_the_asgi_path(models):
     connections, and a client gone in the middle of a body is counted the same way."""
     from hosttune.model.repo import find
     from hosttune.serve.engine import ServedModel
-    from hosttune.serve.server import App, Limits, protocol_class
+    from hosttune.serve.app import App
+    from hosttune.serve.wire import Limits, protocol_class
 
     core = ov.Core()
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}
@@ -326,7 +327,8 @@ def test_direct_lane_request_is_answered_in_a_graceful_shutdown(models):
     close) and the connection closed, as the ASGI path finishes its requests."""
     from hosttune.model.repo import find
     from hosttune.serve.engine import ServedModel
-    from hosttune.serve.server import App, Limits, protocol_class
+    from hosttune.serve.app import App
+    from hosttune.serve.wire import Limits, protocol_class
 
     app = App([ServedModel(ov.Core(), find(str(models), "trivial", None), {"PERFORMANCE_HINT": "LATENCY"})])
     server, thread, port = _uvicorn_in_thread(app, app, protocol_class(Limits(), app))
@@ -392,7 +394,7 @@ def test_only_small_binary_only_headers_are_remembered(models):
     inputs are all binary: memory stays bounded whatever the clients send."""
     from hosttune.model.repo import find
     from hosttune.serve.engine import ServedModel
-    from hosttune.serve.server import App, _run_to_end
+    from hosttune.serve.app import App
 
     model = ServedModel(ov.Core(), find(str(models), "trivial", None), {"PERFORMANCE_HINT": "LATENCY"})
     app = App([model])
@@ -400,17 +402,17 @@ def test_only_small_binary_only_headers_are_remembered(models):
 
     def infer(header: dict, data: bytes = x.tobytes()) -> int:
         head = json.dumps(header).encode()
-        return _run_to_end(app.infer(model, bytearray(head + data), len(head)))[0]
+        return app.infer_now(model, bytearray(head + data), len(head))[0]
 
     binary = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
                           "parameters": {"binary_data_size": x.nbytes}}]}
-    assert infer({**binary, "id": "x" * 5000}) == 200 and app._layouts == {}
+    assert infer({**binary, "id": "x" * 5000}) == 200 and app.decoder.layouts == {}
     assert infer({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": x.ravel().tolist()}]},
-                 b"") == 200 and app._layouts == {}
-    assert infer(binary) == 200 and len(app._layouts) == 1
+                 b"") == 200 and app.decoder.layouts == {}
+    assert infer(binary) == 200 and len(app.decoder.layouts) == 1
     for i in range(50):
         assert infer({**binary, "id": str(i)}) == 200
-    assert len(app._layouts) == 1 and b'"id":"49"' in app._layouts["trivial"][0].replace(b" ", b"")
+    assert len(app.decoder.layouts) == 1 and b'"id":"49"' in app.decoder.layouts["trivial"][0].replace(b" ", b"")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -450,7 +452,7 @@ def test_idle_poll_yields_to_other_threads_and_ends():
     once while another thread works on a request: it must not take that thread's CPU."""
     import uvloop
 
-    from hosttune.serve.server import IdlePoll
+    from hosttune.serve.wire import IdlePoll
 
     busy = [False]
 
