@@ -57,40 +57,38 @@ UVICORN_INTERNALS: tuple[tuple[str, str], ...] = (
 def internals_problems(protocol: Any = None) -> list[str]:
     """Each internal of UVICORN_INTERNALS that the installed uvicorn lacks or has otherwise, as
     "name: what is wrong". The "protocol." ones only with a live `protocol`."""
-    try:
-        module = importlib.import_module(UVICORN_MODULE)
-    except ImportError as exc:
-        return [f"{UVICORN_MODULE}: cannot import ({exc})"]
-    problems = []
-    for name, kind in UVICORN_INTERNALS:
-        root, *path = name.split(".")
-        if root == "protocol":
-            if protocol is None:
-                continue
-            value: Any = protocol
-        else:
-            path = [root, *path]
-            value = module
+    return [problem for name, kind in UVICORN_INTERNALS
+            if (protocol is not None or not name.startswith("protocol."))
+            and (problem := internal_problem(name, kind, protocol)) is not None]
+
+
+def internal_problem(name: str, kind: str, protocol: Any = None) -> str | None:
+    """What is wrong with one internal (None: it is as Protocol uses it)."""
+    root, *path = name.split(".")
+    if root == "protocol":
+        value: Any = protocol
+    else:
         try:
-            for part in path:
-                value = getattr(value, part)
-        except AttributeError:
-            problems.append(f"{name}: missing")
-            continue
-        if kind == "class":
-            ok = isinstance(value, type)
-        elif kind.startswith("method("):
-            wanted = [p.strip() for p in kind[len("method("):-1].split(",") if p.strip()]
-            ok = inspect.isfunction(value) and list(inspect.signature(value).parameters) == wanted
-        elif kind == "object":
-            ok = True
-        else:
-            ok = isinstance(value, getattr(builtins, kind))
-        if not ok:
-            shown = (f"{type(value).__name__}{inspect.signature(value)}" if callable(value) and not isinstance(value, type)
-                     else type(value).__name__)
-            problems.append(f"{name}: expected {kind}, found {shown}")
-    return problems
+            value = importlib.import_module(UVICORN_MODULE)
+        except ImportError as exc:
+            return f"{UVICORN_MODULE}: cannot import ({exc})"
+        path = [root, *path]
+    try:
+        for part in path:
+            value = getattr(value, part)
+    except AttributeError:
+        return f"{name}: missing"
+    if kind == "class":
+        ok = isinstance(value, type)
+    elif kind.startswith("method("):
+        wanted = [p.strip() for p in kind[len("method("):-1].split(",") if p.strip()]
+        ok = inspect.isfunction(value) and list(inspect.signature(value).parameters) == wanted
+    else:
+        ok = kind == "object" or isinstance(value, getattr(builtins, kind))
+    if ok:
+        return None
+    found = f"function{inspect.signature(value)}" if inspect.isfunction(value) else type(value).__name__
+    return f"{name}: expected {kind}, found {found}"
 
 
 def _uvicorn_protocol() -> tuple[type, dict]:
