@@ -950,3 +950,24 @@ def test_idle_wakeup_benchmark_measures_every_case(tmp_path):
     assert "<svg" in (out / "report.html").read_text()
     bad = subprocess.run([sys.executable, script, "--gap-us", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--gap-us" in bad.stderr
+
+
+def test_serve_lane_benchmark_measures_lane_on_and_off(tmp_path):
+    """benchmarks/serve_lane.py (the direct lane's A/B through --no-direct-lane): a short run
+    measures every case on both servers in each round, compares them, and draws them."""
+    cpus = sorted(os.sched_getaffinity(0))
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "serve_lane.py")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, script, "--variant", "tiny", "--rounds", "2", "--duration", "0.3",
+                          "--warmup", "0.1", "--concurrency", "1", "--server-cpu", str(cpus[-1]),
+                          "--client-cpu", str(cpus[0]), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["cases"]) == {f"{fmt} c1 {side}" for fmt in ("JSON", "binary") for side in ("lane", "no lane")}
+    for case in summary["cases"].values():
+        assert case["errors"] == 0 and len(case["p50_ms_per_round"]) == 2 and case["throughput"] > 0
+    assert summary["body_bytes"]["JSON"] < 64 * 2**10  # the tiny model's JSON takes the lane too
+    for cmp in summary["lane_vs_off"].values():
+        assert {cmp[key]["verdict"] for key in ("p50_ms", "p99_ms", "throughput")} <= {
+            "within the per-round spread", "lane better", "lane worse"}
+    assert "<svg" in (out / "report.html").read_text()

@@ -147,6 +147,13 @@ def test_infer_now_answers_what_answers_now_accepts_and_refuses_the_rest(trivial
     assert asyncio.run(pool.infer(two, small, None))[0] == 200
     pool.close()
 
+    class Waiting(App):
+        async def infer_now(self, model, body, header_len):
+            return await super().infer(model, body, header_len)
+
+    with pytest.raises(TypeError, match="infer_now must not be a coroutine"):  # refused when the lane is built
+        wire.protocol_class(wire.Limits(), Waiting([one]))
+
 
 def test_no_direct_lane_answers_everything_through_the_application(trivial):
     """protocol_class(direct_lane=False), what --no-direct-lane builds: every infer request reaches

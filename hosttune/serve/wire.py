@@ -212,6 +212,8 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
 
     base, status_line = _uvicorn_protocol()
     lane_app = app if direct_lane else None
+    if lane_app is not None and inspect.iscoroutinefunction(lane_app.infer_now):  # it could not run here
+        raise TypeError("the direct lane answers from the parser's callbacks: infer_now must not be a coroutine")
     idle_poll = IdlePoll(idle_poll_us / 1e6, app.busy_elsewhere if app else lambda: False) if idle_poll_us > 0 else None
 
     class Protocol(base):  # type: ignore[misc, valid-type]
