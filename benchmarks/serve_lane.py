@@ -116,7 +116,8 @@ def main() -> int:
         servers["lane"].stop()
         raise
     try:
-        assert "no direct lane" in servers["no lane"].banner and "no direct lane" not in servers["lane"].banner
+        if "no direct lane" not in servers["no lane"].banner or "no direct lane" in servers["lane"].banner:
+            sys.exit("the servers' banners do not show the lane off and on")
         if "nireq 1)" not in servers["lane"].banner:
             sys.exit(f"the model has a pool of more than one: the lane never runs ({servers['lane'].banner.strip()})")
         meta = metadata(servers["lane"].port, args.variant)
@@ -133,8 +134,8 @@ def main() -> int:
                 body, headers = bodies[fmt]
                 r = run(load(servers[side].port, path, body, headers, c, args.duration, args.warmup))
                 results[name].append(r)
-                print(f"round {k + 1}/{args.rounds} {name:<20} {r['throughput']:7.1f} req/s  p50 {r['p50_ms']:7.3f} ms  "
-                      f"p99 {r['p99_ms']:7.3f} ms  errors {r['errors']}  load {os.getloadavg()[0]:.1f}", flush=True)
+                print(f"round {k + 1}/{args.rounds} {name:<20} {r['throughput']:7.1f} req/s  p50 {r['p50_ms']:7.3f} "
+                      f"ms  p99 {r['p99_ms']:7.3f} ms  errors {r['errors']}  load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         codes = [srv.stop() for srv in servers.values()]
     if any(codes):
@@ -158,15 +159,16 @@ def main() -> int:
             cmp = summary["lane_vs_off"][key] = compare(results[f"{key} lane"], results[f"{key} no lane"])
             on, off = summary["cases"][f"{key} lane"], summary["cases"][f"{key} no lane"]
             print(f"{key:<10} lane vs off: p50 {on['p50_ms']:.3f} vs {off['p50_ms']:.3f} ms (per round "
-                  f"{cmp['p50_ms']['lane_minus_off'] * 1e3:+.0f} us, {cmp['p50_ms']['verdict']}), p99 {on['p99_ms']:.3f} "
-                  f"vs {off['p99_ms']:.3f} ms ({cmp['p99_ms']['verdict']}), {on['throughput']:.1f} vs "
+                  f"{cmp['p50_ms']['lane_minus_off'] * 1e3:+.0f} us, {cmp['p50_ms']['verdict']}), p99 "
+                  f"{on['p99_ms']:.3f} vs {off['p99_ms']:.3f} ms ({cmp['p99_ms']['verdict']}), {on['throughput']:.1f} vs "
                   f"{off['throughput']:.1f} req/s (per round {cmp['throughput']['relative']:+.1%}, "
                   f"{cmp['throughput']['verdict']})")
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     names = [name for name, *_ in cases]
-    body = [f"<h1>hosttune serve: direct lane on and off</h1><p>{summary['command']}: {args.variant} model, bodies "
-            f"{summary['body_bytes']} bytes; both servers on CPU {args.server_cpu}, client on CPU {args.client_cpu}; "
+    body = [f"<h1>hosttune serve: direct lane on and off</h1><p>{summary['command']}: {args.variant} model, "
+            f"bodies {summary['body_bytes']} bytes; both servers on CPU {args.server_cpu}, client on CPU "
+            f"{args.client_cpu}; "
             f"{args.rounds} interleaved rounds of {args.duration} s.</p>",
             "<h2>Lane against no lane (medians of the per-round differences)</h2>",
             "<pre>" + json.dumps({k: {m: {"lane_minus_off": v["lane_minus_off"], "verdict": v["verdict"]}

@@ -169,8 +169,9 @@ class IdlePoll:
     callback that puts itself back on the ready queue makes the loop's epoll_wait return at once).
     A client's next request is then read as soon as it arrives, without the wake-up of a sleeping
     CPU: on the development VM 40-55 us of each back-to-back request of the sample model while its
-    host was quiet (mostly inference run on a CPU that had just been idle), ~15 us when it was not. The price: one CPU kept busy while requests keep
-    coming, so this is for an instance with CPUs of its own; an idle instance sleeps as before.
+    host was quiet (mostly inference run on a CPU that had just been idle), ~15 us when it was not.
+    The price: one CPU kept busy while requests keep coming, so this is for an instance with CPUs
+    of its own; an idle instance sleeps as before.
     It does not poll while `busy_elsewhere()`: another thread working on a request (a pool's
     inference, a JSON decode) needs the CPU and the GIL (a pool of two on one CPU, JSON at one
     connection: p50 2.73 ms polling throughout, 2.38 ms not polling)."""
