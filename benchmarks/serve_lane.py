@@ -160,8 +160,9 @@ def main() -> int:
             on, off = summary["cases"][f"{key} lane"], summary["cases"][f"{key} no lane"]
             print(f"{key:<10} lane vs off: p50 {on['p50_ms']:.3f} vs {off['p50_ms']:.3f} ms (per round "
                   f"{cmp['p50_ms']['lane_minus_off'] * 1e3:+.0f} us, {cmp['p50_ms']['verdict']}), p99 "
-                  f"{on['p99_ms']:.3f} vs {off['p99_ms']:.3f} ms ({cmp['p99_ms']['verdict']}), {on['throughput']:.1f} vs "
-                  f"{off['throughput']:.1f} req/s (per round {cmp['throughput']['relative']:+.1%}, "
+                  f"{on['p99_ms']:.3f} vs {off['p99_ms']:.3f} ms ({cmp['p99_ms']['verdict']}), "
+                  f"{on['throughput']:.1f} vs {off['throughput']:.1f} req/s (per round "
+                  f"{cmp['throughput']['relative']:+.1%}, "
                   f"{cmp['throughput']['verdict']})")
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
