@@ -914,9 +914,10 @@ def test_inside_a_cpuset_narrower_than_the_plan(models, tmp_path):
 
 
 def test_serve_timeline_benchmark_splits_a_request(tmp_path):
-    """benchmarks/serve_timeline.py hooks the server's private seams (data_received, _read_body,
-    infer, OneSend.flush): a rename would leave the benchmark matching no request. A short run
-    matches every measured request of hosttune serve and of the leanest Python server it is
+    """benchmarks/serve_timeline.py hooks the server's private seams (data_received,
+    App.infer_now, ServedModel.infer_now, OneSend.flush): a rename would leave the benchmark
+    matching no request. A short run matches every measured request of hosttune serve and of the
+    leanest Python server it is
     compared with, and their phases add up to a request."""
     cpus = sorted(os.sched_getaffinity(0))
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "serve_timeline.py")
