@@ -917,8 +917,7 @@ def test_serve_timeline_benchmark_splits_a_request(tmp_path):
     """benchmarks/serve_timeline.py hooks the server's private seams (data_received,
     App.infer_now, ServedModel.infer_now, OneSend.flush): a rename would leave the benchmark
     matching no request. A short run matches every measured request of hosttune serve and of the
-    leanest Python server it is
-    compared with, and their phases add up to a request."""
+    leanest Python server it is compared with, and their phases add up to a request."""
     cpus = sorted(os.sched_getaffinity(0))
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "serve_timeline.py")
     out = tmp_path / "out"
