@@ -38,7 +38,7 @@ def main() -> int:
     import psutil
 
     from hosttune.model import repo as model_repo
-    from hosttune.serve.process import Server
+    from tests.serverproc import Server
 
     out = args.out or tempfile.mkdtemp(prefix="hosttune-hostile-")
     os.makedirs(out, exist_ok=True)

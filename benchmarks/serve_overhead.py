@@ -64,7 +64,7 @@ def main() -> int:
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from hosttune.bench import report
-    from hosttune.serve.process import Server
+    from tests.serverproc import Server
 
     out = args.out or tempfile.mkdtemp(prefix="hosttune-overhead-")
     os.makedirs(out, exist_ok=True)

@@ -163,7 +163,7 @@ def main() -> int:
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops its servers (finally)
     from hosttune.bench import report
-    from hosttune.serve.process import Server, free_port
+    from tests.serverproc import Server, free_port
 
     ensure_fastapi()
     out = args.out or tempfile.mkdtemp(prefix="hosttune-peer-")

@@ -87,7 +87,7 @@ def install_hooks() -> None:
 
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    from hosttune.serve import engine, server
+    from hosttune.serve import app, engine, wire
 
     data_received = HttpToolsProtocol.data_received
 
@@ -95,30 +95,32 @@ def install_hooks() -> None:
         events.append(("rx", now()))
         return data_received(self, data)
 
-    app_infer = server.App.infer
+    # the sample model with one stream (--config's LATENCY): a pool of one, so every request is
+    # answered by App.infer_now and ServedModel.infer_now, on the direct lane or the ASGI path
+    app_infer_now = app.App.infer_now
 
-    async def timed_app_infer(self, model, body, header_len):  # the body is complete (either path)
+    def timed_app_infer_now(self, model, body, header_len):  # the body is complete (either path)
         events.append(("body", now()))
-        return await app_infer(self, model, body, header_len)
+        return app_infer_now(self, model, body, header_len)
 
-    infer = engine.ServedModel.infer
+    infer_now = engine.ServedModel.infer_now
     stub = SpinStub(bool(os.environ.get("HOSTTUNE_TIMELINE_STUB")))
     outputs: list = []
 
-    async def timed_infer(self, tensors, timings=None):
+    def timed_infer_now(self, tensors, timings=None):
         events.append(("i0", now()))
         if stub.spun():
             timings.update(infer_us=stub.seconds * 1e6, wait_us=0.0)
             out = outputs[0]
         else:
             t = now()
-            out = await infer(self, tensors, timings)
+            out = infer_now(self, tensors, timings)
             stub.note(now() - t)
             outputs[:] = [out]
         events.append(("i1", now()))
         return out
 
-    flush = server.OneSend.flush
+    flush = wire.OneSend.flush
 
     def timed_flush(self):
         if self._held:
@@ -126,9 +128,9 @@ def install_hooks() -> None:
         flush(self)
 
     HttpToolsProtocol.data_received = timed_data_received
-    server.App.infer = timed_app_infer
-    engine.ServedModel.infer = timed_infer
-    server.OneSend.flush = timed_flush
+    app.App.infer_now = timed_app_infer_now
+    engine.ServedModel.infer_now = timed_infer_now
+    wire.OneSend.flush = timed_flush
 
 
 def minimal_server(listener: socket.socket, model_xml: str, config: dict, cpu: int, log: str,
@@ -396,7 +398,7 @@ def main() -> int:
     if args.requests <= args.warmup:
         ap.error("--requests must exceed --warmup")
     from hosttune.bench.httpclient import binary_request, request_head
-    from hosttune.serve.process import Server
+    from tests.serverproc import Server
 
     out = args.out or tempfile.mkdtemp(prefix="hosttune-timeline-")
     os.makedirs(out, exist_ok=True)

@@ -14,7 +14,7 @@ pytest.importorskip("openvino")
 
 from hosttune.bench import stats  # noqa: E402
 from hosttune.model import repo as model_repo  # noqa: E402
-from hosttune.serve.process import HOSTTUNE, Server, free_port  # noqa: E402
+from tests.serverproc import HOSTTUNE, Server, free_port  # noqa: E402
 
 FAST = ["--runs", "2", "--duration", "0.3", "--warmup", "0.2"]
 

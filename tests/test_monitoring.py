@@ -163,7 +163,7 @@ def live_serve_exposition(tmp_path):
     import http.client
 
     from hosttune.model import repo as model_repo
-    from hosttune.serve.process import Server
+    from tests.serverproc import Server
 
     model_repo.sample(str(tmp_path / "models"), variant="trivial", int8=False)
     srv = Server("--repo", str(tmp_path / "models"), timeout=180)

@@ -19,7 +19,7 @@ from hosttune.fleet import report as fleet_report  # noqa: E402
 from hosttune.fleet.inventory import FleetHost  # noqa: E402
 from hosttune.fleet.runner import HostResult  # noqa: E402
 from hosttune.model import repo as model_repo  # noqa: E402
-from hosttune.serve.process import HOSTTUNE  # noqa: E402
+from tests.serverproc import HOSTTUNE  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 RUNS = ["--runs", "3", "--duration", "0.3", "--warmup", "0.1"]

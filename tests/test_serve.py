@@ -19,7 +19,7 @@ import pytest
 ov = pytest.importorskip("openvino")
 
 from hosttune.model import repo as model_repo  # noqa: E402
-from hosttune.serve.process import HOSTTUNE, Server, free_port  # noqa: E402
+from tests.serverproc import HOSTTUNE, Server, free_port  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_a_response_leaves_before_the_rest_of_the_request(loop):
 
     import uvicorn
 
-    from hosttune.serve.server import Limits, protocol_class
+    from hosttune.serve.wire import Limits, protocol_class
 
     client_has_it = threading.Event()
     seen: list[bool] = []
@@ -246,7 +246,8 @@ def test_direct_lane_answers_as_the_asgi_path(models):
     connections, and a client gone in the middle of a body is counted the same way."""
     from hosttune.model.repo import find
     from hosttune.serve.engine import ServedModel
-    from hosttune.serve.server import App, Limits, protocol_class
+    from hosttune.serve.app import App
+    from hosttune.serve.wire import Limits, protocol_class
 
     core = ov.Core()
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}
@@ -326,7 +327,8 @@ def test_direct_lane_request_is_answered_in_a_graceful_shutdown(models):
     close) and the connection closed, as the ASGI path finishes its requests."""
     from hosttune.model.repo import find
     from hosttune.serve.engine import ServedModel
-    from hosttune.serve.server import App, Limits, protocol_class
+    from hosttune.serve.app import App
+    from hosttune.serve.wire import Limits, protocol_class
 
     app = App([ServedModel(ov.Core(), find(str(models), "trivial", None), {"PERFORMANCE_HINT": "LATENCY"})])
     server, thread, port = _uvicorn_in_thread(app, app, protocol_class(Limits(), app))
@@ -392,7 +394,7 @@ def test_only_small_binary_only_headers_are_remembered(models):
     inputs are all binary: memory stays bounded whatever the clients send."""
     from hosttune.model.repo import find
     from hosttune.serve.engine import ServedModel
-    from hosttune.serve.server import App, _run_to_end
+    from hosttune.serve.app import App
 
     model = ServedModel(ov.Core(), find(str(models), "trivial", None), {"PERFORMANCE_HINT": "LATENCY"})
     app = App([model])
@@ -400,17 +402,17 @@ def test_only_small_binary_only_headers_are_remembered(models):
 
     def infer(header: dict, data: bytes = x.tobytes()) -> int:
         head = json.dumps(header).encode()
-        return _run_to_end(app.infer(model, bytearray(head + data), len(head)))[0]
+        return app.infer_now(model, bytearray(head + data), len(head))[0]
 
     binary = {"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
                           "parameters": {"binary_data_size": x.nbytes}}]}
-    assert infer({**binary, "id": "x" * 5000}) == 200 and app._layouts == {}
+    assert infer({**binary, "id": "x" * 5000}) == 200 and app.decoder.layouts == {}
     assert infer({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": x.ravel().tolist()}]},
-                 b"") == 200 and app._layouts == {}
-    assert infer(binary) == 200 and len(app._layouts) == 1
+                 b"") == 200 and app.decoder.layouts == {}
+    assert infer(binary) == 200 and len(app.decoder.layouts) == 1
     for i in range(50):
         assert infer({**binary, "id": str(i)}) == 200
-    assert len(app._layouts) == 1 and b'"id":"49"' in app._layouts["trivial"][0].replace(b" ", b"")
+    assert len(app.decoder.layouts) == 1 and b'"id":"49"' in app.decoder.layouts["trivial"][0].replace(b" ", b"")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -450,7 +452,7 @@ def test_idle_poll_yields_to_other_threads_and_ends():
     once while another thread works on a request: it must not take that thread's CPU."""
     import uvloop
 
-    from hosttune.serve.server import IdlePoll
+    from hosttune.serve.wire import IdlePoll
 
     busy = [False]
 
@@ -912,10 +914,10 @@ def test_inside_a_cpuset_narrower_than_the_plan(models, tmp_path):
 
 
 def test_serve_timeline_benchmark_splits_a_request(tmp_path):
-    """benchmarks/serve_timeline.py hooks the server's private seams (data_received, _read_body,
-    infer, OneSend.flush): a rename would leave the benchmark matching no request. A short run
-    matches every measured request of hosttune serve and of the leanest Python server it is
-    compared with, and their phases add up to a request."""
+    """benchmarks/serve_timeline.py hooks the server's private seams (data_received,
+    App.infer_now, ServedModel.infer_now, OneSend.flush): a rename would leave the benchmark
+    matching no request. A short run matches every measured request of hosttune serve and of the
+    leanest Python server it is compared with, and their phases add up to a request."""
     cpus = sorted(os.sched_getaffinity(0))
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "serve_timeline.py")
     out = tmp_path / "out"
@@ -948,3 +950,24 @@ def test_idle_wakeup_benchmark_measures_every_case(tmp_path):
     assert "<svg" in (out / "report.html").read_text()
     bad = subprocess.run([sys.executable, script, "--gap-us", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--gap-us" in bad.stderr
+
+
+def test_serve_lane_benchmark_measures_lane_on_and_off(tmp_path):
+    """benchmarks/serve_lane.py (the direct lane's A/B through --no-direct-lane): a short run
+    measures every case on both servers in each round, compares them, and draws them."""
+    cpus = sorted(os.sched_getaffinity(0))
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "serve_lane.py")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, script, "--variant", "tiny", "--rounds", "2", "--duration", "0.3",
+                          "--warmup", "0.1", "--concurrency", "1", "--server-cpu", str(cpus[-1]),
+                          "--client-cpu", str(cpus[0]), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["cases"]) == {f"{fmt} c1 {side}" for fmt in ("JSON", "binary") for side in ("lane", "no lane")}
+    for case in summary["cases"].values():
+        assert case["errors"] == 0 and len(case["p50_ms_per_round"]) == 2 and case["throughput"] > 0
+    assert summary["body_bytes"]["JSON"] < 64 * 2**10  # the tiny model's JSON takes the lane too
+    for cmp in summary["lane_vs_off"].values():
+        assert {cmp[key]["verdict"] for key in ("p50_ms", "p99_ms", "throughput")} <= {
+            "within the per-round spread", "lane better", "lane worse"}
+    assert "<svg" in (out / "report.html").read_text()

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 pytest.importorskip("openvino")
 
 from hosttune.model import repo as model_repo  # noqa: E402
-from hosttune.serve.process import Server  # noqa: E402
-from hosttune.serve.server import JSON_INLINE_MAX  # noqa: E402
+from tests.serverproc import Server  # noqa: E402
+from hosttune.serve.decode import JSON_INLINE_MAX  # noqa: E402
 
 HEADER_TIMEOUT = 2
 BODY_TIMEOUT = 2
@@ -310,7 +310,7 @@ def test_sigterm_exits_0(models):
 def test_limit_options_are_checked(models, option, value, message):
     import subprocess
 
-    from hosttune.serve.process import HOSTTUNE
+    from tests.serverproc import HOSTTUNE
 
     r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--port", "0", option, value],
                        capture_output=True, text=True, timeout=120)
@@ -321,16 +321,16 @@ def test_json_errors_leave_the_parser_reusable():
     """simdjson refuses to reuse a parser while a proxy into its last document is alive: an error
     raised while decoding must not keep one (its traceback), and one kept elsewhere must not turn
     the next valid request into a 400."""
-    from hosttune.serve import server
+    from hosttune.serve import decode
 
     for bad in (b"[1, 2]", b'{"inputs": 5}'):
-        with pytest.raises(server.HTTPError) as info:
-            server.decode_json(bad)
+        with pytest.raises(decode.HTTPError) as info:
+            decode.decode_json(bad)
         assert info.value.status == 400 and info.value.__context__ is None
-        request = server.decode_json(b'{"inputs": [{"name": "a", "datatype": "FP32", "data": [[1, 2], [3, 4]]}]}')
+        request = decode.decode_json(b'{"inputs": [{"name": "a", "datatype": "FP32", "data": [[1, 2], [3, 4]]}]}')
         assert request["inputs"][0]["data"].tolist() == [1.0, 2.0, 3.0, 4.0]
-    held = server._parsers.parser.parse(b'{"x": [1]}')["x"]  # noqa: F841 - a proxy that stays alive
-    assert server.decode_json(b'{"inputs": [], "id": "r"}') == {"inputs": [], "id": "r"}
+    held = decode._parsers.parser.parse(b'{"x": [1]}')["x"]  # noqa: F841 - a proxy that stays alive
+    assert decode.decode_json(b'{"inputs": [], "id": "r"}') == {"inputs": [], "id": "r"}
 
 
 _HEADERS = [
@@ -361,14 +361,14 @@ _HEADERS = [
 def test_binary_header_decodes_as_decode_json_does(head):
     """A binary request's header is read by orjson (decode_header) where decode_json's simdjson
     proxies cost twenty times more; what comes out, or the 400 and its message, is the same."""
-    from hosttune.serve.server import decode_header, decode_json
+    from hosttune.serve.decode import decode_header, decode_json
 
     assert _outcome(decode_header, head) == _outcome(decode_json, head)
 
 
 def _outcome(decode, head):
     """What a decoder makes of `head`: ("ok", the request) or ("error", (status, message))."""
-    from hosttune.serve.server import HTTPError
+    from hosttune.serve.decode import HTTPError
 
     try:
         return "ok", _plain(decode(head))
@@ -397,7 +397,7 @@ _JSON = st.recursive(
 @settings(max_examples=300, deadline=None)
 @given(params=_JSON, extra=_JSON)
 def test_binary_header_decodes_as_decode_json_does_on_any_json(params, extra):
-    from hosttune.serve.server import decode_header, decode_json
+    from hosttune.serve.decode import decode_header, decode_json
 
     head = json.dumps({"inputs": [{"name": "input", "shape": [1], "datatype": "FP32",
                                    "parameters": {"binary_data_size": 4, "p": params}}], "x": extra}).encode()

@@ -13,7 +13,7 @@ ov = pytest.importorskip("openvino")
 
 from hosttune.model import repo as model_repo  # noqa: E402
 from hosttune.serve.metrics import BUCKETS_US, Metrics  # noqa: E402
-from hosttune.serve.process import Server  # noqa: E402
+from tests.serverproc import Server  # noqa: E402
 from tests import promtext  # noqa: E402
 from tests.conftest import FIXTURES  # noqa: E402
 
@@ -206,7 +206,7 @@ def test_several_models_per_instance_and_a_pinned_version(models, tmp_path):
 def test_bad_config_json_is_one_line_exit_2(models, tmp_path, config, message):
     import subprocess
 
-    from hosttune.serve.process import HOSTTUNE
+    from tests.serverproc import HOSTTUNE
 
     path = tmp_path / "config.json"
     text = config if isinstance(config, str) else json.dumps(config).replace("MODELS", str(models))

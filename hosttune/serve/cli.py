@@ -59,6 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="after each answer, poll for the next request for this many microseconds instead "
                         "of sleeping: no CPU wake-up between back-to-back requests, one CPU busy while "
                         f"they come (0: off; at most {MAX_IDLE_POLL_US}; default: the plan instance's, else 0)")
+    p.add_argument("--no-direct-lane", action="store_true",
+                   help="answer every request through the ASGI application (no direct lane from the HTTP "
+                        "parser for a pool of one: to measure what the lane saves, benchmarks/serve_lane.py)")
     p.set_defaults(func=cmd_serve)
 
     m = subparsers.add_parser("model", help="model repository: prepare (convert/quantize), sample, list, check")
@@ -224,7 +227,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                             where="--idle-poll-us" if args.idle_poll_us is not None else "the plan's idle_poll_us")
     cpus = cpulist.parse(args.cpus, where="--cpus") if args.cpus else (instance or {}).get("cpus")
 
-    from hosttune.serve.server import App, Limits, bind_socket, serve_forever
+    from hosttune.serve.app import App
+    from hosttune.serve.run import bind_socket, serve_forever
+    from hosttune.serve.wire import Limits
 
     sock = bind_socket(host, port)  # a taken port fails here, before the slow part
     try:
@@ -244,7 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock.close()
         raise
     serve_forever(app, sock, host, limits=Limits(args.header_timeout, args.body_timeout, args.max_connections),
-                  idle_poll_us=idle_poll_us)
+                  idle_poll_us=idle_poll_us, direct_lane=not args.no_direct_lane)
     return 0
 
 

@@ -129,7 +129,7 @@ class ServedModel:
         """Run one inference; `tensors` are numpy arrays in the model's input order.
         Returns copies of the outputs (the infer request is reused at once)."""
         if self.nireq == 1:
-            return self._infer_inline(tensors, timings)
+            return self.infer_now(tensors, timings)
         if self._idle is None:
             self._idle = asyncio.Queue()
             for i in range(self.nireq):
@@ -152,11 +152,12 @@ class ServedModel:
             timings["infer_us"] = (time.perf_counter() - t1) * 1e6
         return outputs
 
-
-    def _infer_inline(self, tensors: list[Any], timings: dict[str, float] | None) -> list[Any]:
-        """A pool of one (one stream, LATENCY): requests are serialized anyway, so the inference
-        runs right here on the event loop thread. This saves the hand-off to an OpenVINO thread and
-        back (two context switches, ~0.1-0.2 ms when the instance has a single CPU)."""
+    def infer_now(self, tensors: list[Any], timings: dict[str, float] | None = None) -> list[Any]:
+        """infer for a pool of one (one stream, LATENCY): requests are serialized anyway, so the
+        inference runs right here on the event loop thread. This saves the hand-off to an OpenVINO
+        thread and back (two context switches, ~0.1-0.2 ms when the instance has a single CPU)."""
+        if self.nireq != 1:  # the pool's requests belong to infer's queue
+            raise RuntimeError(f"infer_now: model {self.name!r} has a pool of {self.nireq}; use infer")
         t1 = time.perf_counter()
         req = self._requests[0]
         self.active += 1

@@ -62,7 +62,7 @@ nogroup:x:65534:
 EOF
 printf 'hosts: files dns\n' > "$ROOT/etc/nsswitch.conf"
 # smoke test with the image's own interpreter and libraries
-chroot "$ROOT" /usr/bin/python3 -c 'import sys; sys.path.insert(0, "/opt/hosttune/lib"); import openvino, numpy, uvicorn, httptools, simdjson, orjson, hosttune.serve.cli; from hosttune.serve import server; server.protocol_class(server.Limits()); print("rootfs: python", sys.version.split()[0], "openvino", openvino.__version__)'
+chroot "$ROOT" /usr/bin/python3 -c 'import sys; sys.path.insert(0, "/opt/hosttune/lib"); import openvino, numpy, uvicorn, httptools, simdjson, orjson, hosttune.serve.cli; from hosttune.serve import wire; wire.protocol_class(wire.Limits()); print("rootfs: python", sys.version.split()[0], "openvino", openvino.__version__)'
 tar -C "$ROOT" --numeric-owner --owner=0 --group=0 -cf - . | gzip -1 > "$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
 echo "rootfs: $(du -sm "$ROOT" | cut -f1) MiB, tarball $(du -sm "$OUT" | cut -f1) MiB"

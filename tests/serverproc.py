@@ -1,6 +1,6 @@
 """Start a real `hosttune serve` in a subprocess (port 0: any free port) and wait until it listens.
 
-Used by the tests and the benchmark scripts."""
+A test harness, used by the tests and the benchmark scripts (which put the checkout on sys.path)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,345 @@
+"""The HTTP connection: uvicorn's httptools protocol with what hosttune adds to it (`protocol_class`).
+
+Below the application (hosttune/serve/app.py): this module knows the application only through
+`Lane`, what the direct lane needs of it. It is the one place that uses uvicorn's internals, each
+listed once in UVICORN_INTERNALS (uvicorn is pinned to the versions they were checked on, see
+pyproject.toml; tests/test_serve_internals.py checks each by name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import importlib
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol as TypingProtocol
+from urllib.parse import unquote
+
+from hosttune.errors import HosttuneError
+from hosttune.serve.decode import JSON_CT, dumps
+
+# (status, body, headers, close the connection after it): an answer, whichever path writes it
+Answer = tuple[int, "bytes | list[bytes]", list[tuple[bytes, bytes]], bool]
+
+UVICORN_MODULE = "uvicorn.protocols.http.httptools_impl"
+# What Protocol uses of uvicorn that is not uvicorn's public API: (name, what it must be). A name
+# is looked up in UVICORN_MODULE; "protocol." names are attributes of a protocol on a live
+# connection (with a request's headers read). Kinds: "class", a type name (an object of that type),
+# "object" (anything), "method(parameters)" (a function with exactly these parameter names).
+UVICORN_INTERNALS: tuple[tuple[str, str], ...] = (
+    ("HttpToolsProtocol", "class"),
+    ("STATUS_LINE", "dict"),  # {status: b"HTTP/1.1 200 OK\r\n"}
+    ("HttpToolsProtocol.connection_made", "method(self, transport)"),
+    ("HttpToolsProtocol.on_message_begin", "method(self)"),
+    ("HttpToolsProtocol.on_headers_complete", "method(self)"),
+    ("HttpToolsProtocol.on_body", "method(self, body)"),
+    ("HttpToolsProtocol.on_message_complete", "method(self)"),
+    ("HttpToolsProtocol.on_response_complete", "method(self)"),  # also what the ASGI cycle calls
+    ("HttpToolsProtocol.shutdown", "method(self)"),
+    ("HttpToolsProtocol.connection_lost", "method(self, exc)"),
+    ("protocol.transport", "object"),  # replaced by OneSend (the ASGI cycle writes through it)
+    ("protocol.loop", "object"),
+    ("protocol.logger", "object"),
+    ("protocol.connections", "set"),
+    ("protocol.parser", "object"),  # httptools' HttpRequestParser
+    ("protocol.url", "bytes"),
+    ("protocol.headers", "list"),
+    ("protocol.expect_100_continue", "bool"),
+    ("protocol.flow.write_paused", "bool"),
+    ("protocol.cycle.response_started", "bool"),
+    ("protocol.cycle.response_complete", "bool"),
+    ("protocol.server_state.default_headers", "list"),
+)
+
+
+def internals_problems(protocol: Any = None) -> list[str]:
+    """Each internal of UVICORN_INTERNALS that the installed uvicorn lacks or has otherwise, as
+    "name: what is wrong". The "protocol." ones only with a live `protocol`."""
+    return [problem for name, kind in UVICORN_INTERNALS
+            if (protocol is not None or not name.startswith("protocol."))
+            and (problem := internal_problem(name, kind, protocol)) is not None]
+
+
+def internal_problem(name: str, kind: str, protocol: Any = None) -> str | None:
+    """What is wrong with one internal (None: it is as Protocol uses it)."""
+    root, *path = name.split(".")
+    if root == "protocol":
+        value: Any = protocol
+    else:
+        try:
+            value = importlib.import_module(UVICORN_MODULE)
+        except ImportError as exc:
+            return f"{UVICORN_MODULE}: cannot import ({exc})"
+        path = [root, *path]
+    try:
+        for part in path:
+            value = getattr(value, part)
+    except AttributeError:
+        return f"{name}: missing"
+    if kind == "class":
+        ok = isinstance(value, type)
+    elif kind.startswith("method("):
+        wanted = [p.strip() for p in kind[len("method("):-1].split(",") if p.strip()]
+        ok = inspect.isfunction(value) and list(inspect.signature(value).parameters) == wanted
+    else:
+        ok = kind == "object" or isinstance(value, getattr(builtins, kind))
+    if ok:
+        return None
+    found = f"function{inspect.signature(value)}" if inspect.isfunction(value) else type(value).__name__
+    return f"{name}: expected {kind}, found {found}"
+
+
+def _uvicorn_protocol() -> tuple[type, dict]:
+    """uvicorn's HttpToolsProtocol and STATUS_LINE, once what Protocol uses of their classes is
+    checked: a uvicorn beyond the pin fails at start, naming what changed, not in a request."""
+    problems = internals_problems()
+    if problems:
+        import uvicorn
+
+        raise HosttuneError(f"uvicorn {uvicorn.__version__} differs from what the HTTP protocol was built on: "
+                            + "; ".join(problems), where="uvicorn (see the serve extra's pin in pyproject.toml)")
+    module = importlib.import_module(UVICORN_MODULE)
+    return module.HttpToolsProtocol, module.STATUS_LINE
+
+
+@dataclass
+class Limits:
+    """What one client may hold: seconds from a request's first byte (or the connection) to the end
+    of its headers, seconds from there to the end of its body, and open connections in all."""
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    max_connections: int = 512
+
+
+class Lane(TypingProtocol):
+    """What the direct lane needs of the application (hosttune.serve.app.App)."""
+
+    def lane(self, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[Any, int | None] | None:
+        """(model, header_len) for a request the lane answers (its body read, infer_now answers
+        it without waiting), None for one the ASGI path answers."""
+
+    def infer_now(self, model: Any, body: bytes | bytearray, header_len: int | None) -> Answer:
+        """The answer, computed on this thread without waiting."""
+
+    def client_left(self) -> None:
+        """A client left before the end of its request's body (counted)."""
+
+    def busy_elsewhere(self) -> bool:
+        """Whether another thread works on a request (IdlePoll)."""
+
+
+class OneSend:
+    """A transport whose writes made in one step of the event loop leave in one send: uvicorn
+    writes a response's status line and headers, then each body part, separately, and each
+    separate send on a TCP_NODELAY socket is a segment of its own and a wakeup of the client
+    (a binary answer was three). Everything else is the transport's own; close() sends what is
+    held first."""
+
+    def __init__(self, transport: Any, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(data)
+
+    def writelines(self, parts: Any) -> None:
+        for part in parts:
+            self.write(part)
+
+    def flush(self) -> None:
+        held, self._held = self._held, []
+        if held and not self._transport.is_closing():
+            self._transport.writelines(held)  # uvloop: one writev, no copy
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class IdlePoll:
+    """After each answer, the event loop polls the network without sleeping for a while (a
+    callback that puts itself back on the ready queue makes the loop's epoll_wait return at once).
+    A client's next request is then read as soon as it arrives, without the wake-up of a sleeping
+    CPU: on the development VM 40-55 us of each back-to-back request of the sample model while its
+    host was quiet (mostly inference run on a CPU that had just been idle), ~15 us when it was not.
+    The price: one CPU kept busy while requests keep coming, so this is for an instance with CPUs
+    of its own; an idle instance sleeps as before.
+    It does not poll while `busy_elsewhere()`: another thread working on a request (a pool's
+    inference, a JSON decode) needs the CPU and the GIL (a pool of two on one CPU, JSON at one
+    connection: p50 2.73 ms polling throughout, 2.38 ms not polling)."""
+
+    def __init__(self, seconds: float, busy_elsewhere: Any):
+        self.seconds = seconds
+        self.busy_elsewhere = busy_elsewhere
+        self.until = 0.0
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def extend(self, loop: asyncio.AbstractEventLoop) -> None:
+        # time.monotonic, not loop.time(): uvloop's clock moves in whole milliseconds
+        self.until = time.monotonic() + self.seconds
+        if self.loop is None:
+            self.loop = loop
+            loop.call_soon(self._poll)
+
+    def _poll(self) -> None:
+        loop = self.loop
+        if (loop is not None and time.monotonic() < self.until and not loop.is_closed()
+                and not self.busy_elsewhere()):
+            loop.call_soon(self._poll)
+        else:
+            self.loop = None
+
+
+def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 0, direct_lane: bool = True) -> type:
+    """uvicorn's httptools protocol with the limits it lacks: a client that trickles its headers or
+    its body is answered 408 and disconnected; a connection beyond the cap is answered 503 and
+    closed at once (the keep-alive timeout already covers idle connections between requests).
+
+    With `app` (and `direct_lane`), the direct lane: an infer request that app.lane accepts is read
+    into one buffer and answered from the parser's callbacks by app.infer_now, without uvicorn's
+    request cycle, task and messages. Anything else, errors included, takes the ASGI path.
+
+    With `idle_poll_us`, the loop polls instead of sleeping for that long after each answer
+    (IdlePoll)."""
+    import httptools
+
+    base, status_line = _uvicorn_protocol()
+    lane_app = app if direct_lane else None
+    if lane_app is not None and inspect.iscoroutinefunction(lane_app.infer_now):  # it could not run here
+        raise TypeError("the direct lane answers from the parser's callbacks: infer_now must not be a coroutine")
+    idle_poll = IdlePoll(idle_poll_us / 1e6, app.busy_elsewhere if app else lambda: False) if idle_poll_us > 0 else None
+
+    class Protocol(base):  # type: ignore[misc, valid-type]
+        _deadline: asyncio.TimerHandle | None = None
+        # the lane's request being read: [model, header_len, body so far]
+        _lane: list | None = None
+        _close_after_lane = False
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self.transport = OneSend(transport, self.loop)
+            if len(self.connections) > limits.max_connections:
+                self._refuse(503, f"more than {limits.max_connections} connections")
+                return
+            self._arm(limits.header_timeout, "headers")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm(limits.header_timeout, "headers")
+
+        def on_headers_complete(self) -> None:
+            self._arm(limits.body_timeout, "body")
+            if lane_app is None or not self._take_lane():
+                super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            lane = self._lane
+            if lane is None:
+                super().on_body(body)
+                return
+            lane[2] += body  # grown as it arrives: a declared length alone reserves nothing
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            if self._lane is None:
+                super().on_message_complete()
+                return
+            model, header_len, body = self._lane
+            self._lane = None
+            try:
+                answer = lane_app.infer_now(model, bytes(body) if header_len is None else body, header_len)
+            except Exception as exc:  # a bug, not the request: as uvicorn answers an application's
+                self.logger.error("Exception in the direct lane", exc_info=exc)
+                answer = (500, b"Internal Server Error", [(b"content-type", b"text/plain; charset=utf-8")], True)
+            status, body, headers, close = answer
+            close = close or self._close_after_lane or not self.parser.should_keep_alive()
+            self._write(status, body, headers, close)
+            self.on_response_complete()  # sends it; keep-alive and pipelining as after any answer
+            if close:
+                self.transport.close()
+
+        def _take_lane(self) -> bool:
+            if (self.parser.get_method() != b"POST" or self.expect_100_continue or self.parser.should_upgrade()
+                    or (self.cycle is not None and not self.cycle.response_complete)  # answers go in order
+                    or self.flow.write_paused  # the ASGI path waits for a slow reader; the lane cannot
+                    or any(name == b"transfer-encoding" for name, _ in self.headers)):
+                return False
+            try:
+                path = httptools.parse_url(self.url).path.decode("ascii")
+            except (httptools.HttpParserError, UnicodeDecodeError):
+                return False  # the ASGI path deals with it as before
+            taken = lane_app.lane(unquote(path) if "%" in path else path, self.headers)  # as uvicorn's scope
+            if taken is None:
+                return False
+            model, header_len = taken
+            self._lane = [model, header_len, bytearray()]
+            return True
+
+        def _write(self, status: int, body: bytes | list[bytes], headers: list[tuple[bytes, bytes]],
+                   close: bool) -> None:
+            """An answer the protocol writes itself (the lane's, a refusal), with the fields
+            uvicorn writes before an application's (the date) and in the same order."""
+            parts = body if isinstance(body, list) else [body]
+            fields = [*self.server_state.default_headers, (b"content-length", b"%d" % sum(len(p) for p in parts)),
+                      *headers]
+            if close:
+                fields.append((b"connection", b"close"))
+            self.transport.writelines([b"".join([status_line[status], *(b"%s: %s\r\n" % f for f in fields), b"\r\n"]),
+                                       *parts])
+
+        def shutdown(self) -> None:
+            if self._lane is not None:  # graceful: the request being read is answered, then closed
+                self._close_after_lane = True
+                return
+            super().shutdown()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._lane is not None:  # gone before the end of its body: counted as the ASGI path does
+                self._lane = None
+                lane_app.client_left()
+            self._disarm()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            # The whole answer is written: it leaves now, not after the request's bookkeeping
+            # (metrics, the ASGI task's return) that runs in the rest of this loop step.
+            self.transport.flush()
+            super().on_response_complete()
+            if idle_poll is not None:
+                idle_poll.extend(self.loop)
+
+        def _arm(self, seconds: float, what: str) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._timed_out, what)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _timed_out(self, what: str) -> None:
+            self._deadline = None
+            if self.cycle is not None and not self.cycle.response_complete:
+                if what == "headers":  # a pipelined request behind one still being answered: later
+                    self._arm(limits.header_timeout, what)
+                    return
+                if self.cycle.response_started:
+                    self.transport.close()  # too late for a status line
+                    return
+            self._refuse(408, f"request {what} not received in time")
+
+        def _refuse(self, status: int, message: str) -> None:
+            if self.transport.is_closing():
+                return
+            self._write(status, dumps({"error": message}), [JSON_CT], True)
+            self.transport.close()
+
+    return Protocol
