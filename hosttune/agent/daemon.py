@@ -46,10 +46,10 @@ from hosttune.agent import worker
 from hosttune.agent.args import add_arguments
 from hosttune.agent.log import PRIORITIES, JsonLog, connected_to_journal
 from hosttune.agent.metrics import Metrics
-from hosttune.agent.notify import Notifier
 from hosttune.agent.probes import probe_instances
 from hosttune.agent.server import StatusServer
 from hosttune.errors import HosttuneError, PolicyError
+from hosttune.sdnotify import Notifier
 from hosttune.sysfs import HostFS, TarHostFS
 
 RUNTIME_AREAS = worker.RUNTIME_AREAS

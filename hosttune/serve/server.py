@@ -36,6 +36,7 @@ from urllib.parse import unquote
 
 from hosttune import __version__
 from hosttune.errors import HosttuneError
+from hosttune.sdnotify import notify
 from hosttune.serve.engine import InputError, ServedModel, to_array
 from hosttune.serve.metrics import Metrics
 
@@ -563,21 +564,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify units) that we are ready; a no-op outside systemd."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(path)
-            s.sendall(message.encode())
-    except OSError:
-        pass
-
-
 def _name_thread(name: str) -> None:
     """Give the calling thread a kernel name (top -H, /proc/PID/task/TID/comm)."""
     try:
@@ -832,7 +818,7 @@ def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False,
         polling = f", idle poll {idle_poll_us} us" if idle_poll_us else ""
         print(f"hosttune serve: listening on http://{shown}:{port} pid {os.getpid()} - {models}{polling}",
               file=sys.stderr, flush=True)
-    sd_notify("READY=1")
+    notify("READY=1")  # Type=notify units: the models are compiled; a no-op outside systemd
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again against the handler
     # it found at start: with the default one the process would die with 143. A no-op handler there
     # makes SIGTERM a clean exit 0.
