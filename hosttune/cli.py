@@ -24,11 +24,13 @@ COMMAND_MODULES = [
     "hosttune.bench.cli",  # bench
     "hosttune.fleet.cli",  # fleet
     "hosttune.converge",  # converge (ansible-runner)
-    "hosttune_testbed.cli",  # testbed (QEMU guests): its own package (testbed/), in a checkout only
 ]
+# Other installed packages add commands through this entry point group (a module with
+# `register(subparsers)`): the QEMU testbed declares `testbed` in testbed/pyproject.toml.
+ENTRY_POINT_GROUP = "hosttune.commands"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hosttune",
         description="Prepare multi-socket Linux hosts for CPU-only OpenVINO inference.",
@@ -44,11 +46,51 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that part of hosttune is not in this build
             raise
         module.register(subparsers)
+    # reading installed packages' metadata costs tens of ms: only when the command is not ours
+    # (or for --help), so `hosttune plan` starts as fast as before
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    if command not in subparsers.choices:
+        for value in plugin_modules():
+            importlib.import_module(value).register(subparsers)
     return parser
 
 
+def plugin_modules() -> list[str]:
+    """The modules of the ENTRY_POINT_GROUP entry points, by entry point name. An editable install
+    (a checkout's .venv) is read from its pyproject.toml, which is current, rather than from the
+    metadata written when it was installed: a command a checkout declares needs no reinstall."""
+    from importlib.metadata import distributions
+
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    for dist in distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name in seen:
+            continue  # shadowed by the one found first on sys.path, as importlib's entry_points() does
+        seen.add(name)
+        declared = {ep.name: ep.value for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP}
+        found.update({**declared, **_editable_entry_points(dist)})
+    return [found[name] for name in sorted(found)]
+
+
+def _editable_entry_points(dist) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    import json
+    import tomllib
+    from urllib.parse import unquote, urlparse
+
+    try:
+        url = json.loads(dist.read_text("direct_url.json") or "{}")
+        if not url.get("dir_info", {}).get("editable"):
+            return {}
+        with open(f"{unquote(urlparse(url['url']).path)}/pyproject.toml", "rb") as f:
+            project = tomllib.load(f).get("project", {})
+    except (OSError, ValueError, KeyError, AttributeError):
+        return {}  # not an editable install of a pyproject project: its metadata holds
+    return dict(project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {}))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
