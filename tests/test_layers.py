@@ -178,3 +178,19 @@ def test_relative_and_from_imports_are_resolved(tmp_path):
     known = {**modules(), "hosttune.m": str(src)}
     got = imports("hosttune.m", str(src), known)
     assert got == [("hosttune.sysfs", 1), ("hosttune", 1), ("hosttune.plan", 2), ("hosttune.engine", 4)]
+
+
+def test_building_the_command_line_loads_no_heavy_library():
+    """`hosttune plan` starts fast: the command modules import openvino, numpy, ansible, fabric,
+    uvicorn and the like inside their handlers only."""
+    import subprocess
+    import sys
+
+    heavy = ("openvino", "numpy", "nncf", "ansible", "ansible_runner", "fabric", "paramiko", "uvicorn",
+             "httptools", "orjson", "simdjson", "psutil")
+    code = ("import sys; from hosttune import cli; cli.build_parser(['plan']); "
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
