@@ -11,9 +11,13 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from hosttune import __version__
 from hosttune.errors import HosttuneError
+
+if TYPE_CHECKING:
+    from importlib.metadata import Distribution
 
 # Modules that register subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -50,14 +54,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     # (or for --help), so `hosttune plan` starts as fast as before
     command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
     if command not in subparsers.choices:
-        for value in plugin_modules():
-            importlib.import_module(value).register(subparsers)
+        for name, value in plugin_modules():
+            try:
+                module = importlib.import_module(value)
+            except ImportError as exc:  # a package half uninstalled: its command is missing, no traceback
+                print(f"hosttune: warning: command {name}: cannot import {value}: {exc}", file=sys.stderr)
+                continue
+            module.register(subparsers)
     return parser
 
 
-def plugin_modules() -> list[str]:
-    """The modules of the ENTRY_POINT_GROUP entry points, by entry point name. An editable install
-    (a checkout's .venv) is read from its pyproject.toml, which is current, rather than from the
+def plugin_modules() -> list[tuple[str, str]]:
+    """(name, module) of the ENTRY_POINT_GROUP entry points, by name. An editable install (a
+    checkout's .venv) is read from its pyproject.toml, which is current, rather than from the
     metadata written when it was installed: a command a checkout declares needs no reinstall."""
     from importlib.metadata import distributions
 
@@ -68,12 +77,14 @@ def plugin_modules() -> list[str]:
         if name in seen:
             continue  # shadowed by the one found first on sys.path, as importlib's entry_points() does
         seen.add(name)
-        declared = {ep.name: ep.value for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP}
-        found.update({**declared, **_editable_entry_points(dist)})
-    return [found[name] for name in sorted(found)]
+        editable = _editable_entry_points(dist)
+        found.update(editable if editable is not None else
+                     {ep.name: ep.value for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP})
+    return sorted(found.items())
 
 
-def _editable_entry_points(dist) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _editable_entry_points(dist: Distribution) -> dict[str, str] | None:
+    """The group's entry points in an editable install's pyproject.toml; None: not one."""
     import json
     import tomllib
     from urllib.parse import unquote, urlparse
@@ -81,11 +92,11 @@ def _editable_entry_points(dist) -> dict[str, str]:  # type: ignore[no-untyped-d
     try:
         url = json.loads(dist.read_text("direct_url.json") or "{}")
         if not url.get("dir_info", {}).get("editable"):
-            return {}
+            return None
         with open(f"{unquote(urlparse(url['url']).path)}/pyproject.toml", "rb") as f:
             project = tomllib.load(f).get("project", {})
     except (OSError, ValueError, KeyError, AttributeError):
-        return {}  # not an editable install of a pyproject project: its metadata holds
+        return None  # not an editable pyproject project: its installed metadata holds
     return dict(project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {}))
 
 

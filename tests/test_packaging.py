@@ -191,3 +191,13 @@ def test_converge_names_a_wrong_ansible_dir(installed_hosttune, tmp_path):
     proc = _converge(work, site, "-i", "localhost", HOSTTUNE_ANSIBLE_DIR=str(tmp_path))
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"hosttune: error: HOSTTUNE_ANSIBLE_DIR={tmp_path}: no playbooks/site.yml")
+
+
+def test_a_command_module_that_cannot_be_imported_is_one_warning(tmp_path):
+    site = tmp_path / "site"
+    _dist(site, "demo-broken", {"entry_points.txt": "[hosttune.commands]\nbroken = demo_missing_module\n"})
+    proc = subprocess.run([sys.executable, "-m", "hosttune", "--help"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([REPO, str(site)])}, cwd=str(tmp_path))
+    assert proc.returncode == 0 and "plan" in proc.stdout, proc.stderr
+    assert proc.stderr == ("hosttune: warning: command broken: cannot import demo_missing_module: "
+                           "No module named 'demo_missing_module'\n")
