@@ -11,9 +11,13 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from hosttune import __version__
 from hosttune.errors import HosttuneError
+
+if TYPE_CHECKING:
+    from importlib.metadata import Distribution
 
 # Modules that register subcommands, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -24,11 +28,13 @@ COMMAND_MODULES = [
     "hosttune.bench.cli",  # bench
     "hosttune.fleet.cli",  # fleet
     "hosttune.converge",  # converge (ansible-runner)
-    "hosttune_testbed.cli",  # testbed (QEMU guests): its own package (testbed/), in a checkout only
 ]
+# Other installed packages add commands through this entry point group (a module with
+# `register(subparsers)`): the QEMU testbed declares `testbed` in testbed/pyproject.toml.
+ENTRY_POINT_GROUP = "hosttune.commands"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hosttune",
         description="Prepare multi-socket Linux hosts for CPU-only OpenVINO inference.",
@@ -44,11 +50,58 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that part of hosttune is not in this build
             raise
         module.register(subparsers)
+    # reading installed packages' metadata costs tens of ms: only when the command is not ours
+    # (or for --help), so `hosttune plan` starts as fast as before
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    if command not in subparsers.choices:
+        for name, value in plugin_modules():
+            try:
+                module = importlib.import_module(value)
+            except ImportError as exc:  # a package half uninstalled: its command is missing, no traceback
+                print(f"hosttune: warning: command {name}: cannot import {value}: {exc}", file=sys.stderr)
+                continue
+            module.register(subparsers)
     return parser
 
 
+def plugin_modules() -> list[tuple[str, str]]:
+    """(name, module) of the ENTRY_POINT_GROUP entry points, by name. An editable install (a
+    checkout's .venv) is read from its pyproject.toml, which is current, rather than from the
+    metadata written when it was installed: a command a checkout declares needs no reinstall."""
+    from importlib.metadata import distributions
+
+    found: dict[str, str] = {}
+    seen: set[str] = set()
+    for dist in distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name in seen:
+            continue  # shadowed by the one found first on sys.path, as importlib's entry_points() does
+        seen.add(name)
+        editable = _editable_entry_points(dist)
+        found.update(editable if editable is not None else
+                     {ep.name: ep.value for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP})
+    return sorted(found.items())
+
+
+def _editable_entry_points(dist: Distribution) -> dict[str, str] | None:
+    """The group's entry points in an editable install's pyproject.toml; None: not one."""
+    import json
+    import tomllib
+    from urllib.parse import unquote, urlparse
+
+    try:
+        url = json.loads(dist.read_text("direct_url.json") or "{}")
+        if not url.get("dir_info", {}).get("editable"):
+            return None
+        with open(f"{unquote(urlparse(url['url']).path)}/pyproject.toml", "rb") as f:
+            project = tomllib.load(f).get("project", {})
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None  # not an editable pyproject project: its installed metadata holds
+    return dict(project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {}))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,

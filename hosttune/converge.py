@@ -52,41 +52,68 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--artifacts", default=os.path.join("artifacts", "converge"), metavar="DIR",
                    help="ansible-runner private data dir; each run's artifacts go to DIR/artifacts/<ident> "
                         "(default: ./artifacts/converge)")
-    p.add_argument("--project", metavar="DIR",
-                   help="directory holding playbooks/, roles/ and ansible.cfg (default: $HOSTTUNE_ANSIBLE_DIR, "
-                        "this source checkout, or the copy installed with hosttune)")
+    p.add_argument("--ansible-dir", "--project", dest="project", metavar="DIR",
+                   help="hosttune's Ansible content: a checkout, or an installed hosttune.tuning collection "
+                        "(default: $HOSTTUNE_ANSIBLE_DIR, this source checkout, or the collection installed "
+                        "in ANSIBLE_COLLECTIONS_PATH, ~/.ansible/collections, /usr/share/ansible/collections)")
     p.add_argument("--output", action="store_true", help="also print Ansible's own output (stdout)")
     p.set_defaults(func=cmd_converge)
 
 
 # -- resolving the project, inventory, playbook, extra vars --------------------------------------
+# The Ansible content (playbooks/, inventory/, ansible.cfg and the collection hosttune.tuning) is not
+# in the hosttune wheel: it comes from a checkout, or from the collection installed by ansible-galaxy,
+# whose tarball carries playbooks/, inventory/ and ansible.cfg beside roles/ and plugins/.
 COLLECTION = os.path.join("collections", "ansible_collections", "hosttune", "tuning")
-NOT_A_PROJECT = f"no playbooks/site.yml and {COLLECTION} there"
+INSTALLED = ("ansible_collections", "hosttune", "tuning")  # <collections path>/ansible_collections/...
+NOT_A_PROJECT = f"no playbooks/site.yml and {COLLECTION} there (nor an installed hosttune.tuning)"
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # a source checkout, if this is one
+ENV = "HOSTTUNE_ANSIBLE_DIR"
+
+
+def collections_path(path: str) -> str | None:
+    """The collections path that makes hosttune.tuning resolve for the Ansible content at `path`: the
+    checkout's own collections/, or the path an installed collection sits in; None: not the content."""
+    if not os.path.isfile(os.path.join(path, "playbooks", "site.yml")):
+        return None
+    if os.path.isdir(os.path.join(path, COLLECTION, "roles")):
+        return os.path.join(os.path.abspath(path), "collections")
+    parts = os.path.abspath(path).split(os.sep)
+    if tuple(parts[-3:]) == INSTALLED and os.path.isdir(os.path.join(path, "roles")):
+        return os.sep.join(parts[:-3])
+    return None
 
 
 def _is_project(path: str) -> bool:
-    return (os.path.isfile(os.path.join(path, "playbooks", "site.yml"))
-            and os.path.isdir(os.path.join(path, COLLECTION, "roles")))
+    return collections_path(path) is not None
+
+
+def installed_collections() -> list[str]:
+    """Where ansible-galaxy installs collections, in Ansible's order: $ANSIBLE_COLLECTIONS_PATH
+    (or its old name), else ~/.ansible/collections and /usr/share/ansible/collections."""
+    env = os.environ.get("ANSIBLE_COLLECTIONS_PATH") or os.environ.get("ANSIBLE_COLLECTIONS_PATHS")
+    paths = env.split(os.pathsep) if env else ["~/.ansible/collections", "/usr/share/ansible/collections"]
+    return [os.path.expanduser(p) for p in paths if p]
 
 
 def find_project(explicit: str | None = None) -> str:
-    """The directory with playbooks/, inventory/, ansible.cfg and the collection hosttune.tuning
-    (collections/ansible_collections/hosttune/tuning: the roles and modules)."""
-    if explicit:
-        if not _is_project(explicit):
-            raise HosttuneError(NOT_A_PROJECT, where=explicit)
-        return os.path.abspath(explicit)
-    env = os.environ.get("HOSTTUNE_ANSIBLE_DIR")
-    if env:
-        if not _is_project(env):
-            raise HosttuneError(NOT_A_PROJECT, where=f"HOSTTUNE_ANSIBLE_DIR={env}")
-        return os.path.abspath(env)
-    package = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.dirname(package), os.path.join(package, "data", "ansible")):
+    """The directory with playbooks/, inventory/, ansible.cfg and the collection hosttune.tuning:
+    --ansible-dir, else $HOSTTUNE_ANSIBLE_DIR, else this source checkout, else the collection
+    installed by ansible-galaxy (see installed_collections)."""
+    for value, where in ((explicit, explicit), (os.environ.get(ENV), f"{ENV}={os.environ.get(ENV)}")):
+        if value:
+            if not _is_project(value):
+                raise HosttuneError(NOT_A_PROJECT, where=where)
+            return os.path.abspath(value)
+    if _is_project(CHECKOUT):
+        return CHECKOUT
+    for path in installed_collections():
+        candidate = os.path.join(path, *INSTALLED)
         if _is_project(candidate):
-            return candidate
-    raise HosttuneError("hosttune's playbooks and roles are not installed here; pass --project DIR "
-                        "(a hosttune source checkout)", where="--project")
+            return os.path.abspath(candidate)
+    raise HosttuneError(f"hosttune's playbooks and roles are not here: install the collection hosttune.tuning "
+                        f"(ansible-galaxy collection install), or pass --ansible-dir DIR or set {ENV} "
+                        f"(a hosttune checkout)", where="--ansible-dir")
 
 
 def find_inventory(project: str, name: str) -> str:
@@ -423,8 +450,11 @@ def cmd_converge(args: argparse.Namespace) -> int:
     ident = time.strftime("%Y%m%d-%H%M%S") + f"-{os.path.splitext(os.path.basename(playbook))[0]}-{os.getpid()}"
     cmdline = " ".join(flag for flag, on in (("--check", args.check), ("--diff", args.diff)) if on)
     envvars = {
-        # its collections_path puts the project's collections/ (hosttune.tuning) first
         "ANSIBLE_CONFIG": os.path.join(project, "ansible.cfg"),
+        # hosttune.tuning from where the content was found first (the checkout's collections/, or
+        # where it is installed), then Ansible's usual places
+        "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(dict.fromkeys(
+            [collections_path(project) or "", *installed_collections()])),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
         "PATH": _search_path(),

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from hosttune import areas, cpulist
+from hosttune import areas, cpulist, instance_settings
 from hosttune.errors import PolicyError
 from hosttune.policy import model_specs
-from hosttune.serve import ovms_config
 from hosttune.topology import Cpu, Node, Topology
 
 SCHEMA = "hosttune.plan/1"
@@ -186,7 +185,7 @@ def _instances(topo: Topology, node_rows: list[dict[str, Any]], policy: dict[str
         }
         # OVMS's config.json for the container (the role mounts the model repository at /models);
         # `hosttune serve --config-path` reads the same file
-        instance["ovms"]["config"] = ovms_config.render(instance, ovms_config.CONTAINER_MODELS)
+        instance["ovms"]["config"] = instance_settings.render(instance, instance_settings.CONTAINER_MODELS)
         instances.append(instance)
     return instances
 

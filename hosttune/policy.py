@@ -232,11 +232,26 @@ def read_config(fs: Any, path: str | None) -> tuple[Any, str | None]:
     return safeyaml.loads(data, where=where, error=PolicyError), where
 
 
+def split_config(raw: Any) -> tuple[Any, Any, bool]:
+    """The one reading of the config file's shape (CONFIG_FILE, --policy, the agent's --config): a
+    bare policy, or {policy: ..., agent: ...} with either section optional -> (the policy part, the
+    agent part, nested). A nested document's other keys, and a policy: that is not a mapping, are
+    PolicyErrors naming the key."""
+    if not isinstance(raw, dict) or not ("policy" in raw or "agent" in raw):
+        return raw, None, False
+    extra = [key for key in raw if key not in ("policy", "agent")]
+    if extra:
+        raise PolicyError("unknown top-level key: with policy:/agent: sections, policy fields go under policy:",
+                          where=_field("", extra[0]))
+    section = raw.get("policy")
+    if not isinstance(section, (dict, type(None))):
+        raise PolicyError(f"must be a mapping, got {type(section).__name__}", where="policy")
+    return section or {}, raw.get("agent"), True
+
+
 def from_document(raw: Any, where: str) -> dict[str, Any]:
     """The validated policy of a config document (its policy: section, or the whole of it)."""
     try:
-        if isinstance(raw, dict) and "agent" in raw and set(raw) <= {"policy", "agent"}:
-            raw = {"policy": raw.get("policy")}  # the agent's config file: either section optional
         return validate(raw if raw is not None else {}, source=where)
     except PolicyError as exc:
         exc.where = f"{where}: {exc.where}" if exc.where else where
@@ -247,10 +262,13 @@ def validate(raw: Any, source: str = "policy") -> dict[str, Any]:
     """Merge the user's policy over the profile defaults and check every field."""
     if not isinstance(raw, dict):
         raise PolicyError(f"must be a mapping, got {type(raw).__name__}", where=None if source else source)
-    if "policy" in raw and set(raw) <= {"policy", "agent"}:
-        if not isinstance(raw["policy"], (dict, type(None))):
-            raise PolicyError(f"must be a mapping, got {type(raw['policy']).__name__}", where="policy")
-        raw = raw["policy"] or {}  # /etc/hosttune/hosttune.yaml: {policy: ..., agent: ...}
+    section, _, nested = split_config(raw)
+    if nested:  # /etc/hosttune/hosttune.yaml: {policy: ..., agent: ...}; errors name policy.<field>
+        try:
+            return validate(section, source)
+        except PolicyError as exc:
+            exc.where = f"policy.{exc.where}" if exc.where else "policy"
+            raise
     profile = raw.get("profile", PROFILES[0])
     if not isinstance(profile, str) or profile not in PROFILES:
         raise PolicyError(f"must be one of {', '.join(PROFILES)}, got {brief(profile)}", where="profile")

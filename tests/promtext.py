@@ -23,6 +23,11 @@ class Family:
     samples: list[tuple[str, dict[str, str], float]] = field(default_factory=list)
 
 
+def _unescape(value: str) -> str:
+    """A label value's escapes: the format has exactly three (\\\\, \\", \\n); anything else is kept."""
+    return re.sub(r'\\(.)', lambda m: {"\\": "\\", '"': '"', "n": "\n"}.get(m.group(1), m.group(0)), value)
+
+
 def _labels(text: str, line: str) -> dict[str, str]:
     labels: dict[str, str] = {}
     pos = 0
@@ -30,7 +35,7 @@ def _labels(text: str, line: str) -> dict[str, str]:
         m = _LABEL.match(text, pos)
         if not m:
             raise ValueError(f"bad labels in {line!r}")
-        labels[m.group(1)] = m.group(2).encode().decode("unicode_escape")
+        labels[m.group(1)] = _unescape(m.group(2))
         pos = m.end()
     return labels
 

@@ -22,7 +22,7 @@ from hosttune import cpulist, engine, state
 from hosttune.agent import fastcheck, worker
 from hosttune.agent.daemon import Agent
 from hosttune.agent.log import JsonLog
-from hosttune.agent.notify import Notifier
+from hosttune.sdnotify import Notifier
 from hosttune.sysfs import HostFS
 from tests.treegen import Spec, write_tree
 

@@ -182,8 +182,9 @@ def test_resolves_stages_inventories_and_the_project(tmp_path):
         converge.find_inventory(project, str(tmp_path / "nope"))
     with pytest.raises(HosttuneError, match="playbooks/site.yml"):
         converge.find_project(str(tmp_path))
-    # the copy shipped inside the package (symlinks in the checkout, files in a wheel)
-    assert converge._is_project(os.path.join(REPO, "hosttune", "data", "ansible"))
+    # the wheel carries no Ansible content: an installed hosttune uses the installed collection
+    # (tests/test_packaging.py); the checkout's collections/ is what makes hosttune.tuning resolve here
+    assert converge.collections_path(project) == os.path.join(REPO, "collections")
 
 
 def _event(kind, host="h1", task="t", **data):

@@ -189,3 +189,33 @@ def test_hostile_policy_files_give_one_line(tmp_path, name, text, needles):
 def test_policy_file_size_is_capped(tmp_path):
     path, proc = _plan_with(tmp_path, "# padding\n" * 120_000 + "thp: never\n")
     _one_line_error(proc, str(path), "larger than 1048576 bytes")
+
+
+# -- the config file's shape: one reading (policy.split_config) for the CLI, the agent and fleet ---------
+@pytest.mark.parametrize("doc,field", [
+    ({"policy": {"thp": "sometimes"}, "agent": {}}, "policy.thp"),
+    ({"policy": {"thp": "sometimes"}}, "policy.thp"),
+    ({"thp": "sometimes"}, "thp"),
+    ({"policy": 5, "agent": {}}, "policy"),
+    ({"agent": {}, "thp": "never"}, "thp"),  # a policy field beside agent: is not silently ignored
+])
+def test_every_reader_names_the_same_field(doc, field):
+    from hosttune.agent import config as agent_config
+
+    for read in (lambda: policy.validate(doc), lambda: policy.from_document(doc, "f.yaml"),
+                 lambda: agent_config.parse(doc, "f.yaml")):
+        with pytest.raises(policy.PolicyError) as err:
+            read()
+        assert err.value.where in (field, f"f.yaml: {field}"), err.value.where
+
+
+def test_every_reader_takes_the_same_policy_from_a_nested_file():
+    from hosttune.agent import config as agent_config
+
+    doc = {"policy": {"profile": "throughput"}, "agent": {"interval": 5}}
+    assert policy.split_config(doc) == ({"profile": "throughput"}, {"interval": 5}, True)
+    assert policy.split_config({"agent": {}}) == ({}, {}, True)
+    assert policy.split_config({"thp": "never"}) == ({"thp": "never"}, None, False)
+    parsed = agent_config.parse(doc, "f.yaml")
+    assert parsed.policy == policy.validate(doc) == policy.from_document(doc, "f.yaml")
+    assert parsed.policy["profile"] == "throughput" and parsed.agent.interval == 5

@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from hosttune.agent.args import add_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -18,14 +20,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "--foreground, anywhere.")
     add_arguments(p)
     p.set_defaults(func=cmd_agent)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", default="/", help="host tree (default /; an extracted capture for tests)")
-    p.add_argument("--config", help="configuration file (default: <root>/etc/hosttune/hosttune.yaml; "
-                                    "a policy, or {policy: ..., agent: ...})")
-    p.add_argument("--foreground", action="store_true",
-                   help="run without systemd (no NOTIFY_SOCKET needed); same loop, JSON logs on stdout")
 
 
 def agent_argv(args: argparse.Namespace) -> list[str]:

@@ -96,23 +96,12 @@ def parse(raw: Any, where: str) -> Config:
     if not isinstance(raw, dict):
         raise PolicyError(f"must be a mapping (a policy, or policy: and agent: sections), got {type(raw).__name__}",
                           where=where)
-    nested = "agent" in raw or "policy" in raw
-    if nested:
-        extra = [k for k in raw if k not in ("policy", "agent")]
-        if extra:
-            raise PolicyError("unknown top-level key: with policy:/agent: sections, policy fields go under "
-                              "policy:", where=f"{where}: {extra[0]}")
     try:
-        agent = validate_agent(raw.get("agent") if nested else None)
+        _, agent_raw, _ = policy_mod.split_config(raw)  # the one reading of the file's shape
+        agent = validate_agent(agent_raw)
+        pol = policy_mod.validate(raw, source=where)  # a nested file's errors name policy.<field>
     except PolicyError as exc:
-        exc.where = f"{where}: {exc.where}"
-        raise
-    pol_raw = (raw.get("policy") or {}) if nested else raw
-    try:
-        pol = policy_mod.validate(pol_raw, source=where)
-    except PolicyError as exc:
-        field = f"policy.{exc.where}" if nested and exc.where else (exc.where or "policy")
-        exc.where = f"{where}: {field}"
+        exc.where = f"{where}: {exc.where or 'policy'}"
         raise
     return Config(path=where, policy=pol, agent=agent)
 

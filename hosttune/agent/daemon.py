@@ -39,17 +39,17 @@ from collections import Counter
 from typing import Any
 
 from hosttune import __version__, discovery, engine, state
-from hosttune.agent import cli as agent_cli
 from hosttune.agent import config as config_mod
 from hosttune.agent import fastcheck
 from hosttune.agent import status as status_mod
 from hosttune.agent import worker
+from hosttune.agent.args import add_arguments
 from hosttune.agent.log import PRIORITIES, JsonLog, connected_to_journal
 from hosttune.agent.metrics import Metrics
-from hosttune.agent.notify import Notifier
 from hosttune.agent.probes import probe_instances
 from hosttune.agent.server import StatusServer
 from hosttune.errors import HosttuneError, PolicyError
+from hosttune.sdnotify import Notifier
 from hosttune.sysfs import HostFS, TarHostFS
 
 RUNTIME_AREAS = worker.RUNTIME_AREAS
@@ -544,7 +544,7 @@ def _error(text: str) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="hosttune agent")
-    agent_cli.add_arguments(parser)
+    add_arguments(parser)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug-level log lines too")
     args = parser.parse_args(argv)
     log = JsonLog(level="debug" if args.verbose else "info")

@@ -4,12 +4,11 @@ rendered in the text exposition format 0.0.4, plus the standard process_* metric
 Why not prometheus_client: importing it loads prometheus_client.exposition, which imports ssl
 unconditionally (libssl + libcrypto, about 5 MB RSS) along with urllib.request and wsgiref; with it
 the agent measured 27-28 MB against a 25 MB budget. The agent needs two metric types and one
-output format; the tests parse this output with prometheus_client's own parser.
+output format (written by hosttune.exposition); the tests parse it with prometheus_client's parser.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 import threading
@@ -19,29 +18,11 @@ from typing import Any
 
 from hosttune import __version__
 from hosttune.agent.probes import HEALTH_PATH
+from hosttune.exposition import CONTENT_TYPE, header, sample  # noqa: F401 (CONTENT_TYPE: agent.server)
 from hosttune.policy import AREAS
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATUSES = ("ok", "drift", "unsupported", "pending-reboot")
 RESULTS = ("ok", "repaired", "drift", "locked", "apply_failed", "error")
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return f"{int(value)}"
-    return repr(float(value))
 
 
 class Metric:
@@ -82,14 +63,9 @@ class Metric:
             self.values.clear()
 
     def render(self, out: list[str]) -> None:
-        out.append(f"# HELP {self.name} {_escape_help(self.help)}")
-        out.append(f"# TYPE {self.name} {self.kind}")
+        header(out, self.name, self.help, self.kind)
         for key, value in sorted(self.values.items()):
-            if self.labels:
-                pairs = ",".join(f'{n}="{_escape_label(v)}"' for n, v in zip(self.labels, key))
-                out.append(f"{self.name}{{{pairs}}} {_number(value)}")
-            else:
-                out.append(f"{self.name} {_number(value)}")
+            out.append(sample(self.name, zip(self.labels, key), value))
 
 
 class Registry:

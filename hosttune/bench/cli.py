@@ -17,7 +17,7 @@ from hosttune.errors import HosttuneError
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    from hosttune.commands.core import add_policy, add_root
+    from hosttune.cliutil import add_policy, add_root
 
     add_root(p)
     add_policy(p)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
 from hosttune import areas, cpulist
+from hosttune.cliutil import add_policy, add_root, load_plan, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,32 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_policy(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plan)
-
-
-def add_root(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", default="/", help="host tree: / (live), an extracted capture, or a capture tarball")
-
-
-def add_policy(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", help="policy YAML (default: the embedded default policy; "
-                                         "/etc/hosttune/hosttune.yaml is the agent's)")
-
-
-def load_plan(args: argparse.Namespace) -> dict[str, Any]:
-    """Topology under --root + --policy -> plan (shared by plan/apply/verify)."""
-    from hosttune import discovery, plan, policy
-    from hosttune.sysfs import HostFS
-
-    fs = HostFS.open(args.root)
-    pol = policy.resolve(fs, args.policy)
-    topo = discovery.discover(fs)
-    return plan.make_plan(topo, pol)
-
-
-def print_json(data: Any) -> None:
-    # indented for a person at a terminal; compact otherwise (json's C encoder only runs without indent)
-    sys.stdout.write(json.dumps(data, indent=2 if sys.stdout.isatty() else None))
-    sys.stdout.write("\n")
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
@@ -97,9 +71,7 @@ def render_topology(t: dict[str, Any]) -> str:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from hosttune import discovery, sysfs
-
-    from hosttune import policy
+    from hosttune import discovery, policy, sysfs
 
     fs = sysfs.HostFS.open(args.root)
     discovery.discover(fs)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from hosttune.commands.core import add_policy, add_root, load_plan, print_json
+from hosttune.cliutil import add_policy, add_root, load_plan, print_json
 from hosttune.errors import EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_REBOOT
 from hosttune import areas
 

@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace, command: str, work, *, check_policy: bool) ->
         if not args.quiet:
             print(f"fleet {command}: wrote {', '.join(paths[:2])}", file=sys.stderr)
     if args.json:
-        from hosttune.commands.core import print_json
+        from hosttune.cliutil import print_json
 
         print_json(rep)
     else:

@@ -18,7 +18,7 @@ from hosttune.safeyaml import brief
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from hosttune.commands.core import add_policy, add_root
+    from hosttune.cliutil import add_policy, add_root
     from hosttune.model import default_repo
 
     p = subparsers.add_parser(
@@ -131,7 +131,7 @@ def read_plan(args: argparse.Namespace) -> dict[str, Any]:
         if not isinstance(plan, dict) or plan.get("schema") != "hosttune.plan/1":
             raise HosttuneError("not a hosttune.plan/1 document", where=args.plan)
         return plan
-    from hosttune.commands.core import load_plan
+    from hosttune.cliutil import load_plan
 
     return load_plan(args)
 

@@ -4,7 +4,8 @@ hosttune serve too (and the two instance kinds stay interchangeable per node).
 OVMS (src/model_metric_reporter.cpp, docs/metrics.md) exposes its counters under bare names
 (`ovms_requests_success`, no `_total`), leaves the `version` label off ModelReady, labels
 `ovms_current_requests` per model, and uses the histogram buckets floor(10 * 1.8^i) us, i < 33.
-prometheus_client cannot render a counter without `_total`, hence this small renderer.
+prometheus_client cannot render a counter without `_total`, hence this small renderer (the text
+itself is written by hosttune.exposition, as for the agent).
 
 Every update happens on the server's event-loop thread (OpenVINO's completion callbacks only wake
 the loop), so the children are plain attributes without locks: an observation is a bisect and
@@ -17,25 +18,13 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from hosttune.exposition import CONTENT_TYPE, header, sample
+
 BUCKETS_US = tuple(math.floor(10 * 1.8 ** i) for i in range(33))  # OVMS: 10, 18, 32, 58, 104, ...
 KSERVE_METHODS = ("ModelInfer", "ModelMetadata", "ModelReady")
 UNVERSIONED_METHODS = ("ModelReady",)  # OVMS reports these per model name only
 
 Labels = tuple[tuple[str, str], ...]
-
-
-def _number(value: float) -> str:
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
-
-
-def _labels(pairs: Labels) -> str:
-    def escape(v: str) -> str:
-        return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in pairs) + "}" if pairs else ""
 
 
 class Counter:
@@ -48,7 +37,7 @@ class Counter:
         self.value += amount
 
     def samples(self, name: str, labels: Labels) -> list[str]:
-        return [f"{name}{_labels(labels)} {_number(self.value)}"]
+        return [sample(name, labels, self.value)]
 
 
 class Gauge(Counter):
@@ -70,7 +59,7 @@ class Gauge(Counter):
 
     def samples(self, name: str, labels: Labels) -> list[str]:
         value = self.function() if self.function is not None else self.value
-        return [f"{name}{_labels(labels)} {_number(value)}"]
+        return [sample(name, labels, value)]
 
 
 class Histogram:
@@ -88,11 +77,11 @@ class Histogram:
 
     def samples(self, name: str, labels: Labels) -> list[str]:
         # OVMS's order: _count, _sum, then the cumulative buckets
-        out = [f"{name}_count{_labels(labels)} {self.count}", f"{name}_sum{_labels(labels)} {_number(self.sum)}"]
+        out = [sample(f"{name}_count", labels, self.count), sample(f"{name}_sum", labels, self.sum)]
         total = 0
         for bound, n in zip((*map(str, BUCKETS_US), "+Inf"), self.counts):
             total += n
-            out.append(f"{name}_bucket{_labels((*labels, ('le', bound)))} {total}")
+            out.append(sample(f"{name}_bucket", (*labels, ("le", bound)), total))
         return out
 
 
@@ -110,8 +99,7 @@ class Family:
         return self.children[key]
 
     def render(self, out: list[str]) -> None:
-        out.append(f"# HELP {self.name} {self.help}")
-        out.append(f"# TYPE {self.name} {self.kind}")
+        header(out, self.name, self.help, self.kind)
         for key, child in self.children.items():
             out.extend(child.samples(self.name, key))
 

@@ -11,6 +11,7 @@ import socket
 import sys
 
 from hosttune.errors import HosttuneError
+from hosttune.sdnotify import notify
 from hosttune.serve.app import App
 from hosttune.serve.wire import Limits, protocol_class
 
@@ -33,21 +34,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise HosttuneError(f"cannot bind: {exc.strerror or exc}", where=f"{host}:{port}") from None
     sock.set_inheritable(True)
     return sock
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify units) that we are ready; a no-op outside systemd."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(path)
-            s.sendall(message.encode())
-    except OSError:
-        pass
 
 
 def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False, limits: Limits | None = None,
@@ -73,7 +59,7 @@ def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False,
         lane = "" if direct_lane else ", no direct lane"
         print(f"hosttune serve: listening on http://{shown}:{port} pid {os.getpid()} - {models}{polling}{lane}",
               file=sys.stderr, flush=True)
-    sd_notify("READY=1")
+    notify("READY=1")  # Type=notify units: the models are compiled; a no-op outside systemd
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again against the handler
     # it found at start: with the default one the process would die with 143. A no-op handler there
     # makes SIGTERM a clean exit 0.

@@ -1,6 +1,7 @@
-"""sd_notify(3) without libsystemd: one datagram per message to $NOTIFY_SOCKET, and the watchdog
-period from $WATCHDOG_USEC. Both variables are taken out of the environment (as sd_notify's
-unset_environment does) so that commands the agent runs do not inherit them."""
+"""sd_notify(3) without libsystemd, for the agent and hosttune serve (both Type=notify units): one
+datagram per message to $NOTIFY_SOCKET, and the watchdog period from $WATCHDOG_USEC. Both variables
+are taken out of the environment (as sd_notify's unset_environment does) so that commands the
+process runs do not inherit them."""
 
 from __future__ import annotations
 
@@ -70,3 +71,12 @@ class Notifier:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+def notify(*fields: str) -> bool:
+    """Send one message (e.g. READY=1) and close; False outside systemd or when it failed."""
+    notifier = Notifier()
+    try:
+        return notifier.send(*fields)
+    finally:
+        notifier.close()
