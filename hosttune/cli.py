@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -91,9 +92,15 @@ def _editable_entry_points(dist: Distribution) -> dict[str, str] | None:
 
     try:
         url = json.loads(dist.read_text("direct_url.json") or "{}")
-        if not url.get("dir_info", {}).get("editable"):
+        if url.get("dir_info", {}).get("editable"):
+            source = unquote(urlparse(url["url"]).path)
+        elif dist.read_text("PKG-INFO") is not None and os.path.isfile(dist.locate_file("pyproject.toml")):
+            # the egg-info an editable build leaves in the source tree, found first when the tree is on
+            # sys.path: its entry_points.txt is as old as that build
+            source = str(dist.locate_file(""))
+        else:
             return None
-        with open(f"{unquote(urlparse(url['url']).path)}/pyproject.toml", "rb") as f:
+        with open(f"{source}/pyproject.toml", "rb") as f:
             project = tomllib.load(f).get("project", {})
     except (OSError, ValueError, KeyError, AttributeError):
         return None  # not an editable pyproject project: its installed metadata holds

@@ -242,7 +242,7 @@ def split_config(raw: Any) -> tuple[Any, Any, bool]:
     extra = [key for key in raw if key not in ("policy", "agent")]
     if extra:
         raise PolicyError("unknown top-level key: with policy:/agent: sections, policy fields go under policy:",
-                          where=_field("", extra[0]))
+                          where=policy_field("", extra[0]))
     section = raw.get("policy")
     if not isinstance(section, (dict, type(None))):
         raise PolicyError(f"must be a mapping, got {type(section).__name__}", where="policy")
