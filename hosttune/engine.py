@@ -38,16 +38,19 @@ def _host_path(fs: HostFS, path: str) -> str:
     return path if fs.is_live else os.path.join(fs.root, path.lstrip("/"))
 
 
-def _refresh(host: Host, records: list[dict[str, Any]], strict: bool) -> None:
-    """Run the commands that make changed files take effect, area by area, in registry order."""
+def _by_area(records: list[dict[str, Any]]) -> list[tuple[Any, list[dict[str, Any]]]]:
+    """(area module, its records) for every area with records, in registry order."""
     by_area: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_area.setdefault(record.get("area", ""), []).append(record)
-    for area in areas.REGISTRY:
-        # records written before they named their area: any area may claim them
-        mine = by_area.get(area.NAME, []) + by_area.get("", [])
-        if not mine:
-            continue
+    # records written before they named their area: any area may claim them
+    return [(area, mine) for area in areas.REGISTRY
+            if (mine := by_area.get(area.NAME, []) + by_area.get("", []))]
+
+
+def _refresh(host: Host, records: list[dict[str, Any]], strict: bool) -> None:
+    """Run the commands that make changed files take effect, area by area, in registry order."""
+    for area, mine in _by_area(records):
         for action in area.refresh(host, mine):
             if not host.runner.run(action.argv, action.why, env=action.env):
                 if strict:
@@ -131,7 +134,7 @@ def _apply_locked(plan: dict[str, Any], fs: HostFS, host: Host, only: list[str] 
     if reread or recovered:
         fs.forget()
     selected = areas.build(plan, host, only)
-    refused = set(st.extras.get("immovable_irqs", []))
+    refused = dict(st.refused)  # key -> why the host refused its write; not retried
     pending: list[tuple[Item, str | None, dict[str, Any]]] = []
     unsupported = []
     for area in selected:
@@ -182,7 +185,7 @@ def _apply_locked(plan: dict[str, Any], fs: HostFS, host: Host, only: list[str] 
                                       where=_host_path(fs, exc.filename or item.path)) from None
                 unsupported.append({"area": item.area, "name": item.name, "reason": reason})
                 if item.remember_refusal:
-                    refused.add(item.key)
+                    refused[item.key] = reason
                 if item.key in new_keys:
                     st.originals.pop(item.key)  # never changed, so nothing to restore
                 continue
@@ -195,11 +198,11 @@ def _apply_locked(plan: dict[str, Any], fs: HostFS, host: Host, only: list[str] 
         for key in new_keys:
             st.originals.pop(key, None)  # back to the value found before this run
         st.run = None
-        st.extras["immovable_irqs"] = sorted(refused)
+        st.refused = refused
         state.save(fs, st)
         raise
     st.run = None
-    st.extras["immovable_irqs"] = sorted(refused)
+    st.refused = refused
     state.save(fs, st)
     changed = {r["path"] for r in done}
     report["changes"] = [c for c in report["changes"] if c["path"] in changed]
@@ -226,7 +229,7 @@ def _finish(report: dict[str, Any], plan: dict[str, Any], fs: HostFS, host: Host
 # -- verify ---------------------------------------------------------------------------------------
 def verify(plan: dict[str, Any], fs: HostFS, only: list[str] | None = None) -> dict[str, Any]:
     st = state.load(fs)
-    refused = set(st.extras.get("immovable_irqs", []))
+    refused = st.refused
     host = _host(fs)
     rows: list[dict[str, Any]] = []
     for area in areas.build(plan, host, only):
@@ -240,7 +243,7 @@ def verify(plan: dict[str, Any], fs: HostFS, only: list[str] | None = None) -> d
             if item.matches(raw):
                 status, reason = "ok", None
             elif item.key in refused:
-                status, reason = "unsupported", "kernel-managed IRQ (writes refused)"
+                status, reason = "unsupported", f"{refused[item.key]} (write refused, not retried)"
             else:
                 status, reason = "drift", None
             rows.append(_row(item.area, item.name, item.expected(), item.shown(raw), status, reason))
@@ -272,5 +275,8 @@ def restore(fs: HostFS, lock_wait: float = 30.0) -> dict[str, Any]:
             state.save(fs, st)
         else:
             fs.remove(state.STATE_FILE)
+    # each area says whether what it put back waits for a reboot (a boot configuration does)
+    reboot = any(area.reboot_after_restore(host, mine) for area, mine in _by_area(restored))
     return {"schema": "hosttune.restore/1", "recovered": recovered,
-            "restored": sorted(r["path"] for r in restored), "failed": failed, "commands": host.runner.ran}
+            "restored": sorted(r["path"] for r in restored), "failed": failed, "commands": host.runner.ran,
+            "reboot_required": reboot}

@@ -42,18 +42,24 @@ class State:
 
     originals: dict[str, dict[str, Any]] = field(default_factory=dict)
     run: dict[str, Any] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)  # immovable IRQs, services, ...
+    # key -> why the host refused a write to it (an Item with remember_refusal): not retried;
+    # kept in the file as extras.refused
+    refused: dict[str, str] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # services, ...
 
     def to_json(self) -> str:
         """One original per line, sorted. Not json.dumps(indent=...): indenting runs CPython's pure
         Python encoder, 0.45 s for the 7,900 originals of a 768-CPU, 4,096-IRQ host; this is the C
         encoder's line per original (~20 ms)."""
-        head = json.dumps({"schema": SCHEMA, "run": self.run, "extras": self.extras}, sort_keys=True)
+        extras = {**self.extras, "refused": self.refused} if self.refused else self.extras
+        head = json.dumps({"schema": SCHEMA, "run": self.run, "extras": extras}, sort_keys=True)
         rows = ",\n".join(f" {_json_string(key)}: {_json_record(value)}"
                           for key, value in sorted(self.originals.items()))
         return head[:-1] + ',\n"originals": {\n' + rows + "\n}}"
 
 
+# the reason shown for a refusal an older hosttune recorded without one (extras.immovable_irqs)
+LEGACY_REFUSAL = "the kernel refused this write"
 MAX_STATE_BYTES = 64 << 20  # the originals of a 4096-IRQ host are a few MB; config files' bytes add little
 _RECOVER = ("fix that field, or move the file away to start over (restore then cannot put back "
             "the original values)")
@@ -121,13 +127,19 @@ def _checked(doc: dict[str, Any], fs: HostFS) -> State:
     extras = doc.get("extras") or {}
     if not isinstance(extras, dict):
         raise _Malformed("extras", "must be a mapping")
-    immovable = extras.get("immovable_irqs", [])
-    if not isinstance(immovable, list) or not all(isinstance(p, str) for p in immovable):
+    extras = dict(extras)
+    refused = extras.pop("refused", {})
+    if not isinstance(refused, dict) or not all(isinstance(v, str) for v in refused.values()):
+        raise _Malformed("extras.refused", "must be a mapping of path to the reason its write was refused")
+    # written by hosttune before refusals kept their reason: a list of IRQ affinity paths
+    legacy = extras.pop("immovable_irqs", [])
+    if not isinstance(legacy, list) or not all(isinstance(p, str) for p in legacy):
         raise _Malformed("extras.immovable_irqs", "must be a list of paths")
+    refused = {**{path: LEGACY_REFUSAL for path in legacy}, **refused}
     services = extras.get("services", {})
     if not isinstance(services, dict) or not all(isinstance(v, dict) for v in services.values()):
         raise _Malformed("extras.services", "must be a mapping of service name to its state")
-    return State(originals=originals, run=run, extras=extras)
+    return State(originals=originals, run=run, refused=refused, extras=extras)
 
 
 def _check_record(record: Any, field: str, fs: HostFS, value: str = "value") -> None:

@@ -27,6 +27,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.test_areas import standins  # noqa: F401 - fixture
+from tests.test_quirks import _with_tuned
 from tests.treegen import Spec, write_tree
 
 ansible_runner = pytest.importorskip("ansible_runner")
@@ -230,6 +232,44 @@ def test_every_role_has_meta_and_argument_specs():
         for name, spec in options.items():
             assert spec.get("description"), f"{role}: {name} has no description"
             assert spec.get("type"), f"{role}: {name} has no type"
+
+
+def test_every_area_is_applied_by_one_role_in_registry_order():
+    """The tuning roles between them apply every area of the registry, each area in one role;
+    hosttune_cpu lists its areas as hosttune applies them (managers before the CPU areas: tuned /
+    power-profiles-daemon stopped before the values they rewrite)."""
+    from hosttune import areas
+
+    lists = {}
+    for role in ("hosttune_cpu", "hosttune_irq"):
+        defaults = yaml.safe_load(open(os.path.join(REPO, "roles", role, "defaults", "main.yml")))
+        spec = yaml.safe_load(open(os.path.join(REPO, "roles", role, "meta", "argument_specs.yml")))
+        option = spec["argument_specs"]["main"]["options"][f"{role}_areas"]
+        assert defaults[f"{role}_areas"] == option["default"] == option["choices"], role
+        lists[role] = defaults[f"{role}_areas"]
+    kernel = yaml.safe_load(open(os.path.join(REPO, "roles", "hosttune_kernel", "tasks", "main.yml")))
+    lists["hosttune_kernel"] = next(t["hosttune.tuning.apply"]["areas"] for t in kernel if "hosttune.tuning.apply" in t)
+    applied = [a for names in lists.values() for a in names]
+    assert sorted(applied) == sorted(areas.NAMES), lists  # every area, none twice
+    cpu = lists["hosttune_cpu"]
+    assert cpu == [a for a in areas.NAMES if a in cpu] and cpu[0] == "managers", cpu
+
+
+def test_cpu_role_stops_tuned_before_the_cpu_settings(tmp_path, host, base_vars, standins):
+    """hosttune_cpu applies `managers` (no other role does): a running tuned is stopped and disabled
+    through systemctl (a stand-in here), in the same apply and before the CPU areas' changes."""
+    folder, log = standins
+    _with_tuned(host)
+    (folder / "systemctl.json").write_text(json.dumps({"tuned": {"active": True, "enabled": True}}))
+    write_config(base_vars, {})
+    run = play(tmp_path, write_playbook(tmp_path, "cpu.yml", ["hosttune_cpu"]), base_vars)
+    assert run.rc == 0, run.explain()
+    res = run.task("Apply the CPU power settings")[0]["res"]
+    assert "managers" in res["cmd"][res["cmd"].index("--only"):]
+    areas_changed = [c["area"] for c in res["changes"]]
+    assert areas_changed[0] == "managers" and "cpufreq" in areas_changed, areas_changed
+    assert json.loads((folder / "systemctl.json").read_text())["tuned"] == {"active": False, "enabled": False}
+    assert ["systemctl", "disable", "--now", "tuned"] in log()
 
 
 def test_example_inventory_policies_are_valid_hosttune_policies(tmp_path, host):

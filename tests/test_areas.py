@@ -77,7 +77,7 @@ STANDIN = textwrap.dedent('''\
 def standins(tmp_path, monkeypatch):
     """grubby, systemctl, update-grub and kernel-install stand-ins first on PATH; returns
     (state folder, function giving the logged argv lists)."""
-    bindir, folder = tmp_path / "bin", tmp_path / "standin"
+    bindir, folder = tmp_path / "standin-bin", tmp_path / "standin"
     bindir.mkdir()
     folder.mkdir()
     for name in ("grubby", "systemctl", "update-grub", "kernel-install"):

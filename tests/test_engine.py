@@ -92,6 +92,31 @@ def test_only_limits_areas(tree):
     assert not report["reboot_required"]
 
 
+def test_refusals_recorded_by_an_older_hosttune_are_still_honoured(tree):
+    """State files on hosts were written with extras.immovable_irqs (a list of paths, no reason):
+    read as refusals (shown by verify, not retried), written back as extras.refused."""
+    target = "/proc/irq/30/smp_affinity_list"
+    path = os.path.join(tree, state.STATE_FILE.lstrip("/"))
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as handle:
+        json.dump({"schema": state.SCHEMA, "originals": {}, "run": None,
+                   "extras": {"immovable_irqs": [target], "services": {}}}, handle)
+    fs = HostFS.open(tree)
+    p = make_plan(tree)
+    assert state.load(fs).refused == {target: state.LEGACY_REFUSAL}
+    row = next(r for r in engine.verify(p, fs)["settings"] if r["name"].startswith("irq 30"))
+    assert (row["status"], row["reason"]) == ("unsupported", f"{state.LEGACY_REFUSAL} (write refused, not retried)")
+    with open(os.path.join(tree, target.lstrip("/"))) as f:
+        before = f.read()
+    report = engine.apply(p, fs)
+    assert target not in {c["path"] for c in report["changes"]}
+    with open(os.path.join(tree, target.lstrip("/"))) as f:
+        assert f.read() == before  # not retried
+    with open(path) as handle:
+        extras = json.load(handle)["extras"]
+    assert extras == {"refused": {target: state.LEGACY_REFUSAL}, "services": {}}
+
+
 def test_original_is_kept_across_applies(tree):
     fs = HostFS.open(tree)
     engine.apply(make_plan(tree), fs)
@@ -120,8 +145,12 @@ def test_failed_write_rolls_back_the_run(tree, monkeypatch, err):
     if err == errno.EINVAL:  # EINVAL on an IRQ means "cannot be moved": unsupported, not a failure
         report = engine.apply(p, fs)
         assert any(u.get("name", "").startswith("irq 30") for u in report["unsupported"])
-        assert state.load(fs).extras["immovable_irqs"] == [target]
+        # kept with the area's reason, shown by verify and not retried by the next apply
+        assert state.load(fs).refused == {target: "IRQ cannot be moved there"}
+        row = next(r for r in engine.verify(p, fs)["settings"] if r["name"].startswith("irq 30"))
+        assert (row["status"], row["reason"]) == ("unsupported", "IRQ cannot be moved there (write refused, not retried)")
         assert engine.verify(p, fs)["counts"]["drift"] == 0
+        assert not any(c["path"] == target for c in engine.apply(p, fs, dry_run=True)["changes"])
         return
     with pytest.raises(engine.ApplyFailed) as info:
         engine.apply(p, fs)
@@ -237,7 +266,7 @@ def test_apply_on_this_machines_capture(live_copy):
     run_cli("apply", "--root", live_copy, check=3)
     out = run_cli("verify", "--root", live_copy).stdout
     assert "drift" not in out.splitlines()[-1].split("(")[0]
-    run_cli("restore", "--root", live_copy, check=0)
+    run_cli("restore", "--root", live_copy, check=3)  # the GRUB drop-in is gone: reboot
     assert normalized(snapshot(live_copy)) == normalized(before)
 
 

@@ -255,6 +255,8 @@ def _write_state(tree, fields):
     ({"run": {"changes": [{"path": "/proc/sys/vm/swappiness", "value": "1"}]}}, "run.changes[0].kind"),
     ({"originals": {"k": {"path": "/proc/sys/vm/swappiness", "value": "1"}}}, "originals['k'].kind"),
     ({"extras": {"immovable_irqs": 5}}, "extras.immovable_irqs"),
+    ({"extras": {"refused": ["/proc/irq/30/smp_affinity_list"]}}, "extras.refused"),
+    ({"extras": {"refused": {"/proc/irq/30/smp_affinity_list": 5}}}, "extras.refused"),
     ({"originals": {"k": {"kind": "sysfs", "path": 5, "value": "1"}}}, "originals['k'].path"),
     ({"originals": {"k": {"kind": "sysfs", "path": "/proc/sys/vm/swappiness", "value": 10}}}, "originals['k'].value"),
     ({"originals": {"k": {"kind": "file", "path": "/etc/x", "value": "a", "data": "!!"}}}, "originals['k'].data"),

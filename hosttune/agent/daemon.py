@@ -410,7 +410,7 @@ class Agent:
             self.reapplied[area] += change["count"]
             total += change["count"]
             self.log("reapplied", area=area, count=change["count"], settings=change["names"])
-        for item in applied["refused"]:  # a write the host refused (e.g. a kernel-managed IRQ)
+        for item in applied["refused"]:  # a write the host refused, with its area's reason
             self.log("unsupported", level="warning", area=item["area"], setting=item["name"], reason=item["reason"])
         for cmd in applied["commands"]:
             self.log("command", argv=cmd["argv"], result=cmd.get("result"), why=cmd.get("why"))

@@ -19,6 +19,7 @@ optional (the default when a module leaves it out):
   summary(plan) -> [line]     lines above the settings in `hosttune plan`        ([])
   verify_rows(plan, host, row) -> [row]     checks beyond its items (the running kernel)   ([])
   reboot_required(plan, fs) -> bool                                               (False)
+  reboot_after_restore(host, records) -> bool   what restore put back waits for a boot    (False)
 
 Adding an area is one module and one entry in the use(...) line below: the policy, the plan,
 apply / verify / restore, --only and `hosttune plan` follow; tests/test_registry.py pins what

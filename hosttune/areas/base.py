@@ -489,6 +489,10 @@ def _no_summary(plan: dict[str, Any]) -> list[str]:
     return []
 
 
+def _no_reboot_after_restore(host: Host, records: list[dict[str, Any]]) -> bool:
+    return False
+
+
 @dataclass(frozen=True, eq=False)
 class Area:
     """An area module checked against the contract (see hosttune/areas/__init__.py): `of` raises
@@ -509,10 +513,12 @@ class Area:
     verify_rows: Callable[..., list[dict[str, Any]]] = _no_rows
     reboot_required: Callable[[dict[str, Any], HostFS], bool] = _no_reboot
     summary: Callable[[dict[str, Any]], list[str]] = _no_summary
+    reboot_after_restore: Callable[[Host, list[dict[str, Any]]], bool] = _no_reboot_after_restore
 
     REQUIRED: ClassVar[tuple[str, ...]] = ("NAME", "BOOT", "POLICY", "discover", "show", "plan", "describe",
                                            "items", "refresh")
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("plan_fields", "verify_rows", "reboot_required", "summary")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("plan_fields", "verify_rows", "reboot_required", "summary",
+                                           "reboot_after_restore")
 
     @classmethod
     def of(cls, module: ModuleType) -> Area:

@@ -29,6 +29,7 @@ BOOT = True
 GRUB_DEFAULTS = "/etc/default/grub"
 GRUB_DROPIN = "/etc/default/grub.d/hosttune.cfg"
 KERNEL_CMDLINE = "/etc/kernel/cmdline"
+GRUBBY_KEY = "grubby:ALL"  # the state key of the arguments grubby keeps in every boot entry
 INSTALL_CONF = "/run/hosttune/kernel-install"  # kernel-install's configuration root for a restore
 LOADER_CONFS = ("/boot/efi/loader/loader.conf", "/efi/loader/loader.conf", "/boot/loader/loader.conf")
 GRUBBY = ("/usr/sbin/grubby", "/sbin/grubby", "/usr/bin/grubby")
@@ -142,7 +143,7 @@ def items(setting: dict[str, Any], plan: dict[str, Any], host: Host) -> AreaItem
     args = _checked(setting["args"])
     kind = setting["bootloader"]
     if kind == "grubby":
-        return AreaItems(NAME, [BootArgs(NAME, "grubby (every boot entry)", "grubby:ALL", args=args)] if args else [])
+        return AreaItems(NAME, [BootArgs(NAME, "grubby (every boot entry)", GRUBBY_KEY, args=args)] if args else [])
     if kind == "systemd-boot":
         current = host.fs.read(KERNEL_CMDLINE)
         return AreaItems(NAME, [KernelCmdline(NAME, "kernel-install command line", KERNEL_CMDLINE,
@@ -210,6 +211,16 @@ def cmdline_missing(plan: dict[str, Any], fs: HostFS) -> list[str]:
 
 def reboot_required(plan: dict[str, Any], fs: HostFS) -> bool:
     return plan["settings"][NAME]["status"] == "planned" and bool(cmdline_missing(plan, fs))
+
+
+def reboot_after_restore(host: Host, records: list[dict[str, Any]]) -> bool:
+    """Whether the records restore put back wait for a reboot: any boot configuration (the GRUB
+    drop-in, /etc/kernel/cmdline, grubby's entries) does, as the running kernel keeps the arguments
+    it booted with. Without the plan restore cannot tell which of those were hosttune's, so a boot
+    configuration put back always asks for the reboot."""
+    return any(r["path"] in (GRUB_DROPIN, KERNEL_CMDLINE)
+               or (r["path"] == GRUBBY_KEY and r.get("kind") == "grubby" and bool(r.get("entries")))
+               for r in records)
 
 
 def _domain_isolated(plan: dict[str, Any]) -> bool:

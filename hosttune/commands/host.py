@@ -116,4 +116,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         for cmd in report["commands"]:
             print(f"command: {' '.join(cmd['argv'])} ({cmd.get('result', '')})")
         print(f"{len(report['restored'])} value(s) restored, {len(report['failed'])} failed")
-    return EXIT_FAILED if report["failed"] else EXIT_OK
+        if report["reboot_required"]:
+            print("reboot required: the boot configuration was put back; the running kernel keeps "
+                  "hosttune's arguments until the next boot")
+    if report["failed"]:
+        return EXIT_FAILED
+    return EXIT_REBOOT if report["reboot_required"] else EXIT_OK

@@ -15,8 +15,9 @@ description:
     reports C(changed) from the changes hosttune would make; with C(--diff) each change is shown
     as before/after.
   - C(changed) always comes from hosttune's JSON, so a second run reports no change.
-  - Exit code 3 (done, reboot required) is success with C(reboot_required=true); exit codes 1 (failed,
-    rolled back) and 2 (bad input) fail the task with hosttune's own message.
+  - Exit code 3 (done, reboot required) is success with C(reboot_required=true), for apply and restore
+    alike (restore put back a boot configuration); exit codes 1 (failed, rolled back) and 2 (bad
+    input) fail the task with hosttune's own message.
   - I(command=restore) runs C(hosttune restore --json); restore has no dry run, so in check mode
     nothing is run and the task reports no change.
 options:
@@ -78,7 +79,7 @@ changes:
   type: list
   elements: dict
 reboot_required:
-  description: hosttune staged something (kernel arguments) that needs a reboot.
+  description: hosttune staged (apply) or put back (restore) kernel arguments that take effect at the next boot.
   returned: success
   type: bool
 unsupported:
@@ -106,7 +107,6 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hosttune.tuning.plugins.module_utils.hosttune_run import COMMON_ARGS, HosttuneRunError, policy_args, run_json
 
-GRUB_DROPIN = "/etc/default/grub.d/hosttune.cfg"
 
 
 def _block(change, side):
@@ -170,16 +170,16 @@ def main():
             except OSError:
                 pass
     if p["command"] == "restore":
-        # hosttune.restore/1: {restored: [paths], failed: [...], commands: [...]}
+        # hosttune.restore/1: {restored: [paths], failed: [...], commands: [...], reboot_required}
         restored = data.get("restored") or []
         changes = [{"area": "restore", "name": path, "path": path, "before": "(tuned)", "after": "(original)"}
                    for path in restored]
         changed = bool(restored)
-        reboot_required = GRUB_DROPIN in restored
     else:
         changes = data.get("changes") or []
         changed = bool(data.get("changed")) or (dry_run and bool(changes))
-        reboot_required = bool(data.get("reboot_required")) or rc == 3
+    # hosttune's one answer, for apply and restore alike: the JSON field, and exit code 3
+    reboot_required = bool(data.get("reboot_required")) or rc == 3
     result = {
         "changed": changed,
         "changes": changes,
