@@ -476,3 +476,27 @@ def test_grpc_port_refusals_are_one_line_exit_2(models):
             assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     finally:
         taken.close()
+
+
+def test_serve_grpc_benchmark_measures_both_wires(models, tmp_path):
+    """benchmarks/serve_grpc.py: a short run measures gRPC and REST binary on one server in each
+    round, compares them and draws them."""
+    import sys
+
+    cpus = sorted(os.sched_getaffinity(0))
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "serve_grpc.py")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, script, "--variant", "tiny", "--repo", str(models), "--rounds", "2",
+                          "--duration", "0.3", "--warmup", "0.1", "--concurrency", "1,2", "--server-cpu",
+                          str(cpus[-1]), "--client-cpu", str(cpus[0]), "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["cases"]) == {f"{side} c{c}" for side in ("gRPC", "REST binary") for c in (1, 2)}
+    for case in summary["cases"].values():
+        assert case["errors"] == 0 and len(case["p50_ms_per_round"]) == 2 and case["throughput"] > 0
+    assert summary["bytes"]["gRPC"] > 12288 and summary["bytes"]["REST binary"] > 12288  # the input's 3x32x32 FP32
+    for cmp in summary["grpc_vs_rest"].values():
+        assert {cmp[key]["verdict"] for key in ("p50_ms", "p99_ms", "throughput")} <= {
+            "within the per-round spread", "gRPC better", "gRPC worse"}
+    assert "<svg" in (out / "report.html").read_text()
