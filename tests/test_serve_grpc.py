@@ -500,3 +500,49 @@ def test_serve_grpc_benchmark_measures_both_wires(models, tmp_path):
         assert {cmp[key]["verdict"] for key in ("p50_ms", "p99_ms", "throughput")} <= {
             "within the per-round spread", "gRPC better", "gRPC worse"}
     assert "<svg" in (out / "report.html").read_text()
+
+
+def test_sigterm_answers_the_grpc_calls_in_flight_then_stops_both(models):
+    """Calls keep coming on four channels when SIGTERM arrives: each is answered until the server
+    stops taking calls; then a call is refused, as UNAVAILABLE (the port closed) or CANCELLED (a
+    call grpc had received but not yet handed to the server when its stop began: grpc's
+    shutdown cancels those; one whose handler runs is answered) - never another error - and the
+    process exits 0 with both ports closed."""
+    import threading
+
+    srv = Server("--repo", str(models), "--model", "tiny", "--config", '{"NUM_STREAMS": 2}', "--grpc-port", "0")
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    outcomes: list[str] = []
+    answered = threading.Event()
+
+    def calls():
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+        try:
+            while True:
+                inp = grpcclient.InferInput("input", [1, 3, 32, 32], "FP32")
+                inp.set_data_from_numpy(x)
+                try:
+                    client.infer("tiny", [inp], client_timeout=30)
+                    outcomes.append("OK")
+                    answered.set()
+                except InferenceServerException as exc:
+                    outcomes.append(exc.status().removeprefix("StatusCode."))
+                    return
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=calls) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        assert answered.wait(60)
+    finally:
+        rc = srv.stop()
+        for t in threads:
+            t.join(60)
+    assert rc == 0
+    assert outcomes.count("OK") > 0 and set(outcomes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, set(outcomes)
+    assert len(outcomes) - outcomes.count("OK") == len(threads)  # each channel: answers, then one refusal
+    for port in (srv.port, srv.grpc_port):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
