@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 from hosttune.errors import HosttuneError
 from hosttune.serve.app import App
@@ -81,7 +82,7 @@ def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False,
     app.close()
 
 
-async def _serve(app: App, server: object, sock: socket.socket, host: str, quiet: bool, idle_poll_us: int,
+async def _serve(app: App, server: Any, sock: socket.socket, host: str, quiet: bool, idle_poll_us: int,
                  direct_lane: bool, grpc_port: int | None, limits: Limits) -> None:
     grpc_server = None
     if grpc_port is not None:
@@ -100,7 +101,7 @@ async def _serve(app: App, server: object, sock: socket.socket, host: str, quiet
             print(f"hosttune serve: listening on http://{shown}:{port}{grpc} pid {os.getpid()} - {models}"
                   f"{polling}{lane}", file=sys.stderr, flush=True)
         sd_notify("READY=1")
-        await server.serve(sockets=[sock])  # type: ignore[attr-defined]
+        await server.serve(sockets=[sock])  # uvicorn.Server
     finally:
         # after REST's graceful stop: gRPC refuses new calls and answers those in flight
         if grpc_server is not None:
