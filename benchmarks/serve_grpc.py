@@ -11,9 +11,10 @@ falls on both sides alike.
 
     python benchmarks/serve_grpc.py --rounds 5 --duration 3 --out /tmp/grpc-bench
 
-Writes summary.json (per case: p50/p99 and throughput per round and their medians; gRPC against
-REST: the median of the per-round differences and a Mann-Whitney test over the rounds) and
-report.html into --out.
+Writes summary.json (per case: p50/p99 and throughput per round and their medians, and the mean
+request and inference time the server itself measured in each round, from its /metrics; gRPC
+against REST: the median of the per-round differences and a Mann-Whitney test over the rounds)
+and report.html into --out.
 """
 
 from __future__ import annotations
@@ -89,6 +90,32 @@ async def grpc_load(port: int, request: bytes, concurrency: int, seconds: float,
             "samples_ms": samples}
 
 
+def server_times(port: int, variant: str) -> dict[str, float]:
+    """The server's own sums and counts (its /metrics): request time per interface (gRPC, REST)
+    and inference time, in us."""
+    import http.client
+
+    from tests import promtext
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/metrics")
+        families = promtext.parse(conn.getresponse().read().decode())
+    finally:
+        conn.close()
+    out = {}
+    for family, key in (("ovms_request_time_us", "interface"), ("ovms_inference_time_us", None)):
+        for sample, labels, value in families[family].samples:
+            if labels.get("name") == variant and sample.endswith(("_sum", "_count")):
+                out[f"{labels[key] if key else 'inference'} {sample.rsplit('_', 1)[1]}"] = value
+    return out
+
+
+def mean_us(before: dict, after: dict, what: str) -> float | None:
+    count = after[f"{what} count"] - before[f"{what} count"]
+    return (after[f"{what} sum"] - before[f"{what} sum"]) / count if count else None
+
+
 def compare(grpc_runs: list[dict], rest_runs: list[dict]) -> dict:
     """gRPC against REST binary over the rounds: per-round differences and whether they are beyond
     the rounds' spread (Mann-Whitney U over the per-round values, two-sided, 5 %)."""
@@ -145,13 +172,19 @@ def main() -> int:
         path = f"/v2/models/{args.variant}/infer"
         for k in range(args.rounds):
             for name, side, c in (cases if k % 2 == 0 else cases[::-1]):
+                before = server_times(server.port, args.variant)
                 if side == "gRPC":
                     r = run(grpc_load(server.grpc_port, request, c, args.duration, args.warmup))
                 else:
                     r = run(load(server.port, path, body, headers, c, args.duration, args.warmup))
+                after = server_times(server.port, args.variant)
+                # what the server itself saw: a gap the client sees beyond these is outside it
+                r["server_request_us"] = mean_us(before, after, "gRPC" if side == "gRPC" else "REST")
+                r["server_inference_us"] = mean_us(before, after, "inference")
                 results[name].append(r)
                 print(f"round {k + 1}/{args.rounds} {name:<16} {r['throughput']:7.1f} req/s  p50 {r['p50_ms']:7.3f} "
-                      f"ms  p99 {r['p99_ms']:7.3f} ms  errors {r['errors']}  load {os.getloadavg()[0]:.1f}", flush=True)
+                      f"ms  p99 {r['p99_ms']:7.3f} ms  errors {r['errors']}  in the server {r['server_request_us']:.0f} "
+                      f"us (inference {r['server_inference_us']:.0f})  load {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         code = server.stop()
     if code:
@@ -168,7 +201,9 @@ def main() -> int:
             "throughput_per_round": [r["throughput"] for r in runs], "p50_ms_per_round": [r["p50_ms"] for r in runs],
             "p99_ms_per_round": [r["p99_ms"] for r in runs], "errors": sum(r["errors"] for r in runs),
             "throughput": median([r["throughput"] for r in runs]), "p50_ms": median([r["p50_ms"] for r in runs]),
-            "p99_ms": median([r["p99_ms"] for r in runs])}
+            "p99_ms": median([r["p99_ms"] for r in runs]),
+            "server_request_us_per_round": [r["server_request_us"] for r in runs],
+            "server_inference_us_per_round": [r["server_inference_us"] for r in runs]}
     for c in concurrencies:
         cmp = summary["grpc_vs_rest"][f"c{c}"] = compare(results[f"gRPC c{c}"], results[f"REST binary c{c}"])
         g, h = summary["cases"][f"gRPC c{c}"], summary["cases"][f"REST binary c{c}"]

@@ -495,6 +495,9 @@ def test_serve_grpc_benchmark_measures_both_wires(models, tmp_path):
     assert set(summary["cases"]) == {f"{side} c{c}" for side in ("gRPC", "REST binary") for c in (1, 2)}
     for case in summary["cases"].values():
         assert case["errors"] == 0 and len(case["p50_ms_per_round"]) == 2 and case["throughput"] > 0
+        # the server's own view of each round: inference within its request time
+        assert all(0 < i <= r for i, r in zip(case["server_inference_us_per_round"],
+                                               case["server_request_us_per_round"]))
     assert summary["bytes"]["gRPC"] > 12288 and summary["bytes"]["REST binary"] > 12288  # the input's 3x32x32 FP32
     for cmp in summary["grpc_vs_rest"].values():
         assert {cmp[key]["verdict"] for key in ("p50_ms", "p99_ms", "throughput")} <= {
