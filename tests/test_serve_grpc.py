@@ -105,7 +105,8 @@ def expected(models):
 
 @pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
-    """A plan instance on one CPU whose grpc_port the server takes from the plan; its models come
+    """A plan instance on one CPU whose grpc_port the server takes from the plan (--max-body 1 MiB,
+    --max-json-body 128 KiB); its models come
     from an OVMS config.json: a pool of one (inline inference) for alltypes and trivial, a pool of
     two for tiny and reshape3. At the end SIGTERM stops REST and gRPC: exit 0, both ports closed."""
     tmp = tmp_path_factory.mktemp("plan")
@@ -121,7 +122,7 @@ def server(models, tmp_path_factory):
                                    ("reshape3", two, 2), ("typed", two, 2))]}
     (tmp / "config.json").write_text(json.dumps(config))
     srv = Server("--plan", str(tmp / "plan.json"), "--plan-instance", "node0", "--config-path",
-                 str(tmp / "config.json"), "--max-body", str(2**20), cwd=str(tmp))
+                 str(tmp / "config.json"), "--max-body", str(2**20), "--max-json-body", str(2**17), cwd=str(tmp))
     srv.cpu = cpu
     assert srv.grpc_port == plan["instances"][0]["grpc_port"], srv.banner
     yield srv
@@ -364,6 +365,19 @@ def test_grpc_only_refusals(stub, server):
     with pytest.raises(grpc.RpcError) as info:
         stub.ModelInfer(big)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # typed contents above --max-json-body (128 KiB here), the same values raw are taken
+    x = np.arange(39_999, dtype=np.float32)
+    typed = service_pb2.ModelInferRequest(model_name="reshape3")
+    typed.inputs.add(name="x", datatype="FP32", shape=[x.size]).contents.fp32_contents.extend(x.tolist())
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(typed)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "typed contents" in info.value.details()
+    raw = service_pb2.ModelInferRequest(model_name="reshape3")
+    raw.inputs.add(name="x", datatype="FP32", shape=[x.size])
+    raw.raw_input_contents.append(x.tobytes())
+    out = stub.ModelInfer(raw)
+    np.testing.assert_array_equal(np.frombuffer(out.raw_output_contents[0], np.float32), x)
+    assert list(out.outputs[0].shape) == [3, 13_333]
     assert stub.ServerMetadata(service_pb2.ServerMetadataRequest()).name == "hosttune"
 
 
