@@ -106,9 +106,9 @@ def expected(models):
 @pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
     """A plan instance on one CPU whose grpc_port the server takes from the plan (--max-body 1 MiB,
-    --max-json-body 128 KiB); its models come
-    from an OVMS config.json: a pool of one (inline inference) for alltypes and trivial, a pool of
-    two for tiny and reshape3. At the end SIGTERM stops REST and gRPC: exit 0, both ports closed."""
+    --max-json-body 128 KiB). Its models come from an OVMS config.json: a pool of one (inline
+    inference) for alltypes and trivial, a pool of two for the others. At the end SIGTERM stops
+    REST and gRPC: exit 0, both ports closed."""
     tmp = tmp_path_factory.mktemp("plan")
     cpu = sorted(os.sched_getaffinity(0))[-1]
     plan = {"schema": "hosttune.plan/1", "instances": [{
