@@ -119,7 +119,7 @@ _TAIL = (
     Field("instances.nodes", "all", "any", check=_nodes, doc="or a list of node ids"),
     Field("instances.base_port", 9000, "int", check=_port, doc="REST port of the first instance (the next count up)"),
     Field("instances.grpc_base_port", None, "int?", check=_port,
-          doc="gRPC port of the first (OVMS; hosttune serve has none); null: base_port + 100"),
+          doc="gRPC port of the first (OVMS and hosttune serve); null: base_port + 100"),
     Field("instances.bind", "127.0.0.1", "str", check=_bind, doc="an IP address"),
     Field("instances.model", "sample", "any", check=_models,
           doc='or "name:version", or a list of up to 16 sharing the instance (one OVMS config.json)'),

@@ -20,6 +20,7 @@ class Server:
         self.proc = subprocess.Popen([*HOSTTUNE, "serve", "--port", "0", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
         self.port = None
+        self.grpc_port = None
         deadline = time.monotonic() + timeout
         buf = ""
         while time.monotonic() < deadline:
@@ -32,6 +33,8 @@ class Server:
                 m = re.search(r"listening on http://[^ ]*:(\d+)", line)
                 if m:
                     self.port = int(m.group(1))
+                    grpc = re.search(r" and grpc://[^ ]*:(\d+)", line)  # with --grpc-port
+                    self.grpc_port = int(grpc.group(1)) if grpc else None
                     self.banner = line
                     return
             elif self.proc.poll() is not None:

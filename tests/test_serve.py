@@ -80,7 +80,8 @@ def test_health_and_metadata(server):
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [1, 10]}]
     assert request(server, "GET", "/v2/models/tiny/versions/1")[0] == 200
     status, _, body = request(server, "GET", "/v2/models/tiny/ready")
-    assert status == 200 and json.loads(body)["ready"] is True
+    assert status == 200 and body == b""  # as OVMS: the status code answers
+    assert request(server, "GET", "/v2/models/nope/ready")[0] == 404
     assert json.loads(request(server, "GET", "/v2")[2])["extensions"] == ["binary_tensor_data"]
 
 

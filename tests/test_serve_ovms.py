@@ -75,7 +75,7 @@ def test_metrics_match_the_ovms_listing_after_real_inferences(models):
     for name in sorted(shared):
         assert ours[name].type == ovms[name].type, name
         assert ours[name].help == ovms[name].help, name
-        # OVMS's KServe REST series (hosttune serves neither gRPC nor the TensorFlow Serving API)
+        # OVMS's KServe REST series (this server has no --grpc-port; no TensorFlow Serving API)
         rest = shapes(ovms[name], lambda lb: lb.get("api", "KServe") == "KServe" and lb.get("interface", "REST") == "REST")
         assert shapes(ours[name], lambda lb: lb["name"] == "trivial") == rest, name
     # a counter's sample carries the bare family name, as OVMS writes it

@@ -2,7 +2,7 @@
 
     GET  /v2/health/live | /v2/health/ready | /v2
     GET  /v2/models/{name}[/versions/{v}]            metadata
-    GET  /v2/models/{name}[/versions/{v}]/ready
+    GET  /v2/models/{name}[/versions/{v}]/ready     200 with an empty body, as OVMS
     POST /v2/models/{name}[/versions/{v}]/infer      JSON tensors and the binary-data extension
     GET  /metrics                                    Prometheus (OVMS metric names)
 
@@ -112,6 +112,11 @@ class App:
             version, tail = tail[1], tail[2:]
         if len(tail) > 1 or (tail and tail[0] not in ("", "ready", "infer")):
             raise HTTPError(404, f"no such endpoint: {path}", "not_found")
+        return self.find_model(name, version), tail[0] if tail else ""
+
+    def find_model(self, name: str, version: str | None) -> ServedModel:
+        """The model served under `name` and `version` (None or "": the served one); a 404
+        HTTPError (reason "unknown_model") names what is served instead. REST and gRPC both ask."""
         model = self.models.get(name)
         if model is None:
             raise HTTPError(404, f"model {name!r} is not served here (models: {', '.join(self.models)})",
@@ -119,7 +124,7 @@ class App:
         if version not in (None, "", str(model.version)):
             raise HTTPError(404, f"model {name!r} version {version} is not served (version {model.version} is)",
                             "unknown_model")
-        return model, tail[0] if tail else ""
+        return model
 
     async def _model_route(self, scope: dict, receive: Any, method: str) -> Answer:
         model, action = self.route(scope["path"])
@@ -131,7 +136,7 @@ class App:
         if action == "ready":
             self._only(method, "GET", "HEAD")
             bound["success"]["ModelReady"].inc()
-            return _json(200, {"name": model.name, "ready": True})
+            return 200, b"", [], False  # as OVMS: the status code alone answers
         self._only(method, "GET")
         bound["success"]["ModelMetadata"].inc()
         return _json(200, model.metadata())

@@ -22,8 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from hosttune.model import default_repo
 
     p = subparsers.add_parser(
-        "serve", help="KServe v2 REST inference server on the OpenVINO runtime (one per NUMA node)",
-        description="Serve the models of an OVMS-layout repository over the KServe v2 REST protocol. "
+        "serve", help="KServe v2 REST and gRPC inference server on the OpenVINO runtime (one per NUMA node)",
+        description="Serve the models of an OVMS-layout repository over the KServe v2 REST protocol "
+                    "(and gRPC with --grpc-port). "
                     "With --plan-instance the port, bind address, CPUs, memory node and OpenVINO "
                     "settings come from the plan; explicit options override them.")
     add_root(p)
@@ -39,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="serve the models of an OVMS config.json (name, base_path, version policy, nireq, "
                         "plugin_config) instead of --repo/--model")
     p.add_argument("--port", type=int, help="TCP port (default: the instance's, else 9000; 0 = any free port)")
+    p.add_argument("--grpc-port", type=int, metavar="PORT",
+                   help="also serve KServe v2 gRPC on this port, same address (default: the instance's "
+                        "grpc_port, else REST only; 0 = any free port)")
     p.add_argument("--bind", help="address to listen on (default: the instance's, else 127.0.0.1)")
     p.add_argument("--config", metavar="JSON", help='OpenVINO properties, e.g. \'{"NUM_STREAMS": 2}\' '
                                                     '(override the plan\'s)')
@@ -210,6 +214,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else (instance or {}).get("port", 9000)
     if not 0 <= port <= 65535:
         raise HosttuneError(f"{port} is not a TCP port", where="--port")
+    grpc_port = args.grpc_port if args.grpc_port is not None else (instance or {}).get("grpc_port")
+    if grpc_port is not None:
+        where = "--grpc-port" if args.grpc_port is not None else "the plan's grpc_port"
+        if isinstance(grpc_port, bool) or not isinstance(grpc_port, int) or not 0 <= grpc_port <= 65535:
+            raise HosttuneError(f"{brief(grpc_port)} is not a TCP port", where=where)
+        if grpc_port == port != 0:
+            raise HosttuneError(f"port {port} is the REST port already", where=where)
     plan_nireq = ((instance or {}).get("ovms") or {}).get("nireq")
     served = [(entry, openvino_config(props, args.config), args.nireq or nireq or plan_nireq)
               for entry, props, nireq in served]
@@ -232,6 +243,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hosttune.serve.wire import Limits
 
     sock = bind_socket(host, port)  # a taken port fails here, before the slow part
+    if grpc_port:  # the same for gRPC's port (grpcio binds it itself, once the models are compiled)
+        try:
+            bind_socket(host, grpc_port).close()
+        except BaseException:
+            sock.close()
+            raise
     try:
         if cpus and not args.no_pin:
             placement.pin_cpus(cpus, where="--cpus" if args.cpus else f"instance {instance['name']}")
@@ -249,7 +266,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock.close()
         raise
     serve_forever(app, sock, host, limits=Limits(args.header_timeout, args.body_timeout, args.max_connections),
-                  idle_poll_us=idle_poll_us, direct_lane=not args.no_direct_lane)
+                  idle_poll_us=idle_poll_us, direct_lane=not args.no_direct_lane, grpc_port=grpc_port)
     return 0
 
 

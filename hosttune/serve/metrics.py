@@ -144,24 +144,33 @@ class Metrics:
 
     def model(self, name: str, version: int, streams: int, nireq: int, active_fn: Callable[[], float]) -> dict:
         """The children of one model, created at start so that every series exists from the first
-        scrape (as in OVMS) and a request only touches attributes."""
+        scrape (as in OVMS) and a request only touches attributes. Its REST request series are in
+        it; `requests` makes another interface's (gRPC)."""
         v = str(version)
         self.streams.labels(name=name, version=v).set(streams)
         self.nireq.labels(name=name, version=v).set(nireq)
         self.active.labels(name=name, version=v).set_function(active_fn)
+        return {
+            **self.requests(name, version, "REST"),
+            "inference_time": self.inference_time.labels(name=name, version=v),
+            "wait_time": self.wait_time.labels(name=name, version=v),
+            "current": self.current.labels(name=name, version=v),
+        }
+
+    def requests(self, name: str, version: int, interface: str) -> dict:
+        """The request counters (per KServe method) and the request-time histogram of one model
+        over one interface: "REST" or "gRPC", OVMS's `interface` label values."""
+        v = str(version)
 
         def per_method(fam: Family) -> dict[str, Counter]:
-            return {m: fam.labels(api="KServe", interface="REST", method=m, name=name,
+            return {m: fam.labels(api="KServe", interface=interface, method=m, name=name,
                                   **({} if m in UNVERSIONED_METHODS else {"version": v}))
                     for m in KSERVE_METHODS}
 
         return {
             "success": per_method(self.success),
             "fail": per_method(self.fail),
-            "request_time": self.request_time.labels(interface="REST", name=name, version=v),
-            "inference_time": self.inference_time.labels(name=name, version=v),
-            "wait_time": self.wait_time.labels(name=name, version=v),
-            "current": self.current.labels(name=name, version=v),
+            "request_time": self.request_time.labels(interface=interface, name=name, version=v),
         }
 
     def render(self) -> tuple[bytes, str]:

@@ -1,6 +1,7 @@
 """`hosttune serve`'s process: the listening socket, uvicorn (httptools parser, uvloop when
 installed) with hosttune's protocol (hosttune/serve/wire.py) around the application
-(hosttune/serve/app.py), systemd's readiness notice and the signals."""
+(hosttune/serve/app.py), the gRPC server on the same event loop (hosttune/serve/grpc_server.py),
+systemd's readiness notice and the signals."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 from hosttune.errors import HosttuneError
 from hosttune.sdnotify import notify
@@ -37,32 +39,56 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False, limits: Limits | None = None,
-                  idle_poll_us: int = 0, direct_lane: bool = True) -> None:
+                  idle_poll_us: int = 0, direct_lane: bool = True, grpc_port: int | None = None) -> None:
+    """Serve REST on `sock` and, with `grpc_port` (0: any free port), KServe v2 gRPC on host:grpc_port,
+    both on one event loop, until SIGTERM/SIGINT."""
+    import asyncio
+
     import uvicorn
 
     try:
-        import uvloop  # noqa: F401
+        import uvloop
 
-        loop = "uvloop"
+        loop, loop_factory = "uvloop", uvloop.new_event_loop
     except ImportError:
-        loop = "asyncio"
-    http = protocol_class(limits or Limits(), app, idle_poll_us, direct_lane)
+        loop, loop_factory = "asyncio", asyncio.new_event_loop
+    limits = limits or Limits()
+    http = protocol_class(limits, app, idle_poll_us, direct_lane)
     config = uvicorn.Config(app, loop=loop, http=http, lifespan="off", access_log=False, log_level="warning",
                             timeout_keep_alive=75, server_header=False, backlog=1024, timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     sock.listen(1024)
-    port = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    if not quiet:
-        models = ", ".join(f"{m.name}:{m.version} (streams {m.streams}, nireq {m.nireq})" for m in app.models.values())
-        polling = f", idle poll {idle_poll_us} us" if idle_poll_us else ""
-        lane = "" if direct_lane else ", no direct lane"
-        print(f"hosttune serve: listening on http://{shown}:{port} pid {os.getpid()} - {models}{polling}{lane}",
-              file=sys.stderr, flush=True)
-    notify("READY=1")  # Type=notify units: the models are compiled; a no-op outside systemd
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again against the handler
     # it found at start: with the default one the process would die with 143. A no-op handler there
     # makes SIGTERM a clean exit 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run(sockets=[sock])
+    # uvicorn's own run() is this runner around serve(): here gRPC starts on the same loop first
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(app, server, sock, host, quiet, idle_poll_us, direct_lane, grpc_port, limits))
     app.close()
+
+
+async def _serve(app: App, server: Any, sock: socket.socket, host: str, quiet: bool, idle_poll_us: int,
+                 direct_lane: bool, grpc_port: int | None, limits: Limits) -> None:
+    grpc_server = None
+    if grpc_port is not None:
+        from hosttune.serve import grpc_server as kserve_grpc  # grpcio only when gRPC is served
+
+        grpc_server, grpc_port = await kserve_grpc.start(app, host, grpc_port, limits.max_connections)
+    try:
+        port = sock.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        if not quiet:
+            models = ", ".join(f"{m.name}:{m.version} (streams {m.streams}, nireq {m.nireq})"
+                               for m in app.models.values())
+            grpc = f" and grpc://{shown}:{grpc_port}" if grpc_server is not None else ""
+            polling = f", idle poll {idle_poll_us} us" if idle_poll_us else ""
+            lane = "" if direct_lane else ", no direct lane"
+            print(f"hosttune serve: listening on http://{shown}:{port}{grpc} pid {os.getpid()} - {models}"
+                  f"{polling}{lane}", file=sys.stderr, flush=True)
+        notify("READY=1")  # Type=notify units: the models are compiled; a no-op outside systemd
+        await server.serve(sockets=[sock])  # uvicorn.Server
+    finally:
+        # after REST's graceful stop: gRPC refuses new calls and answers those in flight
+        if grpc_server is not None:
+            await kserve_grpc.stop(grpc_server)
