@@ -246,7 +246,8 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
         _head_bytes = 0
         _header_count = 0
         _held = 0  # body bytes of this connection's request counted in `buffered`
-        _refusal: tuple[int, str] | None = None  # what a callback stopped the parser with (_stop)
+        _refusal: tuple[int, str, bool] | None = None  # what a callback stopped the parser with (_stop)
+        _after_answer: tuple[int, str] | None = None  # a refusal waiting for the answer before it
         _upgrade_body = 0  # body bytes still to come of a request whose Upgrade is ignored
 
         def data_received(self, data: bytes) -> None:
@@ -254,6 +255,8 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
             a header's pieces itself: an unbounded field would grow there), refusals raised in the
             callbacks answered, and an Upgrade ignored (RFC 9110 7.8: the request is answered as
             HTTP/1.1, its body included, and the connection goes on)."""
+            if self._after_answer is not None:  # the connection ends after one more answer
+                return
             self._unset_keepalive_if_required()
             view = memoryview(data)
             pos, end = 0, len(view)
@@ -266,7 +269,7 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
                         if not self._upgrade_body:
                             self.on_message_complete()
                     except _Stop:
-                        self._refuse(*self._refusal)
+                        self._refuse_in_turn(*self._refusal)
                         return
                     pos += n
                     continue
@@ -274,8 +277,8 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
                 if self._in_head:
                     room = limits.max_head_bytes - self._head_bytes
                     if room <= 0:
-                        self._refuse(431, f"request head (request line and header fields) larger than "
-                                          f"{limits.max_head_bytes} bytes")
+                        self._refuse_in_turn(431, f"request head (request line and header fields) larger than "
+                                                  f"{limits.max_head_bytes} bytes")
                         return
                     stop = min(end, pos + room)
                     self._head_bytes += stop - pos
@@ -286,17 +289,25 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
                     continue
                 except httptools.HttpParserError:
                     if self._refusal is not None:
-                        self._refuse(*self._refusal)
+                        self._refuse_in_turn(*self._refusal)
                     else:
                         self.logger.warning("Invalid HTTP request received.")
                         self.send_400_response("Invalid HTTP request received.")
                     return
                 pos = stop
 
-        def _stop(self, status: int, message: str) -> None:
-            """Stop parsing: data_received answers `status` and closes the connection."""
-            self._refusal = (status, message)
+        def _stop(self, status: int, message: str, in_turn: bool = True) -> None:
+            """Stop parsing: data_received answers `status` and closes the connection; `in_turn`
+            (a request whose head is being read): after the answers to requests before it."""
+            self._refusal = (status, message, in_turn)
             raise _Stop(message)
+
+        def _refuse_in_turn(self, status: int, message: str, in_turn: bool = True) -> None:
+            if in_turn and self.cycle is not None and not self.cycle.response_complete:
+                self._after_answer = (status, message)  # answers go in order: sent by on_response_complete
+                self.transport.pause_reading()
+                return
+            self._refuse(status, message)
 
         def on_url(self, url: bytes) -> None:
             if len(self.url) + len(url) > limits.max_url:
@@ -332,7 +343,8 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
 
         def on_body(self, body: bytes) -> None:
             if buffered[0] + len(body) > limits.max_buffered:
-                self._stop(503, f"the server holds {limits.max_buffered} bytes of request bodies: try again later")
+                self._stop(503, f"the server holds {limits.max_buffered} bytes of request bodies: try again later",
+                           in_turn=False)  # the request being answered is this one
             buffered[0] += len(body)
             self._held += len(body)
             lane = self._lane
@@ -431,6 +443,8 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
             self.transport.flush()
             self._release()
             super().on_response_complete()
+            if self._after_answer is not None:
+                self._refuse(*self._after_answer)
             if idle_poll is not None:
                 idle_poll.extend(self.loop)
 
