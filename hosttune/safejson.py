@@ -90,7 +90,7 @@ def loads(data: bytes | str, where: str, schema: Any = None, finite: bool = True
     except RecursionError:  # not reached within MAX_DEPTH; kept so that no input ends in a traceback
         raise HosttuneError("nested too deeply", where=where) from None
     except ValueError as exc:  # JSONDecodeError, ours, a 5000-digit integer
-        raise HosttuneError(f"not valid JSON: {_one_line(exc)}", where=where) from None
+        raise HosttuneError(f"not JSON: {_one_line(exc)}", where=where) from None
     if schema is not None:
         check(doc, schema, where)
     return doc

@@ -199,6 +199,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hosttune.model.repo import find
     from hosttune.serve import placement
 
+    # the options' own bounds first: nothing is read before they hold
+    if args.nireq is not None and not 1 <= args.nireq <= MAX_NIREQ:
+        raise HosttuneError(f"must be 1 to {MAX_NIREQ}, got {args.nireq}", where="--nireq")
+    for name in ("max_body", "max_json_body"):
+        if getattr(args, name) < 1024:
+            raise HosttuneError("must be at least 1024 bytes", where="--" + name.replace("_", "-"))
+    if args.max_buffered_bytes < args.max_body:
+        raise HosttuneError(f"must be at least --max-body ({args.max_body}): one largest request must fit",
+                            where="--max-buffered-bytes")
+    for name in ("header_timeout", "body_timeout", "max_connections"):
+        if not 0 < getattr(args, name) < float("inf"):
+            raise HosttuneError("must be a positive number", where="--" + name.replace("_", "-"))
     instance = None
     multi_node = False
     if args.plan_instance:
@@ -224,17 +236,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     plan_nireq = ((instance or {}).get("ovms") or {}).get("nireq")
     served = [(entry, openvino_config(props, args.config), args.nireq or nireq or plan_nireq)
               for entry, props, nireq in served]
-    if args.nireq is not None and not 1 <= args.nireq <= MAX_NIREQ:
-        raise HosttuneError(f"must be 1 to {MAX_NIREQ}, got {args.nireq}", where="--nireq")
-    for name in ("max_body", "max_json_body"):
-        if getattr(args, name) < 1024:
-            raise HosttuneError("must be at least 1024 bytes", where="--" + name.replace("_", "-"))
-    if args.max_buffered_bytes < args.max_body:
-        raise HosttuneError(f"must be at least --max-body ({args.max_body}): one largest request must fit",
-                            where="--max-buffered-bytes")
-    for name in ("header_timeout", "body_timeout", "max_connections"):
-        if not 0 < getattr(args, name) < float("inf"):
-            raise HosttuneError("must be a positive number", where="--" + name.replace("_", "-"))
     idle_poll_us = args.idle_poll_us if args.idle_poll_us is not None else (instance or {}).get("idle_poll_us") or 0
     if isinstance(idle_poll_us, bool) or not isinstance(idle_poll_us, int) or not 0 <= idle_poll_us <= MAX_IDLE_POLL_US:
         raise HosttuneError(f"must be 0 to {MAX_IDLE_POLL_US} microseconds, got {brief(idle_poll_us)}",
