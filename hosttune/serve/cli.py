@@ -19,16 +19,17 @@ from hosttune.safeyaml import brief
 from hosttune.serve import DEFAULT_MAX_BUFFERED, MAX_NIREQ
 
 MAX_VERSION = 2**31 - 1
-# what `hosttune serve --plan` reads of a saved plan (hosttune plan --json); other fields are the
-# plan's own business
+# what `hosttune serve --plan` and `hosttune bench --plan` read of a saved plan (hosttune plan
+# --json); other fields are the plan's own business
 PLAN_INSTANCE = Obj({
     "name": Str(255), "model": Str(255), "bind": Str(255), "port": Int(0, 65535),
     "models": List(Obj({"name": Name(), "version": Opt(Int(1, MAX_VERSION))}, required=("name",)), 1000),
     "openvino": Map(SCALAR), "ovms": Obj({"nireq": Opt(Int(1, MAX_NIREQ))}),
     "cpus": List(Int(0, 2**20)), "mems": List(Int(0, 2**20)), "mems_list": Str(),
-    "idle_poll_us": Opt(Int(0, MAX_IDLE_POLL_US)),
+    "idle_poll_us": Opt(Int(0, MAX_IDLE_POLL_US)), "streams": Opt(Int(1, MAX_NIREQ)), "probe_url": Str(),
 }, required=("name",))
-PLAN = Obj({"schema": Str(), "instances": List(PLAN_INSTANCE, 4096), "nodes": List(ANY, 4096)}, required=("schema",))
+PLAN = Obj({"schema": Str(), "instances": List(PLAN_INSTANCE, 4096), "nodes": List(ANY, 4096),
+            "housekeeping": List(Int(0, 2**20))}, required=("schema",))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -240,8 +240,8 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
         # the lane's request being read: [model, header_len, body so far]
         _lane: list | None = None
         _close_after_lane = False
-        # the head being read (request line and header fields): whether, its bytes fed to the
-        # parser, its header fields; checked as bytes arrive, before the parser holds them
+        # a request's head (request line and header fields): whether one is being read, its bytes
+        # fed to the parser so far, its header fields; checked as bytes arrive
         _in_head = True
         _head_bytes = 0
         _header_count = 0
