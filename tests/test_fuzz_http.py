@@ -102,7 +102,8 @@ def test_a_head_is_answered_by_its_size(server, case):
 
 
 @FUZZ
-@given(st.binary(max_size=3000), st.sampled_from([b"", b"GET / HTTP/1.1\r\n", b"POST /v2/models/trivial/infer HTTP/1.1\r\n"]))
+@given(st.binary(max_size=3000),
+       st.sampled_from([b"", b"GET / HTTP/1.1\r\n", b"POST /v2/models/trivial/infer HTTP/1.1\r\n"]))
 def test_arbitrary_head_bytes_get_an_answer(server, junk, prefix):
     """Whatever the bytes, the server answers (or waits for the rest of a head it can still
     complete: then the header timeout answers it, not tested here) and keeps serving."""
