@@ -562,16 +562,19 @@ def _stop_no_lane():
         srv.stop()
 
 
-def test_curl_http2_is_answered_as_http_1_1(server):
+@pytest.mark.parametrize("pad", [0, 3 * 2**20])
+def test_curl_http2_is_answered_as_http_1_1(server, tmp_path, pad):
     """`curl --http2` asks for h2c with an Upgrade header on its POST: the upgrade is ignored
-    (RFC 9110 7.8), the request answered with its body, over HTTP/1.1."""
+    (RFC 9110 7.8), the request answered with its body, over HTTP/1.1 (a body of 3 MiB: after
+    curl's `Expect: 100-continue`)."""
     import subprocess
 
-    r = subprocess.run(["curl", "-sS", "--http2", "-i", "--data-binary", infer_body(), "-H",
+    (tmp_path / "body.json").write_text(infer_body() + " " * pad)
+    r = subprocess.run(["curl", "-sS", "--http2", "-i", "--data-binary", f"@{tmp_path / 'body.json'}", "-H",
                         "Content-Type: application/json", f"http://127.0.0.1:{server.port}{INFER}"],
                        capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    head, _, body = r.stdout.partition(b"\r\n\r\n")
+    head, _, body = r.stdout.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n").partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), r.stdout
     assert json.loads(body)["outputs"][0]["data"] == [float(v + 1) for v in range(16)]
 
