@@ -7,7 +7,11 @@ count): reading and decoding are the cost being measured. JSON bodies above --ma
 (default 16 MiB) are refused with 413 from their Content-Length, before they are read. A health check is sent every 10 ms from the client CPU the whole
 time, and the server's RSS is sampled every 10 ms (psutil).
 
-    python benchmarks/serve_hostile.py --requests 4 --mib 63 --kind json|binary [--server-args '...']
+With --kind heads (issue 32), each request is a hostile head instead, cycling through tiny header
+fields without end, a request line of --mib and one header field of --mib: each must be refused
+(431, 414, 431) once its bound is reached, the server's RSS flat.
+
+    python benchmarks/serve_hostile.py --requests 4 --mib 63 --kind json|binary|heads [--server-args '...']
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -28,8 +33,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=4, help="large requests in flight at once")
     ap.add_argument("--mib", type=float, default=63.0, help="size of each body")
-    ap.add_argument("--kind", choices=("json", "binary"), default="json",
-                    help="JSON numbers, or binary data after a small JSON header")
+    ap.add_argument("--kind", choices=("json", "binary", "heads"), default="json",
+                    help="JSON numbers, binary data after a small JSON header, or hostile request heads")
     ap.add_argument("--server-args", default="", help="more `hosttune serve` options, e.g. '--max-json-body 67108864'")
     ap.add_argument("--server-cpu", type=int, default=1)
     ap.add_argument("--client-cpu", type=int, default=0)
@@ -52,13 +57,19 @@ def main() -> int:
         count = size // len(value)
         head = b'{"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32", "data": ['
         body = head + value * (count - 1) + b"0.5]}]}"
+    elif args.kind == "heads":
+        count = 0
+        body = b""
+        floods = [(b"GET /v2/health/live HTTP/1.1\r\n", b"a: b\r\n" * 20_000),
+                  (b"GET /", b"a" * 2**20), (b"GET / HTTP/1.1\r\nx-big: ", b"a" * 2**20)]
     else:
         count = size // 4
         head = json.dumps({"inputs": [{"name": "input", "shape": [1, 16], "datatype": "FP32",
                                        "parameters": {"binary_data_size": count * 4}}]}).encode()
         body = head + bytes(count * 4)
         headers = {"Inference-Header-Content-Length": str(len(head))}
-    print(f"{args.requests} {args.kind} requests of {len(body) / 2**20:.1f} MiB ({count} values) each; server on "
+    mib = (size if args.kind == "heads" else len(body)) / 2**20
+    print(f"{args.requests} {args.kind} requests of {mib:.1f} MiB ({count} values) each; server on "
           f"CPU {args.server_cpu} {args.server_args}, client on CPU {args.client_cpu}", flush=True)
 
     srv = Server("--repo", repo, "--model", "trivial", "--cpus", str(args.server_cpu), *args.server_args.split())
@@ -77,6 +88,28 @@ def main() -> int:
         rss_idle = proc.memory_info().rss
         replies: list[tuple[int, float, str]] = []
 
+        def hostile_head(index: int) -> None:
+            head, chunk = floods[index % len(floods)]
+            t0 = time.perf_counter()
+            sock = socket.create_connection(("127.0.0.1", srv.port))
+            sent = 0
+            try:
+                sock.sendall(head)
+                while sent < size:
+                    sock.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:  # refused: the server closed before the rest was read
+                pass
+            sock.settimeout(60)
+            try:
+                reply = sock.recv(4096)
+            except OSError:
+                reply = b""
+            sock.close()
+            status = int(reply[9:12]) if reply.startswith(b"HTTP/1.1 ") else 0
+            replies.append((status, time.perf_counter() - t0, f"after {sent} bytes sent: "
+                            + reply.rpartition(b"\r\n\r\n")[2].decode(errors="replace")[:60]))
+
         def big() -> None:
             t0 = time.perf_counter()
             conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=300)
@@ -89,7 +122,8 @@ def main() -> int:
             conn.close()
             replies.append((resp.status, time.perf_counter() - t0, json.loads(data).get("error", "")[:80]))
 
-        senders = [threading.Thread(target=big) for _ in range(args.requests)]
+        senders = [threading.Thread(target=hostile_head, args=(i,)) if args.kind == "heads"
+                   else threading.Thread(target=big) for i in range(args.requests)]
         rss: list[int] = []
         health: list[float] = []
         statuses: set[int] = set()
@@ -125,7 +159,7 @@ def main() -> int:
 
     summary = {
         "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "requests": args.requests,
-        "kind": args.kind, "body_mib": len(body) / 2**20, "values_per_request": count, "seconds_in_flight": elapsed,
+        "kind": args.kind, "body_mib": mib, "values_per_request": count, "seconds_in_flight": elapsed,
         "replies": [{"status": s, "seconds": t, "error": e} for s, t, e in replies],
         "rss_idle_mb": rss_idle / 1e6, "rss_peak_mb": max(rss) / 1e6, "rss_after_mb": rss_after / 1e6,
         "health_idle_p50_ms": pct(idle, 50), "health_checks": len(health), "health_statuses": sorted(statuses),

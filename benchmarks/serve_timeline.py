@@ -85,15 +85,20 @@ def install_hooks() -> None:
     now = time.perf_counter
     atexit.register(lambda: json.dump(events, open(path, "w")))
 
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from hosttune.serve import app, engine, run, wire
 
-    from hosttune.serve import app, engine, wire
+    protocol_class = wire.protocol_class
 
-    data_received = HttpToolsProtocol.data_received
+    def timed_protocol_class(*args, **kwargs):  # hosttune's protocol has its own data_received
+        cls = protocol_class(*args, **kwargs)
+        data_received = cls.data_received
 
-    def timed_data_received(self, data):
-        events.append(("rx", now()))
-        return data_received(self, data)
+        def timed_data_received(self, data):
+            events.append(("rx", now()))
+            return data_received(self, data)
+
+        cls.data_received = timed_data_received
+        return cls
 
     # the sample model with one stream (--config's LATENCY): a pool of one, so every request is
     # answered by App.infer_now and ServedModel.infer_now, on the direct lane or the ASGI path
@@ -127,7 +132,7 @@ def install_hooks() -> None:
             events.append(("tx", now()))
         flush(self)
 
-    HttpToolsProtocol.data_received = timed_data_received
+    wire.protocol_class = run.protocol_class = timed_protocol_class
     app.App.infer_now = timed_app_infer_now
     engine.ServedModel.infer_now = timed_infer_now
     wire.OneSend.flush = timed_flush

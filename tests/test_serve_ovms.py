@@ -193,7 +193,7 @@ def test_several_models_per_instance_and_a_pinned_version(models, tmp_path):
     ({"model_config_list": [{"config": {"name": "trivial"}}]}, "model_config_list[0].config.base_path: missing"),
     ({"model_config_list": [{"config": {"name": "trivial", "base_path": "s3://b/trivial"}}]}, "only local directories"),
     ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial", "nireq": 0}}]},
-     "config.nireq: must be a positive integer"),
+     "config.nireq: must be 1 to 1024, got 0"),
     ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial", "target_device": "GPU"}}]},
      "config.target_device: 'GPU': hosttune serve runs on CPU only"),
     ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial",

@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hosttune import __version__
+from hosttune import __version__, safejson
 from hosttune.bench import stats
 from hosttune.errors import HosttuneError
+from hosttune.safejson import List, Num, Obj, Opt, Str
 
 SCHEMA = "hosttune.bench/1"
 SAMPLES_KEPT = 1000
@@ -403,57 +404,30 @@ def build_document(kind: str, config: dict[str, Any], system: dict[str, Any], ta
     }
 
 
+# what compare and the HTML report read of a result (a result written by another version, or edited
+# by hand, is refused with the field named): numbers finite, so that no chart or test is fed
+# infinity or NaN (a recorded confidence interval elsewhere may be infinite)
+_NUMBERS = List(Num(), 10_000_000)
+RESULT_SCHEMA = Obj({
+    "schema": Str(), "verdict": Opt(Str()), "label": Opt(Str()),
+    "instances": List(Obj({
+        "name": Str(), "verdict": Opt(Str()),
+        "runs": List(Obj({"throughput": Num(), "latency_ms": Obj({"p99": Num()}, required=("p99",)),
+                          "samples_ms": _NUMBERS}, required=("throughput", "latency_ms", "samples_ms")),
+                     100_000, min_len=1),
+    }, required=("name", "runs")), 4096, min_len=1),
+    "aggregate": Obj({"throughput": Obj({"values": _NUMBERS}, required=("values",)),
+                      "p99_ms": Obj({"values": _NUMBERS}, required=("values",))},
+                     required=("throughput", "p99_ms")),
+}, required=("schema", "instances", "aggregate"))
+
+
 def load_document(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except OSError as exc:
-        raise HosttuneError(f"cannot read: {exc.strerror}", where=path) from None
-    except ValueError as exc:
-        raise HosttuneError(f"not JSON: {exc}", where=path) from None
+    doc = safejson.load_file(path, finite=False, max_bytes=256 * 2**20)
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise HosttuneError(f"not a {SCHEMA} result", where=path)
-    if not doc.get("instances"):
-        raise HosttuneError("the result has no instances", where=path)
-    problem = _shape_problem(doc)
-    if problem:
-        raise HosttuneError(f"malformed result: {problem}", where=path)
+    safejson.check(doc, RESULT_SCHEMA, path)
     return doc
-
-
-def _numbers(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-
-
-def _shape_problem(doc: dict[str, Any]) -> str | None:
-    """The first field that compare and the HTML report read and find of the wrong type (a result
-    written by another version, or edited by hand), or None."""
-    if not isinstance(doc["instances"], list):
-        return "instances must be a list"
-    for i, inst in enumerate(doc["instances"]):
-        where = f"instances[{i}]"
-        if not isinstance(inst, dict) or not isinstance(inst.get("name"), str):
-            return f"{where}.name must be a string"
-        if not isinstance(inst.get("verdict"), (str, type(None))):
-            return f"{where}.verdict must be a string"
-        runs = inst.get("runs")
-        if not isinstance(runs, list) or not runs:
-            return f"{where}.runs must be a non-empty list"
-        for j, run in enumerate(runs):
-            if not isinstance(run, dict) or not _numbers([run.get("throughput")]):
-                return f"{where}.runs[{j}].throughput must be a number"
-            latency = run.get("latency_ms")
-            if not isinstance(latency, dict) or not _numbers([latency.get("p99")]):
-                return f"{where}.runs[{j}].latency_ms.p99 must be a number"
-            if not _numbers(run.get("samples_ms")):
-                return f"{where}.runs[{j}].samples_ms must be a list of numbers"
-    agg = doc.get("aggregate")
-    for key in ("throughput", "p99_ms"):
-        if not isinstance(agg, dict) or not isinstance(agg.get(key), dict) or not _numbers(agg[key].get("values")):
-            return f"aggregate.{key}.values must be a list of numbers"
-    if not isinstance(doc.get("verdict"), (str, type(None))):
-        return "verdict must be a string"
-    return None
 
 
 def hog_cpus(plan: dict[str, Any] | None) -> list[int] | None:

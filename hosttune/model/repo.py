@@ -142,9 +142,11 @@ def find(repo: str, name: str, version: int | None = None) -> ModelEntry:
     directory = os.path.join(repo, name, str(version))
     path = model_file(directory)
     meta: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        with open(os.path.join(directory, META)) as f:
-            meta = json.load(f)
+    if os.path.exists(os.path.join(directory, META)):  # optional; when there, it holds to its schema
+        from hosttune import safejson
+        from hosttune.model import meta_schema
+
+        meta = safejson.load_file(os.path.join(directory, META), meta_schema())
     return ModelEntry(name, version, path, directory, meta)
 
 

@@ -104,8 +104,10 @@ class App:
             raise HTTPError(405, f"method {method} not allowed here (use {', '.join(allowed)})", "method")
 
     def route(self, path: str) -> tuple[ServedModel, str]:
-        """The model and the action ("", "ready" or "infer") of a path below /v2/models/."""
-        parts = unquote(path[len(MODELS):]).split("/")
+        """The model and the action ("", "ready" or "infer") of a path below /v2/models/, as sent
+        (undecoded): split at its slashes, then each segment percent-decoded once, so that
+        `trivial%2Finfer` names a model "trivial/infer" and `%252F` stays "%2F"."""
+        parts = [unquote(part) if "%" in part else part for part in path[len(MODELS):].split("/")]
         name, version = parts[0], None
         tail = parts[1:]
         if len(tail) >= 2 and tail[0] == "versions":
@@ -127,7 +129,8 @@ class App:
         return model
 
     async def _model_route(self, scope: dict, receive: Any, method: str) -> Answer:
-        model, action = self.route(scope["path"])
+        raw = scope.get("raw_path")  # uvicorn's "path" is decoded already: route decodes, once
+        model, action = self.route(raw.decode("latin-1") if raw is not None else scope["path"])
         bound = self.bound[model.name]
         if action == "infer":
             self._only(method, "POST")

@@ -11,10 +11,25 @@ import os
 import sys
 from typing import Any
 
-from hosttune import cpulist
+from hosttune import cpulist, safejson
 from hosttune.errors import HosttuneError
 from hosttune.policy import MAX_IDLE_POLL_US
+from hosttune.safejson import ANY, SCALAR, Int, List, Map, Name, Obj, Opt, Str
 from hosttune.safeyaml import brief
+from hosttune.serve import DEFAULT_MAX_BUFFERED, MAX_NIREQ
+
+MAX_VERSION = 2**31 - 1
+# what `hosttune serve --plan` and `hosttune bench --plan` read of a saved plan (hosttune plan
+# --json); other fields are the plan's own business
+PLAN_INSTANCE = Obj({
+    "name": Str(255), "model": Str(255), "bind": Str(255), "port": Int(0, 65535),
+    "models": List(Obj({"name": Name(), "version": Opt(Int(1, MAX_VERSION))}, required=("name",)), 1000),
+    "openvino": Map(SCALAR), "ovms": Obj({"nireq": Opt(Int(1, MAX_NIREQ))}),
+    "cpus": List(Int(0, 2**20)), "mems": List(Int(0, 2**20)), "mems_list": Str(),
+    "idle_poll_us": Opt(Int(0, MAX_IDLE_POLL_US)), "streams": Opt(Int(1, MAX_NIREQ)), "probe_url": Str(),
+}, required=("name",))
+PLAN = Obj({"schema": Str(), "instances": List(PLAN_INSTANCE, 4096), "nodes": List(ANY, 4096),
+            "housekeeping": List(Int(0, 2**20))}, required=("schema",))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,6 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a client has to send a "
                                                                     "request's body (408 after)")
     p.add_argument("--max-connections", type=int, default=512, help="open connections at most (503 above)")
+    p.add_argument("--max-buffered-bytes", type=int, default=DEFAULT_MAX_BUFFERED,
+                   help="request body bytes held across all connections at once (503 above; at least "
+                        f"--max-body; default {DEFAULT_MAX_BUFFERED >> 20} MiB)")
     p.add_argument("--idle-poll-us", type=int, metavar="US",
                    help="after each answer, poll for the next request for this many microseconds instead "
                         "of sleeping: no CPU wake-up between back-to-back requests, one CPU busy while "
@@ -125,15 +143,10 @@ def _repo(args: argparse.Namespace) -> str:
 def read_plan(args: argparse.Namespace) -> dict[str, Any]:
     """--plan FILE, else the plan computed from --root/--policy."""
     if getattr(args, "plan", None):
-        try:
-            with open(args.plan) as f:
-                plan = json.load(f)
-        except OSError as exc:
-            raise HosttuneError(f"cannot read the plan: {exc.strerror}", where=args.plan) from None
-        except ValueError as exc:
-            raise HosttuneError(f"not a plan JSON: {exc}", where=args.plan) from None
+        plan = safejson.load_file(args.plan)
         if not isinstance(plan, dict) or plan.get("schema") != "hosttune.plan/1":
             raise HosttuneError("not a hosttune.plan/1 document", where=args.plan)
+        safejson.check(plan, PLAN, args.plan)
         return plan
     from hosttune.cliutil import load_plan
 
@@ -153,12 +166,10 @@ def openvino_config(base: dict[str, Any], override: str | None) -> dict[str, Any
     never set together: an explicit one replaces the plan's other."""
     config = dict(base)
     if override:
-        try:
-            extra = json.loads(override)
-        except ValueError as exc:
-            raise HosttuneError(f"not JSON: {exc}", where="--config") from None
+        extra = safejson.loads(override, "--config", max_bytes=64 * 2**10)
         if not isinstance(extra, dict):
             raise HosttuneError('expected a JSON object like {"NUM_STREAMS": 2}', where="--config")
+        safejson.check(extra, Map(SCALAR), "--config")
         if "NUM_STREAMS" in extra and "PERFORMANCE_HINT" in extra:
             raise HosttuneError("set NUM_STREAMS or PERFORMANCE_HINT, not both", where="--config")
         if "NUM_STREAMS" in extra:
@@ -184,6 +195,7 @@ def _model_specs(args: argparse.Namespace, instance: dict[str, Any] | None, repo
         name, _, version = spec.partition(":")
         if version and not version.isdigit():
             raise HosttuneError(f"{spec!r}: the version must be a number", where="--model")
+        safejson.check(name, Name(), "--model" if args.model else "the plan instance's model")
         out.append((name, int(version) if version else None))
     return out
 
@@ -192,6 +204,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hosttune.model.repo import find
     from hosttune.serve import placement
 
+    # the options' own bounds first: nothing is read before they hold
+    if args.nireq is not None and not 1 <= args.nireq <= MAX_NIREQ:
+        raise HosttuneError(f"must be 1 to {MAX_NIREQ}, got {args.nireq}", where="--nireq")
+    for name in ("max_body", "max_json_body"):
+        if getattr(args, name) < 1024:
+            raise HosttuneError("must be at least 1024 bytes", where="--" + name.replace("_", "-"))
+    if args.max_buffered_bytes < args.max_body:
+        raise HosttuneError(f"must be at least --max-body ({args.max_body}): one largest request must fit",
+                            where="--max-buffered-bytes")
+    for name in ("header_timeout", "body_timeout", "max_connections"):
+        if not 0 < getattr(args, name) < float("inf"):
+            raise HosttuneError("must be a positive number", where="--" + name.replace("_", "-"))
     instance = None
     multi_node = False
     if args.plan_instance:
@@ -224,14 +248,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     plan_nireq = ((instance or {}).get("ovms") or {}).get("nireq")
     served = [(entry, openvino_config(props, args.config), args.nireq or nireq or plan_nireq)
               for entry, props, nireq in served]
-    if args.nireq is not None and args.nireq < 1:
-        raise HosttuneError("must be at least 1", where="--nireq")
-    for name in ("max_body", "max_json_body"):
-        if getattr(args, name) < 1024:
-            raise HosttuneError("must be at least 1024 bytes", where="--" + name.replace("_", "-"))
-    for name in ("header_timeout", "body_timeout", "max_connections"):
-        if not 0 < getattr(args, name) < float("inf"):
-            raise HosttuneError("must be a positive number", where="--" + name.replace("_", "-"))
     idle_poll_us = args.idle_poll_us if args.idle_poll_us is not None else (instance or {}).get("idle_poll_us") or 0
     if isinstance(idle_poll_us, bool) or not isinstance(idle_poll_us, int) or not 0 <= idle_poll_us <= MAX_IDLE_POLL_US:
         raise HosttuneError(f"must be 0 to {MAX_IDLE_POLL_US} microseconds, got {brief(idle_poll_us)}",
@@ -265,7 +281,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
-    serve_forever(app, sock, host, limits=Limits(args.header_timeout, args.body_timeout, args.max_connections),
+    limits = Limits(args.header_timeout, args.body_timeout, args.max_connections,
+                    max_buffered=args.max_buffered_bytes)
+    serve_forever(app, sock, host, limits=limits,
                   idle_poll_us=idle_poll_us, direct_lane=not args.no_direct_lane, grpc_port=grpc_port)
     return 0
 

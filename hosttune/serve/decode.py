@@ -175,7 +175,8 @@ def _from_doc(doc: Any) -> dict[str, Any]:
             continue
         entry = {key: _plain(item[key]) for key in item.keys() if key != "data"}
         data = item.get("data")
-        kind = _NUMBER_KIND.get(entry.get("datatype")) if isinstance(data, simdjson.Array) else None
+        datatype = entry.get("datatype")
+        kind = _NUMBER_KIND.get(datatype) if isinstance(data, simdjson.Array) and isinstance(datatype, str) else None
         if kind is not None:
             try:
                 data = np.frombuffer(data.as_buffer(of_type=kind), dtype=_BUFFER_DTYPE[kind])
@@ -214,9 +215,10 @@ def parse_request(model: ServedModel, body: bytes | bytearray,
     offset = header_len if header_len is not None else len(body)
     arrays: list[Any] = [None] * len(model.inputs)
     places: list[Any] = [None] * len(model.inputs)
-    for item in request["inputs"]:
+    for i, item in enumerate(request["inputs"]):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise InputError("each input needs a \"name\", \"shape\", \"datatype\" and \"data\"")
+        _check_types(item, _INPUT_FIELDS, f"inputs[{i}]")
         port = model.input(item["name"])
         if arrays[port.index] is not None:
             raise InputError(f"input {port.name!r} given twice")
@@ -240,6 +242,20 @@ def parse_request(model: ServedModel, body: bytes | bytearray,
     return request, arrays, _outputs(model, request), places if binary_only else None
 
 
+# the type of each field of an input / a requested output (the KServe v2 schema): anything else is
+# a 400 naming the field, before a value of the wrong type reaches code that hashes or compares it
+_INPUT_FIELDS = {"name": str, "datatype": str, "shape": list, "parameters": dict}
+_OUTPUT_FIELDS = {"name": str, "parameters": dict}
+
+
+def _check_types(item: dict, fields: dict[str, type], where: str) -> None:
+    for key, kind in fields.items():
+        value = item.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise InputError(f"{where}.{key} must be a {'string' if kind is str else 'JSON ' + kind.__name__}, "
+                             f"not {type(value).__name__}")
+
+
 def _outputs(model: ServedModel, request: dict) -> list:
     """The outputs an infer request asks for, each with whether it goes binary."""
     params = request.get("parameters") or {}
@@ -250,7 +266,9 @@ def _outputs(model: ServedModel, request: dict) -> list:
     if not isinstance(wanted, list):
         raise InputError("\"outputs\" must be a list")
     selected = []
-    for item in wanted:
+    for i, item in enumerate(wanted):
+        if isinstance(item, dict):
+            _check_types(item, _OUTPUT_FIELDS, f"outputs[{i}]")
         if not isinstance(item, dict) or item.get("name") not in model.outputs_by_name:
             raise InputError(f"unknown output {item.get('name') if isinstance(item, dict) else item!r} "
                              f"(outputs: {', '.join(p.name for p in model.outputs)})")

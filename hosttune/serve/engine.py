@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hosttune.errors import HosttuneError
+from hosttune.serve import MAX_NIREQ
 from hosttune.model.repo import ModelEntry, ov_error_text, read_model
 from hosttune.model.types import KSERVE_TO_NUMPY, kserve_datatype
 
@@ -56,6 +57,8 @@ def _port(port: Any, index: int) -> Port:
 
 class ServedModel:
     def __init__(self, core: Any, entry: ModelEntry, config: dict[str, Any], nireq: int | None = None):
+        if nireq is not None and not 1 <= nireq <= MAX_NIREQ:  # each infer request holds its tensors
+            raise HosttuneError(f"must be 1 to {MAX_NIREQ}, got {nireq}", where=f"nireq of {entry.name}")
         self.name = entry.name
         self.version = entry.version
         self.path = entry.path

@@ -10,9 +10,24 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
+from hosttune import safejson
 from hosttune.errors import HosttuneError
 from hosttune.instance_settings import CONTAINER_MODELS, METRICS_LIST, dumps, render  # noqa: F401
 from hosttune.model.repo import NAME_RE, ModelEntry, find
+from hosttune.safejson import ANY, SCALAR, Int, List, Map, Obj, Opt, Str
+from hosttune.serve import MAX_NIREQ
+
+
+# the types and bounds of what read() takes from a config.json (read's checks say the rest)
+SCHEMA = Obj({
+    "model_config_list": List(Obj({"config": Obj({
+        "name": Str(255), "base_path": Str(), "nireq": Opt(Int(1, MAX_NIREQ)), "target_device": Str(),
+        "plugin_config": Opt(Map(SCALAR)),
+        "model_version_policy": Opt(Obj({"latest": Obj({"num_versions": Int(1, 2**31 - 1)}),
+                                         "specific": Obj({"versions": List(Int(1, 2**31 - 1), 1000)}),
+                                         "all": ANY})),
+    })}), 10_000),
+})
 
 
 @dataclass
@@ -27,13 +42,7 @@ class ModelConfig:
 def read(path: str) -> list[ModelConfig]:
     """The models of an OVMS config.json. Anything hosttune serve cannot honour is refused with the
     field named, rather than served differently from OVMS."""
-    try:
-        with open(path) as f:
-            doc = json.load(f)
-    except OSError as exc:
-        raise HosttuneError(f"cannot read the config: {exc.strerror}", where=path) from None
-    except ValueError as exc:
-        raise HosttuneError(f"not JSON: {exc}", where=path) from None
+    doc = safejson.load_file(path, SCHEMA)
     if not isinstance(doc, dict) or not isinstance(doc.get("model_config_list"), list) or not doc["model_config_list"]:
         raise HosttuneError("expected an OVMS config with a non-empty model_config_list", where=path)
     if doc.get("pipeline_config_list") or doc.get("mediapipe_config_list") or doc.get("custom_node_library_config_list"):

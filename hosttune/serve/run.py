@@ -54,7 +54,8 @@ def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False,
         loop, loop_factory = "asyncio", asyncio.new_event_loop
     limits = limits or Limits()
     http = protocol_class(limits, app, idle_poll_us, direct_lane)
-    config = uvicorn.Config(app, loop=loop, http=http, lifespan="off", access_log=False, log_level="warning",
+    # ws="none": no protocol upgrade is served, an Upgrade request is answered as HTTP/1.1 (wire.py)
+    config = uvicorn.Config(app, loop=loop, http=http, ws="none", lifespan="off", access_log=False, log_level="warning",
                             timeout_keep_alive=75, server_header=False, backlog=1024, timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     sock.listen(1024)

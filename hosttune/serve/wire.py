@@ -15,9 +15,9 @@ import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol as TypingProtocol
-from urllib.parse import unquote
 
 from hosttune.errors import HosttuneError
+from hosttune.serve import DEFAULT_MAX_BUFFERED
 from hosttune.serve.decode import JSON_CT, dumps
 
 # (status, body, headers, close the connection after it): an answer, whichever path writes it
@@ -32,7 +32,12 @@ UVICORN_INTERNALS: tuple[tuple[str, str], ...] = (
     ("HttpToolsProtocol", "class"),
     ("STATUS_LINE", "dict"),  # {status: b"HTTP/1.1 200 OK\r\n"}
     ("HttpToolsProtocol.connection_made", "method(self, transport)"),
+    ("HttpToolsProtocol.data_received", "method(self, data)"),  # replaced (limits, upgrades)
+    ("HttpToolsProtocol._unset_keepalive_if_required", "method(self)"),
+    ("HttpToolsProtocol.send_400_response", "method(self, msg)"),
     ("HttpToolsProtocol.on_message_begin", "method(self)"),
+    ("HttpToolsProtocol.on_url", "method(self, url)"),
+    ("HttpToolsProtocol.on_header", "method(self, name, value)"),
     ("HttpToolsProtocol.on_headers_complete", "method(self)"),
     ("HttpToolsProtocol.on_body", "method(self, body)"),
     ("HttpToolsProtocol.on_message_complete", "method(self)"),
@@ -106,11 +111,22 @@ def _uvicorn_protocol() -> tuple[type, dict]:
 
 @dataclass
 class Limits:
-    """What one client may hold: seconds from a request's first byte (or the connection) to the end
-    of its headers, seconds from there to the end of its body, and open connections in all."""
+    """What clients may hold: seconds from a request's first byte (or the connection) to the end
+    of its headers, seconds from there to the end of its body, open connections in all; the
+    request line's target (414 above), a request's header fields (431 above: their number, and the
+    bytes of its whole head, request line included), and the request body bytes held across all
+    connections at once (503 above)."""
     header_timeout: float = 10.0
     body_timeout: float = 60.0
     max_connections: int = 512
+    max_url: int = 8192
+    max_headers: int = 100
+    max_head_bytes: int = 64 * 2**10
+    max_buffered: int = DEFAULT_MAX_BUFFERED
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing: the protocol answers `status` and closes."""
 
 
 class Lane(TypingProtocol):
@@ -216,12 +232,93 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
     if lane_app is not None and inspect.iscoroutinefunction(lane_app.infer_now):  # it could not run here
         raise TypeError("the direct lane answers from the parser's callbacks: infer_now must not be a coroutine")
     idle_poll = IdlePoll(idle_poll_us / 1e6, app.busy_elsewhere if app else lambda: False) if idle_poll_us > 0 else None
+    # request body bytes held by all connections (one event loop: no lock), against limits.max_buffered
+    buffered = [0]
 
     class Protocol(base):  # type: ignore[misc, valid-type]
         _deadline: asyncio.TimerHandle | None = None
         # the lane's request being read: [model, header_len, body so far]
         _lane: list | None = None
         _close_after_lane = False
+        # a request's head (request line and header fields): whether one is being read, its bytes
+        # fed to the parser so far, its header fields; checked as bytes arrive
+        _in_head = True
+        _head_bytes = 0
+        _header_count = 0
+        _held = 0  # body bytes of this connection's request counted in `buffered`
+        _refusal: tuple[int, str, bool] | None = None  # what a callback stopped the parser with (_stop)
+        _after_answer: tuple[int, str] | None = None  # a refusal waiting for the answer before it
+        _upgrade_body = 0  # body bytes still to come of a request whose Upgrade is ignored
+
+        def data_received(self, data: bytes) -> None:
+            """uvicorn's, with the head's size bounded before the parser sees it (the parser joins
+            a header's pieces itself: an unbounded field would grow there), refusals raised in the
+            callbacks answered, and an Upgrade ignored (RFC 9110 7.8: the request is answered as
+            HTTP/1.1, its body included, and the connection goes on)."""
+            if self._after_answer is not None:  # the connection ends after one more answer
+                return
+            self._unset_keepalive_if_required()
+            view = memoryview(data)
+            pos, end = 0, len(view)
+            while pos < end and not self.transport.is_closing():
+                if self._upgrade_body:  # llhttp skips the body of an upgrade: it is passed on here
+                    n = min(end - pos, self._upgrade_body)
+                    self._upgrade_body -= n
+                    try:
+                        self.on_body(bytes(view[pos:pos + n]))
+                        if not self._upgrade_body:
+                            self.on_message_complete()
+                    except _Stop:
+                        self._refuse_in_turn(*self._refusal)
+                        return
+                    pos += n
+                    continue
+                stop = end
+                if self._in_head:
+                    room = limits.max_head_bytes - self._head_bytes
+                    if room <= 0:
+                        self._refuse_in_turn(431, f"request head (request line and header fields) larger than "
+                                                  f"{limits.max_head_bytes} bytes")
+                        return
+                    stop = min(end, pos + room)
+                    self._head_bytes += stop - pos
+                try:
+                    self.parser.feed_data(view[pos:stop])
+                except httptools.HttpParserUpgrade as exc:  # the request before it is complete
+                    pos += exc.args[0]
+                    continue
+                except httptools.HttpParserError:
+                    if self._refusal is not None:
+                        self._refuse_in_turn(*self._refusal)
+                    else:
+                        self.logger.warning("Invalid HTTP request received.")
+                        self.send_400_response("Invalid HTTP request received.")
+                    return
+                pos = stop
+
+        def _stop(self, status: int, message: str, in_turn: bool = True) -> None:
+            """Stop parsing: data_received answers `status` and closes the connection; `in_turn`
+            (a request whose head is being read): after the answers to requests before it."""
+            self._refusal = (status, message, in_turn)
+            raise _Stop(message)
+
+        def _refuse_in_turn(self, status: int, message: str, in_turn: bool = True) -> None:
+            if in_turn and self.cycle is not None and not self.cycle.response_complete:
+                self._after_answer = (status, message)  # answers go in order: sent by on_response_complete
+                self.transport.pause_reading()
+                return
+            self._refuse(status, message)
+
+        def on_url(self, url: bytes) -> None:
+            if len(self.url) + len(url) > limits.max_url:
+                self._stop(414, f"request target longer than {limits.max_url} bytes")
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._header_count += 1
+            if self._header_count > limits.max_headers:
+                self._stop(431, f"more than {limits.max_headers} header fields")
+            super().on_header(name, value)
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -232,15 +329,24 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
             self._arm(limits.header_timeout, "headers")
 
         def on_message_begin(self) -> None:
+            self._header_count = 0
             super().on_message_begin()
             self._arm(limits.header_timeout, "headers")
 
         def on_headers_complete(self) -> None:
+            self._in_head = False
+            if self.parser.should_upgrade():
+                self._ignore_upgrade()
             self._arm(limits.body_timeout, "body")
             if lane_app is None or not self._take_lane():
                 super().on_headers_complete()
 
         def on_body(self, body: bytes) -> None:
+            if buffered[0] + len(body) > limits.max_buffered:
+                self._stop(503, f"the server holds {limits.max_buffered} bytes of request bodies: try again later",
+                           in_turn=False)  # the request being answered is this one
+            buffered[0] += len(body)
+            self._held += len(body)
             lane = self._lane
             if lane is None:
                 super().on_body(body)
@@ -248,6 +354,9 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
             lane[2] += body  # grown as it arrives: a declared length alone reserves nothing
 
         def on_message_complete(self) -> None:
+            if self._upgrade_body:  # llhttp's, at the end of the head: the body comes through data_received
+                return
+            self._in_head, self._head_bytes = True, 0
             self._disarm()
             if self._lane is None:
                 super().on_message_complete()
@@ -266,6 +375,25 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
             if close:
                 self.transport.close()
 
+        def _ignore_upgrade(self) -> None:
+            """llhttp treats the rest of the stream after an Upgrade request's head as another
+            protocol; no upgrade is served here, so its declared body is read by data_received."""
+            lengths = [value for name, value in self.headers if name == b"content-length"]
+            if any(name == b"transfer-encoding" for name, _ in self.headers):
+                self._stop(400, "a chunked body with Upgrade is not supported (send Content-Length)")
+            if lengths:
+                try:
+                    length = int(lengths[0])
+                except ValueError:
+                    length = -1
+                if len(lengths) > 1 or not 0 <= length or not lengths[0].isdigit():
+                    self._stop(400, "content-length is not a non-negative integer")
+                self._upgrade_body = length
+
+        def _release(self) -> None:
+            buffered[0] -= self._held
+            self._held = 0
+
         def _take_lane(self) -> bool:
             if (self.parser.get_method() != b"POST" or self.expect_100_continue or self.parser.should_upgrade()
                     or (self.cycle is not None and not self.cycle.response_complete)  # answers go in order
@@ -276,7 +404,7 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
                 path = httptools.parse_url(self.url).path.decode("ascii")
             except (httptools.HttpParserError, UnicodeDecodeError):
                 return False  # the ASGI path deals with it as before
-            taken = lane_app.lane(unquote(path) if "%" in path else path, self.headers)  # as uvicorn's scope
+            taken = lane_app.lane(path, self.headers)  # undecoded: App.route decodes each segment once
             if taken is None:
                 return False
             model, header_len = taken
@@ -305,6 +433,7 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
             if self._lane is not None:  # gone before the end of its body: counted as the ASGI path does
                 self._lane = None
                 lane_app.client_left()
+            self._release()
             self._disarm()
             super().connection_lost(exc)
 
@@ -312,7 +441,10 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
             # The whole answer is written: it leaves now, not after the request's bookkeeping
             # (metrics, the ASGI task's return) that runs in the rest of this loop step.
             self.transport.flush()
+            self._release()
             super().on_response_complete()
+            if self._after_answer is not None:
+                self._refuse(*self._after_answer)
             if idle_poll is not None:
                 idle_poll.extend(self.loop)
 
@@ -338,6 +470,9 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
 
         def _refuse(self, status: int, message: str) -> None:
             if self.transport.is_closing():
+                return
+            if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
+                self.transport.close()  # an answer is being written: too late for a status line
                 return
             self._write(status, dumps({"error": message}), [JSON_CT], True)
             self.transport.close()
