@@ -14,6 +14,7 @@ from typing import Any
 from hosttune import cpulist, safeyaml
 from hosttune.areas import NAMES
 from hosttune.areas.kernel_args import KERNEL_ARG
+from hosttune.areas.sysctls import SYSCTL_NAME
 from hosttune.errors import HosttuneError, PolicyError
 from hosttune.safeyaml import brief
 
@@ -175,7 +176,7 @@ def validate(raw: Any, source: str = "policy") -> dict[str, Any]:
 
 # Grammars for values that end up in files other programs parse (GRUB's shell-sourced drop-in,
 # sysctl.d, unit files, nginx): nothing that a shell or a config parser could read as syntax.
-_SYSCTL_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_*-]+)+", re.ASCII)
+_SYSCTL_NAME = SYSCTL_NAME  # areas/sysctls.py: no glob characters
 _SYSFS_WORD = re.compile(r"[a-z0-9_]{1,32}", re.ASCII)  # governor and EPP names
 _KEY = re.compile(r"[A-Za-z0-9_.*-]{1,64}", re.ASCII)
 MAX_KERNEL_ARGS, MAX_KERNEL_ARG_LEN = 32, 256
@@ -239,8 +240,8 @@ def _check_sysctls(value: Any, field: str) -> None:
     for name, setting in value.items():
         where = _field(f"{field}.", name)
         if not isinstance(name, str) or len(name) > MAX_SYSCTL_NAME_LEN or not _SYSCTL_NAME.fullmatch(name):
-            raise PolicyError(f"sysctl names look like kernel.numa_balancing (a-z, 0-9, _, -, *, dots; "
-                              f"at most {MAX_SYSCTL_NAME_LEN} characters)", where=where)
+            raise PolicyError(f"sysctl names look like kernel.numa_balancing (a-z, 0-9, _, -, dots; no glob "
+                              f"such as *; at most {MAX_SYSCTL_NAME_LEN} characters)", where=where)
         if not isinstance(setting, (int, str)) or isinstance(setting, bool):
             raise PolicyError("must be an integer or a string", where=where)
         text = setting if isinstance(setting, str) else str(setting)

@@ -3,6 +3,7 @@ boot. Names and values are validated by the policy (they end up in a file system
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from hosttune.areas.base import MARK, AreaItems, ConfigFile, Host, PlanContext, SysfsValue, skipped
@@ -11,6 +12,10 @@ from hosttune.sysfs import HostFS
 NAME = "sysctls"
 BOOT = False
 DROPIN = "/etc/sysctl.d/90-hosttune.conf"
+# The grammar of a sysctl name (checked by the policy): dotted words of ASCII letters, digits, _ and -.
+# No glob character: systemd-sysctl expands `vm.*` in sysctl.d at boot, while the running apply
+# cannot write it, so a glob would change the next boot without being applied or verified now.
+SYSCTL_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_-]+)+", re.ASCII)
 # reported by `topology` so that a plan and a verify can be read beside them
 REPORTED = ("kernel.numa_balancing", "kernel.timer_migration", "vm.swappiness", "vm.stat_interval",
             "kernel.sched_rt_runtime_us", "kernel.nmi_watchdog", "kernel.watchdog_cpumask")
