@@ -11,7 +11,7 @@ import ipaddress
 import re
 from typing import Any
 
-from hosttune import cpulist, safeyaml
+from hosttune import cpulist, numbers, safeyaml
 from hosttune.areas import NAMES
 from hosttune.areas.kernel_args import KERNEL_ARG
 from hosttune.areas.sysctls import SYSCTL_NAME
@@ -337,7 +337,7 @@ def _models_field(value: Any) -> str | list[str]:
     for spec in specs:
         name, colon, version = spec.partition(":") if isinstance(spec, str) else ("", "", "")
         if (len(name) > 64 or not NAME_RE.fullmatch(name)
-                or (colon and not (version.isascii() and version.isdigit() and 0 < int(version) < 2**31))):
+                or (colon and not 0 < (numbers.uint_or_none(version) or 0) < 2**31)):
             raise PolicyError(f"must be a model name (letters, digits, _ . -, starting with a letter or digit; "
                               f"at most 64 characters), optionally with :version (a positive number), "
                               f"or a list of them, got {brief(spec)}", "instances.model")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from hosttune import numbers
 from hosttune.commands.core import add_policy, add_root, load_plan, print_json
 from hosttune.errors import EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_REBOOT
 from hosttune.policy import AREAS
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_policy(p)
     p.add_argument("--dry-run", action="store_true", help="show what would change (diffs), change nothing")
     p.add_argument("--only", nargs="+", choices=AREAS, metavar="AREA", help=f"limit to areas: {' '.join(AREAS)}")
-    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for another run's lock (default 30)")
+    p.add_argument("--wait", type=numbers.arg_udecimal(0, 86400), default=30.0, help="seconds to wait for another run's lock (default 30)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_apply)
 
@@ -32,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("restore", help="put back every value the first apply found")
     add_root(p)
-    p.add_argument("--wait", type=float, default=30.0)
+    p.add_argument("--wait", type=numbers.arg_udecimal(0, 86400), default=30.0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_restore)
 
