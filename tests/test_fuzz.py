@@ -76,21 +76,27 @@ def policies(draw):
     return doc
 
 
-# valid-looking kernel arguments and sysctls mixed with hostile ones, so that accepted policies carry
-# some (a document of random sections is almost never valid as a whole)
-kernel_args = st.one_of(st.sampled_from(["nosoftlockup", "intel_idle.max_cstate=1", "console=ttyS0,115200n8",
-                                         "root=UUID=ab-cd", "a=$(id)", "x;y", "-x", "a b", "٣=1"]),
+# Kernel arguments and sysctls, valid ones alone or mixed with hostile ones, so that accepted
+# policies carry some (a document of random sections is almost never valid as a whole).
+good_kernel_args = st.sampled_from(["nosoftlockup", "intel_idle.max_cstate=1", "console=ttyS0,115200n8",
+                                    "root=UUID=ab-cd", "mitigations=off"])
+kernel_args = st.one_of(good_kernel_args, st.sampled_from(["a=$(id)", "x;y", "-x", "a b", "٣=1", "a=\nb"]),
                         st.text(max_size=12))
-sysctl_names = st.one_of(st.sampled_from(["vm.swappiness", "kernel.numa_balancing", "net.ipv4.conf.eth0.rp_filter",
-                                          "vm.*", "net.ipv4.conf.*.rp_filter", "vm.?", "vm.[a]", "vm..x", "vm/x"]),
+good_sysctls = st.dictionaries(st.sampled_from(["net.ipv4.conf.eth0.rp_filter", "net.core.somaxconn", "vm.dirty_ratio",
+                                                "kernel.sched_rt_runtime_us"]),
+                               st.one_of(st.integers(0, 100), st.just("4096\t87380")), min_size=1, max_size=3)
+sysctl_names = st.one_of(st.sampled_from(["vm.swappiness", "net.ipv4.conf.eth0.rp_filter", "vm.*",
+                                          "net.ipv4.conf.*.rp_filter", "vm.?", "vm.[a]", "vm..x", "vm/x"]),
                          st.text(alphabet="abvm._*-?/", max_size=16))
+sysctls = st.dictionaries(sysctl_names, st.one_of(st.integers(0, 100), st.sampled_from(["1", "a\nb", ""])), max_size=3)
 
 
 @st.composite
 def mostly_valid_policies(draw):
-    return {"isolation": {"extra_kernel_args": draw(st.lists(kernel_args, max_size=4))},
-            "sysctls": draw(st.dictionaries(sysctl_names, st.one_of(st.integers(0, 100), st.sampled_from(["1", "a\nb"])),
-                                            max_size=3))}
+    if draw(st.booleans()):  # clean: accepted, with kernel args and sysctls
+        return {"isolation": {"extra_kernel_args": draw(st.lists(good_kernel_args, min_size=1, max_size=3))},
+                "sysctls": draw(good_sysctls)}
+    return {"isolation": {"extra_kernel_args": draw(st.lists(kernel_args, max_size=4))}, "sysctls": draw(sysctls)}
 
 
 @branches("refused", "accepted", "accepted extra_kernel_args", "accepted sysctls")
