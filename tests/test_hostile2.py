@@ -511,3 +511,15 @@ def test_a_symlink_to_a_sibling_named_like_the_root_plus_a_suffix_is_outside(tre
         fs.write_file_atomic("/etc/sysctl.d/90-hosttune.conf", b"vm.swappiness = 10\n")
     assert fs.listdir("/etc/sysctl.d") is None
     assert open(os.path.join(evil, "secret")).read() == "5\n" and os.listdir(os.path.join(evil, "sysctl.d")) == []
+
+
+def test_the_playbooks_refuse_a_value_systemd_cannot_hold_before_any_role_runs(tmp_path, host, base_vars):
+    from tests.test_ansible import play as run_play
+
+    write_config(base_vars, {})
+    run = run_play(tmp_path, "site.yml", {**base_vars, "hosttune_config": base_vars["hosttune_config"] + "\nx=1"},
+                   check=True)
+    assert run.rc != 0
+    failed = run.failed()
+    assert failed[0]["task"] == "Check the values that reach systemd units", failed
+    assert not run.changed()
