@@ -523,3 +523,12 @@ def test_the_playbooks_refuse_a_value_systemd_cannot_hold_before_any_role_runs(t
     failed = run.failed()
     assert failed[0]["task"] == "Check the values that reach systemd units", failed
     assert not run.changed()
+
+
+@pytest.mark.parametrize("text", NOT_ASCII_NUMBERS + ["nan", "inf", "-inf", "1e999"])
+def test_fleet_bench_numbers_are_ascii_and_finite(text):
+    from hosttune.fleet.bench import _num
+
+    assert _num(text) is None
+    assert _num(math.nan) is None and _num(math.inf) is None and _num(10**400) is None and _num(True) is None
+    assert _num("12.5") == 12.5 and _num(3) == 3.0
