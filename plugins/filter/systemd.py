@@ -1,3 +1,5 @@
+# Copyright: hosttune contributors
+# Apache License 2.0 (see LICENSE at the collection root)
 # Quoting for systemd unit files (systemd.syntax(7), systemd.service(5) "Command lines",
 # systemd.exec(5) Environment=). Shell quoting (the `quote` filter) is not systemd's: a newline in a
 # value became a new directive, a space split a path, %h and $HOME were expanded by systemd.

@@ -1,3 +1,5 @@
+# Copyright: hosttune contributors
+# Apache License 2.0 (see LICENSE at the collection root)
 # The test beside the hosttune.tuning.systemd_* filters (docs/security.md, "Values in systemd units").
 """hosttune.tuning.systemd_safe: true when a value (every string in a list or mapping) has no control
 character, so it may be written to a systemd unit with the systemd_* filters;
