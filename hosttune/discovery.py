@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hosttune import areas, cpulist
+from hosttune import areas, cpulist, numbers
 from hosttune.areas.base import CPU
 from hosttune.errors import HosttuneError, TopologyError
 from hosttune.sysfs import HostFS
@@ -43,13 +43,7 @@ def _cpus(fs: HostFS, path: str, mask: str | None = None) -> list[int] | None:
 
 
 def _int(fs: HostFS, path: str) -> int | None:
-    text = fs.read(path)
-    if text is None:
-        return None
-    try:
-        return int(text.split()[0])
-    except (ValueError, IndexError):
-        return None
+    return numbers.first_int(fs.read(path))
 
 
 def discover(fs: HostFS) -> Topology:
@@ -85,7 +79,7 @@ def discover(fs: HostFS) -> Topology:
 def _discover_cpus(fs: HostFS) -> list[Cpu]:
     present = _cpus(fs, f"{CPU}/present")
     if present is None:  # very old or odd kernels: fall back on the cpuN directories
-        present = sorted(int(e[3:]) for e in fs.listdir(CPU) or [] if re.fullmatch(r"cpu\d+", e))
+        present = sorted(int(e[3:]) for e in fs.listdir(CPU) or [] if re.fullmatch(r"cpu[0-9]{1,9}", e))
     online_list = _cpus(fs, f"{CPU}/online")
     if online_list is None:  # no global list: each CPU's own online file (absent for a boot CPU: online)
         online_list = [c for c in present if (fs.read(f"{CPU}/cpu{c}/online") or "1").strip() != "0"]
@@ -119,7 +113,7 @@ def _node_ids(fs: HostFS) -> list[int]:
     entries = fs.listdir(NODE)
     if entries is None:
         return []
-    return sorted(int(e[4:]) for e in entries if re.fullmatch(r"node\d+", e))
+    return sorted(int(e[4:]) for e in entries if re.fullmatch(r"node[0-9]{1,9}", e))
 
 
 def _node_cpus(fs: HostFS, node_id: int) -> list[int]:
@@ -174,7 +168,7 @@ def _discover_nodes(fs: HostFS, cpus: list[Cpu]) -> tuple[list[Node], dict[str, 
         dist_text = fs.read(f"{base}/distance")
         if dist_text:
             for other, value in zip(ids, dist_text.split()):
-                distances[other] = int(value) if value.isdigit() else 0
+                distances[other] = numbers.uint_or_none(value) or 0
         nodes.append(Node(node_id, node_cpus, memory, distances))
     problems, oddities = numa_problems(cpus, nodes)
     if problems:
@@ -193,15 +187,15 @@ def _meminfo_bytes(text: str | None, key: str) -> int:
     """MemTotal from /proc/meminfo ("MemTotal: 123 kB") or a node meminfo ("Node 0 MemTotal: ...")."""
     if not text:
         return 0
-    match = re.search(rf"{key}:\s+(\d+)\s*kB", text)
+    match = re.search(rf"{key}:\s+([0-9]{{1,20}})\s*kB", text)
     return int(match.group(1)) * 1024 if match else 0
 
 
 def _discover_irqs(fs: HostFS) -> list[Irq]:
     names = _interrupt_names(fs.read("/proc/interrupts"))
-    numbers = sorted(int(e) for e in fs.listdir("/proc/irq") or [] if e.isdigit())
+    irq_numbers = sorted(n for n in map(numbers.uint_or_none, fs.listdir("/proc/irq") or []) if n is not None)
     irqs = []
-    for number in numbers:
+    for number in irq_numbers:
         base = f"/proc/irq/{number}"
         affinity_text = fs.read(f"{base}/smp_affinity_list")
         try:
@@ -223,12 +217,13 @@ def _interrupt_names(text: str | None) -> dict[int, str]:
     for line in lines[1:]:
         label, _, rest = line.partition(":")
         label = label.strip()
-        if not label.isdigit():
+        number = numbers.uint_or_none(label)
+        if number is None:
             continue
         fields = rest.split()
         # counts (one per CPU), then chip name, hwirq/type, then the actions
         tail = fields[ncpus:]
-        names[int(label)] = " ".join(tail[2:]) if len(tail) > 2 else " ".join(tail)
+        names[number] = " ".join(tail[2:]) if len(tail) > 2 else " ".join(tail)
     return names
 
 

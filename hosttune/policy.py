@@ -13,7 +13,7 @@ import ipaddress
 import json
 from typing import Any
 
-from hosttune import areas, cpulist, safeyaml
+from hosttune import areas, cpulist, numbers, safeyaml
 from hosttune.areas.base import Field, policy_field
 from hosttune.errors import HosttuneError, PolicyError
 from hosttune.safeyaml import brief
@@ -92,7 +92,7 @@ def _models(value: Any, path: str) -> str | list[str]:
     for spec in specs:
         name, colon, version = spec.partition(":") if isinstance(spec, str) else ("", "", "")
         if (len(name) > 64 or not NAME_RE.fullmatch(name)
-                or (colon and not (version.isascii() and version.isdigit() and 0 < int(version) < 2**31))):
+                or (colon and not 0 < (numbers.uint_or_none(version) or 0) < 2**31)):
             raise PolicyError(f"must be a model name (letters, digits, _ . -, starting with a letter or digit; "
                               f"at most 64 characters), optionally with :version (a positive number), "
                               f"or a list of them, got {brief(spec)}", where=path)

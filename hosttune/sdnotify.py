@@ -9,6 +9,8 @@ import os
 import socket
 import time
 
+from hosttune import numbers
+
 
 class Notifier:
     def __init__(self, environ: dict[str, str] | None = None) -> None:
@@ -28,8 +30,9 @@ class Notifier:
                 self.error = f"unsupported NOTIFY_SOCKET {address!r} (only AF_UNIX paths are)"
         # the watchdog is for this process only if WATCHDOG_PID (when set) names it
         self.watchdog_usec = 0
-        if usec and usec.isdigit() and (not wd_pid or wd_pid == str(os.getpid())):
-            self.watchdog_usec = int(usec)
+        period = numbers.uint_or_none(usec, 2**63 - 1)  # ASCII digits: '²'.isdigit() is true
+        if period and (not wd_pid or wd_pid == str(os.getpid())):
+            self.watchdog_usec = period
 
     @property
     def enabled(self) -> bool:

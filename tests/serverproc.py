@@ -30,7 +30,7 @@ class Server:
                 if not line:
                     break
                 buf += line
-                m = re.search(r"listening on http://[^ ]*:(\d+)", line)
+                m = re.search(r"listening on http://[^ ]*:([0-9]{1,5})", line)
                 if m:
                     self.port = int(m.group(1))
                     grpc = re.search(r" and grpc://[^ ]*:(\d+)", line)  # with --grpc-port

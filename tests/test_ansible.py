@@ -14,6 +14,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -357,7 +358,7 @@ def test_tune_applies_then_second_run_changes_nothing(tmp_path, host, base_vars)
     config = yaml.safe_load(open(base_vars["hosttune_config"]))
     assert config == {"policy": {}, "agent": {}}
     unit = open(os.path.join(base_vars["hosttune_agent_unit_dir"], "hosttune-agent.service")).read()
-    assert f"ExecStart={HOSTTUNE} agent --root {host} --config {base_vars['hosttune_config']}" in unit
+    assert f'ExecStart="{HOSTTUNE}" "agent" "--root" "{host}" "--config" "{base_vars["hosttune_config"]}"\n' in unit
     assert "Type=notify" in unit
     # not the live root: no reboot, the fact says a reboot is required, a warning says why
     assert any("Not rebooting: hosttune_root is" in w for w in run.warnings()), run.warnings()
@@ -645,10 +646,11 @@ def test_systemd_instances_get_placement_drop_ins_from_the_plan(tmp_path, host, 
     assert run.rc == 0, run.explain()
     units = base_vars["hosttune_instances_unit_dir"]
     template = open(os.path.join(units, "hosttune-instance@.service")).read()
-    assert f"ExecStart={HOSTTUNE} serve --root {host} --policy {base_vars['hosttune_config']} " \
-           f"--plan-instance node%i --repo /var/lib/hosttune/models" in template
+    assert "\nExecStart=" not in template  # in each instance's drop-in, quoted for systemd
     for inst in plan["instances"]:
         dropin = open(os.path.join(units, f"hosttune-instance@{inst['node']}.service.d", "placement.conf")).read()
+        assert f'ExecStart="{HOSTTUNE}" "serve" "--root" "{host}" "--policy" "{base_vars["hosttune_config"]}" ' \
+               f'"--plan-instance" "{inst["name"]}" "--repo" "/var/lib/hosttune/models"\n' in dropin
         assert f"AllowedCPUs={inst['cpus_list']}\n" in dropin
         assert f"AllowedMemoryNodes={inst['mems_list']}\n" in dropin
         assert f"CPUAffinity={inst['cpus_list']}\n" in dropin
@@ -664,10 +666,10 @@ def test_units_sandbox_exposure(tmp_path, unit, limit):
     keep write access to kernel tunables, the instance needs nothing but its cache and TCP."""
     if unit == "instance":
         text = open(os.path.join(REPO, "roles", "hosttune_instances", "templates", "hosttune-instance@.service.j2")).read()
-        text = (text.replace("{{ ansible_managed }}", "managed")
-                    .replace("{{ hosttune_instances_model_repo }}", "/var/lib/hosttune/models"))
-        text = "\n".join(f"ExecStart={HOSTTUNE} serve --plan-instance node%i" if line.startswith("ExecStart=") else line
-                         for line in text.splitlines())
+        text = re.sub(r"\{\{ hosttune_instances_model_repo [^}]*\}\}", '"HOSTTUNE_MODEL_REPO=/var/lib/hosttune/models"',
+                      text.replace("{{ ansible_managed }}", "managed"))
+        # ExecStart= is in each instance's drop-in (placement.conf)
+        text = text.replace("\n[Service]\n", f"\n[Service]\nExecStart={HOSTTUNE} serve --plan-instance node0\n", 1)
         assert "{{" not in text
         path = tmp_path / "hosttune-instance@0.service"
     else:
@@ -817,7 +819,7 @@ def test_agent_installs_hosttune_into_a_temp_prefix_idempotently(tmp_path, host,
     assert yaml.safe_load(open(base_vars["hosttune_config"])) == {"policy": {"profile": "throughput"},
                                                                   "agent": {"interval": 10}}
     unit = open(os.path.join(base_vars["hosttune_agent_unit_dir"], "hosttune-agent.service")).read()
-    assert f"ExecStart={hosttune} agent --root {host} --config {base_vars['hosttune_config']}" in unit
+    assert f'ExecStart="{hosttune}" "agent" "--root" "{host}" "--config" "{base_vars["hosttune_config"]}"\n' in unit
     assert "Type=notify" in unit and "WatchdogSec=" in unit  # the packaged unit, not a copy
     # the wheels went over as one archive (wheelhouse.tar) and were unpacked next to each other
     with tarfile.open(tmp_path / "wheelhouse" / "wheelhouse.tar") as archive:

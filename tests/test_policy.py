@@ -139,7 +139,7 @@ def test_hostile_values_name_the_field(raw, field):
     ({"isolation": {"extra_kernel_args": ["intel_idle.max_cstate=1", "root=UUID=ab-cd", "nosoftlockup",
                                           "systemd.cpu_affinity=0,4", "console=ttyS0,115200n8"]}},
      ("isolation", "extra_kernel_args"), None),
-    ({"sysctls": {"net.ipv4.tcp_rmem": "4096\t87380\t6291456", "net.ipv4.conf.*.rp_filter": 2}}, ("sysctls",), None),
+    ({"sysctls": {"net.ipv4.tcp_rmem": "4096\t87380\t6291456", "net.ipv4.conf.eth0.rp_filter": 2}}, ("sysctls",), None),
     ({"instances": {"bind": "::0001"}}, ("instances", "bind"), "::1"),
     ({"instances": {"bind": "0.0.0.0"}}, ("instances", "bind"), "0.0.0.0"),
     ({"instances": {"model": "resnet-50_v1.5-int8"}}, ("instances", "model"), "resnet-50_v1.5-int8"),

@@ -42,11 +42,26 @@ class Config:
     agent: AgentSettings
 
 
-def _number(value: Any, field: str, minimum: float, allow_zero: bool) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < minimum or (value == 0 and not allow_zero):
-        what = "a number of seconds >= 0 (0 turns it off)" if allow_zero else f"a number of seconds >= {minimum:g}"
-        raise PolicyError(f"must be {what}, got {value!r}", where=field)
+# The bounds of every number (seconds), checked here: a larger one passed validation and then made
+# the agent's waits and timers raise OverflowError at start or after a reload (issue 32 class 7).
+BOUNDS = {  # field: (minimum, maximum, 0 allowed to turn it off)
+    "interval": (0.1, 86400.0, False),
+    "fast_check_interval": (0.0, 3600.0, True),
+    "replan_interval": (1.0, 7 * 86400.0, False),
+    "check_timeout": (0.1, 86400.0, False),
+}
+
+
+def _number(value: Any, field: str) -> float:
+    minimum, maximum, allow_zero = BOUNDS[field]
+    # an int is compared as is (math.isfinite(10**400) itself raises OverflowError)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and (isinstance(value, int) or math.isfinite(value)))
+    if not ok or not (minimum <= value <= maximum or (allow_zero and value == 0)):
+        shown = repr(value) if not isinstance(value, str) else repr(value[:40])
+        zero = " or 0 (off)" if allow_zero else ""
+        raise PolicyError(f"must be a number of seconds from {minimum:g} to {maximum:g}{zero}, got {shown[:60]}",
+                          where=f"agent.{field}")
     return float(value)
 
 
@@ -61,10 +76,8 @@ def validate_agent(raw: Any) -> AgentSettings:
         if key not in known:
             raise PolicyError(f"unknown key (known: {', '.join(sorted(known))})", where=f"agent.{key}")
     values = {**AgentSettings().to_dict(), **raw}
-    interval = _number(values["interval"], "agent.interval", 0.1, allow_zero=False)
-    fast = _number(values["fast_check_interval"], "agent.fast_check_interval", 0.0, allow_zero=True)
-    check_timeout = _number(values["check_timeout"], "agent.check_timeout", 0.1, allow_zero=False)
-    replan = _number(values["replan_interval"], "agent.replan_interval", 1.0, allow_zero=False)
+    interval, fast, check_timeout, replan = (
+        _number(values[f], f) for f in ("interval", "fast_check_interval", "check_timeout", "replan_interval"))
     listen = values["listen"]
     if not isinstance(listen, str) or not _is_ip(listen):
         raise PolicyError(f"must be an IP address to listen on, such as 127.0.0.1 or ::1, got {listen!r}",

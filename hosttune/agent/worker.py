@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from hosttune import areas, discovery, engine, state
+from hosttune import areas, discovery, engine, numbers, state
 from hosttune.agent import fastcheck
 from hosttune import plan as plan_mod
 from hosttune.errors import EXIT_LOCKED, HosttuneError, PolicyError
@@ -159,7 +159,7 @@ def run(fn: Callable[..., Any], *args: Any, timeout: float, tick: Callable[[], N
 # -- the work ---------------------------------------------------------------------------------------------
 def topology_seen(fs: HostFS) -> tuple[list[str], str | None]:
     """What the fast check compares: the IRQ numbers and the online CPU list."""
-    return [e for e in fs.listdir("/proc/irq") or () if e.isdigit()], fs.read(f"{discovery.CPU}/online")
+    return [e for e in fs.listdir("/proc/irq") or () if numbers.is_uint(e)], fs.read(f"{discovery.CPU}/online")
 
 
 def trial_plan(root: str, policy: dict[str, Any], keep: bool = False, current: str | None = None) -> dict[str, Any]:

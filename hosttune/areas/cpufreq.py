@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hosttune import cpulist
+from hosttune import cpulist, numbers
 from hosttune.areas.base import CPU, AreaItems, Field, Host, PlanContext, SysfsValue, sysfs_word, unsupported
 from hosttune.errors import HosttuneError, PolicyError
 from hosttune.safeyaml import brief
@@ -35,11 +35,7 @@ POLICY = (
 
 
 def _int(fs: HostFS, path: str) -> int | None:
-    text = fs.read(path)
-    try:
-        return int(text.split()[0]) if text else None
-    except ValueError:
-        return None
+    return numbers.first_int(fs.read(path))
 
 
 def _cpus(fs: HostFS, path: str) -> list[int] | None:
@@ -55,7 +51,7 @@ def _cpus(fs: HostFS, path: str) -> list[int] | None:
 def policy_dirs(fs: HostFS, cpus: list[Any]) -> list[tuple[int, str]]:
     """(policy id, directory) for every cpufreq policy: policyN/ since 4.3, else cpuN/cpufreq/."""
     base = f"{CPU}/cpufreq"
-    ids = sorted(int(e[6:]) for e in fs.listdir(base) or [] if re.fullmatch(r"policy\d+", e))
+    ids = sorted(int(e[6:]) for e in fs.listdir(base) or [] if re.fullmatch(r"policy[0-9]{1,9}", e))
     if ids:
         return [(pid, f"{base}/policy{pid}") for pid in ids]
     # pre-4.3: per-CPU directories; CPUs sharing a policy list each other in affected_cpus
@@ -174,7 +170,8 @@ def items(setting: dict[str, Any], plan: dict[str, Any], host: Host) -> AreaItem
         target = pol["min_khz"]
         current_max = host.fs.read(f"{base}/scaling_max_freq")
         # the kernel refuses min > max: raise max first when going up, lower min first when going down
-        raising = current_max is not None and current_max.strip().isdigit() and target > int(current_max)
+        current = numbers.first_int(current_max)
+        raising = current is not None and target > current
         pair = [("scaling_max_freq", pol["max_khz"]), ("scaling_min_freq", target)]
         for attr, khz in (pair if raising else pair[::-1]):
             out.append(SysfsValue(NAME, f"{label} {attr}", f"{base}/{attr}", value=str(khz)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from hosttune import numbers
 from hosttune.areas.base import CPU, AreaItems, Field, Host, PlanContext, SysfsValue, skipped, unsupported
 from hosttune.sysfs import HostFS
 
@@ -16,10 +17,7 @@ POLICY = (Field("cstates.max_latency_us", None, "int?", profiles={"latency": 10}
 
 
 def _int(text: str | None) -> int | None:
-    try:
-        return int(text.split()[0]) if text else None
-    except ValueError:
-        return None
+    return numbers.first_int(text)
 
 
 def discover(fs: HostFS, features: dict[str, Any], cpus: list[Any]) -> dict[str, Any]:
@@ -30,7 +28,7 @@ def discover(fs: HostFS, features: dict[str, Any], cpus: list[Any]) -> dict[str,
     first = online[0]
     states = []
     for entry in fs.listdir(f"{CPU}/cpu{first}/cpuidle") or []:
-        if not re.fullmatch(r"state\d+", entry):
+        if not re.fullmatch(r"state[0-9]{1,9}", entry):
             continue
         s = f"{CPU}/cpu{first}/cpuidle/{entry}"
         states.append({"state": entry, "name": fs.read(f"{s}/name"), "latency_us": _int(fs.read(f"{s}/latency")),

@@ -228,7 +228,7 @@ def _domain_isolated(plan: dict[str, Any]) -> bool:
     CPUs isolated from the scheduler domains (isolcpus= with the `domain` flag, or no flags)."""
     for arg in plan["kernel_args"]:
         if arg.startswith("isolcpus="):
-            flags = [f for f in arg[len("isolcpus="):].split(",") if f and not f[0].isdigit()]
+            flags = [f for f in arg[len("isolcpus="):].split(",") if f and f[0] not in "0123456789"]
             return not flags or "domain" in flags
     return False
 

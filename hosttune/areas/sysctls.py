@@ -13,7 +13,10 @@ from hosttune.sysfs import HostFS
 
 NAME = "sysctls"
 BOOT = False
-_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_*-]+)+", re.ASCII)
+# The grammar of a sysctl name: dotted words of ASCII letters, digits, _ and -. No glob character:
+# systemd-sysctl expands `vm.*` in sysctl.d at boot, while the running apply cannot write it, so a
+# glob would change the next boot without being applied or verified now.
+SYSCTL_NAME = re.compile(r"[a-z0-9_]+(\.[A-Za-z0-9_-]+)+", re.ASCII)
 MAX_SYSCTLS, MAX_NAME_LEN, MAX_VALUE_LEN = 256, 128, 1024
 
 
@@ -26,9 +29,9 @@ def _check(value: Any, field: str) -> Any:
         raise PolicyError(f"more than {MAX_SYSCTLS} sysctls", where=field)
     for name, setting in value.items():
         where = policy_field(f"{field}.", name)
-        if not isinstance(name, str) or len(name) > MAX_NAME_LEN or not _NAME.fullmatch(name):
-            raise PolicyError(f"sysctl names look like kernel.numa_balancing (a-z, 0-9, _, -, *, dots; "
-                              f"at most {MAX_NAME_LEN} characters)", where=where)
+        if not isinstance(name, str) or len(name) > MAX_NAME_LEN or not SYSCTL_NAME.fullmatch(name):
+            raise PolicyError(f"sysctl names look like kernel.numa_balancing (a-z, 0-9, _, -, dots; no glob "
+                              f"such as *; at most {MAX_NAME_LEN} characters)", where=where)
         if not isinstance(setting, (int, str)) or isinstance(setting, bool):
             raise PolicyError("must be an integer or a string", where=where)
         text = setting if isinstance(setting, str) else str(setting)

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from hosttune import numbers
 from hosttune.bench.stats import JUDGES
 from hosttune.errors import HosttuneError
 
@@ -28,19 +29,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "http: against the running instances (like OVMS's benchmark client)")
     p.add_argument("--repo", help="model repository (default: $HOSTTUNE_MODEL_REPO or /var/lib/hosttune/models)")
     p.add_argument("--model", help="model name (default: the instance's model from the plan)")
-    p.add_argument("--runs", type=int, default=5, help="timed runs (default 5)")
-    p.add_argument("--warmup", type=float, default=2.0, metavar="S", help="warmup seconds before the runs (default 2)")
-    p.add_argument("--duration", type=float, default=10.0, metavar="S", help="seconds per run (default 10)")
+    p.add_argument("--runs", type=numbers.arg_uint(0, 10_000), default=5, help="timed runs (default 5)")
+    p.add_argument("--warmup", type=numbers.arg_udecimal(0, 86400), default=2.0, metavar="S", help="warmup seconds before the runs (default 2)")
+    p.add_argument("--duration", type=numbers.arg_udecimal(0, 86400), default=10.0, metavar="S", help="seconds per run (default 10)")
     p.add_argument("--api", choices=("sync", "async"),
                    help="inprocess: sync (LATENCY, one stream) or async (THROUGHPUT, the plan's streams); "
                         "default from the instance's PERFORMANCE_HINT / NUM_STREAMS")
-    p.add_argument("--concurrency", type=int, default=1, help="http: concurrent connections per instance (default 1)")
+    p.add_argument("--concurrency", type=numbers.arg_uint(0, 4096), default=1, help="http: concurrent connections per instance (default 1)")
     p.add_argument("--client-cpus", metavar="LIST|all",
                    help="http: CPUs of the load client (default: the plan's housekeeping CPUs, so the client "
                         "does not compete with the instances; all with --no-pin)")
     p.add_argument("--url", action="append", metavar="HOST:PORT",
                    help="http: benchmark these endpoints instead of the plan's instances (repeatable)")
-    p.add_argument("--noise", nargs="?", type=int, const=-1, default=0, metavar="N",
+    p.add_argument("--noise", nargs="?", type=numbers.arg_uint(0, 4096), const=-1, default=0, metavar="N",
                    help="run N busy-loop hogs during the benchmark (default N: one per allowed CPU); "
                         "confined to the housekeeping CPUs, unconfined with --no-pin")
     p.add_argument("--no-pin", action="store_true",
@@ -70,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="compare two results side by side with significance tests")
     c.add_argument("a", metavar="A.json")
     c.add_argument("b", metavar="B.json")
-    c.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    c.add_argument("--alpha", type=numbers.arg_udecimal(0, 1), default=0.05, help="significance level (default 0.05)")
     c.add_argument("--json", action="store_true", help="print the comparison as JSON")
     c.add_argument("--html", metavar="FILE.html", help="write an HTML report with both results")
     c.set_defaults(func=cmd_compare)

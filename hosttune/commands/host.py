@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import Any
 
+from hosttune import areas, numbers
 from hosttune.cliutil import add_policy, add_root, load_plan, print_json
 from hosttune.errors import EXIT_DRIFT, EXIT_FAILED, EXIT_OK, EXIT_REBOOT
-from hosttune import areas
 
 
 
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     # the registry's names as they stand when the parser is built
     p.add_argument("--only", nargs="+", choices=areas.NAMES, metavar="AREA",
                    help=f"limit to areas: {' '.join(areas.NAMES)}")
-    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for another run's lock (default 30)")
+    p.add_argument("--wait", type=numbers.arg_udecimal(0, 86400), default=30.0, help="seconds to wait for another run's lock (default 30)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_apply)
 
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("restore", help="put back every value the first apply found")
     add_root(p)
-    p.add_argument("--wait", type=float, default=30.0)
+    p.add_argument("--wait", type=numbers.arg_udecimal(0, 86400), default=30.0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_restore)
 

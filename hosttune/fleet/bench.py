@@ -11,7 +11,11 @@ the numbers are, not pass/fail: a host's bench status comes from the exit code o
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+from hosttune import numbers
+from hosttune.errors import HosttuneError
 
 # where the per-instance records are (first key that holds a list of mappings)
 INSTANCE_LISTS = ("instances", "results", "runs")
@@ -45,12 +49,20 @@ def _get(doc: Any, keys: tuple[Any, ...]) -> Any:
 
 
 def _num(value: Any) -> float | None:
-    if isinstance(value, bool):
+    """A finite number from a host's bench result: a JSON number, or ASCII decimal text (float()
+    would read '١٢' as 12 and 'nan'/'inf' as numbers; docs/security.md)."""
+    if isinstance(value, str):
+        try:
+            return numbers.parse_udecimal(value, "", 0.0, 1e18)
+        except HosttuneError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except OverflowError:
         return None
+    return number if math.isfinite(number) else None
 
 
 def summarize(doc: dict[str, Any]) -> dict[str, Any]:

@@ -12,9 +12,13 @@ import sys
 import threading
 import time
 
+from hosttune import numbers
 from hosttune.errors import HosttuneError
 
 DEFAULT_FORKS = 5  # like ansible's
+# bounds of the options (docs/security.md): ASCII digits, checked by argparse
+MAX_FORKS = 1024
+MAX_TIMEOUT = 86400
 DEFAULT_CONNECT_TIMEOUT = 10  # like ansible's `timeout`
 DEFAULT_TIMEOUT = {"capture": 120.0, "verify": 120.0, "bench": 1800.0}
 DEFAULT_CAPTURES = "captures"
@@ -56,13 +60,13 @@ def _common(p: argparse.ArgumentParser, ssh: bool, command: str) -> None:
     p.add_argument("-i", "--inventory", action="append", required=True, metavar="INVENTORY",
                    help="Ansible inventory (file, directory or host list); repeatable")
     p.add_argument("-l", "--limit", metavar="PATTERN", help="Ansible host pattern to restrict the hosts")
-    p.add_argument("-f", "--forks", type=int, default=DEFAULT_FORKS,
+    p.add_argument("-f", "--forks", type=numbers.arg_uint(0, MAX_FORKS), default=DEFAULT_FORKS,
                    help=f"hosts worked on at the same time (default {DEFAULT_FORKS})")
     if ssh:
-        p.add_argument("--connect-timeout", type=int, default=DEFAULT_CONNECT_TIMEOUT, metavar="S",
+        p.add_argument("--connect-timeout", type=numbers.arg_uint(0, MAX_TIMEOUT), default=DEFAULT_CONNECT_TIMEOUT, metavar="S",
                        help="seconds for TCP connect, SSH banner and authentication, per host "
                             f"(default {DEFAULT_CONNECT_TIMEOUT})")
-        p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT[command], metavar="S",
+        p.add_argument("--timeout", type=numbers.arg_udecimal(0, MAX_TIMEOUT), default=DEFAULT_TIMEOUT[command], metavar="S",
                        help="seconds for each remote command and file transfer, per host "
                             f"(default {DEFAULT_TIMEOUT[command]:g})")
         p.add_argument("--strict-host-keys", action="store_true",

@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from hosttune import numbers
 from hosttune.errors import HosttuneError, PolicyError
 from hosttune.fleet import sshargs
 from hosttune.fleet.sshargs import SshArgError, SshArgs
@@ -235,13 +236,12 @@ def _host(host: Any, variables: Any, loader: Any) -> FleetHost:
 
     port = var("ansible_port", "ansible_ssh_port")
     if port is not None:
-        try:
-            port = int(port)
-            if not 0 < port < 65536:
-                raise ValueError
-        except (TypeError, ValueError):
+        # an int, or ASCII digits (int() would read '٣' as 3 and True as 1)
+        number = port if type(port) is int else numbers.uint_or_none(port) if isinstance(port, str) else None
+        if number is None or not 0 < number < 65536:
             raise HosttuneError(f"ansible_port of host {host.name} must be a TCP port, got {port!r}",
-                                where=_where(origin(hostvars.get("ansible_port"))) or host.name) from None
+                                where=_where(origin(hostvars.get("ansible_port"))) or host.name)
+        port = number
     key_file = var("ansible_ssh_private_key_file", "ansible_private_key_file")
     ssh = _ssh_args(host.name, hostvars, var)
     user = var("ansible_user", "ansible_ssh_user")

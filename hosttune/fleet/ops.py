@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,10 +18,20 @@ from hosttune.fleet.ssh import Failed, Output, Session, tail
 NOT_FOUND = 127  # the shell's "command not found"
 
 
+def file_stem(host: str) -> str:
+    """A host's file name on the controller (captures, plans), one per host name: the name itself
+    when it is a safe file name, else the name made safe plus '+' and a hash of the real name
+    ('node-ä' and 'node-ö' both made 'node-_' overwrote each other's files). A safe name has no
+    '+', so the two forms cannot meet."""
+    safe = re.sub(r"[^A-Za-z0-9._@-]", "_", host).lstrip(".")[:200] or "_"
+    if safe == host:
+        return safe
+    return f"{safe}+{hashlib.sha256(host.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+
+
 def capture_file(out_dir: str, host: str) -> str:
-    """Where a host's capture lives on the controller: DIR/<inventory_hostname>.tar.gz."""
-    safe = re.sub(r"[^A-Za-z0-9._@-]", "_", host).lstrip(".") or "_"
-    return os.path.join(out_dir, f"{safe}.tar.gz")
+    """Where a host's capture lives on the controller: DIR/<file_stem(host)>.tar.gz."""
+    return os.path.join(out_dir, f"{file_stem(host)}.tar.gz")
 
 
 def _remote_failure(what: str, host: FleetHost, out: Output) -> Failed:

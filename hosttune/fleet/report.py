@@ -119,13 +119,13 @@ def write(report: dict[str, Any], out_dir: str) -> list[str]:
     written = [_atomic(os.path.join(out_dir, "report.json"), json.dumps(report, indent=2) + "\n")]
     written.append(_atomic(os.path.join(out_dir, "report.html"), render_html(report)))
     if report["command"] == "plan":
-        from hosttune.fleet.ops import capture_file
+        from hosttune.fleet.ops import file_stem
 
         plans = os.path.join(out_dir, "plans")
         os.makedirs(plans, exist_ok=True)
         for e in report["hosts"]:
             if e.get("result"):
-                path = capture_file(plans, e["host"])[: -len(".tar.gz")] + ".json"
+                path = os.path.join(plans, file_stem(e["host"]) + ".json")
                 written.append(_atomic(path, json.dumps(e["result"], indent=2) + "\n"))
     return written
 

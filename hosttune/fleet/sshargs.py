@@ -23,6 +23,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
+from hosttune import numbers
+
 VARIABLES = ("ansible_ssh_args", "ansible_ssh_common_args", "ansible_ssh_extra_args")
 MAX_LENGTH = 4096  # per variable
 MAX_HOPS = 8
@@ -246,9 +248,10 @@ def expand_proxy_command(template: str, host: str, port: int, user: str) -> str:
 
 
 def _port(text: str, what: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    port = numbers.uint_or_none(text, 65535)
+    if not port:
         raise SshArgError(f"{what} {_show(text)} is not a TCP port")
-    return int(text)
+    return port
 
 
 def _user(text: str, what: str) -> str:

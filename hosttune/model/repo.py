@@ -21,12 +21,15 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from hosttune import numbers
 from hosttune.errors import HosttuneError
 from hosttune.model import NAME_RE  # one rule for names, light to import
 
 META = "hosttune-model.json"
 META_SCHEMA = "hosttune.model/1"
 PRECISIONS = ("FP32", "FP16")
+MAX_VERSION = 2**31 - 1  # OVMS's version numbers are int64; hosttune's plans and URLs keep to int32
+MAX_DIM = 2**31 - 1
 INT8_SUFFIX = "-int8"
 
 
@@ -105,7 +108,9 @@ def versions(repo: str, name: str) -> list[int]:
         return []
     except OSError as exc:
         raise HosttuneError(f"cannot read: {exc.strerror}", where=base) from None
-    return sorted(int(e) for e in entries if e.isdigit() and os.path.isdir(os.path.join(base, e)))
+    # a version directory is named in ASCII digits: '²' or '١' (Arabic-Indic one) is not version 1
+    found = ((numbers.uint_or_none(e, MAX_VERSION), e) for e in entries)
+    return sorted(v for v, e in found if v is not None and os.path.isdir(os.path.join(base, e)))
 
 
 def list_models(repo: str) -> dict[str, list[int]]:
@@ -189,12 +194,11 @@ def parse_shapes(specs: list[str] | None, model: Any) -> dict[str, list[int]]:
                 name = names[0]
             if name not in names:
                 raise HosttuneError(f"no input {name!r} (inputs: {', '.join(names)})", where="--static-shape")
-            try:
-                shape = [int(d) for d in dims.strip("[]() ").split(",")]
-            except ValueError:
-                raise HosttuneError(f"{part!r} is not a list of integers like 1,3,224,224",
-                                    where="--static-shape") from None
-            if not shape or any(d <= 0 for d in shape):
+            shape = [numbers.uint_or_none(d.strip(), MAX_DIM) for d in dims.strip("[]() ").split(",")]
+            if None in shape:
+                raise HosttuneError(f"{part!r} is not a list of integers like 1,3,224,224 (ASCII digits, "
+                                    f"each at most {MAX_DIM})", where="--static-shape")
+            if not shape or any(d <= 0 for d in shape):  # type: ignore[operator]
                 raise HosttuneError(f"{part!r}: dimensions must be positive", where="--static-shape")
             shapes[name] = shape
     return shapes
@@ -237,10 +241,9 @@ def calibration_data(model: Any, spec: str | None) -> list[dict[str, Any]]:
     if spec == "synthetic" or spec.startswith("synthetic:"):
         count = 32
         if ":" in spec:
-            try:
-                count = int(spec.split(":", 1)[1])
-            except ValueError:
-                raise HosttuneError(f"{spec!r}: expected synthetic:N", where="--calibration") from None
+            count = numbers.uint_or_none(spec.split(":", 1)[1])  # type: ignore[assignment]
+            if count is None:
+                raise HosttuneError(f"{spec!r}: expected synthetic:N", where="--calibration")
             if not 1 <= count <= 10000:
                 raise HosttuneError("synthetic:N needs 1 <= N <= 10000", where="--calibration")
         return sample.calibration_inputs(model, count)

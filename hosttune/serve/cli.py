@@ -11,18 +11,18 @@ import os
 import sys
 from typing import Any
 
-from hosttune import cpulist, safejson
+from hosttune import cpulist, numbers, safejson
 from hosttune.errors import HosttuneError
+from hosttune.model.repo import MAX_VERSION
 from hosttune.policy import MAX_IDLE_POLL_US
 from hosttune.safejson import ANY, SCALAR, Int, List, Map, Name, Obj, Opt, Str
 from hosttune.safeyaml import brief
 from hosttune.serve import DEFAULT_MAX_BUFFERED, MAX_NIREQ
 
-MAX_VERSION = 2**31 - 1
 # what `hosttune serve --plan` and `hosttune bench --plan` read of a saved plan (hosttune plan
 # --json); other fields are the plan's own business
 PLAN_INSTANCE = Obj({
-    "name": Str(255), "model": Str(255), "bind": Str(255), "port": Int(0, 65535),
+    "name": Str(255), "model": Str(255), "bind": Str(255), "port": Int(0, 65535), "grpc_port": Opt(Int(0, 65535)),
     "models": List(Obj({"name": Name(), "version": Opt(Int(1, MAX_VERSION))}, required=("name",)), 1000),
     "openvino": Map(SCALAR), "ovms": Obj({"nireq": Opt(Int(1, MAX_NIREQ))}),
     "cpus": List(Int(0, 2**20)), "mems": List(Int(0, 2**20)), "mems_list": Str(),
@@ -30,6 +30,10 @@ PLAN_INSTANCE = Obj({
 }, required=("name",))
 PLAN = Obj({"schema": Str(), "instances": List(PLAN_INSTANCE, 4096), "nodes": List(ANY, 4096),
             "housekeeping": List(Int(0, 2**20))}, required=("schema",))
+
+# Bounds of the numeric options (docs/security.md): checked by argparse, ASCII digits only
+MAX_BODY = 2**31  # bytes
+MAX_TIMEOUT = 86400.0  # seconds
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,30 +58,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config-path", metavar="CONFIG_JSON",
                    help="serve the models of an OVMS config.json (name, base_path, version policy, nireq, "
                         "plugin_config) instead of --repo/--model")
-    p.add_argument("--port", type=int, help="TCP port (default: the instance's, else 9000; 0 = any free port)")
-    p.add_argument("--grpc-port", type=int, metavar="PORT",
+    p.add_argument("--port", type=numbers.arg_uint(0, 65535), help="TCP port (default: the instance's, else 9000; 0 = any free port)")
+    p.add_argument("--grpc-port", type=numbers.arg_uint(0, 65535), metavar="PORT",
                    help="also serve KServe v2 gRPC on this port, same address (default: the instance's "
                         "grpc_port, else REST only; 0 = any free port)")
     p.add_argument("--bind", help="address to listen on (default: the instance's, else 127.0.0.1)")
     p.add_argument("--config", metavar="JSON", help='OpenVINO properties, e.g. \'{"NUM_STREAMS": 2}\' '
                                                     '(override the plan\'s)')
-    p.add_argument("--nireq", type=int, help="infer requests in the pool (default: the plan's, else "
+    p.add_argument("--nireq", type=numbers.arg_uint(1, MAX_NIREQ), help="infer requests in the pool (default: the plan's, else "
                                              "OPTIMAL_NUMBER_OF_INFER_REQUESTS of the compiled model)")
     p.add_argument("--cpus", help="CPU list to run on (default: the instance's CPUs)")
     p.add_argument("--no-pin", action="store_true", help="do not set CPU affinity or memory policy")
-    p.add_argument("--max-body", type=int, default=64 * 2**20, help="largest request body in bytes (413 above)")
-    p.add_argument("--max-json-body", type=int, default=16 * 2**20,
+    p.add_argument("--max-body", type=numbers.arg_uint(1, MAX_BODY), default=64 * 2**20, help="largest request body in bytes (413 above)")
+    p.add_argument("--max-json-body", type=numbers.arg_uint(1, MAX_BODY), default=16 * 2**20,
                    help="largest JSON part of a request in bytes: a JSON body, or the JSON header of a "
                         "binary-data request (413 above)")
-    p.add_argument("--header-timeout", type=float, default=10.0, help="seconds a client has to send a "
+    p.add_argument("--header-timeout", type=numbers.arg_udecimal(0.001, MAX_TIMEOUT), default=10.0, help="seconds a client has to send a "
                                                                       "request's headers (408 after)")
-    p.add_argument("--body-timeout", type=float, default=60.0, help="seconds a client has to send a "
+    p.add_argument("--body-timeout", type=numbers.arg_udecimal(0.001, MAX_TIMEOUT), default=60.0, help="seconds a client has to send a "
                                                                     "request's body (408 after)")
-    p.add_argument("--max-connections", type=int, default=512, help="open connections at most (503 above)")
-    p.add_argument("--max-buffered-bytes", type=int, default=DEFAULT_MAX_BUFFERED,
+    p.add_argument("--max-connections", type=numbers.arg_uint(1, 65536), default=512, help="open connections at most (503 above)")
+    p.add_argument("--max-buffered-bytes", type=numbers.arg_uint(1, 2**40), default=DEFAULT_MAX_BUFFERED,
                    help="request body bytes held across all connections at once (503 above; at least "
                         f"--max-body; default {DEFAULT_MAX_BUFFERED >> 20} MiB)")
-    p.add_argument("--idle-poll-us", type=int, metavar="US",
+    p.add_argument("--idle-poll-us", type=numbers.arg_uint(0, MAX_IDLE_POLL_US), metavar="US",
                    help="after each answer, poll for the next request for this many microseconds instead "
                         "of sleeping: no CPU wake-up between back-to-back requests, one CPU busy while "
                         f"they come (0: off; at most {MAX_IDLE_POLL_US}; default: the plan instance's, else 0)")
@@ -94,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                         "(+ an INT8 variant)")
     p.add_argument("src", help="model.onnx or model.xml (with model.bin beside it)")
     p.add_argument("--name", required=True, help="model name in the repository")
-    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--version", type=numbers.arg_uint(1, MAX_VERSION), default=1)
     p.add_argument("--repo", default=None, help="model repository (default: $HOSTTUNE_MODEL_REPO or "
                                                 f"{default_repo()})")
     p.add_argument("--static-shape", action="append", metavar="[INPUT:]DIMS",
@@ -112,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                 f"{default_repo()})")
     p.add_argument("--variant", default="sample", help="sample (a few ms/inference on one core), tiny, trivial")
     p.add_argument("--name", help="model name (default: the variant's name)")
-    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--version", type=numbers.arg_uint(1, MAX_VERSION), default=1)
     p.add_argument("--no-int8", action="store_true", help="skip the INT8 variant")
     p.add_argument("--force", action="store_true", help="replace an existing version")
     p.add_argument("--json", action="store_true")
@@ -125,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = msub.add_parser("check", help="compile a model and report the precision it really executes in")
     p.add_argument("name")
-    p.add_argument("--version", type=int)
+    p.add_argument("--version", type=numbers.arg_uint(1, MAX_VERSION))
     p.add_argument("--repo", default=None)
     p.add_argument("--expect", choices=("INT8", "FP32", "BF16", "FP16"),
                    help="fail (exit 1) unless the runtime graph executes in this precision")
@@ -193,8 +197,8 @@ def _model_specs(args: argparse.Namespace, instance: dict[str, Any] | None, repo
     out = []
     for spec in specs:
         name, _, version = spec.partition(":")
-        if version and not version.isdigit():
-            raise HosttuneError(f"{spec!r}: the version must be a number", where="--model")
+        if version and numbers.uint_or_none(version, MAX_VERSION) in (None, 0):
+            raise HosttuneError(f"{spec!r}: the version must be ASCII digits from 1 to {MAX_VERSION}", where="--model")
         safejson.check(name, Name(), "--model" if args.model else "the plan instance's model")
         out.append((name, int(version) if version else None))
     return out
