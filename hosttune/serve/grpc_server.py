@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from hosttune import __version__
+from hosttune import __version__, numbers
 from hosttune.errors import HosttuneError
 from hosttune.serve.app import App
 from hosttune.serve.decode import HTTPError
@@ -118,7 +118,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         self.bound = {m.name: app.metrics.requests(m.name, m.version, "gRPC") for m in app.models.values()}
 
     def _model(self, name: str, version: str) -> ServedModel:
-        if version and not version.lstrip("-").isdigit():  # OVMS: MODEL_VERSION_INVALID_FORMAT
+        if version and numbers.int_or_none(version) is None:  # OVMS: MODEL_VERSION_INVALID_FORMAT
             self.app.metrics.bad.labels("malformed").inc()
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"model version {version!r} is not a number")
         try:

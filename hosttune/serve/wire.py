@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol as TypingProtocol
 
+from hosttune import numbers
 from hosttune.errors import HosttuneError
 from hosttune.serve import DEFAULT_MAX_BUFFERED
 from hosttune.serve.decode import JSON_CT, dumps
@@ -382,12 +383,10 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
             if any(name == b"transfer-encoding" for name, _ in self.headers):
                 self._stop(400, "a chunked body with Upgrade is not supported (send Content-Length)")
             if lengths:
-                try:
-                    length = int(lengths[0])
-                except ValueError:
-                    length = -1
-                if len(lengths) > 1 or not 0 <= length or not lengths[0].isdigit():
+                length = numbers.uint_or_none(lengths[0].decode("latin-1")) if len(lengths) == 1 else None
+                if length is None:
                     self._stop(400, "content-length is not a non-negative integer")
+                    length = -1
                 self._upgrade_body = length
 
         def _release(self) -> None:
