@@ -483,7 +483,7 @@ def test_grpc_port_refusals_are_one_line_exit_2(models):
     taken.listen(1)
     try:
         for args, message in ((["--grpc-port", str(taken.getsockname()[1])], "already in use"),
-                              (["--grpc-port", "70000"], "is not a TCP port"),
+                              (["--grpc-port", "70000"], "must be ASCII digits from 0 to 65535"),
                               (["--port", "9311", "--grpc-port", "9311"], "is the REST port already")):
             r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--model", "trivial", *args],
                                capture_output=True, text=True, timeout=120)
