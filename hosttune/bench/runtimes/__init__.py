@@ -220,7 +220,7 @@ def start(rows: list[Row], target: Any, workdir: str, cache_dir: str, input_name
             options["mode"] = option
         cfg = {"module": module, "options": options, "model_path": row.model_path,
                "cpus": target.cpus if pinned else None, "mems": target.info.get("mems"),
-               "nodes": target.info.get("nodes"), "inputs_path": os.path.join(workdir, "inputs.npz"),
+               "multi_node": target.info.get("multi_node"), "inputs_path": os.path.join(workdir, "inputs.npz"),
                "outputs_path": os.path.join(workdir, f"out{k}.npz"), "cache_dir": cache_dir,
                "warmup_s": warmup_s, "duration_s": duration_s}
         progress.show(f"loading {row.runtime}")

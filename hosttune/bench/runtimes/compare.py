@@ -16,33 +16,27 @@ from hosttune.bench import runtimes as rt
 from hosttune.errors import HosttuneError
 
 
-def _instance(args: argparse.Namespace, plan: dict[str, Any] | None, repo: str) -> tuple[Any, dict[str, Any]]:
-    """The one plan instance whose cpuset and memory node the runtimes share."""
-    from hosttune.bench.cli import _targets
+def _instance(args: argparse.Namespace, plan: dict[str, Any] | None) -> Any:
+    """The one plan instance whose CPUs and memory node the runtimes share (--instances NAME, else
+    the plan's first), as a bench Target."""
+    from hosttune.bench.runner import Target
 
-    if args.onnx and not args.model:
-        args.model = os.path.splitext(os.path.basename(args.onnx))[0]
-    if args.onnx:  # a user ONNX file: the repository is not needed
-        instances = (plan or {}).get("instances") or []
-        if not instances:
-            raise HosttuneError("the plan has no instances", where="plan")
-        wanted = [n.strip() for n in (args.instances or instances[0]["name"]).split(",") if n.strip()]
-        inst = next((i for i in instances if i["name"] == wanted[0]), None)
-        if inst is None:
-            raise HosttuneError(f"no instance {wanted[0]} in the plan", where="--instances")
-        from hosttune.bench.runner import Target
-
-        target = Target(name=inst["name"], cpus=inst.get("cpus"), node=inst.get("node"), model=args.model,
-                        config=dict(inst.get("openvino") or {}), streams=inst.get("streams"))
-    else:
-        targets = _targets(args, plan, repo)
-        target = targets[0]
-        inst = next(i for i in (plan or {}).get("instances", []) if i["name"] == target.name)
-    if len([n for n in (args.instances or "").split(",") if n.strip()]) > 1:
+    instances = (plan or {}).get("instances") or []
+    if not instances:
+        raise HosttuneError("the plan has no instances (instances.enabled, or isolated CPUs per node)", where="plan")
+    wanted = [n.strip() for n in (args.instances or "").split(",") if n.strip()]
+    if len(wanted) > 1:
         raise HosttuneError("runtimes are compared on one instance's CPUs: name one", where="--instances")
-    target.info = {"mems": inst.get("mems"), "nodes": [n["id"] for n in (plan or {}).get("nodes", [])]
-                   if isinstance((plan or {}).get("nodes"), list) else None}
-    return target, inst
+    inst = next((i for i in instances if i["name"] == wanted[0]), None) if wanted else instances[0]
+    if inst is None:
+        raise HosttuneError(f"no instance {wanted[0]} in the plan (instances: "
+                            f"{', '.join(i['name'] for i in instances)})", where="--instances")
+    model = args.model or (os.path.splitext(os.path.basename(args.onnx))[0] if args.onnx else inst.get("model"))
+    target = Target(name=inst["name"], cpus=inst.get("cpus"), node=inst.get("node"), model=model,
+                    config=dict(inst.get("openvino") or {}), streams=inst.get("streams"))
+    # memory is bound where serve binds it: on plans with more than one node
+    target.info = {"mems": inst.get("mems"), "multi_node": len((plan or {}).get("nodes") or []) > 1}
+    return target
 
 
 def cmd_runtimes(args: argparse.Namespace) -> int:
@@ -69,13 +63,15 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
     cache_dir = os.path.abspath(args.cache_dir or rt.default_cache_dir())
     plan = read_plan(args)
     repo = os.path.abspath(args.repo or default_repo())
-    target, inst = _instance(args, plan, repo)
+    target = _instance(args, plan)
     int8_path = None
     if args.onnx:
         onnx_path, onnx_source = os.path.abspath(args.onnx), "--onnx"
     else:
         from hosttune.model.repo import INT8_SUFFIX, find
 
+        if not target.model:
+            raise HosttuneError("the plan instance names no model: give --model NAME or --onnx FILE", where="--model")
         entry = find(repo, target.model)
         onnx_path, onnx_source = rt.onnx_for(entry, cache_dir)
         try:
@@ -202,7 +198,8 @@ def build_document(rows: list[rt.Row], levels: list[int], target: Any, config: d
             "peak_rss_mb": row.peak_rss_mb, "rss_before_load_mb": ready.get("rss_before_mb"),
             "settings": ready.get("settings"), "notes": ready.get("notes") or [],
             "threads_expected": ready.get("threads_expected"), "threads_started": ready.get("threads_started"),
-            "cpus": ready.get("cpus"), "check": row.check or None, "levels": {},
+            "cpus": ready.get("cpus"), "mem_bound": ready.get("mem_bound"), "check": row.check or None,
+            "levels": {},
         }
         for level in levels:
             inst = by_name.get(_name(row.runtime, level, levels))

@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
         _emit({"event": "error", "kind": "placement", "error": str(exc)})
         return 2
     cpus = sorted(os.sched_getaffinity(0))
-    mem_bound = bind_memory(cfg.get("mems") or []) if cfg.get("mems") and len(cfg.get("nodes") or []) > 1 else False
+    mem_bound = bool(cfg.get("mems") and cfg.get("multi_node") and bind_memory(cfg["mems"]))
     import numpy as np
 
     from hosttune.bench.runtimes.base import MissingExtra
