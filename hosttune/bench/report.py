@@ -336,7 +336,8 @@ def svg_runtimes(rows: list[tuple[str, float, float, float, float]], width: int 
     if not rows:
         return ""
     top = max(max(r[2:5]) for r in rows) * 1.2 or 1
-    parts, sx, sy = _svg_frame(width, height, 0.5, len(rows) + 0.5, 0, top, "runtime", "latency (ms)")
+    parts, sx, sy = _svg_frame(width, height, 0.5, len(rows) + 0.5, 0, top,
+                               "runtime (throughput/s above each group)", "latency (ms)")
     keys = ("p50", "p99", "p99.9")
     for k, (name, thr, *lat) in enumerate(rows):
         for i, v in enumerate(lat):
@@ -346,7 +347,7 @@ def svg_runtimes(rows: list[tuple[str, float, float, float, float]], width: int 
                          f'fill="{COLORS[i]}"><title>{html.escape(name)} {keys[i]}: {v:.3f} ms</title></rect>')
         parts.append(f'<text x="{sx(k + 1):.1f}" y="{sy(max(lat)) - 6:.1f}" text-anchor="middle">{thr:.0f}/s</text>'
                      f'<text x="{sx(k + 1):.1f}" y="{sy(0) + 28:.1f}" text-anchor="middle">{html.escape(name)}</text>')
-    _legend(parts, width, [f"{k} ms" for k in keys] + ["(label: throughput/s)"])
+    _legend(parts, width, [f"{k} ms" for k in keys])
     parts.append("</svg>")
     return "".join(parts)
 
