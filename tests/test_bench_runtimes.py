@@ -73,6 +73,9 @@ def test_three_runtimes_from_one_command(setup, tmp_path):
         fig = row["levels"]["1"]
         assert fig["throughput"] > 0 and 0 < fig["p50_ms"] <= fig["p99_ms"] <= fig["p999_ms"]
         assert fig["verdict"] in ("unsure", "unstable")  # two runs never make a stable verdict
+    # each runtime's own peak (VmHWM of its worker), not the parent's carried over fork and exec
+    assert all(rows[n]["peak_rss_mb"] >= rows[n]["rss_before_load_mb"] > 10 for n in rows)
+    assert rows["onnxruntime"]["peak_rss_mb"] < rows["tvm"]["peak_rss_mb"]  # TVM brings LLVM
     assert rows["tvm"]["settings"]["label"] == "untuned" and rows["tvm"]["settings"]["target"]["kind"] == "llvm"
     assert rows["onnxruntime"]["settings"]["graph_optimization_level"] == "all"
     int8 = rows["openvino-int8"]
@@ -86,7 +89,7 @@ def test_three_runtimes_from_one_command(setup, tmp_path):
     for p in doc["pairs"]:
         assert p["throughput"]["test"] == "welch" and p["throughput"]["change"] in (
             "better", "worse", "no significant difference")
-    assert "onnxruntime: load" in r.stdout and "outputs agree" in r.stdout and "tvm (untuned)" in r.stdout
+    assert "onnxruntime: load" in r.stdout and "outputs agree" in r.stdout and "tvm (untuned): load" in r.stdout and "s of it)" in r.stdout
     html = page.read_text()
     assert "Comparison: latency and throughput per runtime" in html and "Pairwise significance" in html
 

@@ -361,7 +361,7 @@ def html_runtimes(doc: dict[str, Any], title: str = "hosttune bench --runtime") 
     cfg = doc["config"]
     parts = [f"<p>Model {html.escape(str(cfg.get('onnx')))} ({html.escape(str(cfg.get('onnx_source')))}); "
              f"outputs checked against OpenVINO FP32 with rtol {cfg['rtol']:g}, atol {cfg['atol']:g}; "
-             f"{cfg['runs']} interleaved rounds; peak RSS is each runtime's worker process (ru_maxrss: Python, "
+             f"{cfg['runs']} interleaved rounds; peak RSS is each runtime's worker process (VmHWM: Python, "
              f"numpy and the runtime).</p>", "<h2>Runtimes</h2>"]
     rows = []
     for r in doc["runtimes"]:

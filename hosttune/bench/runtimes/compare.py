@@ -250,7 +250,10 @@ def row_line(r: dict[str, Any]) -> str:
     else:
         agree = "outputs not checked"
     label = " (untuned)" if (r.get("settings") or {}).get("label") == "untuned" else ""
-    compile_s = f", compile {_f(r.get('compile_s'), '.2f')} s" if r["runtime"] == "tvm" else ""
+    compile_s = ""
+    if r["runtime"] == "tvm":
+        compile_s = (" (cached library)" if (r.get("settings") or {}).get("cached")
+                     else f" (compile {_f(r.get('compile_s'), '.2f')} s of it)")
     return (f"{r['runtime']}{label}: load {_f(r.get('load_s'), '.2f')} s{compile_s}, first inference "
             f"{_f(r.get('first_ms'), '.2f')} ms, peak RSS {_f(r.get('peak_rss_mb'), '.0f')} MB, "
             f"{len(r.get('threads_started') or [])} thread(s) started; {agree}")

@@ -2,7 +2,7 @@
 hosttune.bench.runtimes.worker CONFIG_JSON`.
 
 One process per runtime, so a runtime that crashes (TVM) costs its own row only, each runtime's
-peak RSS is its own process's (ru_maxrss: Python, numpy and the runtime together), and each one's
+peak RSS is its own process's (VmHWM: Python, numpy and the runtime together), and each one's
 threads can be read from /proc/PID/task. It pins itself to the instance's CPUs and binds its memory
 before the runtime is imported, loads the model, runs the correctness inputs once (the first
 inference timed), writes their outputs, warms up, prints `ready`, then one timed run per
@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import resource
 import sys
 import threading
 import time
@@ -49,16 +48,22 @@ def _comm(tid: int) -> str | None:
         return None
 
 
-def _rss_mb() -> float:
+def _status_mb(key: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
 
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM: this process's own high-water mark. Not ru_maxrss: Linux carries that across fork and
+    # exec, so a worker would report its parent's peak (seen: the same 155 MB for every runtime)
+    return _status_mb("VmHWM")
 
 
 def timed(callers: list[Any], inputs: dict[str, Any], duration: float) -> tuple[list[float], float]:
