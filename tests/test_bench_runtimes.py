@@ -89,7 +89,8 @@ def test_three_runtimes_from_one_command(setup, tmp_path):
     for p in doc["pairs"]:
         assert p["throughput"]["test"] == "welch" and p["throughput"]["change"] in (
             "better", "worse", "no significant difference")
-    assert "onnxruntime: load" in r.stdout and "outputs agree" in r.stdout and "tvm (untuned): load" in r.stdout and "s of it)" in r.stdout
+    assert "onnxruntime: load" in r.stdout and "outputs agree" in r.stdout
+    assert "tvm (untuned): load" in r.stdout and "s of it)" in r.stdout
     html = page.read_text()
     assert "Comparison: latency and throughput per runtime" in html and "Pairwise significance" in html
 
@@ -222,7 +223,8 @@ def test_model_one_runtime_cannot_load(setup, tmp_path):
     assert "\n" not in rows["tvm"]["error"] and len(rows["tvm"]["error"]) <= 330
     for name in ("openvino", "onnxruntime"):
         assert rows[name]["status"] == "measured" and rows[name]["check"]["agree"] is True
-    assert [ln for ln in r.stdout.splitlines() if ln.startswith("tvm:")] == [f"tvm: load-failed: {rows['tvm']['error']}"]
+    tvm_lines = [ln for ln in r.stdout.splitlines() if ln.startswith("tvm:")]
+    assert tvm_lines == [f"tvm: load-failed: {rows['tvm']['error']}"]
 
 
 def test_outputs_that_disagree_are_a_finding(setup, tmp_path):
@@ -272,3 +274,21 @@ def test_a_crashing_runtime_costs_its_row_only(setup, tmp_path):
     rows = {row["runtime"]: row for row in json.loads(out.read_text())["runtimes"]}
     assert rows["tvm"]["status"] == "crashed" and rows["tvm"]["error"] == "the benchmark worker exited with -6"
     assert rows["onnxruntime"]["status"] == "measured"
+
+
+def test_inflight_levels_and_an_unwritable_cache(setup, tmp_path):
+    out = tmp_path / "r.json"
+    r = bench("--plan", str(setup["plan"]), "--repo", str(setup["models"]), "--runtime", "openvino,onnxruntime",
+              "--no-int8", "--inflight", "1,2", *FAST, "--cache-dir", str(setup["cache"]), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert [i["name"] for i in doc["instances"]] == ["openvino x1", "openvino x2", "onnxruntime x1", "onnxruntime x2"]
+    assert [i["worker"]["inflight"] for i in doc["instances"]] == [1, 2, 1, 2]
+    assert [(p["a"], p["b"]) for p in doc["pairs"]] == [("openvino x1", "onnxruntime x1"),
+                                                        ("openvino x2", "onnxruntime x2")]
+    assert set(doc["runtimes"][1]["levels"]) == {"1", "2"}
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = bench("--plan", str(setup["plan"]), "--repo", str(setup["models"]), "--runtime", "onnxruntime", *FAST,
+              "--cache-dir", str(blocker / "cache"))
+    assert r.returncode == 2 and "--cache-dir" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -356,7 +356,7 @@ def html_runtimes(doc: dict[str, Any], title: str = "hosttune bench --runtime") 
     """The runtime comparison: a table per runtime (load, first inference, peak RSS, the output
     check, figures per in-flight level), the pairwise significance, the comparison figure, then the
     usual report of the measured runtimes (an instance per runtime and level)."""
-    from hosttune.bench.runtimes.compare import row_line
+    from hosttune.bench.runtimes.compare import check_text
 
     cfg = doc["config"]
     parts = [f"<p>Model {html.escape(str(cfg.get('onnx')))} ({html.escape(str(cfg.get('onnx_source')))}); "
@@ -365,7 +365,6 @@ def html_runtimes(doc: dict[str, Any], title: str = "hosttune bench --runtime") 
              f"numpy and the runtime).</p>", "<h2>Runtimes</h2>"]
     rows = []
     for r in doc["runtimes"]:
-        check = r.get("check") or {}
         if r["status"] != "measured":
             rows.append([r["runtime"], r["status"], "-", "-", "-", "-", "-", r["error"]])
             continue
@@ -374,8 +373,7 @@ def html_runtimes(doc: dict[str, Any], title: str = "hosttune bench --runtime") 
                      f"{r['first_ms']:.2f}", f"{r['peak_rss_mb']:.0f}",
                      ", ".join(f"x{k}: {v['throughput']:.1f}/s p50 {v['p50_ms']:.3f} p99 {v['p99_ms']:.3f} "
                                f"p99.9 {v['p999_ms']:.3f} ({v['verdict']})" for k, v in r["levels"].items()),
-                     row_line(r).split("; ", 1)[-1] + (f" (max abs diff {check['max_abs_diff']:.3g})"
-                                                        if check.get("agree") else "")])
+                     check_text(r)])
     parts.append(_table(rows, ["runtime", "status", "load s", "compile s", "first inference ms", "peak RSS MB",
                                "figures per in-flight level", "outputs / reason"]))
     parts.append("<h2>Comparison: latency and throughput per runtime</h2>")

@@ -124,7 +124,8 @@ def build_onnx(variant: str = "sample", seed: int = SEED) -> Any:
 
     if variant == "trivial":
         nodes.append(helper.make_node("Add", ["input", const(np.ones([1, 16], np.float32))], ["output"]))
-        graph = helper.make_graph(nodes, "trivial", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 16])],
+        graph = helper.make_graph(nodes, "trivial",
+                                  [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 16])],
                                   [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 16])], inits)
     else:
         if variant not in VARIANTS:

@@ -12,7 +12,6 @@ in its row; the others are measured. The runtime choice is a plain string in the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -92,10 +91,14 @@ def onnx_for(entry: Any, cache_dir: str) -> tuple[str | None, str]:
                 import onnx
             except ImportError:
                 return None, "the sample's ONNX export needs the onnx package (pip install onnx)"
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp"
-            onnx.save(sample.build_onnx(variant), tmp)
-            os.replace(tmp, path)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                onnx.save(sample.build_onnx(variant), tmp)
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise HosttuneError(f"cannot write the sample's ONNX export: {exc.strerror}",
+                                    where="--cache-dir") from None
         return path, f"hosttune.model.sample:{variant} exported as ONNX"
     return None, f"no ONNX form of model {entry.name!r} (prepared from {source or 'an unknown source'})"
 
@@ -189,14 +192,6 @@ def check_outputs(ref: list[list[Any]], path: str, rtol: float, atol: float) -> 
         out["finding"] = (f"{bad} of {total} output elements outside rtol {rtol:g} / atol {atol:g} "
                           f"(max abs diff {worst_abs:.3g})")
     return out
-
-
-def model_hash(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def start(rows: list[Row], target: Any, workdir: str, cache_dir: str, input_names: list[str], warmup_s: float,

@@ -218,7 +218,8 @@ def build_document(rows: list[rt.Row], levels: list[int], target: Any, config: d
         for a, b in combinations(here, 2):
             c = report._compare_one(f"{a['name']} vs {b['name']}",
                                     [x["throughput"] for x in a["runs"]], [x["throughput"] for x in b["runs"]],
-                                    [x["latency_ms"]["p99"] for x in a["runs"]], [x["latency_ms"]["p99"] for x in b["runs"]],
+                                    [x["latency_ms"]["p99"] for x in a["runs"]],
+                                    [x["latency_ms"]["p99"] for x in b["runs"]],
                                     [v for x in a["runs"] for v in x["samples_ms"]],
                                     [v for x in b["runs"] for v in x["samples_ms"]], alpha)
             c.update({"a": a["name"], "b": b["name"], "inflight": level,
@@ -237,18 +238,23 @@ def _f(v: Any, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def check_text(r: dict[str, Any]) -> str:
+    """What the output check found, in words."""
+    check = r.get("check") or {}
+    if r["runtime"] == "openvino-int8" and check:
+        return (f"INT8 delta: max abs {_f(check.get('max_abs_diff'), '.3g')}, top-1 agreement "
+                f"{_f(check.get('top1_agreement'), '.0%')}")
+    if not check:
+        return "outputs not checked"
+    if check.get("agree"):
+        return f"outputs agree (max abs diff {_f(check.get('max_abs_diff'), '.3g')})"
+    return f"DISAGREE: {check.get('finding')}"
+
+
 def row_line(r: dict[str, Any]) -> str:
     """One runtime's figures, or its one-line reason."""
     if r["status"] != "measured":
         return f"{r['runtime']}: {r['status']}: {r['error']}"
-    check = r.get("check") or {}
-    if r["runtime"] == "openvino-int8":
-        agree = (f"INT8 delta: max abs {_f(check.get('max_abs_diff'), '.3g')}, top-1 agreement "
-                 f"{_f(check.get('top1_agreement'), '.0%')}")
-    elif check:
-        agree = "outputs agree" if check.get("agree") else f"DISAGREE: {check.get('finding')}"
-    else:
-        agree = "outputs not checked"
     label = " (untuned)" if (r.get("settings") or {}).get("label") == "untuned" else ""
     compile_s = ""
     if r["runtime"] == "tvm":
@@ -256,7 +262,7 @@ def row_line(r: dict[str, Any]) -> str:
                      else f" (compile {_f(r.get('compile_s'), '.2f')} s of it)")
     return (f"{r['runtime']}{label}: load {_f(r.get('load_s'), '.2f')} s{compile_s}, first inference "
             f"{_f(r.get('first_ms'), '.2f')} ms, peak RSS {_f(r.get('peak_rss_mb'), '.0f')} MB, "
-            f"{len(r.get('threads_started') or [])} thread(s) started; {agree}")
+            f"{len(r.get('threads_started') or [])} thread(s) started; {check_text(r)}")
 
 
 def console(doc: dict[str, Any]) -> str:
@@ -274,7 +280,8 @@ def console(doc: dict[str, Any]) -> str:
     lines.append("")
     lines += [row_line(r) for r in doc["runtimes"]]
     if doc["pairs"]:
-        lines += ["", f"pairwise (per-run throughput and p99; Mann-Whitney U, Welch t under 4 runs; alpha {doc['alpha']}):"]
+        lines += ["", "pairwise (per-run throughput and p99; Mann-Whitney U, Welch t under 4 runs; "
+                      f"alpha {doc['alpha']}):"]
         for p in doc["pairs"]:
             t, l = p["throughput"], p["p99_ms"]
             lines.append(f"  {p['b']} vs {p['a']}: throughput {_delta(t)} ({t['change']}, p {t['p']:.3g}), "
