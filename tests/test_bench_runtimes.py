@@ -292,3 +292,16 @@ def test_inflight_levels_and_an_unwritable_cache(setup, tmp_path):
     r = bench("--plan", str(setup["plan"]), "--repo", str(setup["models"]), "--runtime", "onnxruntime", *FAST,
               "--cache-dir", str(blocker / "cache"))
     assert r.returncode == 2 and "--cache-dir" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_no_pin_sets_no_affinity(setup, tmp_path):
+    """The unpinned baseline: ONNX Runtime keeps its thread count but no thread is pinned."""
+    out = tmp_path / "r.json"
+    r = bench("--plan", str(setup["plan"]), "--repo", str(setup["models"]), "--runtime", "onnxruntime", "--no-pin",
+              "--no-int8", *FAST, "--cache-dir", str(setup["cache"]), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    row = json.loads(out.read_text())["runtimes"][0]
+    assert row["settings"]["intra_op_thread_affinities"] is None
+    assert row["settings"]["intra_op_num_threads"] == len(ALL_CPUS)
+    allowed = {frozenset(_cpulist(t["cpus"])) for t in row["threads_started"]}
+    assert allowed <= {frozenset(ALL_CPUS)}

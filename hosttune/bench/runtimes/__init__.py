@@ -205,7 +205,7 @@ def start(rows: list[Row], target: Any, workdir: str, cache_dir: str, input_name
             continue
         name, _, option = row.runtime.partition(":")
         module = MODULES["openvino" if name == "openvino-int8" else name]
-        options: dict[str, Any] = {"input_names": input_names}
+        options: dict[str, Any] = {"input_names": input_names, "pinned": pinned}
         if name in ("openvino", "openvino-int8"):
             config = dict(target.config)
             if not pinned:

@@ -4,7 +4,8 @@ intra_op_num_threads = the instance's cores, and explicit per-thread affinities 
 `session.intra_op_thread_affinities`: one entry per intra-op thread except the caller's
 (intra - 1 entries), CPU ids **1-based** (ORT's thread_utils.cc: "processor id in affinity string
 starts from 1"; checked here: "2" put the thread on CPU 1). Without an explicit thread count ORT
-sizes its pool from the machine, not from the affinity mask. Option `parallel` runs
+sizes its pool from the machine, not from the affinity mask. With --no-pin (the unpinned
+baseline) the thread count stays and no affinity is set. Option `parallel` runs
 ORT_PARALLEL with inter_op_num_threads = cores (its inter-op threads inherit the cpuset).
 """
 
@@ -37,7 +38,7 @@ def load(model_path: str, cpus: list[int], options: dict[str, Any], cache_dir: s
     so.inter_op_num_threads = cores if parallel else 1
     so.execution_mode = ort.ExecutionMode.ORT_PARALLEL if parallel else ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    affinity = affinity_string(cpus)
+    affinity = affinity_string(cpus) if options.get("pinned", True) else ""  # --no-pin: the baseline
     if affinity:
         so.add_session_config_entry("session.intra_op_thread_affinities", affinity)
     start = time.perf_counter()
