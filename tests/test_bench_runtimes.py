@@ -305,3 +305,25 @@ def test_no_pin_sets_no_affinity(setup, tmp_path):
     assert row["settings"]["intra_op_num_threads"] == len(ALL_CPUS)
     allowed = {frozenset(_cpulist(t["cpus"])) for t in row["threads_started"]}
     assert allowed <= {frozenset(ALL_CPUS)}
+
+
+def test_a_model_only_onnxruntime_reads(setup, tmp_path):
+    """ai.onnx.ml Scaler: ONNX Runtime runs it, OpenVINO and TVM have no converter. No reference,
+    so ONNX Runtime is measured unchecked; the other two are one line each."""
+    graph = helper.make_graph([helper.make_node("Scaler", ["x"], ["y"], domain="ai.onnx.ml", offset=[0.5] * 4,
+                                                scale=[2.0] * 4)], "ml",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
+    model.ir_version = 8
+    path = tmp_path / "ml.onnx"
+    onnx.save(model, str(path))
+    out = tmp_path / "r.json"
+    r = bench("--plan", str(setup["plan"]), "--onnx", str(path), "--runtime", "openvino,onnxruntime,tvm", *FAST,
+              "--cache-dir", str(tmp_path / "cache"), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = {row["runtime"]: row for row in json.loads(out.read_text())["runtimes"]}
+    assert rows["openvino"]["status"] == "load-failed" and "ai.onnx.ml.Scaler" in rows["openvino"]["error"]
+    assert rows["tvm"]["status"] == "load-failed" and "Scaler" in rows["tvm"]["error"]
+    assert rows["onnxruntime"]["status"] == "measured" and rows["onnxruntime"]["check"] is None
+    assert "outputs not checked (no OpenVINO FP32 reference)" in r.stdout

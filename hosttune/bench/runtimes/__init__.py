@@ -142,6 +142,38 @@ def make_inputs(model_path: str, path: str, count: int = CHECK_SAMPLES) -> tuple
     return names, samples
 
 
+def make_inputs_onnx(model_path: str, path: str, count: int = CHECK_SAMPLES) -> list[str]:
+    """Seeded inputs from the ONNX graph itself (the onnx package), for a model OpenVINO cannot
+    read: the other runtimes are still measured, without an output check."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    graph = onnx.load(model_path, load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    rng = np.random.default_rng(sample_seed())
+    arrays = {}
+    names = []
+    for inp in graph.input:
+        if inp.name in inits:
+            continue
+        t = inp.type.tensor_type
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type))
+        shape = [d.dim_value or 1 for d in t.shape.dim]
+        names.append(inp.name)
+        for i in range(count):
+            arrays[f"s{i}__{inp.name}"] = (rng.random(shape).astype(dtype) if dtype.kind == "f"
+                                           else np.zeros(shape, dtype))
+    np.savez(path, count=count, **arrays)
+    return names
+
+
+def sample_seed() -> int:
+    from hosttune.model import sample
+
+    return sample.SEED + 1
+
+
 def reference(model_path: str, samples: list[dict[str, Any]]) -> list[list[Any]]:
     """OpenVINO FP32 outputs of the samples (f32 forced: a BF16-capable CPU would otherwise run BF16)."""
     import openvino as ov

@@ -103,13 +103,20 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
         ref = None
         input_names: list[str] = []
         if onnx_path:
+            inputs = os.path.join(workdir, "inputs.npz")
             try:
-                input_names, samples = rt.make_inputs(onnx_path, os.path.join(workdir, "inputs.npz"))
+                input_names, samples = rt.make_inputs(onnx_path, inputs)
                 ref = rt.reference(onnx_path, samples)
-            except HosttuneError as exc:
+            except HosttuneError as exc:  # the others are measured, unchecked
                 for row in rows:
-                    if row.runtime != "openvino-int8":
-                        row.status, row.error = "load-failed", f"OpenVINO cannot read the ONNX model: {exc}"
+                    if row.runtime == "openvino":
+                        row.status, row.error = "load-failed", f"OpenVINO cannot read the ONNX model: {exc.message}"
+                try:
+                    input_names = rt.make_inputs_onnx(onnx_path, inputs)
+                except Exception as exc2:  # noqa: BLE001 - not a model any runtime reads either
+                    for row in rows:
+                        if row.status == "pending" and row.runtime != "openvino-int8":
+                            row.status, row.error = "load-failed", f"not a readable ONNX model: {exc2}"
         if ref is None and int8_path:
             rows[-1].status, rows[-1].error = "no-onnx", "no FP32 reference to compare the INT8 model with"
         with noise:
@@ -245,7 +252,7 @@ def check_text(r: dict[str, Any]) -> str:
         return (f"INT8 delta: max abs {_f(check.get('max_abs_diff'), '.3g')}, top-1 agreement "
                 f"{_f(check.get('top1_agreement'), '.0%')}")
     if not check:
-        return "outputs not checked"
+        return "outputs not checked (no OpenVINO FP32 reference)"
     if check.get("agree"):
         return f"outputs agree (max abs diff {_f(check.get('max_abs_diff'), '.3g')})"
     return f"DISAGREE: {check.get('finding')}"
