@@ -327,3 +327,28 @@ def test_a_model_only_onnxruntime_reads(setup, tmp_path):
     assert rows["tvm"]["status"] == "load-failed" and "Scaler" in rows["tvm"]["error"]
     assert rows["onnxruntime"]["status"] == "measured" and rows["onnxruntime"]["check"] is None
     assert "outputs not checked (no OpenVINO FP32 reference)" in r.stdout
+
+
+def test_output_check_tolerance_and_non_finite(tmp_path):
+    import numpy as np
+
+    ref = [[np.array([[1.0, 2.0, 3.0]], np.float32)]]
+    path = str(tmp_path / "o.npz")
+
+    def check(values, rtol=1e-3, atol=1e-5):
+        np.savez(path, count=1, s0__0=np.array([values], np.float32))
+        return rt.check_outputs(ref, path, rtol, atol)
+
+    assert check([1.0, 2.0, 3.0029])["agree"] is True  # within atol + rtol x |reference|
+    inside = check([1.0, 2.0, 3.0029])
+    assert inside["elements_outside"] == 0 and inside["max_abs_diff"] == pytest.approx(0.0029, rel=1e-3)
+    outside = check([1.0, 2.0, 3.0031])
+    assert outside["agree"] is False and outside["elements_outside"] == 1
+    assert outside["finding"].startswith("1 of 3 output elements outside rtol 0.001 / atol 1e-05")
+    nan = check([1.0, float("nan"), 3.0])
+    assert nan["agree"] is False and nan["non_finite"] == 1 and nan["max_abs_diff"] == 0.0
+    assert "1 not finite" in nan["finding"]
+    json.dumps(nan, allow_nan=False)  # the result document stays strict JSON
+    np.savez(path, count=1, s0__0=np.zeros((1, 4), np.float32))
+    shape = rt.check_outputs(ref, path, 1e-3, 1e-5)
+    assert shape["agree"] is False and "output shape [1, 4] differs" in shape["finding"]

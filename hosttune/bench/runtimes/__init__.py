@@ -198,7 +198,7 @@ def check_outputs(ref: list[list[Any]], path: str, rtol: float, atol: float) -> 
     with np.load(path) as z:
         got = [[z[f"s{i}__{j}"] for j in range(len(r))] for i, r in enumerate(ref)]
     worst_abs = worst_rel = 0.0
-    bad = 0
+    bad = nonfinite = 0
     total = 0
     top1 = top1_total = 0
     for r, g in zip(ref, got):
@@ -209,20 +209,26 @@ def check_outputs(ref: list[list[Any]], path: str, rtol: float, atol: float) -> 
                         "finding": f"output shape {list(b.shape)} differs from OpenVINO's {list(a.shape)}"}
             a64, b64 = a.astype(np.float64), b.astype(np.float64)
             diff = np.abs(a64 - b64)
+            # NaN/inf where the reference has a number: outside any tolerance, kept out of the
+            # maxima (the document holds finite numbers only)
+            finite = np.isfinite(diff)
+            nonfinite += int((~finite).sum())
+            diff = np.where(finite, diff, 0.0)
             worst_abs = max(worst_abs, float(diff.max(initial=0)))
             worst_rel = max(worst_rel, float((diff / np.maximum(np.abs(a64), 1e-30)).max(initial=0)))
-            bad += int((diff > atol + rtol * np.abs(a64)).sum())
+            bad += int((diff > atol + rtol * np.abs(a64)).sum()) + int((~finite).sum())
             total += diff.size
             if a.ndim == 2 and a.shape[1] > 1:
                 top1 += int((a.argmax(1) == b.argmax(1)).sum())
                 top1_total += a.shape[0]
     out = {"agree": bad == 0, "rtol": rtol, "atol": atol, "max_abs_diff": worst_abs, "max_rel_diff": worst_rel,
-           "elements_outside": bad, "elements": total, "samples": len(ref)}
+           "elements_outside": bad, "non_finite": nonfinite, "elements": total, "samples": len(ref)}
     if top1_total:
         out["top1_agreement"] = top1 / top1_total
     if bad:
         out["finding"] = (f"{bad} of {total} output elements outside rtol {rtol:g} / atol {atol:g} "
-                          f"(max abs diff {worst_abs:.3g})")
+                          f"(max abs diff {worst_abs:.3g}"
+                          + (f"; {nonfinite} not finite)" if nonfinite else ")"))
     return out
 
 
