@@ -352,3 +352,8 @@ def test_output_check_tolerance_and_non_finite(tmp_path):
     np.savez(path, count=1, s0__0=np.zeros((1, 4), np.float32))
     shape = rt.check_outputs(ref, path, 1e-3, 1e-5)
     assert shape["agree"] is False and "output shape [1, 4] differs" in shape["finding"]
+
+
+def test_runtime_flags_without_runtime_are_refused(setup):
+    r = bench("--plan", str(setup["plan"]), "--repo", str(setup["models"]), "--onnx", "x.onnx", *FAST)
+    assert r.returncode == 2 and "--onnx: is for the runtime comparison: add --runtime" in r.stderr, r.stderr

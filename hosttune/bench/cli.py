@@ -147,6 +147,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from hosttune.bench.runtimes.compare import cmd_runtimes
 
         return cmd_runtimes(args)
+    for flag, value in (("--onnx", args.onnx), ("--inflight", args.inflight != "1"), ("--cache-dir", args.cache_dir),
+                        ("--no-int8", args.no_int8)):
+        if value:
+            raise HosttuneError("is for the runtime comparison: add --runtime", where=flag)
     if args.runs < 1:
         raise HosttuneError("at least one run", where="--runs")
     if args.duration <= 0 or args.warmup < 0:
