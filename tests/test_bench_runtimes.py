@@ -154,7 +154,9 @@ def test_runtime_threads_stay_in_the_cpuset(tmp_path, cpus):
     inputs = tmp_path / "inputs.npz"
     rt.make_inputs(str(onnx_path), str(inputs))
     for runtime in ("openvino", "onnxruntime", "onnxruntime:parallel", "tvm"):
-        options = {"config": {"INFERENCE_NUM_THREADS": len(cpus)}} if runtime == "openvino" else None
+        options = None
+        if runtime == "openvino":
+            options = {"config": {"INFERENCE_NUM_THREADS": len(cpus), "ENABLE_CPU_PINNING": True}}
         proc = _worker(runtime, cpus, onnx_path, inputs, tmp_path, tmp_path / "cache", options)
         try:
             ready = json.loads(proc.stdout.readline())
@@ -175,7 +177,10 @@ def test_runtime_threads_stay_in_the_cpuset(tmp_path, cpus):
                 assert ready["threads_expected"] == 2 * (len(cpus) - 1)
                 assert len(started) >= ready["threads_expected"] and pinned == cpus[1:]
             elif runtime == "openvino":
-                assert ready["settings"]["threads"] == len(cpus)
+                # INFERENCE_NUM_THREADS = cores, CPU pinning on: the caller plus one worker pinned
+                # to each other CPU of the set
+                assert ready["settings"]["threads"] == len(cpus) and ready["settings"]["pinning"] is True
+                assert pinned == cpus[1:]
             else:  # untuned TVM code is serial: no pool thread is ever started
                 assert ready["settings"]["TVM_NUM_THREADS"] == len(cpus) and started == set()
             assert ready["cpus"] == cpus
