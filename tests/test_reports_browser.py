@@ -60,7 +60,18 @@ def reports(tmp_path_factory):
     rep = fleet_report.build("bench", results, False, inventory=["inv.yml"], limit=None, started=0,
                              elapsed_s=3.0, forks=5, connect_timeout=10, timeout=None)
     fleet_report.write(rep, str(out / "fleet"))
-    return {"bench": out / "bench.html", "compare": out / "compare.html", "fleet": out / "fleet" / "report.html"}
+    pages = {"bench": out / "bench.html", "compare": out / "compare.html", "fleet": out / "fleet" / "report.html"}
+    try:  # the runtime comparison (hosttune bench --runtime), where its extras are installed
+        import onnxruntime  # noqa: F401
+        import tvm  # noqa: F401
+    except ImportError:
+        return pages
+    r = subprocess.run([*HOSTTUNE, "bench", "--plan", str(out / "plan.json"), "--repo", str(models), "--model", "tiny",
+                        "--runtime", "openvino,onnxruntime,tvm", *RUNS, "--cache-dir", str(out / "cache"),
+                        "--html", str(out / "runtimes.html")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    pages["runtimes"] = out / "runtimes.html"
+    return pages
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +129,13 @@ def test_console_errors_are_caught(browser, tmp_path):
     ("bench", 5, 2, ["Latency CDF per instance", "Throughput per run", "Tail latency per run: p99.9 and max"]),
     ("compare", 6, 3, ["Latency CDF per instance", "p99 latency per run", "Tail latency per run: p99.9 and max"]),
     ("fleet", 3, 0, ["p99.9 latency (ms, lower is better)"]),
+    # the comparison figure, then the usual pictures with one instance per runtime (3 per-run CDFs)
+    ("runtimes", 8, 4, ["Comparison: latency and throughput per runtime", "Pairwise significance",
+                        "Latency CDF per instance", "tvm (untuned)", "outputs agree"]),
 ])
 def test_report_renders_in_chromium(browser, reports, tmp_path, kind, svgs, cdfs, titles):
+    if kind not in reports:
+        pytest.skip("the runtime comparison needs hosttune[onnxruntime,tvm]")
     errors = [e for e in load(browser, reports[kind]) if e["level"] in ("SEVERE", "WARNING")]
     assert errors == []
     found = charts(browser)
@@ -132,4 +148,8 @@ def test_report_renders_in_chromium(browser, reports, tmp_path, kind, svgs, cdfs
         assert title in body
     if kind == "fleet":
         assert "host-tiny node0" in body and "gone" in body and "n/a" in found[0]["text"]
+    if kind == "runtimes":  # the comparison figure: one group of p50/p99/p99.9 bars per runtime
+        assert all(name in found[0]["text"] for name in ("openvino", "onnxruntime", "tvm"))
+        assert found[0]["bars"] == 1 + 3 * 3 + 3  # the frame, the bars, the legend's keys
+        assert "/s" in found[0]["text"]
     screenshot(browser, tmp_path / f"{kind}.png")

@@ -56,6 +56,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "p99.9 wants >= 10000 inferences per run)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
+    g = p.add_argument_group("runtime comparison (in-process, one instance's CPUs and memory node)")
+    g.add_argument("--runtime", metavar="LIST",
+                   help="compare runtimes on the same ONNX model: openvino,onnxruntime,tvm "
+                        "(onnxruntime:parallel for ORT_PARALLEL); interleaved rounds, outputs checked first")
+    g.add_argument("--onnx", metavar="FILE.onnx", help="--runtime: this ONNX file instead of the repository model")
+    g.add_argument("--inflight", metavar="LIST", default="1",
+                   help="--runtime: concurrent inferences to measure at, e.g. 1,2 (default 1)")
+    g.add_argument("--cache-dir", metavar="DIR",
+                   help="--runtime: TVM libraries and ONNX exports (default ~/.cache/hosttune)")
+    g.add_argument("--rtol", type=float, default=1e-3, help="--runtime: output check tolerance (default 1e-3)")
+    g.add_argument("--atol", type=float, default=1e-5, help="--runtime: output check tolerance (default 1e-5)")
+    g.add_argument("--no-int8", action="store_true", help="--runtime: leave out the <model>-int8 OpenVINO row")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -132,6 +144,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hosttune.model import default_repo
     from hosttune.serve.cli import read_plan
 
+    if getattr(args, "runtime", None):
+        from hosttune.bench.runtimes.compare import cmd_runtimes
+
+        return cmd_runtimes(args)
+    for flag, value in (("--onnx", args.onnx), ("--inflight", args.inflight != "1"), ("--cache-dir", args.cache_dir),
+                        ("--no-int8", args.no_int8)):
+        if value:
+            raise HosttuneError("is for the runtime comparison: add --runtime", where=flag)
     if args.runs < 1:
         raise HosttuneError("at least one run", where="--runs")
     if args.duration <= 0 or args.warmup < 0:

@@ -270,9 +270,10 @@ def _table(rows: list[list[Any]], head: list[str]) -> str:
     return "".join(out)
 
 
-def html_report(docs: list[tuple[str, dict[str, Any]]], title: str = "hosttune bench") -> str:
-    """One self-contained page for one or more results (e.g. tuned and untuned side by side)."""
-    body = [f"<h1>{html.escape(title)}</h1>"]
+def html_report(docs: list[tuple[str, dict[str, Any]]], title: str = "hosttune bench", prelude: str = "") -> str:
+    """One self-contained page for one or more results (e.g. tuned and untuned side by side);
+    `prelude` (HTML) goes between the title and the summary."""
+    body = [f"<h1>{html.escape(title)}</h1>", prelude]
     summary_rows = []
     for label, doc in docs:
         for inst in doc["instances"]:
@@ -326,3 +327,69 @@ def html_report(docs: list[tuple[str, dict[str, Any]]], title: str = "hosttune b
              "vertical-align:top}th{background:#f3f3f3}svg{display:block;margin:0.5em 0}")
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+# -- runtime comparison (hosttune bench --runtime) ----------------------------------------------
+def svg_runtimes(rows: list[tuple[str, float, float, float, float]], width: int = 800, height: int = 300) -> str:
+    """The comparison figure: per runtime (and in-flight level) its p50, p99 and p99.9 latency as
+    grouped bars, its throughput written above the group."""
+    if not rows:
+        return ""
+    top = max(max(r[2:5]) for r in rows) * 1.2 or 1
+    parts, sx, sy = _svg_frame(width, height, 0.5, len(rows) + 0.5, 0, top,
+                               "runtime (throughput/s above each group)", "latency (ms)")
+    keys = ("p50", "p99", "p99.9")
+    for k, (name, thr, *lat) in enumerate(rows):
+        for i, v in enumerate(lat):
+            x = sx(k + 1 - 0.36 + i * 0.24)
+            w = sx(k + 1 - 0.36 + (i + 1) * 0.24) - x - 1
+            parts.append(f'<rect x="{x:.1f}" y="{sy(v):.1f}" width="{max(w, 1):.1f}" height="{sy(0) - sy(v):.1f}" '
+                         f'fill="{COLORS[i]}"><title>{html.escape(name)} {keys[i]}: {v:.3f} ms</title></rect>')
+        parts.append(f'<text x="{sx(k + 1):.1f}" y="{sy(max(lat)) - 6:.1f}" text-anchor="middle">{thr:.0f}/s</text>'
+                     f'<text x="{sx(k + 1):.1f}" y="{sy(0) + 28:.1f}" text-anchor="middle">{html.escape(name)}</text>')
+    _legend(parts, width, [f"{k} ms" for k in keys])
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def html_runtimes(doc: dict[str, Any], title: str = "hosttune bench --runtime") -> str:
+    """The runtime comparison: a table per runtime (load, first inference, peak RSS, the output
+    check, figures per in-flight level), the pairwise significance, the comparison figure, then the
+    usual report of the measured runtimes (an instance per runtime and level)."""
+    from hosttune.bench.runtimes.compare import check_text
+
+    cfg = doc["config"]
+    parts = [f"<p>Model {html.escape(str(cfg.get('onnx')))} ({html.escape(str(cfg.get('onnx_source')))}); "
+             f"outputs checked against OpenVINO FP32 with rtol {cfg['rtol']:g}, atol {cfg['atol']:g}; "
+             f"{cfg['runs']} interleaved rounds; peak RSS is each runtime's worker process (VmHWM: Python, "
+             f"numpy and the runtime).</p>", "<h2>Runtimes</h2>"]
+    rows = []
+    for r in doc["runtimes"]:
+        if r["status"] != "measured":
+            rows.append([r["runtime"], r["status"], "-", "-", "-", "-", "-", r["error"]])
+            continue
+        rows.append([r["runtime"] + (" (untuned)" if (r.get("settings") or {}).get("label") == "untuned" else ""),
+                     r["status"], f"{r['load_s']:.2f}", "-" if r.get("compile_s") is None else f"{r['compile_s']:.2f}",
+                     f"{r['first_ms']:.2f}", f"{r['peak_rss_mb']:.0f}",
+                     ", ".join(f"x{k}: {v['throughput']:.1f}/s p50 {v['p50_ms']:.3f} p99 {v['p99_ms']:.3f} "
+                               f"p99.9 {v['p999_ms']:.3f} ({v['verdict']})" for k, v in r["levels"].items()),
+                     check_text(r)])
+    parts.append(_table(rows, ["runtime", "status", "load s", "compile s", "first inference ms", "peak RSS MB",
+                               "figures per in-flight level", "outputs / reason"]))
+    parts.append("<h2>Comparison: latency and throughput per runtime</h2>")
+    parts.append(svg_runtimes([(f["instance"], f["throughput"], f["p50_ms"], f["p99_ms"], f["p999_ms"])
+                               for r in doc["runtimes"] for f in r["levels"].values()]))
+    if doc.get("pairs"):
+        prow = []
+        for p in doc["pairs"]:
+            t, lat = p["throughput"], p["p99_ms"]
+            prow.append([f"{p['b']} vs {p['a']}", f"{t['delta']:+.1%}" if t["delta"] is not None else "-",
+                         f"{t['p']:.3g} ({t['test']})", t["change"],
+                         f"{lat['delta']:+.1%}" if lat["delta"] is not None else "-", f"{lat['p']:.3g} ({lat['test']})",
+                         lat["change"]])
+        parts.append(f"<h2>Pairwise significance (alpha {doc.get('alpha')})</h2>")
+        parts.append(_table(prow, ["pair (B vs A)", "throughput delta", "p", "throughput", "p99 delta", "p", "p99"]))
+    if not doc["instances"]:
+        return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title></head>"
+                f"<body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n")
+    return html_report([(doc.get("label") or "runtimes", doc)], title=title, prelude="".join(parts))

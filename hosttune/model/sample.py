@@ -99,3 +99,70 @@ def calibration_inputs(model: Any, count: int, seed: int = SEED) -> list[dict[st
             sample[port.get_any_name()] = data.astype(dtype)
         samples.append(sample)
     return samples
+
+
+def build_onnx(variant: str = "sample", seed: int = SEED) -> Any:
+    """The same network as `build` (same graph, same seeded weights in the same order) as an
+    `onnx.ModelProto`, for the runtimes that read ONNX only (`hosttune bench --runtime`).
+    Needs the `onnx` package; `build` stays the source of truth (a test compares the outputs)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list[Any] = []
+    inits: list[Any] = []
+
+    def const(arr: Any) -> str:
+        name = f"c{len(inits)}"
+        inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def node(op: str, ins: list[str], **attrs: Any) -> str:
+        out = f"t{len(nodes)}"
+        nodes.append(helper.make_node(op, ins, [out], **attrs))
+        return out
+
+    if variant == "trivial":
+        nodes.append(helper.make_node("Add", ["input", const(np.ones([1, 16], np.float32))], ["output"]))
+        graph = helper.make_graph(nodes, "trivial",
+                                  [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 16])],
+                                  [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 16])], inits)
+    else:
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown sample variant {variant!r} (known: {', '.join(NAMES)})")
+        v = VARIANTS[variant]
+        rng = np.random.default_rng(seed)
+
+        def conv(x: str, cin: int, cout: int, k: int, stride: int, relu: bool = True) -> str:
+            w = (rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))).astype(np.float32)
+            b = (rng.standard_normal((1, cout, 1, 1)) * 0.01).astype(np.float32)
+            pad = k // 2
+            y = node("Conv", [x, const(w)], strides=[stride, stride], pads=[pad, pad, pad, pad])
+            y = node("Add", [y, const(b)])
+            return node("Relu", [y]) if relu else y
+
+        def block(x: str, cin: int, cout: int, stride: int) -> str:
+            y = conv(x, cin, cout, 3, stride)
+            y = conv(y, cout, cout, 3, 1, relu=False)
+            shortcut = x if (cin == cout and stride == 1) else conv(x, cin, cout, 1, stride, relu=False)
+            return node("Relu", [node("Add", [y, shortcut])])
+
+        y = conv("input", 3, v.widths[0], 3, 2)
+        cin = v.widths[0]
+        for stage, width in enumerate(v.widths):
+            for i in range(v.blocks):
+                y = block(y, cin, width, 2 if (stage > 0 and i == 0) else 1)
+                cin = width
+        y = node("ReduceMean", [y], axes=[2, 3], keepdims=0)
+        w = (rng.standard_normal((cin, v.classes)) * np.sqrt(1.0 / cin)).astype(np.float32)
+        y = node("MatMul", [y, const(w)])
+        y = node("Add", [y, const(np.zeros((1, v.classes), np.float32))])
+        nodes.append(helper.make_node("Softmax", [y], ["probabilities"], axis=1))
+        graph = helper.make_graph(
+            nodes, f"hosttune-{variant}",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, v.size, v.size])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, v.classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="hosttune")
+    model.ir_version = 8  # readable by every runtime here (ONNX Runtime, OpenVINO, TVM)
+    onnx.checker.check_model(model)
+    return model
