@@ -14,8 +14,10 @@ import os
 import subprocess
 import sys
 import tarfile
+import tomllib
 
 import pytest
+import yaml
 
 from tests.collection import BIN, build_and_install, version
 from tests.conftest import REPO
@@ -170,3 +172,57 @@ def test_ansible_test_sanity_passes_on_the_installed_collection(installed):
     print("\n".join(ran))
     assert proc.returncode == 0, (proc.stdout[-6000:] + proc.stderr[-6000:])
     assert len(ran) >= 20 and any('"validate-modules"' in r for r in ran) and any('"pylint"' in r for r in ran), ran
+
+
+def _yaml(*parts):
+    with open(os.path.join(REPO, *parts)) as f:
+        return yaml.safe_load(f)
+
+
+def test_the_claimed_platforms_are_the_checked_ones():
+    """Every role claims exactly the platforms of the agent role's checked list, that list is what
+    the Molecule guests run (testbed's Debian suite), each one's python3 meets hosttune's
+    requires-python, which is the minimum the role checks on the host."""
+    agent_vars = _yaml("roles", "hosttune_agent", "vars", "main.yml")
+    checked = agent_vars["__hosttune_agent_platforms"]
+    claims = [{"name": p["name"], "versions": p["versions"]} for p in checked]
+    for role in ROLES:
+        assert _yaml("roles", role, "meta", "main.yml")["galaxy_info"]["platforms"] == claims, role
+    from testbed.hosttune_testbed.image import SUITE  # the Molecule guests' distribution
+
+    assert claims == [{"name": "Debian", "versions": [SUITE]}]
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        requires = tomllib.load(f)["project"]["requires-python"]
+    assert requires == ">=" + agent_vars["__hosttune_agent_python_min"]
+    minimum = tuple(int(x) for x in agent_vars["__hosttune_agent_python_min"].split("."))
+    assert all(tuple(int(x) for x in p["python3"].split(".")) >= minimum for p in checked)
+    docs = open(os.path.join(REPO, "docs", "ansible.md")).read()
+    assert "Platforms: **Debian 12 (bookworm)**" in docs
+
+
+@pytest.mark.parametrize("found, says", [("3.9.18", "is Python 3.9.18"), (None, "is not runnable")])
+def test_a_python_older_than_hosttune_needs_is_refused_before_any_change(installed, tmp_path, base_vars, found,
+                                                                         says):
+    """EL 9's python3 is 3.9, Ubuntu 22.04's 3.10: the agent role stops at its first task with one
+    message naming what it found and what is needed; no venv, no wheel build, nothing changed."""
+    _, _, env, work = installed
+    python = tmp_path / "python3"
+    if found:
+        python.write_text(f"#!/bin/sh\necho {found}\n")
+        python.chmod(0o755)
+    extravars = {**base_vars, "hosttune_agent_install_method": "wheel", "hosttune_agent_python": str(python),
+                 "hosttune_venv": str(tmp_path / "venv"), "hosttune_agent_build_dir": str(tmp_path / "wheels")}
+    extravars.pop("hosttune_bin")
+    (tmp_path / "vars.json").write_text(json.dumps(extravars))
+    (tmp_path / "play.yml").write_text("- hosts: all\n  gather_facts: false\n  roles: [hosttune.tuning.hosttune_agent]\n")
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", os.path.join(REPO, "inventory", "localhost"),
+                           str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}"], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=str(work))
+    assert proc.returncode == 2, proc.stdout[-4000:]
+    refused = [line for line in proc.stdout.splitlines() if line.startswith("fatal:")]
+    assert len(refused) == 1 and "Refuse a Python hosttune does not run on" in proc.stdout, proc.stdout[-4000:]
+    assert f"hosttune_agent_python {python} {says}" in refused[0], refused
+    assert "hosttune needs Python >= 3.11. The supported platform is Debian bookworm;" in refused[0], refused
+    assert "changed=0" in proc.stdout and "failed=1" in proc.stdout
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "wheels").exists()
+    assert not os.path.exists(extravars["hosttune_config"])
