@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -25,6 +27,7 @@ from tests.test_ansible import base_vars, host, tree_digest  # noqa: F401 (base_
 
 ROLES = sorted(d for d in os.listdir(os.path.join(REPO, "roles")) if not d.startswith("."))
 MODULES = ["hosttune.tuning.apply", "hosttune.tuning.query"]
+MONITORING_FILES = ["alerts.yml", "tests/alerts_test.yml", "grafana-dashboard.json", "prometheus.yml"]
 MAX_TARBALL = 300_000  # bytes: roles, modules, playbooks, docs; no Python package, tests or testbed
 
 
@@ -59,13 +62,14 @@ def test_the_tarball_holds_the_collection_and_nothing_else(installed):
     assert (info["namespace"], info["name"], info["version"]) == ("hosttune", "tuning", version())
     assert info["license"] == ["Apache-2.0"]
     for needed in ("meta/runtime.yml", "plugins/modules/apply.py", "plugins/modules/query.py",
-                   "plugins/module_utils/hosttune_run.py", "playbooks/site.yml", "LICENSE", "README.md",
-                   "tests/config.yml"):
+                   "plugins/module_utils/hosttune_run.py", "playbooks/site.yml", "LICENSE", "docs/collection.md",
+                   "tests/config.yml", *(f"monitoring/{m}" for m in MONITORING_FILES)):
         assert needed in names, needed
     for role in ROLES:
         assert f"roles/{role}/meta/argument_specs.yml" in names and f"roles/{role}/README.md" in names, role
     tops = {n.split("/")[0] for n in names}
     assert not tops & {"hosttune", "testbed", "molecule", "collections", "benchmarks", "scripts", ".venv", ".git"}, tops
+    assert manifest["collection_info"]["readme"] == "docs/collection.md"
     # of tests/ only what ansible-test reads: config.yml and the sanity ignore files
     assert not [n for n in names if n.startswith("tests/") and n not in ("tests/config.yml", "tests/sanity")
                 and not n.startswith("tests/sanity/ignore-")]
@@ -226,3 +230,117 @@ def test_a_python_older_than_hosttune_needs_is_refused_before_any_change(install
     assert "changed=0" in proc.stdout and "failed=1" in proc.stdout
     assert not (tmp_path / "venv").exists() and not (tmp_path / "wheels").exists()
     assert not os.path.exists(extravars["hosttune_config"])
+
+
+def _extracted(tarball, into):
+    with tarfile.open(tarball) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+# a path-like word (a/b, a/b.md, ../x): it names a file when the checkout has it
+PATH_WORD = re.compile(r"(?<![\w/.:-])((?:\.\./|\./)?[\w.-]+(?:/[\w.-]*)+)")
+MD_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def test_the_docs_in_the_tarball_refer_only_to_files_in_it(installed, tmp_path):
+    """Every relative link of every .md in the tarball resolves inside it, and every path the text
+    names (a word like docs/x.md or hosttune/policy.py that is a file or directory of the checkout)
+    is in the tarball too: what is not shipped is linked by its repository URL."""
+    tarball = installed[0]
+    root = _extracted(tarball, tmp_path / "x")
+    docs = sorted(p for p in root.rglob("*.md"))
+    assert len(docs) >= len(ROLES) + 3, docs  # the roles' READMEs, docs/collection.md, ansible.md, monitoring.md
+    missing = []
+    for doc in docs:
+        rel = doc.relative_to(root)
+        text = re.sub(r"<!--.*?-->", "", doc.read_text(), flags=re.S)  # not rendered
+        for target in MD_LINK.findall(text):
+            path = target.split("#")[0]
+            if path and not re.match(r"[a-z]+:", path) and not (doc.parent / path).exists():
+                missing.append(f"{rel}: link {target}")
+        for word in PATH_WORD.findall(MD_LINK.sub("", text)):
+            word = word.rstrip(".")
+            for base in (str(rel.parent), ""):
+                if os.path.exists(os.path.join(REPO, base, word)):
+                    if not (root / base / word).exists():
+                        missing.append(f"{rel}: {word}")
+                    break
+    assert not missing, missing
+
+
+def _promtool(*args, cwd):
+    tool = shutil.which("promtool")
+    assert tool, "promtool is missing: scripts/bootstrap installs Debian's prometheus package"
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=120, cwd=str(cwd))
+
+
+def test_promtool_passes_on_the_installed_monitoring_files(installed):
+    _, collections, _, _ = installed
+    monitoring = collections / "ansible_collections" / "hosttune" / "tuning" / "monitoring"
+    for name in MONITORING_FILES:
+        assert (monitoring / name).is_file(), name
+    checks = [(("check", "rules", "alerts.yml"), monitoring), (("check", "config", "prometheus.yml"), monitoring),
+              (("test", "rules", "alerts_test.yml"), monitoring / "tests")]
+    for args, cwd in checks:
+        proc = _promtool(*args, cwd=cwd)
+        assert proc.returncode == 0, (args, proc.stdout + proc.stderr)
+    assert "SUCCESS: 13 rules found" in _promtool("check", "rules", "alerts.yml", cwd=monitoring).stdout
+    json.loads((monitoring / "grafana-dashboard.json").read_text())
+
+
+def _slug(heading):
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_has_a_runbook_in_the_shipped_docs(installed, tmp_path):
+    """runbook_url is the repository's page (galaxy.yml's repository, main branch) at the alert's own
+    heading; that page and heading are in the tarball."""
+    tarball, collections, _, _ = installed
+    root = _extracted(tarball, tmp_path / "x")
+    repository = _yaml("galaxy.yml")["repository"]
+    rules = yaml.safe_load((root / "monitoring" / "alerts.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) == 13
+    for rule in alerts:
+        url = rule["annotations"].get("runbook_url", "")
+        prefix = repository + "/blob/main/"
+        assert url.startswith(prefix) and "#" in url, (rule["alert"], url)
+        path, anchor = url[len(prefix):].split("#")
+        doc = root / path
+        assert doc.is_file(), (rule["alert"], path)
+        headings = {_slug(m) for m in re.findall(r"^#+ (.+)$", doc.read_text(), flags=re.M)}
+        assert anchor == rule["alert"].lower() and anchor in headings, (rule["alert"], anchor)
+
+
+def test_the_monitoring_role_writes_the_files_with_check_mode_and_diff(installed, tmp_path):
+    """hosttune.tuning.hosttune_monitoring from the installed collection: --check --diff changes nothing
+    and shows the files; a run writes them (the rules checked by promtool first) byte for byte; a
+    second run changes nothing; a directory left empty leaves its file out."""
+    _, collections, env, work = installed
+    source = collections / "ansible_collections" / "hosttune" / "tuning" / "monitoring"
+    rules, dashboards = tmp_path / "rules", tmp_path / "grafana" / "dashboards"
+    extravars = {"hosttune_monitoring_rules_dir": str(rules), "hosttune_monitoring_dashboard_dir": str(dashboards),
+                 "hosttune_monitoring_promtool": shutil.which("promtool"),
+                 "hosttune_monitoring_owner": str(os.getuid()), "hosttune_monitoring_group": str(os.getgid())}
+    (tmp_path / "vars.json").write_text(json.dumps(extravars))
+    (tmp_path / "play.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  roles: [hosttune.tuning.hosttune_monitoring]\n")
+
+    def play(*flags):
+        proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", os.path.join(REPO, "inventory", "localhost"),
+                               str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}", *flags],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=str(work))
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+        return proc.stdout
+
+    checked = play("--check", "--diff")
+    assert not rules.exists() and not dashboards.exists()
+    assert "changed=2" in checked and "hosttune-alerts.yml" in checked and "HosttuneAgentDown" in checked
+    written = play()
+    assert "changed=2" in written, written[-3000:]
+    assert (rules / "hosttune-alerts.yml").read_bytes() == (source / "alerts.yml").read_bytes()
+    assert (dashboards / "hosttune-dashboard.json").read_bytes() == (source / "grafana-dashboard.json").read_bytes()
+    assert sorted(os.listdir(rules)) == ["hosttune-alerts.yml"]  # no scrape example: its directory was ""
+    assert "changed=0" in play("--diff")
