@@ -87,6 +87,12 @@ def test_ansible_doc_renders_each_module(installed, module):
     doc = json.loads(proc.stdout)[module]
     assert doc["doc"]["short_description"] and doc["doc"]["options"]
     assert doc["examples"] and module in doc["examples"]  # the examples call it by its FQCN
+    # Ansible's module-doc conventions: when it came, and what it supports (check mode, diff, platform)
+    assert doc["doc"]["version_added"] == "0.1.0"
+    attributes = doc["doc"]["attributes"]
+    assert set(attributes) == {"check_mode", "diff_mode", "platform"}, attributes
+    assert all(a["description"] and a["support"] in ("full", "partial", "none", "N/A") for a in attributes.values())
+    assert attributes["platform"]["platforms"] == "posix"
     assert doc["return"]
     text = subprocess.run([os.path.join(BIN, "ansible-doc"), module], capture_output=True, text=True, timeout=120,
                           env=env, cwd=str(work))
@@ -344,3 +350,19 @@ def test_the_monitoring_role_writes_the_files_with_check_mode_and_diff(installed
     assert (dashboards / "hosttune-dashboard.json").read_bytes() == (source / "grafana-dashboard.json").read_bytes()
     assert sorted(os.listdir(rules)) == ["hosttune-alerts.yml"]  # no scrape example: its directory was ""
     assert "changed=0" in play("--diff")
+
+
+def test_the_changelog_fragments_pass_antsibull_changelog_lint():
+    """The real `antsibull-changelog lint` (pyproject's test extra) on the checkout: config.yaml,
+    changelog.yaml and every fragment in a section the config declares."""
+    tool = os.path.join(BIN, "antsibull-changelog")
+    assert os.access(tool, os.X_OK), f"{tool} is missing: scripts/bootstrap installs the test extra"
+    proc = subprocess.run([tool, "lint"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+    config = _yaml("changelogs", "config.yaml")
+    sections = {name for name, _ in config["sections"]} | {config["prelude_section_name"],
+                                                          config["trivial_section_name"]}
+    fragments = sorted(os.listdir(os.path.join(REPO, "changelogs", "fragments")))
+    assert fragments and all(f.endswith(".yml") for f in fragments), fragments
+    for name in fragments:
+        assert set(_yaml("changelogs", "fragments", name)) <= sections, name
