@@ -366,3 +366,15 @@ def test_the_changelog_fragments_pass_antsibull_changelog_lint():
     assert fragments and all(f.endswith(".yml") for f in fragments), fragments
     for name in fragments:
         assert set(_yaml("changelogs", "fragments", name)) <= sections, name
+
+
+def test_ansible_lint_production_profile_is_clean_on_the_installed_collection(installed):
+    """ansible-lint --profile production in the installed collection's root: the roles, playbooks,
+    monitoring files, changelog and meta as a user gets them (about 25 CPU-seconds)."""
+    _, collections, env, work = installed
+    root = collections / "ansible_collections" / "hosttune" / "tuning"
+    proc = subprocess.run([os.path.join(BIN, "ansible-lint"), "--profile", "production", "--nocolor"],
+                          capture_output=True, text=True, timeout=1200, cwd=str(root), start_new_session=True,
+                          env={**env, "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout
