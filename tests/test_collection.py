@@ -378,3 +378,31 @@ def test_ansible_lint_production_profile_is_clean_on_the_installed_collection(in
                           env={**env, "NO_COLOR": "1"})
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("policy, says", [
+    ({"cpufreq": {"governer": "performance"}}, "hosttune_policy.cpufreq.governer: unknown key (known: "),
+    ({"profile": "fast"}, "hosttune_policy.profile: must be one of latency, throughput"),
+    ([1], "hosttune_policy: must be a mapping, got list"),
+])
+def test_an_inline_policy_error_names_the_variable_not_a_temp_file(tmp_path, policy, says):
+    """The modules write an inline policy to a temporary file for hosttune; a real hosttune's error
+    about it names hosttune_policy.<field>, not that file."""
+    sys.path.insert(0, os.path.join(REPO, "plugins", "module_utils"))
+    try:
+        import hosttune_run
+    finally:
+        sys.path.pop(0)
+    path = hosttune_run.policy_file(policy)
+    try:
+        argv = [os.path.join(BIN, "hosttune"), "plan", "--json", "--root", "/", "--policy", path]
+        proc = subprocess.run([sys.executable, "-m", "hosttune", *argv[1:]], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+        assert proc.returncode == 2 and path in proc.stderr, proc.stderr
+        message = hosttune_run.name_the_policy(proc.stderr.strip(), argv)
+    finally:
+        os.unlink(path)
+    assert says in message and path not in message and "hosttune-policy-" not in message, message
+    # a configuration file the user wrote keeps its own name
+    assert hosttune_run.name_the_policy("hosttune: error: /etc/h.yaml: profile: x", ["h", "--policy", "/etc/h.yaml"]) \
+        == "hosttune: error: /etc/h.yaml: profile: x"

@@ -23,7 +23,9 @@ options:
     type: path
     default: /etc/hosttune/hosttune.yaml
   policy:
-    description: An inline policy used instead of I(config) (written to a temporary file, then removed).
+    description:
+      - An inline policy used instead of I(config) (written to a temporary file, then removed).
+      - hosttune's errors about it name it C(hosttune_policy.<field>), the variable the roles pass.
     type: dict
 attributes:
   platform:
