@@ -291,7 +291,9 @@ def test_promtool_passes_on_the_installed_monitoring_files(installed):
     for args, cwd in checks:
         proc = _promtool(*args, cwd=cwd)
         assert proc.returncode == 0, (args, proc.stdout + proc.stderr)
-    assert "SUCCESS: 13 rules found" in _promtool("check", "rules", "alerts.yml", cwd=monitoring).stdout
+    rules = yaml.safe_load((monitoring / "alerts.yml").read_text())
+    count = sum(len(g["rules"]) for g in rules["groups"])
+    assert f"SUCCESS: {count} rules found" in _promtool("check", "rules", "alerts.yml", cwd=monitoring).stdout
     json.loads((monitoring / "grafana-dashboard.json").read_text())
 
 
@@ -308,7 +310,7 @@ def test_every_alert_has_a_runbook_in_the_shipped_docs(installed, tmp_path):
     repository = _yaml("galaxy.yml")["repository"]
     rules = yaml.safe_load((root / "monitoring" / "alerts.yml").read_text())
     alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
-    assert len(alerts) == 13
+    assert len(alerts) >= 13, len(alerts)  # docs/monitoring.md's table: 13 as of 0.1.0
     for rule in alerts:
         url = rule["annotations"].get("runbook_url", "")
         prefix = repository + "/blob/main/"
