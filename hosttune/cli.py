@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from hosttune import __version__
 from hosttune.errors import HosttuneError
+from hosttune.extras import missing_extra
 
 if TYPE_CHECKING:
     from importlib.metadata import Distribution
@@ -122,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     except HosttuneError as exc:
         print(f"hosttune: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:  # a heavy import inside a handler: name the extra that has it
+        error = missing_extra(exc, args.command)
+        if error is None:
+            raise
+        print(f"hosttune: error: {error}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("hosttune: interrupted", file=sys.stderr)
         return 130

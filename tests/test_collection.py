@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 
 import pytest
+import yaml
 
 from tests.collection import BIN, build_and_install, version
 from tests.conftest import REPO
@@ -23,6 +27,7 @@ from tests.test_ansible import base_vars, host, tree_digest  # noqa: F401 (base_
 
 ROLES = sorted(d for d in os.listdir(os.path.join(REPO, "roles")) if not d.startswith("."))
 MODULES = ["hosttune.tuning.apply", "hosttune.tuning.query"]
+MONITORING_FILES = ["alerts.yml", "tests/alerts_test.yml", "grafana-dashboard.json", "prometheus.yml"]
 MAX_TARBALL = 300_000  # bytes: roles, modules, playbooks, docs; no Python package, tests or testbed
 
 
@@ -57,13 +62,14 @@ def test_the_tarball_holds_the_collection_and_nothing_else(installed):
     assert (info["namespace"], info["name"], info["version"]) == ("hosttune", "tuning", version())
     assert info["license"] == ["Apache-2.0"]
     for needed in ("meta/runtime.yml", "plugins/modules/apply.py", "plugins/modules/query.py",
-                   "plugins/module_utils/hosttune_run.py", "playbooks/site.yml", "LICENSE", "README.md",
-                   "tests/config.yml"):
+                   "plugins/module_utils/hosttune_run.py", "playbooks/site.yml", "LICENSE", "docs/collection.md",
+                   "tests/config.yml", *(f"monitoring/{m}" for m in MONITORING_FILES)):
         assert needed in names, needed
     for role in ROLES:
         assert f"roles/{role}/meta/argument_specs.yml" in names and f"roles/{role}/README.md" in names, role
     tops = {n.split("/")[0] for n in names}
     assert not tops & {"hosttune", "testbed", "molecule", "collections", "benchmarks", "scripts", ".venv", ".git"}, tops
+    assert manifest["collection_info"]["readme"] == "docs/collection.md"
     # of tests/ only what ansible-test reads: config.yml and the sanity ignore files
     assert not [n for n in names if n.startswith("tests/") and n not in ("tests/config.yml", "tests/sanity")
                 and not n.startswith("tests/sanity/ignore-")]
@@ -81,6 +87,12 @@ def test_ansible_doc_renders_each_module(installed, module):
     doc = json.loads(proc.stdout)[module]
     assert doc["doc"]["short_description"] and doc["doc"]["options"]
     assert doc["examples"] and module in doc["examples"]  # the examples call it by its FQCN
+    # Ansible's module-doc conventions: when it came, and what it supports (check mode, diff, platform)
+    assert doc["doc"]["version_added"] == "0.1.0"
+    attributes = doc["doc"]["attributes"]
+    assert set(attributes) == {"check_mode", "diff_mode", "platform"}, attributes
+    assert all(a["description"] and a["support"] in ("full", "partial", "none", "N/A") for a in attributes.values())
+    assert attributes["platform"]["platforms"] == "posix"
     assert doc["return"]
     text = subprocess.run([os.path.join(BIN, "ansible-doc"), module], capture_output=True, text=True, timeout=120,
                           env=env, cwd=str(work))
@@ -170,3 +182,229 @@ def test_ansible_test_sanity_passes_on_the_installed_collection(installed):
     print("\n".join(ran))
     assert proc.returncode == 0, (proc.stdout[-6000:] + proc.stderr[-6000:])
     assert len(ran) >= 20 and any('"validate-modules"' in r for r in ran) and any('"pylint"' in r for r in ran), ran
+
+
+def _yaml(*parts):
+    with open(os.path.join(REPO, *parts)) as f:
+        return yaml.safe_load(f)
+
+
+def test_the_claimed_platforms_are_the_checked_ones():
+    """Every role claims exactly the platforms of the agent role's checked list, that list is what
+    the Molecule guests run (testbed's Debian suite), each one's python3 meets hosttune's
+    requires-python, which is the minimum the role checks on the host."""
+    agent_vars = _yaml("roles", "hosttune_agent", "vars", "main.yml")
+    checked = agent_vars["__hosttune_agent_platforms"]
+    claims = [{"name": p["name"], "versions": p["versions"]} for p in checked]
+    for role in ROLES:
+        assert _yaml("roles", role, "meta", "main.yml")["galaxy_info"]["platforms"] == claims, role
+    from testbed.hosttune_testbed.image import SUITE  # the Molecule guests' distribution
+
+    assert claims == [{"name": "Debian", "versions": [SUITE]}]
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        requires = tomllib.load(f)["project"]["requires-python"]
+    assert requires == ">=" + agent_vars["__hosttune_agent_python_min"]
+    minimum = tuple(int(x) for x in agent_vars["__hosttune_agent_python_min"].split("."))
+    assert all(tuple(int(x) for x in p["python3"].split(".")) >= minimum for p in checked)
+    docs = open(os.path.join(REPO, "docs", "ansible.md")).read()
+    assert "Platforms: **Debian 12 (bookworm)**" in docs
+
+
+@pytest.mark.parametrize("found, says", [("3.9.18", "is Python 3.9.18"), (None, "is not runnable")])
+def test_a_python_older_than_hosttune_needs_is_refused_before_any_change(installed, tmp_path, base_vars, found,
+                                                                         says):
+    """EL 9's python3 is 3.9, Ubuntu 22.04's 3.10: the agent role stops at its first task with one
+    message naming what it found and what is needed; no venv, no wheel build, nothing changed."""
+    _, _, env, work = installed
+    python = tmp_path / "python3"
+    if found:
+        python.write_text(f"#!/bin/sh\necho {found}\n")
+        python.chmod(0o755)
+    extravars = {**base_vars, "hosttune_agent_install_method": "wheel", "hosttune_agent_python": str(python),
+                 "hosttune_venv": str(tmp_path / "venv"), "hosttune_agent_build_dir": str(tmp_path / "wheels")}
+    extravars.pop("hosttune_bin")
+    (tmp_path / "vars.json").write_text(json.dumps(extravars))
+    (tmp_path / "play.yml").write_text("- hosts: all\n  gather_facts: false\n  roles: [hosttune.tuning.hosttune_agent]\n")
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", os.path.join(REPO, "inventory", "localhost"),
+                           str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}"], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=str(work))
+    assert proc.returncode == 2, proc.stdout[-4000:]
+    refused = [line for line in proc.stdout.splitlines() if line.startswith("fatal:")]
+    assert len(refused) == 1 and "Refuse a Python hosttune does not run on" in proc.stdout, proc.stdout[-4000:]
+    assert f"hosttune_agent_python {python} {says}" in refused[0], refused
+    assert "hosttune needs Python >= 3.11. The supported platform is Debian bookworm;" in refused[0], refused
+    assert "changed=0" in proc.stdout and "failed=1" in proc.stdout
+    assert not (tmp_path / "venv").exists() and not (tmp_path / "wheels").exists()
+    assert not os.path.exists(extravars["hosttune_config"])
+
+
+def _extracted(tarball, into):
+    with tarfile.open(tarball) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+# a path-like word (a/b, a/b.md, ../x): it names a file when the checkout has it
+PATH_WORD = re.compile(r"(?<![\w/.:-])((?:\.\./|\./)?[\w.-]+(?:/[\w.-]*)+)")
+MD_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def test_the_docs_in_the_tarball_refer_only_to_files_in_it(installed, tmp_path):
+    """Every relative link of every .md in the tarball resolves inside it, and every path the text
+    names (a word like docs/x.md or hosttune/policy.py that is a file or directory of the checkout)
+    is in the tarball too: what is not shipped is linked by its repository URL."""
+    tarball = installed[0]
+    root = _extracted(tarball, tmp_path / "x")
+    docs = sorted(p for p in root.rglob("*.md"))
+    assert len(docs) >= len(ROLES) + 3, docs  # the roles' READMEs, docs/collection.md, ansible.md, monitoring.md
+    missing = []
+    for doc in docs:
+        rel = doc.relative_to(root)
+        text = re.sub(r"<!--.*?-->", "", doc.read_text(), flags=re.S)  # not rendered
+        for target in MD_LINK.findall(text):
+            path = target.split("#")[0]
+            if path and not re.match(r"[a-z]+:", path) and not (doc.parent / path).exists():
+                missing.append(f"{rel}: link {target}")
+        for word in PATH_WORD.findall(MD_LINK.sub("", text)):
+            word = word.rstrip(".")
+            for base in (str(rel.parent), ""):
+                if os.path.exists(os.path.join(REPO, base, word)):
+                    if not (root / base / word).exists():
+                        missing.append(f"{rel}: {word}")
+                    break
+    assert not missing, missing
+
+
+def _promtool(*args, cwd):
+    tool = shutil.which("promtool")
+    assert tool, "promtool is missing: scripts/bootstrap installs Debian's prometheus package"
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=120, cwd=str(cwd))
+
+
+def test_promtool_passes_on_the_installed_monitoring_files(installed):
+    _, collections, _, _ = installed
+    monitoring = collections / "ansible_collections" / "hosttune" / "tuning" / "monitoring"
+    for name in MONITORING_FILES:
+        assert (monitoring / name).is_file(), name
+    checks = [(("check", "rules", "alerts.yml"), monitoring), (("check", "config", "prometheus.yml"), monitoring),
+              (("test", "rules", "alerts_test.yml"), monitoring / "tests")]
+    for args, cwd in checks:
+        proc = _promtool(*args, cwd=cwd)
+        assert proc.returncode == 0, (args, proc.stdout + proc.stderr)
+    rules = yaml.safe_load((monitoring / "alerts.yml").read_text())
+    count = sum(len(g["rules"]) for g in rules["groups"])
+    assert f"SUCCESS: {count} rules found" in _promtool("check", "rules", "alerts.yml", cwd=monitoring).stdout
+    json.loads((monitoring / "grafana-dashboard.json").read_text())
+
+
+def _slug(heading):
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_has_a_runbook_in_the_shipped_docs(installed, tmp_path):
+    """runbook_url is the repository's page (galaxy.yml's repository, main branch) at the alert's own
+    heading; that page and heading are in the tarball."""
+    tarball, collections, _, _ = installed
+    root = _extracted(tarball, tmp_path / "x")
+    repository = _yaml("galaxy.yml")["repository"]
+    rules = yaml.safe_load((root / "monitoring" / "alerts.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 13, len(alerts)  # docs/monitoring.md's table: 13 as of 0.1.0
+    for rule in alerts:
+        url = rule["annotations"].get("runbook_url", "")
+        prefix = repository + "/blob/main/"
+        assert url.startswith(prefix) and "#" in url, (rule["alert"], url)
+        path, anchor = url[len(prefix):].split("#")
+        doc = root / path
+        assert doc.is_file(), (rule["alert"], path)
+        headings = {_slug(m) for m in re.findall(r"^#+ (.+)$", doc.read_text(), flags=re.M)}
+        assert anchor == rule["alert"].lower() and anchor in headings, (rule["alert"], anchor)
+
+
+def test_the_monitoring_role_writes_the_files_with_check_mode_and_diff(installed, tmp_path):
+    """hosttune.tuning.hosttune_monitoring from the installed collection: --check --diff changes nothing
+    and shows the files; a run writes them (the rules checked by promtool first) byte for byte; a
+    second run changes nothing; a directory left empty leaves its file out."""
+    _, collections, env, work = installed
+    source = collections / "ansible_collections" / "hosttune" / "tuning" / "monitoring"
+    rules, dashboards = tmp_path / "rules", tmp_path / "grafana" / "dashboards"
+    extravars = {"hosttune_monitoring_rules_dir": str(rules), "hosttune_monitoring_dashboard_dir": str(dashboards),
+                 "hosttune_monitoring_promtool": shutil.which("promtool"),
+                 "hosttune_monitoring_owner": str(os.getuid()), "hosttune_monitoring_group": str(os.getgid())}
+    (tmp_path / "vars.json").write_text(json.dumps(extravars))
+    (tmp_path / "play.yml").write_text(
+        "- hosts: all\n  gather_facts: false\n  roles: [hosttune.tuning.hosttune_monitoring]\n")
+
+    def play(*flags):
+        proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", os.path.join(REPO, "inventory", "localhost"),
+                               str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}", *flags],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=str(work))
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+        return proc.stdout
+
+    checked = play("--check", "--diff")
+    assert not rules.exists() and not dashboards.exists()
+    assert "changed=2" in checked and "hosttune-alerts.yml" in checked and "HosttuneAgentDown" in checked
+    written = play()
+    assert "changed=2" in written, written[-3000:]
+    assert (rules / "hosttune-alerts.yml").read_bytes() == (source / "alerts.yml").read_bytes()
+    assert (dashboards / "hosttune-dashboard.json").read_bytes() == (source / "grafana-dashboard.json").read_bytes()
+    assert sorted(os.listdir(rules)) == ["hosttune-alerts.yml"]  # no scrape example: its directory was ""
+    assert "changed=0" in play("--diff")
+
+
+def test_the_changelog_fragments_pass_antsibull_changelog_lint():
+    """The real `antsibull-changelog lint` (pyproject's test extra) on the checkout: config.yaml,
+    changelog.yaml and every fragment in a section the config declares."""
+    tool = os.path.join(BIN, "antsibull-changelog")
+    assert os.access(tool, os.X_OK), f"{tool} is missing: scripts/bootstrap installs the test extra"
+    proc = subprocess.run([tool, "lint"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+    config = _yaml("changelogs", "config.yaml")
+    sections = {name for name, _ in config["sections"]} | {config["prelude_section_name"],
+                                                          config["trivial_section_name"]}
+    fragments = sorted(os.listdir(os.path.join(REPO, "changelogs", "fragments")))
+    assert fragments and all(f.endswith(".yml") for f in fragments), fragments
+    for name in fragments:
+        assert set(_yaml("changelogs", "fragments", name)) <= sections, name
+
+
+def test_ansible_lint_production_profile_is_clean_on_the_installed_collection(installed):
+    """ansible-lint --profile production in the installed collection's root: the roles, playbooks,
+    monitoring files, changelog and meta as a user gets them (about 25 CPU-seconds)."""
+    _, collections, env, work = installed
+    root = collections / "ansible_collections" / "hosttune" / "tuning"
+    proc = subprocess.run([os.path.join(BIN, "ansible-lint"), "--profile", "production", "--nocolor"],
+                          capture_output=True, text=True, timeout=1200, cwd=str(root), start_new_session=True,
+                          env={**env, "NO_COLOR": "1"})
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("policy, says", [
+    ({"cpufreq": {"governer": "performance"}}, "hosttune_policy.cpufreq.governer: unknown key (known: "),
+    ({"profile": "fast"}, "hosttune_policy.profile: must be one of latency, throughput"),
+    ([1], "hosttune_policy: must be a mapping, got list"),
+])
+def test_an_inline_policy_error_names_the_variable_not_a_temp_file(tmp_path, policy, says):
+    """The modules write an inline policy to a temporary file for hosttune; a real hosttune's error
+    about it names hosttune_policy.<field>, not that file."""
+    sys.path.insert(0, os.path.join(REPO, "plugins", "module_utils"))
+    try:
+        import hosttune_run
+    finally:
+        sys.path.pop(0)
+    path = hosttune_run.policy_file(policy)
+    try:
+        argv = [os.path.join(BIN, "hosttune"), "plan", "--json", "--root", "/", "--policy", path]
+        proc = subprocess.run([sys.executable, "-m", "hosttune", *argv[1:]], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": REPO})
+        assert proc.returncode == 2 and path in proc.stderr, proc.stderr
+        message = hosttune_run.name_the_policy(proc.stderr.strip(), argv)
+    finally:
+        os.unlink(path)
+    assert says in message and path not in message and "hosttune-policy-" not in message, message
+    # a configuration file the user wrote keeps its own name
+    assert hosttune_run.name_the_policy("hosttune: error: /etc/h.yaml: profile: x", ["h", "--policy", "/etc/h.yaml"]) \
+        == "hosttune: error: /etc/h.yaml: profile: x"

@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+from hosttune.extras import missing_extra
+
 
 def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
@@ -48,9 +50,16 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             _emit({"event": "error", "error": f"cannot run on CPUs {cpus}: {exc.strerror} (cgroup cpuset?)"})
             return 2
-    import openvino as ov
+    try:
+        import openvino as ov
 
-    from hosttune.model.precision import runtime_precision
+        from hosttune.model.precision import runtime_precision
+    except ModuleNotFoundError as exc:  # a base install: the parent shows this one line
+        error = missing_extra(exc, "bench")
+        if error is None:
+            raise
+        _emit({"event": "error", "error": error.message})
+        return 2
 
     core = ov.Core()
     try:

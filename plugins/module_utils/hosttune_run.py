@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 NOT_INSTALLED = "hosttune is not installed at {bin} (run the hosttune_agent role first, or set hosttune_bin)"
@@ -30,9 +31,14 @@ class HosttuneRunError(Exception):
         self.details = details
 
 
+POLICY_PREFIX = "hosttune-policy-"
+# what an inline policy is called in hosttune's messages: the variable the roles pass it from
+POLICY_NAME = "hosttune_policy"
+
+
 def policy_file(policy):
     """A temporary configuration file holding `policy` (JSON is YAML); the caller deletes it."""
-    handle, path = tempfile.mkstemp(prefix="hosttune-policy-", suffix=".yaml")
+    handle, path = tempfile.mkstemp(prefix=POLICY_PREFIX, suffix=".yaml")
     with os.fdopen(handle, "w") as out:
         json.dump({"policy": policy}, out)
     return path
@@ -53,12 +59,27 @@ def run_json(module, argv, ok_rcs=(0,)):
             data = None
     if rc not in ok_rcs:
         message = stderr.strip() or ("see its JSON output" if data is not None else stdout.strip()) or "no output"
+        message = name_the_policy(message, argv)
         raise HosttuneRunError(f"{' '.join(argv[1:2])} failed (exit {rc}): {message}",
                                exit_code=rc, stdout=stdout, stderr=stderr, cmd=argv, data=data)
     if data is None:
         raise HosttuneRunError(f"{' '.join(argv[1:2])} printed no JSON (exit {rc}): {stderr.strip()}",
                                exit_code=rc, stdout=stdout, stderr=stderr, cmd=argv)
     return rc, data, stdout, stderr
+
+
+def name_the_policy(message, argv):
+    """hosttune names the file a policy error is in; for an inline policy that is a temporary file the
+    user never wrote: name the variable instead (`<tmp>: cpufreq.governer: ...` becomes
+    `hosttune_policy.cpufreq.governer: ...`)."""
+    if "--policy" not in argv[:-1]:
+        return message
+    path = argv[argv.index("--policy") + 1]
+    if not os.path.basename(path).startswith(POLICY_PREFIX):
+        return message
+    message = message.replace(path + ": policy: ", POLICY_NAME + ": ")  # the file's policy: key is the variable
+    message = re.sub(re.escape(path) + r": (?=[\w\[\]-]+(?:\.[\w\[\]-]+)*: )", POLICY_NAME + ".", message)
+    return message.replace(path, POLICY_NAME)
 
 
 def policy_args(module, config, policy):

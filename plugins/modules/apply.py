@@ -9,6 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: apply
 short_description: Apply (or restore) hosttune settings, honestly reporting changes
+version_added: 0.1.0
 description:
   - Runs C(hosttune apply --json --root ROOT --policy CONFIG --only AREA...) on the managed host.
   - In check mode it runs C(hosttune apply --dry-run --json) instead, which changes nothing, and
@@ -37,7 +38,15 @@ options:
   reboot_warning:
     description: A warning to emit when hosttune says a reboot is required (the caller will not reboot).
     type: str
+attributes:
+  check_mode:
+    support: partial
+    details: I(command=apply) runs C(hosttune apply --dry-run) and reports what would change; I(command=restore) has no dry run and does nothing.
+  diff_mode:
+    support: partial
+    details: Each setting I(command=apply) changes (or would change) as before/after; none for I(command=restore).
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - hosttune.tuning.hosttune
 author:
   - hosttune maintainers (@hosttune)

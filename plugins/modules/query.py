@@ -9,6 +9,7 @@ DOCUMENTATION = r"""
 ---
 module: query
 short_description: Run a read-only hosttune command (plan, verify, topology) and return its JSON
+version_added: 0.1.0
 description:
   - Runs C(hosttune COMMAND --json --root ROOT [--policy ...]) on the managed host.
   - Changes nothing, so it runs in check mode too.
@@ -24,7 +25,14 @@ options:
     type: list
     elements: int
     default: [0]
+attributes:
+  check_mode:
+    support: full
+    details: Changes nothing, so it runs the same in check mode.
+  diff_mode:
+    support: none
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - hosttune.tuning.hosttune
 author:
   - hosttune maintainers (@hosttune)
