@@ -15,6 +15,11 @@ EXTRA_OF = {
     "uvicorn": "serve",
     "simdjson": "serve",  # pysimdjson
     "orjson": "serve",
+    "httptools": "serve",
+    "grpc": "serve",  # grpcio
+    "google": "serve",  # protobuf (google.protobuf)
+    "onnxruntime": "onnxruntime",
+    "tvm": "tvm",  # apache-tvm
     "nncf": "inference",
     "ansible": "fleet",  # ansible-core
     "ansible_runner": "fleet",

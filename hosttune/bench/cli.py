@@ -147,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if getattr(args, "runtime", None):
         from hosttune.bench.runtimes.compare import cmd_runtimes
 
-        return cmd_runtimes(args)
+        return cmd_runtimes(args, read_plan)
     for flag, value in (("--onnx", args.onnx), ("--inflight", args.inflight != "1"), ("--cache-dir", args.cache_dir),
                         ("--no-int8", args.no_int8)):
         if value:

@@ -352,12 +352,28 @@ def svg_runtimes(rows: list[tuple[str, float, float, float, float]], width: int 
     return "".join(parts)
 
 
+def fmt_or_dash(v: Any, fmt: str) -> str:
+    """A number formatted, or - when there is none."""
+    return "-" if v is None else format(v, fmt)
+
+
+def check_text(r: dict[str, Any]) -> str:
+    """What the output check found, in words."""
+    check = r.get("check") or {}
+    if r["runtime"] == "openvino-int8" and check:
+        return (f"INT8 delta: max abs {fmt_or_dash(check.get('max_abs_diff'), '.3g')}, top-1 agreement "
+                f"{fmt_or_dash(check.get('top1_agreement'), '.0%')}")
+    if not check:
+        return "outputs not checked (no OpenVINO FP32 reference)"
+    if check.get("agree"):
+        return f"outputs agree (max abs diff {fmt_or_dash(check.get('max_abs_diff'), '.3g')})"
+    return f"DISAGREE: {check.get('finding')}"
+
+
 def html_runtimes(doc: dict[str, Any], title: str = "hosttune bench --runtime") -> str:
     """The runtime comparison: a table per runtime (load, first inference, peak RSS, the output
     check, figures per in-flight level), the pairwise significance, the comparison figure, then the
     usual report of the measured runtimes (an instance per runtime and level)."""
-    from hosttune.bench.runtimes.compare import check_text
-
     cfg = doc["config"]
     parts = [f"<p>Model {html.escape(str(cfg.get('onnx')))} ({html.escape(str(cfg.get('onnx_source')))}); "
              f"outputs checked against OpenVINO FP32 with rtol {cfg['rtol']:g}, atol {cfg['atol']:g}; "

@@ -12,6 +12,7 @@ import time
 from itertools import combinations
 from typing import Any
 
+from hosttune.bench import report as bench_report
 from hosttune.bench import runtimes as rt
 from hosttune.errors import HosttuneError
 
@@ -39,10 +40,11 @@ def _instance(args: argparse.Namespace, plan: dict[str, Any] | None) -> Any:
     return target
 
 
-def cmd_runtimes(args: argparse.Namespace) -> int:
+def cmd_runtimes(args: argparse.Namespace, read_plan: Any) -> int:
+    """`hosttune bench --runtime ...`; read_plan(args): the command line's plan (hosttune.serve.cli's,
+    handed down by the command so that this module imports no command module)."""
     from hosttune.bench import report, runner
     from hosttune.model import default_repo
-    from hosttune.serve.cli import read_plan
 
     names = rt.parse(args.runtime)
     levels = rt.parse_levels(args.inflight)
@@ -241,23 +243,6 @@ def build_document(rows: list[rt.Row], levels: list[int], target: Any, config: d
     return doc
 
 
-def _f(v: Any, fmt: str) -> str:
-    return "-" if v is None else format(v, fmt)
-
-
-def check_text(r: dict[str, Any]) -> str:
-    """What the output check found, in words."""
-    check = r.get("check") or {}
-    if r["runtime"] == "openvino-int8" and check:
-        return (f"INT8 delta: max abs {_f(check.get('max_abs_diff'), '.3g')}, top-1 agreement "
-                f"{_f(check.get('top1_agreement'), '.0%')}")
-    if not check:
-        return "outputs not checked (no OpenVINO FP32 reference)"
-    if check.get("agree"):
-        return f"outputs agree (max abs diff {_f(check.get('max_abs_diff'), '.3g')})"
-    return f"DISAGREE: {check.get('finding')}"
-
-
 def row_line(r: dict[str, Any]) -> str:
     """One runtime's figures, or its one-line reason."""
     if r["status"] != "measured":
@@ -266,10 +251,10 @@ def row_line(r: dict[str, Any]) -> str:
     compile_s = ""
     if r["runtime"] == "tvm":
         compile_s = (" (cached library)" if (r.get("settings") or {}).get("cached")
-                     else f" (compile {_f(r.get('compile_s'), '.2f')} s of it)")
-    return (f"{r['runtime']}{label}: load {_f(r.get('load_s'), '.2f')} s{compile_s}, first inference "
-            f"{_f(r.get('first_ms'), '.2f')} ms, peak RSS {_f(r.get('peak_rss_mb'), '.0f')} MB, "
-            f"{len(r.get('threads_started') or [])} thread(s) started; {check_text(r)}")
+                     else f" (compile {bench_report.fmt_or_dash(r.get('compile_s'), '.2f')} s of it)")
+    return (f"{r['runtime']}{label}: load {bench_report.fmt_or_dash(r.get('load_s'), '.2f')} s{compile_s}, first inference "
+            f"{bench_report.fmt_or_dash(r.get('first_ms'), '.2f')} ms, peak RSS {bench_report.fmt_or_dash(r.get('peak_rss_mb'), '.0f')} MB, "
+            f"{len(r.get('threads_started') or [])} thread(s) started; {bench_report.check_text(r)}")
 
 
 def console(doc: dict[str, Any]) -> str:
