@@ -12,7 +12,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from hosttune import __version__
 from hosttune.errors import HosttuneError
@@ -36,8 +36,16 @@ COMMAND_MODULES = [
 ENTRY_POINT_GROUP = "hosttune.commands"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage mistake is one line naming the argument, exit 2 (the subcommands' parsers are of this
+    class too: add_subparsers makes them like their parent); `--help` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hosttune",
         description="Prepare multi-socket Linux hosts for CPU-only OpenVINO inference.",
     )

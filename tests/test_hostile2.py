@@ -408,7 +408,7 @@ def test_numeric_options_bounds(capsys):
 
 @pytest.mark.parametrize("text", NOT_ASCII_NUMBERS)
 def test_environment_and_inventory_numbers_are_ascii(text):
-    from hosttune.agent.notify import Notifier
+    from hosttune.sdnotify import Notifier
     from hosttune.fleet import sshargs
 
     assert Notifier({"WATCHDOG_USEC": text}).watchdog_usec == 0

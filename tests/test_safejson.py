@@ -185,8 +185,8 @@ def test_serve_plan_nested_100000_levels(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--nireq", "100000000"], ["--nireq: must be 1 to 1024"]),
-    (["--nireq", "0"], ["--nireq: must be 1 to 1024"]),
+    (["--nireq", "100000000"], ["--nireq: must be ASCII digits from 1 to 1024"]),
+    (["--nireq", "0"], ["--nireq: must be ASCII digits from 1 to 1024"]),
     (["--config", '{"NUM_STREAMS": [1]}'], ["--config: NUM_STREAMS"]),
     (["--config", '{"NUM_STREAMS": 1e999}'], ["--config", "out of range"]),
     (["--config", "[" * 1000], ["--config", "nested deeper"]),
