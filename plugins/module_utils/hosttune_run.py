@@ -77,7 +77,8 @@ def name_the_policy(message, argv):
     path = argv[argv.index("--policy") + 1]
     if not os.path.basename(path).startswith(POLICY_PREFIX):
         return message
-    message = message.replace(path + ": policy: ", POLICY_NAME + ": ")  # the file's policy: key is the variable
+    # the file's policy: key is the variable (hosttune names a field under it policy.<field>)
+    message = message.replace(path + ": policy: ", POLICY_NAME + ": ").replace(path + ": policy.", POLICY_NAME + ".")
     message = re.sub(re.escape(path) + r": (?=[\w\[\]-]+(?:\.[\w\[\]-]+)*: )", POLICY_NAME + ".", message)
     return message.replace(path, POLICY_NAME)
 
