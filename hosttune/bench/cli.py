@@ -65,8 +65,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="--runtime: concurrent inferences to measure at, e.g. 1,2 (default 1)")
     g.add_argument("--cache-dir", metavar="DIR",
                    help="--runtime: TVM libraries and ONNX exports (default ~/.cache/hosttune)")
-    g.add_argument("--rtol", type=float, default=1e-3, help="--runtime: output check tolerance (default 1e-3)")
-    g.add_argument("--atol", type=float, default=1e-5, help="--runtime: output check tolerance (default 1e-5)")
+    g.add_argument("--rtol", type=numbers.arg_udecimal(0, 1), default=1e-3, help="--runtime: output check tolerance (default 1e-3)")
+    g.add_argument("--atol", type=numbers.arg_udecimal(0, 1e6), default=1e-5, help="--runtime: output check tolerance (default 1e-5)")
     g.add_argument("--no-int8", action="store_true", help="--runtime: leave out the <model>-int8 OpenVINO row")
 
 

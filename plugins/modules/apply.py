@@ -117,7 +117,6 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hosttune.tuning.plugins.module_utils.hosttune_run import COMMON_ARGS, HosttuneRunError, policy_args, run_json
 
 
-
 def _block(change, side):
     """One change as text: a header naming it, then its value (a whole file for file changes)."""
     where = change.get("path") or ""
