@@ -177,10 +177,14 @@ def test_runtime_threads_stay_in_the_cpuset(tmp_path, cpus):
                 assert ready["threads_expected"] == 2 * (len(cpus) - 1)
                 assert len(started) >= ready["threads_expected"] and pinned == cpus[1:]
             elif runtime == "openvino":
-                # INFERENCE_NUM_THREADS = cores, CPU pinning on: the caller plus one worker pinned
-                # to each other CPU of the set
+                # INFERENCE_NUM_THREADS = cores, CPU pinning on (read back from the compiled model).
+                # OpenVINO's TBB pool pins a worker to its own CPU when the worker first joins the
+                # arena; on a busy host (CI: beside two QEMU guests, at nice 10) the tiny model's
+                # warmup can end before the worker wakes, so a worker may still be unpinned here
+                # (seen once in CI). What always holds: every thread inside the set (above), and
+                # every pinned worker alone on one of the other CPUs.
                 assert ready["settings"]["threads"] == len(cpus) and ready["settings"]["pinning"] is True
-                assert pinned == cpus[1:]
+                assert set(pinned) <= set(cpus[1:]) and len(set(pinned)) == len(pinned), pinned
             else:  # untuned TVM code is serial: no pool thread is ever started
                 assert ready["settings"]["TVM_NUM_THREADS"] == len(cpus) and started == set()
             assert ready["cpus"] == cpus
