@@ -278,7 +278,7 @@ def test_direct_lane_answers_as_the_asgi_path(models):
     results = {}
     for lane in (True, False):
         app = App([ServedModel(core, find(str(models), "trivial", None), config)])
-        assert app.models["trivial"].nireq == 1
+        assert app.models["trivial"][1].nireq == 1
         called: list[str] = []
 
         async def asgi(scope, receive, send, app=app, called=called):

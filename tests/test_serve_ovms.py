@@ -189,16 +189,16 @@ def test_several_models_per_instance_and_a_pinned_version(models, tmp_path):
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"model_config_list": []}, "non-empty model_config_list"),
+    ({"model_config_list": []}, "model_config_list: empty"),
     ({"model_config_list": [{"config": {"name": "trivial"}}]}, "model_config_list[0].config.base_path: missing"),
     ({"model_config_list": [{"config": {"name": "trivial", "base_path": "s3://b/trivial"}}]}, "only local directories"),
-    ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial", "nireq": 0}}]},
-     "config.nireq: must be 1 to 1024, got 0"),
+    ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial", "nireq": 2000}}]},
+     "config.nireq: must be 1 to 1024, got 2000"),
     ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial", "target_device": "GPU"}}]},
-     "config.target_device: 'GPU': hosttune serve runs on CPU only"),
+     "config.target_device: 'GPU': accepted by OVMS, not supported by hosttune serve (hosttune serve runs on CPU only)"),
     ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial",
-                                        "model_version_policy": {"all": {}}}}]}, "one version per model"),
-    ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/nothing"}}]}, "no model 'nothing'"),
+                                        "graph_path": "graph.pbtxt"}}]}, "config.graph_path: accepted by OVMS, not supported"),
+    ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/nothing"}}]}, "no such directory"),
     ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial",
                                         "plugin_config": {"NUM_STREAMS": "x"}}}]}, "cannot compile on CPU"),
     ("{not json", "not JSON"),

@@ -5,6 +5,8 @@
     GET  /v2/models/{name}[/versions/{v}]/ready     200 with an empty body, as OVMS
     POST /v2/models/{name}[/versions/{v}]/infer      JSON tensors and the binary-data extension
     GET  /metrics                                    Prometheus (OVMS metric names)
+    GET  /v1/config, POST /v1/config/reload          OVMS's model status; re-read config.json now
+                                                     (hosttune/serve/reload.py)
 
 Bad requests get a 4xx with `{"error": "..."}` and the server keeps serving. Every infer request
 is answered by `infer`; one that `answers_now` accepts by `infer_now`, which runs on the calling
@@ -37,15 +39,35 @@ class App:
 
     def __init__(self, models: list[ServedModel], max_body: int = DEFAULT_MAX_BODY,
                  max_json: int = DEFAULT_MAX_JSON):
-        self.models = {m.name: m for m in models}
         self.max_body = max_body
         self.max_json = max_json
         # large JSON bodies: as many decoded at once as requests can run in OpenVINO
         self.decoder = Decoder(threads=max(m.nireq for m in models))
         self.metrics = Metrics()
-        self.bound = {m.name: self.metrics.model(m.name, m.version, m.streams, m.nireq, lambda m=m: m.active)
-                      for m in models}
+        # the metric children of each (name, version) ever served: a request on a model replaced
+        # by a reload still finds its own
+        self.bound: dict[tuple[str, int], dict] = {}
+        self.models: dict[str, dict[int, ServedModel]] = {}  # name -> version -> model
+        self.set_models(models)
+        self.reloader: Any = None  # hosttune/serve/reload.py's Reloader when serving a config.json
         self.ready = True
+
+    def set_models(self, models: list[ServedModel]) -> None:
+        """Serve `models` from now on (one assignment: a request sees the old set or the new one).
+        A model left out is freed once the requests holding it have been answered."""
+        served: dict[str, dict[int, ServedModel]] = {}
+        for m in models:
+            served.setdefault(m.name, {})[m.version] = m
+            self.bound[(m.name, m.version)] = self.metrics.model(m.name, m.version, m.streams, m.nireq,
+                                                                 lambda m=m: m.active)
+        for name, versions in self.models.items():
+            for version in versions:
+                if version not in served.get(name, {}):  # unloaded: its gauge lets go of it
+                    self.metrics.active.labels(name=name, version=str(version)).set_function(lambda: 0)
+        self.models = served
+
+    def served(self) -> list[ServedModel]:
+        return [m for versions in self.models.values() for m in versions.values()]
 
     def close(self) -> None:
         self.decoder.close()
@@ -53,7 +75,7 @@ class App:
     def busy_elsewhere(self) -> bool:
         """Whether another thread works on a request (the JSON decoder, an infer request of a
         pool): an event loop polling beside it would take CPU time and the GIL from it."""
-        return self.decoder.working > 0 or any(m.active and m.nireq > 1 for m in self.models.values())
+        return self.decoder.working > 0 or any(m.active and m.nireq > 1 for m in self.served())
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -87,6 +109,15 @@ class App:
             self._only(method, "GET")
             body, ctype = self.metrics.render()
             return 200, body, [(b"content-type", ctype.encode())], False
+        if path == "/v1/config":
+            self._only(method, "GET")
+            return _json(200, self.reloader.status() if self.reloader else status(self.served()))
+        if path == "/v1/config/reload":
+            self._only(method, "POST")
+            if self.reloader is None:  # not started with a config file: nothing to re-read
+                return _json(200, status(self.served()))
+            code, doc = await self.reloader.reload(forced=True)
+            return _json(code, doc)
         raise HTTPError(404, f"no such endpoint: {path}", "not_found")
 
     def refused(self, exc: HTTPError) -> Answer:
@@ -119,19 +150,23 @@ class App:
     def find_model(self, name: str, version: str | None) -> ServedModel:
         """The model served under `name` and `version` (None or "": the served one); a 404
         HTTPError (reason "unknown_model") names what is served instead. REST and gRPC both ask."""
-        model = self.models.get(name)
-        if model is None:
+        versions = self.models.get(name)
+        if versions is None:
             raise HTTPError(404, f"model {name!r} is not served here (models: {', '.join(self.models)})",
                             "unknown_model")
-        if version not in (None, "", str(model.version)):
-            raise HTTPError(404, f"model {name!r} version {version} is not served (version {model.version} is)",
+        if version in (None, ""):
+            return versions[max(versions)]  # OVMS: the highest version served
+        model = versions.get(int(version)) if version.isascii() and version.isdigit() else None
+        if model is None:
+            served = ", ".join(map(str, sorted(versions)))
+            raise HTTPError(404, f"model {name!r} version {version} is not served (versions: {served})",
                             "unknown_model")
         return model
 
     async def _model_route(self, scope: dict, receive: Any, method: str) -> Answer:
         raw = scope.get("raw_path")  # uvicorn's "path" is decoded already: route decodes, once
         model, action = self.route(raw.decode("latin-1") if raw is not None else scope["path"])
-        bound = self.bound[model.name]
+        bound = self.bound[(model.name, model.version)]
         if action == "infer":
             self._only(method, "POST")
             body, header_len = await self._read_body(scope, receive)
@@ -231,7 +266,7 @@ class App:
         refused = self._outside_body(body, header_len)
         if refused is not None:
             return refused
-        bound = self.bound[model.name]
+        bound = self.bound[(model.name, model.version)]
         t0 = time.perf_counter()
         bound["current"].inc()
         try:
@@ -260,7 +295,7 @@ class App:
         refused = self._outside_body(body, header_len)
         if refused is not None:
             return refused
-        bound = self.bound[model.name]
+        bound = self.bound[(model.name, model.version)]
         t0 = time.perf_counter()
         bound["current"].inc()
         try:
@@ -282,7 +317,7 @@ class App:
         return None
 
     def _failed(self, model: ServedModel, exc: Exception) -> Answer:
-        self.bound[model.name]["fail"]["ModelInfer"].inc()
+        self.bound[(model.name, model.version)]["fail"]["ModelInfer"].inc()
         if isinstance(exc, (InputError, HTTPError)):
             status = exc.status if isinstance(exc, HTTPError) else 400
             return status, dumps({"error": str(exc)}), [JSON_CT], False
@@ -296,14 +331,14 @@ class App:
                                                (HEADER_LEN, str(len(header)).encode())], False)
         else:
             answer = (200, header, [JSON_CT], False)
-        bound = self.bound[model.name]
+        bound = self.bound[(model.name, model.version)]
         bound["success"]["ModelInfer"].inc()
         bound["request_time"].observe((time.perf_counter() - t0) * 1e6)
         return answer
 
     def _response(self, model: ServedModel, request: dict, selected: list, results: list,
                   timings: dict[str, float]) -> tuple[dict, list[bytes]]:
-        bound = self.bound[model.name]
+        bound = self.bound[(model.name, model.version)]
         bound["inference_time"].observe(timings["infer_us"])
         bound["wait_time"].observe(timings["wait_us"])
         outputs = []
@@ -327,3 +362,14 @@ class App:
 
 def _json(status: int, data: Any) -> Answer:
     return status, dumps(data), [JSON_CT], False
+
+
+def status(models: list[ServedModel], ended: tuple[tuple[str, int], ...] = ()) -> dict[str, Any]:
+    """OVMS's GET /v1/config document (src/config_status_utils.cpp): per model name, each version's
+    state; a version unloaded by a reload stays listed as END, as in OVMS."""
+    out: dict[str, Any] = {}
+    rows = sorted([(m.name, m.version, "AVAILABLE") for m in models] + [(n, v, "END") for n, v in ended])
+    for name, version, state in rows:
+        out.setdefault(name, {"model_version_status": []})["model_version_status"].append(
+            {"version": str(version), "state": state, "status": {"error_code": "OK", "error_message": "OK"}})
+    return out

@@ -58,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config-path", metavar="CONFIG_JSON",
                    help="serve the models of an OVMS config.json (name, base_path, version policy, nireq, "
                         "plugin_config) instead of --repo/--model")
+    p.add_argument("--file-system-poll-wait-seconds", type=numbers.arg_uint(0, 86400), default=1, metavar="S",
+                   help="with --config-path: re-read config.json and the model directories every S seconds "
+                        "(0: only on POST /v1/config/reload)")
     p.add_argument("--port", type=numbers.arg_uint(0, 65535), help="TCP port (default: the instance's, else 9000; 0 = any free port)")
     p.add_argument("--grpc-port", type=numbers.arg_uint(0, 65535), metavar="PORT",
                    help="also serve KServe v2 gRPC on this port, same address (default: the instance's "
@@ -234,7 +237,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         if args.model or args.repo:
             raise HosttuneError("the config file names the models and their paths", where="--model/--repo")
-        served = ovms_config.load(args.config_path)
+        ovms_config.read(args.config_path)  # a refused file is refused before anything is bound
+        served = []
     else:
         served = [(find(repo, name, version), (instance or {}).get("openvino", {}), None)
                   for name, version in _model_specs(args, instance, repo)]
@@ -281,7 +285,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         core = ov.Core()
         models = [ServedModel(core, entry, config, nireq) for entry, config, nireq in served]
+        reloader = None
+        if args.config_path:  # the models of config.json, reloaded live (hosttune/serve/reload.py)
+            from hosttune.serve.reload import Reloader
+
+            def build(model: Any, version: int) -> ServedModel:
+                return ServedModel(core, model.entry(version), openvino_config(model.plugin_config, args.config),
+                                   args.nireq or model.nireq or plan_nireq, model.io)
+
+            reloader = Reloader(args.config_path, build, args.file_system_poll_wait_seconds)
+            models = reloader.first()
         app = App(models, max_body=args.max_body, max_json=args.max_json_body)
+        if reloader is not None:
+            reloader.attach(app)
     except BaseException:
         sock.close()
         raise

@@ -19,6 +19,7 @@ from hosttune.errors import HosttuneError
 from hosttune.serve import MAX_NIREQ
 from hosttune.model.repo import ModelEntry, ov_error_text, read_model
 from hosttune.model.types import KSERVE_TO_NUMPY, kserve_datatype
+from hosttune.serve.ovms_config import IOConfig
 
 
 class InputError(ValueError):
@@ -55,8 +56,74 @@ def _port(port: Any, index: int) -> Port:
     return Port(port.get_any_name(), datatype, np.dtype(port.get_element_type().to_dtype()), shape, index)
 
 
+def _find_port(model: Any, name: str | None, where: str, outputs: bool = False) -> Any:
+    """The input (or, for a layout, also output) called `name`; None: the model's only input."""
+    if name is None:
+        if len(model.inputs) != 1:
+            raise HosttuneError(f"the model has {len(model.inputs)} inputs: give a map {{input: ...}}", where=where)
+        return model.inputs[0]
+    for port in [*model.inputs, *(model.outputs if outputs else [])]:
+        if name in port.get_names():
+            return port
+    names = ", ".join(p.get_any_name() for p in [*model.inputs, *(model.outputs if outputs else [])])
+    raise HosttuneError(f"the model has no {'input or output' if outputs else 'input'} {name!r} ({names})", where=where)
+
+
+def apply_io(model: Any, io: IOConfig, where: str) -> None:
+    """config.json's shape, batch_size and layout on the read model, before it is compiled (as OVMS:
+    shape and batch_size are the model's own dimensions, then "TENSOR:MODEL" layouts add the
+    transposition so that clients send TENSOR). "auto" (OVMS reloads the model for each new shape)
+    compiles once with those dimensions dynamic: the same requests are taken, metadata shows -1."""
+    import openvino as ov
+
+    def dim(lo: int, hi: int) -> Any:
+        return ov.Dimension() if lo == -1 else ov.Dimension(lo) if lo == hi else ov.Dimension(lo, hi)
+
+    model_layouts = {}
+    for name, (_, model_layout) in io.layouts:
+        model_layouts[_find_port(model, name, f"{where}.layout", outputs=True).get_any_name()] = model_layout
+    shapes = {}
+    for name, dims in io.shapes:
+        port = _find_port(model, name, f"{where}.shape")
+        rank = port.get_partial_shape().rank
+        if dims == "auto":
+            if rank.is_dynamic:
+                continue
+            dims = ((-1, -1),) * rank.get_length()
+        shapes[port.get_any_name()] = ov.PartialShape([dim(lo, hi) for lo, hi in dims])
+    if io.batch is not None:
+        lo, hi = (-1, -1) if io.batch == "auto" else io.batch
+        for port in model.inputs:
+            ps = port.get_partial_shape()
+            layout = model_layouts.get(port.get_any_name(), "")
+            index = layout.index("N") if "N" in layout.split("...")[0] else 0
+            if ps.rank.is_dynamic or ps.rank.get_length() <= index:
+                raise HosttuneError(f"input {port.get_any_name()!r} has no batch dimension {index}", where=f"{where}.batch_size")
+            ps[index] = dim(lo, hi)
+            shapes[port.get_any_name()] = ps
+    try:
+        if shapes:
+            model.reshape(shapes)
+        if io.layouts:
+            ppp = ov.preprocess.PrePostProcessor(model)
+            for name, (tensor_layout, model_layout) in io.layouts:
+                port = _find_port(model, name, f"{where}.layout", outputs=True)
+                is_input = any(port.get_node() == p.get_node() for p in model.inputs)
+                side = ppp.input(port.get_any_name()) if is_input else ppp.output(port.get_any_name())
+                side.model().set_layout(ov.Layout(model_layout))
+                if tensor_layout is not None:
+                    side.tensor().set_layout(ov.Layout(tensor_layout))
+            ppp.build()
+    except HosttuneError:
+        raise
+    except Exception as exc:
+        what = "shape/batch_size" if not io.layouts else "shape/batch_size/layout"
+        raise HosttuneError(f"OpenVINO cannot apply it: {ov_error_text(exc, 300)}", where=f"{where}.{what}") from None
+
+
 class ServedModel:
-    def __init__(self, core: Any, entry: ModelEntry, config: dict[str, Any], nireq: int | None = None):
+    def __init__(self, core: Any, entry: ModelEntry, config: dict[str, Any], nireq: int | None = None,
+                 io: IOConfig | None = None):
         if nireq is not None and not 1 <= nireq <= MAX_NIREQ:  # each infer request holds its tensors
             raise HosttuneError(f"must be 1 to {MAX_NIREQ}, got {nireq}", where=f"nireq of {entry.name}")
         self.name = entry.name
@@ -64,6 +131,9 @@ class ServedModel:
         self.path = entry.path
         self.meta = entry.meta
         model = read_model(core, entry.path)
+        if io is not None:
+            apply_io(model, io, f"{entry.path}: config")
+        self.io = io
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:

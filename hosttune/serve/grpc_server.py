@@ -115,7 +115,15 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, app: App):
         self.app = app
-        self.bound = {m.name: app.metrics.requests(m.name, m.version, "gRPC") for m in app.models.values()}
+        self._bound: dict[tuple[str, int], dict] = {}  # per (name, version), as models come and go
+        for model in app.served():  # every series exists from the first scrape, as in OVMS
+            self.bound(model)
+
+    def bound(self, model: ServedModel) -> dict:
+        key = (model.name, model.version)
+        if key not in self._bound:
+            self._bound[key] = self.app.metrics.requests(model.name, model.version, "gRPC")
+        return self._bound[key]
 
     def _model(self, name: str, version: str) -> ServedModel:
         if version and numbers.int_or_none(version) is None:  # OVMS: MODEL_VERSION_INVALID_FORMAT
@@ -141,7 +149,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             model = self._model(request.name, request.version)
         except _Refused as exc:
             await context.abort(exc.code, exc.message)
-        self.bound[model.name]["success"]["ModelReady"].inc()
+        self.bound(model)["success"]["ModelReady"].inc()
         return pb.ModelReadyResponse(ready=True)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
@@ -149,7 +157,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             model = self._model(request.name, request.version)
         except _Refused as exc:
             await context.abort(exc.code, exc.message)
-        self.bound[model.name]["success"]["ModelMetadata"].inc()
+        self.bound(model)["success"]["ModelMetadata"].inc()
         meta = model.metadata()
         return pb.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -166,8 +174,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             self.app.metrics.bad.labels("oversized").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"a request with typed contents of "
                                 f"{request.ByteSize()} bytes exceeds the limit of {self.app.max_json}")
-        app_bound = self.app.bound[model.name]
-        bound = self.bound[model.name]
+        app_bound = self.app.bound[(model.name, model.version)]
+        bound = self.bound(model)
         t0 = time.perf_counter()
         app_bound["current"].inc()
         try:

@@ -71,17 +71,21 @@ def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False,
 
 async def _serve(app: App, server: Any, sock: socket.socket, host: str, quiet: bool, idle_poll_us: int,
                  direct_lane: bool, grpc_port: int | None, limits: Limits) -> None:
+    import asyncio
+
     grpc_server = None
     if grpc_port is not None:
         from hosttune.serve import grpc_server as kserve_grpc  # grpcio only when gRPC is served
 
         grpc_server, grpc_port = await kserve_grpc.start(app, host, grpc_port, limits.max_connections)
+    # config.json's poll (hosttune/serve/reload.py), when serving one
+    poller = asyncio.create_task(app.reloader.run()) if app.reloader is not None else None
     try:
         port = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         if not quiet:
             models = ", ".join(f"{m.name}:{m.version} (streams {m.streams}, nireq {m.nireq})"
-                               for m in app.models.values())
+                               for m in app.served())
             grpc = f" and grpc://{shown}:{grpc_port}" if grpc_server is not None else ""
             polling = f", idle poll {idle_poll_us} us" if idle_poll_us else ""
             lane = "" if direct_lane else ", no direct lane"
@@ -90,6 +94,9 @@ async def _serve(app: App, server: Any, sock: socket.socket, host: str, quiet: b
         notify("READY=1")  # Type=notify units: the models are compiled; a no-op outside systemd
         await server.serve(sockets=[sock])  # uvicorn.Server
     finally:
+        if poller is not None:
+            poller.cancel()
+            app.reloader.close()
         # after REST's graceful stop: gRPC refuses new calls and answers those in flight
         if grpc_server is not None:
             await kserve_grpc.stop(grpc_server)
