@@ -136,6 +136,10 @@ def _check(value: Any, schema: Any, path: str) -> None:
     schema.check(value, path)
 
 
+def _bounds(lo: Any, hi: Any) -> str:
+    return f"at least {lo}" if hi is None else f"at most {hi}" if lo is None else f"{lo} to {hi}"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -149,7 +153,7 @@ class Int:
         if not _is_int(value):
             raise _Refused(path, f"must be an integer, got {brief(value)}")
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-            raise _Refused(path, f"must be {self.lo} to {self.hi}, got {brief(value)}")
+            raise _Refused(path, f"must be {_bounds(self.lo, self.hi)}, got {brief(value)}")
 
 
 @dataclass
@@ -161,7 +165,7 @@ class Num:
         if not (_is_int(value) or isinstance(value, float)) or not math.isfinite(value):
             raise _Refused(path, f"must be a finite number, got {brief(value)}")
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
-            raise _Refused(path, f"must be {self.lo} to {self.hi}, got {brief(value)}")
+            raise _Refused(path, f"must be {_bounds(self.lo, self.hi)}, got {brief(value)}")
 
 
 @dataclass
@@ -223,7 +227,7 @@ class Obj:
             if key in self.fields:
                 _check(item, self.fields[key], _join(path, key))
             elif self.closed:
-                raise _Refused(_join(path, key), f"unknown field (known: {', '.join(self.fields)})")
+                raise _Refused(_join(path, key), f"unknown field (known: {', '.join(self.fields) or 'none'})")
 
 
 @dataclass
@@ -263,8 +267,19 @@ class OneOf:
                 _check(value, schema, path)
                 return
             except _Refused as exc:
-                errors.append(exc.message)
-        raise _Refused(path, " or ".join(errors))
+                errors.append(exc)
+        # the refusal that went deepest names the field (the value matched that schema's kind);
+        # refusals as deep as each other are joined
+        deepest = max(_depth(e.path) for e in errors)
+        errors = [e for e in errors if _depth(e.path) == deepest]
+        if len(errors) == 1:
+            raise errors[0]
+        raise _Refused(path, " or ".join(e.message if e.path == path else f"{e.path[len(path):].lstrip('.')}: "
+                                         f"{e.message}" for e in errors))
+
+
+def _depth(path: str) -> int:
+    return path.count(".") + path.count("[")
 
 
 class Any_:

@@ -189,7 +189,7 @@ def test_several_models_per_instance_and_a_pinned_version(models, tmp_path):
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"model_config_list": []}, "model_config_list: empty"),
+    ({"model_config_list": []}, "model_config_list: empty: accepted by OVMS, not supported"),
     ({"model_config_list": [{"config": {"name": "trivial"}}]}, "model_config_list[0].config.base_path: missing"),
     ({"model_config_list": [{"config": {"name": "trivial", "base_path": "s3://b/trivial"}}]}, "only local directories"),
     ({"model_config_list": [{"config": {"name": "trivial", "base_path": "MODELS/trivial", "nireq": 2000}}]},

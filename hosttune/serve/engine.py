@@ -117,7 +117,8 @@ def apply_io(model: Any, io: IOConfig, where: str) -> None:
     except HosttuneError:
         raise
     except Exception as exc:
-        what = "shape/batch_size" if not io.layouts else "shape/batch_size/layout"
+        given = {"shape": io.shapes, "batch_size": io.batch is not None, "layout": io.layouts}
+        what = "/".join(k for k, v in given.items() if v)
         raise HosttuneError(f"OpenVINO cannot apply it: {ov_error_text(exc, 300)}", where=f"{where}.{what}") from None
 
 

@@ -27,7 +27,7 @@ from hosttune import safejson
 from hosttune.errors import HosttuneError
 from hosttune.instance_settings import CONTAINER_MODELS, METRICS_LIST, dumps, render  # noqa: F401
 from hosttune.model.repo import MAX_VERSION, NAME_RE, ModelEntry, find, versions
-from hosttune.safejson import ANY, SCALAR, Bool, Int, List, Map, Obj, OneOf, Str
+from hosttune.safejson import SCALAR, Bool, Int, List, Map, Obj, OneOf, Str
 from hosttune.serve import MAX_NIREQ
 
 UNSUPPORTED = "accepted by OVMS, not supported by hosttune serve"
@@ -35,7 +35,7 @@ ANONYMOUS = "ANONYMOUS_INPUT_NAME"  # OVMS's reserved input name: a shape map ma
 
 # OVMS's schema (src/schema.cpp, MODELS_CONFIG_SCHEMA), field for field: closed objects are its
 # "additionalProperties": false. The lists hosttune serve does not serve are refused whole when
-# not empty (read), so their items' own schemas are not repeated here.
+# not empty (read); a DAG pipeline's nodes are not checked further (a pipeline is refused either way).
 _SHAPE = OneOf((Map(str), str))  # "layout_shape_def": a string, or {input: string}
 _POLICY = OneOf((
     Obj({"all": Obj({}, closed=True)}, required=("all",), closed=True),
@@ -52,8 +52,14 @@ MODEL_CONFIG = Obj({
 }, required=("name",), closed=True)
 SCHEMA = Obj({
     "model_config_list": List(Obj({"config": MODEL_CONFIG}, required=("config",), closed=True), 10_000),
-    "custom_loader_config_list": List(ANY), "pipeline_config_list": List(ANY),
-    "mediapipe_config_list": List(ANY), "custom_node_library_config_list": List(ANY),
+    "custom_loader_config_list": List(Obj({"config": Obj({
+        "loader_name": str, "library_path": str, "loader_config_file": str}, required=("loader_name", "library_path"),
+        closed=True)}, required=("config",), closed=True)),
+    "pipeline_config_list": List(Obj({}, required=("name", "nodes", "inputs", "outputs"))),  # items: see read
+    "mediapipe_config_list": List(Obj({"name": str, "base_path": str, "graph_path": str, "subconfig": str},
+                                      required=("name",), closed=True)),
+    "custom_node_library_config_list": List(Obj({"name": str, "base_path": str}, required=("name", "base_path"),
+                                                closed=True)),
     "monitoring": Obj({"metrics": Obj({"enable": Bool(), "metrics_list": List(str)}, required=("enable",),
                                       closed=True)}, required=("metrics",), closed=True),
 }, required=("model_config_list",), closed=True)
@@ -112,7 +118,7 @@ def read(path: str) -> Config:
             raise HosttuneError(f"{key}: {UNSUPPORTED} (DAG pipelines, MediaPipe graphs, custom nodes and "
                                 "loaders are OVMS-only)", where=path)
     if not doc["model_config_list"]:
-        raise HosttuneError("model_config_list: empty (hosttune serve needs a model to serve)", where=path)
+        raise HosttuneError(f"model_config_list: empty: {UNSUPPORTED} (a server with no model)", where=path)
     config_dir = os.path.dirname(os.path.abspath(path))
     models = [_model(item["config"], f"{path}: model_config_list[{i}].config", config_dir)
               for i, item in enumerate(doc["model_config_list"])]
@@ -138,7 +144,8 @@ def _model(config: dict[str, Any], where: str, config_dir: str) -> ModelConfig:
         raise HosttuneError(f"{base!r}: {UNSUPPORTED} (only local directories are served)", where=f"{where}.base_path")
     nireq = config.get("nireq") or None  # OVMS: 0 is the default (OPTIMAL_NUMBER_OF_INFER_REQUESTS)
     if nireq is not None and nireq > MAX_NIREQ:  # each infer request holds its tensors
-        raise HosttuneError(f"must be 1 to {MAX_NIREQ}, got {nireq}", where=f"{where}.nireq")
+        raise HosttuneError(f"must be 1 to {MAX_NIREQ}, got {nireq} ({UNSUPPORTED} above {MAX_NIREQ})",
+                            where=f"{where}.nireq")
     device = config.get("target_device", "CPU")
     if device != "CPU":
         raise HosttuneError(f"{device!r}: {UNSUPPORTED} (hosttune serve runs on CPU only)", where=f"{where}.target_device")
