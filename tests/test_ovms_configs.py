@@ -50,6 +50,8 @@ NAMED = {
     "unsupported/allow_cache": "model_config_list[0].config.allow_cache",
     "unsupported/no_models": "model_config_list",
     "unsupported/nireq_above_hosttune_bound": "model_config_list[0].config.nireq",
+    "unsupported/metrics_disabled": "monitoring.metrics.enable",
+    "unsupported/metrics_list_narrower": "monitoring.metrics.metrics_list",
     "stricter/shape_letters": "model_config_list[0].config.shape",
     "stricter/shape_without_parentheses": "model_config_list[0].config.shape",
     "stricter/shape_inverted_range": "model_config_list[0].config.shape",
@@ -244,3 +246,30 @@ def test_shape_and_batch_size_reshape_before_compiling(models):
         served(models, "tiny", shape={"nope": "(1,3,32,32)"})
     with pytest.raises(HosttuneError, match=r"config.shape.*OpenVINO cannot apply it"):
         served(models, "tiny", shape="(1,3)")
+
+
+def test_hosttune_serve_honours_them_end_to_end(models, tmp_path):
+    """`hosttune serve --config-path` with OVMS's string forms: the served model has the shape and
+    layout the file asks for, its base_path taken relative to the file."""
+    import http.client
+
+    from tests.serverproc import Server
+
+    os.symlink(models, tmp_path / "repo")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_config_list": [{"config": {
+        "name": "tiny_nhwc", "base_path": "repo/tiny", "batch_size": "2", "layout": "NHWC:NCHW", "nireq": 0,
+        "plugin_config": {"NUM_STREAMS": 1}}}]}))
+    srv = Server("--config-path", str(path))
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+        conn.request("GET", "/v2/models/tiny_nhwc")
+        meta = json.loads(conn.getresponse().read())
+        assert meta["inputs"][0]["shape"] == [2, 32, 32, 3] and meta["outputs"][0]["shape"] == [2, 10]
+        body = json.dumps({"inputs": [{"name": "input", "shape": [2, 32, 32, 3], "datatype": "FP32",
+                                       "data": [0.0] * (2 * 32 * 32 * 3)}]})
+        conn.request("POST", "/v2/models/tiny_nhwc/infer", body)
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["outputs"][0]["shape"] == [2, 10]
+    finally:
+        srv.stop()
