@@ -20,7 +20,7 @@ import time
 from typing import Any
 from urllib.parse import unquote
 
-from hosttune import __version__
+from hosttune import __version__, numbers
 from hosttune.serve.decode import JSON_CT, JSON_INLINE_MAX, Decoder, HTTPError, dumps
 from hosttune.serve.engine import InputError, ServedModel
 from hosttune.serve.metrics import Metrics
@@ -156,7 +156,8 @@ class App:
                             "unknown_model")
         if version in (None, ""):
             return versions[max(versions)]  # OVMS: the highest version served
-        model = versions.get(int(version)) if version.isascii() and version.isdigit() else None
+        number = numbers.uint_or_none(version, 2**63 - 1)  # ASCII digits: OVMS's int64 versions
+        model = versions.get(number) if number is not None else None
         if model is None:
             served = ", ".join(map(str, sorted(versions)))
             raise HTTPError(404, f"model {name!r} version {version} is not served (versions: {served})",
