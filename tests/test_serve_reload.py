@@ -201,3 +201,51 @@ def test_requests_in_flight_across_reloads_are_all_answered():
     assert summary["a"]["versions_answering"] >= 3  # requests were answered across the swaps
     assert summary["a"]["answered"] > 100 and summary["b"]["answered"] > 0 and summary["b"]["not_served_404"] > 0
     assert summary["server_reloads"]["ok"] >= summary["versions_added"] + summary["config_changes"] - 1
+
+
+def test_a_replaced_model_answers_its_request_in_flight_then_is_freed(root):
+    """In process: a request holding version 1 while a reload swaps in version 2 is answered by
+    version 1; afterwards nothing holds version 1 (its compiled model and threads are freed)."""
+    import asyncio
+    import gc
+    import weakref
+
+    import numpy as np
+
+    from hosttune.serve.app import App
+    from hosttune.serve.engine import ServedModel
+    from hosttune.serve.reload import Reloader
+
+    config(root, ("trivial", "trivial", {"plugin_config": {"NUM_STREAMS": 2}, "nireq": 2}))
+    core = ov.Core()
+    reloader = Reloader(str(root / "config.json"),
+                        lambda m, v: ServedModel(core, m.entry(v), m.plugin_config, m.nireq, m.io), 0)
+    app = App(reloader.first())
+    reloader.attach(app)
+    old = weakref.ref(app.find_model("trivial", None))
+
+    async def scenario():
+        model = app.find_model("trivial", None)
+        gate = asyncio.Event()
+        original = model._waiter.submit
+
+        def slow_wait(fn):  # the inference waits for the gate: in flight across the reload
+            return original(lambda: (asyncio.run_coroutine_threadsafe(gate.wait(), loop).result(), fn())[1])
+        loop = asyncio.get_running_loop()
+        model._waiter.submit = slow_wait
+        in_flight = asyncio.create_task(model.infer([np.zeros((1, 16), np.float32)]))
+        await asyncio.sleep(0.1)
+        assert model.active == 1
+        add_version(root, 2)
+        code, doc = await reloader.reload(forced=True)
+        assert code == 201 and app.find_model("trivial", None).version == 2
+        del model
+        gate.set()
+        return (await in_flight)[0]
+
+    loop_result = asyncio.run(scenario())
+    assert loop_result.tolist() == [[1.0] * 16]  # answered by version 1 after the swap
+    gc.collect()
+    assert old() is None
+    app.close()
+    reloader.close()

@@ -111,11 +111,11 @@ class App:
             return 200, body, [(b"content-type", ctype.encode())], False
         if path == "/v1/config":
             self._only(method, "GET")
-            return _json(200, self.reloader.status() if self.reloader else status(self.served()))
+            return _json(200, self.reloader.status() if self.reloader else config_status(self.served()))
         if path == "/v1/config/reload":
             self._only(method, "POST")
             if self.reloader is None:  # not started with a config file: nothing to re-read
-                return _json(200, status(self.served()))
+                return _json(200, config_status(self.served()))
             code, doc = await self.reloader.reload(forced=True)
             return _json(code, doc)
         raise HTTPError(404, f"no such endpoint: {path}", "not_found")
@@ -365,7 +365,7 @@ def _json(status: int, data: Any) -> Answer:
     return status, dumps(data), [JSON_CT], False
 
 
-def status(models: list[ServedModel], ended: tuple[tuple[str, int], ...] = ()) -> dict[str, Any]:
+def config_status(models: list[ServedModel], ended: tuple[tuple[str, int], ...] = ()) -> dict[str, Any]:
     """OVMS's GET /v1/config document (src/config_status_utils.cpp): per model name, each version's
     state; a version unloaded by a reload stays listed as END, as in OVMS."""
     out: dict[str, Any] = {}

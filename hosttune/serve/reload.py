@@ -27,7 +27,7 @@ from typing import Any
 
 from hosttune.errors import HosttuneError
 from hosttune.serve import ovms_config
-from hosttune.serve.app import App, status
+from hosttune.serve.app import App, config_status
 from hosttune.serve.engine import ServedModel
 from hosttune.serve.metrics import Counter, Family, Gauge
 from hosttune.serve.ovms_config import ModelConfig
@@ -57,6 +57,14 @@ class Reloader:
         self._failed: Any = None  # the wanted state that failed
         self._lock: asyncio.Lock | None = None
         self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compile")
+        self.reloads = Family("hosttune_config_reloads_total", "config.json reloads that changed the models "
+                              "served (ok) or were refused, the previous models serving on (failed).",
+                              "counter", Counter)
+        self.failing = Family("hosttune_config_reload_failing", "1 while the last config.json reload failed "
+                              "(the previous models serve on).", "gauge", Gauge)
+        for result in ("ok", "failed"):
+            self.reloads.labels(result=result)
+        self.failing.labels().set(0)
 
     # -- the wanted state ----------------------------------------------------------------------
     def wanted(self) -> dict[Key, tuple[Any, ModelConfig]]:
@@ -83,21 +91,14 @@ class Reloader:
         return [m for _, m in self.served.values()]
 
     def attach(self, app: App) -> None:
+        """Reload `app`'s models from now on; its /metrics carries the reload metrics."""
         self.app = app
         app.reloader = self
-        self.reloads = Family("hosttune_config_reloads_total", "config.json reloads that changed the models "
-                              "served (ok) or were refused, the previous models serving on (failed).",
-                              "counter", Counter)
-        self.failing = Family("hosttune_config_reload_failing", "1 while the last config.json reload failed "
-                              "(the previous models serve on).", "gauge", Gauge)
-        for result in ("ok", "failed"):
-            self.reloads.labels(result=result)
-        self.failing.labels().set(0)
         app.metrics.families += [self.reloads, self.failing]
 
     def status(self) -> dict[str, Any]:
         """GET /v1/config: OVMS's document."""
-        return status([m for _, m in self.served.values()], tuple(sorted(self.ended)))
+        return config_status([m for _, m in self.served.values()], tuple(sorted(self.ended)))
 
     # -- reloading -----------------------------------------------------------------------------
     async def run(self) -> None:
