@@ -222,6 +222,8 @@ def test_layout_transposes_as_ovms(models):
     assert plain.inputs[0].shape == [1, 3, 32, 32] and nhwc.inputs[0].shape == [1, 32, 32, 3]
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32), dtype=np.float32)
     np.testing.assert_allclose(infer_nhwc(x.transpose(0, 2, 3, 1).copy()), infer_plain(x), rtol=1e-4, atol=1e-5)
+    # an output's layout too: the client receives TENSOR
+    assert served(models, "tiny", layout={"probabilities": "CN:NC"})[0].outputs[0].shape == [10, 1]
     with pytest.raises(HosttuneError, match=r"config.layout.*no input or output 'nope'"):
         served(models, "tiny", layout={"nope": "NCHW"})
 

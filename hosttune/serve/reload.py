@@ -67,11 +67,12 @@ class Reloader:
         self.failing.labels().set(0)
 
     # -- the wanted state ----------------------------------------------------------------------
-    def wanted(self) -> dict[Key, tuple[Any, ModelConfig]]:
-        """Every (name, version) config.json and the model directories say to serve, with the state
-        it is built from. HosttuneError: config.json is refused."""
+    def wanted(self, models: list[ModelConfig] | None = None) -> dict[Key, tuple[Any, ModelConfig]]:
+        """Every (name, version) config.json (or its `models`, read already) and the model
+        directories say to serve, with the state it is built from. HosttuneError: config.json is
+        refused."""
         out: dict[Key, tuple[Any, ModelConfig]] = {}
-        for model in ovms_config.read(self.path).models:
+        for model in models if models is not None else ovms_config.read(self.path).models:
             for version in model.served_versions():
                 directory = os.path.join(model.base_path, str(version))
                 out[(model.name, version)] = ((repr(model), _files(directory)), model)
@@ -80,8 +81,9 @@ class Reloader:
     def first(self) -> list[ServedModel]:
         """The models served at start (compiled here): a refused config.json, a model with no
         version to serve or one failing to compile is the start's error."""
-        wanted = self.wanted()
-        for model in ovms_config.read(self.path).models:
+        models = ovms_config.read(self.path).models
+        wanted = self.wanted(models)
+        for model in models:
             if not os.path.isdir(model.base_path):
                 raise HosttuneError("no such directory", where=model.base_path)
             if not any(name == model.name for name, _ in wanted):
