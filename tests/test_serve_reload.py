@@ -249,3 +249,32 @@ def test_a_replaced_model_answers_its_request_in_flight_then_is_freed(root):
     assert old() is None
     app.close()
     reloader.close()
+
+
+def test_grpc_serves_what_a_reload_brings(root):
+    """gRPC looks models up in the same registry: a version served by a reload answers there too,
+    with its metric series there from the first scrape."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    config(root, ("trivial", "trivial", {"model_version_policy": {"all": {}}}))
+    srv = serve(root, "--file-system-poll-wait-seconds", "0", "--grpc-port", "0")
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+        with pytest.raises(InferenceServerException, match="NOT_FOUND"):  # OVMS's answer too
+            client.is_model_ready("trivial", "2")
+        add_version(root, 2)
+        assert request(srv.port, "POST", "/v1/config/reload")[0] == 201
+        families = promtext.parse(request(srv.port, "GET", "/metrics")[1].decode())
+        assert any(lb.get("interface") == "gRPC" and lb.get("version") == "2"
+                   for _, lb, _ in families["ovms_requests_success"].samples)
+        assert client.is_model_ready("trivial", "2")
+        inp = grpcclient.InferInput("input", [1, 16], "FP32")
+        inp.set_data_from_numpy(np.zeros((1, 16), np.float32))
+        result = client.infer("trivial", [inp], model_version="2")
+        assert result.get_response().model_version == "2" and result.as_numpy("output").tolist() == [[1.0] * 16]
+        assert client.infer("trivial", [inp]).get_response().model_version == "2"  # the highest
+        client.close()
+    finally:
+        srv.stop()

@@ -47,6 +47,7 @@ class App:
         # the metric children of each (name, version) ever served: a request on a model replaced
         # by a reload still finds its own
         self.bound: dict[tuple[str, int], dict] = {}
+        self.interfaces: set[str] = set()  # other than REST (gRPC): their series are made with each model
         self.models: dict[str, dict[int, ServedModel]] = {}  # name -> version -> model
         self.set_models(models)
         self.reloader: Any = None  # hosttune/serve/reload.py's Reloader when serving a config.json
@@ -60,6 +61,8 @@ class App:
             served.setdefault(m.name, {})[m.version] = m
             self.bound[(m.name, m.version)] = self.metrics.model(m.name, m.version, m.streams, m.nireq,
                                                                  lambda m=m: m.active)
+            for interface in self.interfaces:  # every series exists from the first scrape, as in OVMS
+                self.metrics.requests(m.name, m.version, interface)
         for name, versions in self.models.items():
             for version in versions:
                 if version not in served.get(name, {}):  # unloaded: its gauge lets go of it

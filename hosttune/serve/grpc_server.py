@@ -116,6 +116,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, app: App):
         self.app = app
         self._bound: dict[tuple[str, int], dict] = {}  # per (name, version), as models come and go
+        app.interfaces.add("gRPC")  # the series of models loaded later (hosttune/serve/reload.py)
         for model in app.served():  # every series exists from the first scrape, as in OVMS
             self.bound(model)
 
