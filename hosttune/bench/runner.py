@@ -215,15 +215,17 @@ def _read_event(proc: subprocess.Popen, progress: Progress) -> dict[str, Any]:
 
 # -- over HTTP ----------------------------------------------------------------------------------
 def run_http(targets: list[Target], runs: int, warmup_s: float, duration_s: float, concurrency: int,
-             progress: Progress) -> None:
+             progress: Progress, binary: bool = True) -> None:
+    """Runs against each target's endpoint, `concurrency` connections each; requests in the binary-data
+    extension, or as JSON tensors with binary=False."""
     from hosttune.bench.httpclient import run
 
-    run(_http_main(targets, runs, warmup_s, duration_s, concurrency, progress))
+    run(_http_main(targets, runs, warmup_s, duration_s, concurrency, progress, binary))
 
 
 async def _http_main(targets: list[Target], runs: int, warmup_s: float, duration_s: float, concurrency: int,
-                     progress: Progress) -> None:
-    from hosttune.bench.httpclient import Connection, HTTPStatusError, binary_request, metadata
+                     progress: Progress, binary: bool = True) -> None:
+    from hosttune.bench.httpclient import Connection, HTTPStatusError, binary_request, json_request, metadata
 
     requests = {}
     for t in targets:
@@ -232,7 +234,7 @@ async def _http_main(targets: list[Target], runs: int, warmup_s: float, duration
         except (OSError, HTTPStatusError, ValueError) as exc:
             raise HosttuneError(f"cannot get the metadata of model {t.model!r}: {exc}",
                                 where=f"{t.host}:{t.port}") from None
-        requests[t.name] = binary_request(meta)
+        requests[t.name] = (binary_request if binary else json_request)(meta)
         host = f"[{t.host}]" if ":" in t.host else t.host  # an IPv6 address in a URL
         t.info = {"endpoint": f"http://{host}:{t.port}", "concurrency": concurrency}
     conns = {t.name: [Connection(t.host, t.port) for _ in range(concurrency)] for t in targets}

@@ -6,8 +6,9 @@ tests race synthetic candidates whose best is known; hosttune/tune/measure.py me
 - **Racing**: from MIN_ROUNDS rounds on, a candidate significantly worse than the leader on the
   objective (`hosttune bench compare`'s test, hosttune.bench.stats.compare_values) leaves the race;
   under the throughput objective so does one whose p99 is significantly above the SLO.
-- **Successive halving under the budget**: when the time left cannot pay a round of everyone,
-  the worse half by mean leaves (the default never leaves: it is what the winner must beat).
+- **Successive halving under the budget**: after 3, 6, 12 and 24 rounds, and whenever the time
+  left cannot pay a round of everyone, the worse half by mean leaves, so the best few get the most
+  rounds (the default never leaves: it is what the winner must beat).
 - **Honest choice** (`decide`): the leader must be significantly better than the default, at
   ALPHA divided by the number of candidates it was chosen among (Bonferroni: picking the best of
   m equal candidates would otherwise "win" far more often than ALPHA), and by at least MIN_GAIN;
@@ -26,7 +27,8 @@ from hosttune.bench import stats
 MIN_ROUNDS = 3
 MAX_ROUNDS = 40
 ALPHA = 0.05
-MIN_GAIN = 0.02  # a winner must be at least 2 % better than the default: less is not worth a change
+MIN_GAIN = 0.02
+HALVING_AT = (MIN_ROUNDS, 2 * MIN_ROUNDS, 4 * MIN_ROUNDS, 8 * MIN_ROUNDS)  # rounds after which half leave  # a winner must be at least 2 % better than the default: less is not worth a change
 
 
 @dataclass
@@ -98,24 +100,28 @@ def _race_out(arms: list[Arm], objective: Objective, alpha: float) -> None:
             a.alive, a.left = False, f"raced out: significantly worse than {best.label} (p {c['p']:.3g})"
 
 
-def _halve(arms: list[Arm], objective: Objective) -> None:
+def _halve(arms: list[Arm], objective: Objective, why: str = "halved: the budget left no time for it") -> None:
     """The worse half (by mean) of the arms in the race leaves; the default and the leader stay."""
     alive = sorted((a for a in arms if a.alive and not a.default), key=lambda a: _score(objective, a), reverse=True)
     for a in alive[max(1, (len(alive) + 1) // 2):]:
-        a.alive, a.left = False, "halved: the budget left no time for it"
+        a.alive, a.left = False, why
 
 
 def race(arms: list[Arm], measure: Measure, objective: Objective, budget_s: float, clock: Callable[[], float],
          start: float | None = None, alpha: float = ALPHA, max_rounds: int = MAX_ROUNDS,
-         first_cost_s: float = 1.0, on_round: Callable[[int, float], None] | None = None) -> dict[str, Any]:
+         first_cost_s: float = 1.0, on_round: Callable[[int, float], None] | None = None,
+         on_left: Callable[[list[Arm]], None] | None = None) -> dict[str, Any]:
     """Race the arms until the budget (seconds since `start`) is spent; returns what happened.
-    A measurement is started only when the mean cost so far says it ends within the budget."""
+    A measurement is started only when the costs so far say it ends within the budget; `on_left`
+    hears after each round which arms are out of the race (their servers can stop)."""
     start = clock() if start is None else start
     costs: list[float] = []
     rounds = 0
 
     def cost() -> float:
-        return stats.mean(costs) if costs else first_cost_s
+        """What the next measurement may cost: the dearest of the last few (a busy host's
+        measurements vary; the budget is a promise)."""
+        return max(costs[-5:]) if costs else first_cost_s
 
     def left_s() -> float:
         return budget_s - (clock() - start)
@@ -136,16 +142,25 @@ def race(arms: list[Arm], measure: Measure, objective: Objective, budget_s: floa
             on_round(r, max(0.0, left_s()))
         order = alive[r % len(alive):] + alive[:r % len(alive)]
         for a in order:
+            if left_s() < cost():  # this round cannot end in time: what it measured so far counts
+                stop = "budget"
+                break
             t0 = clock()
             thr, p99 = measure(a, r)
             costs.append(clock() - t0)
             a.throughput.append(thr)
             a.p99.append(p99)
+        if stop == "budget":
+            break
         rounds = r + 1
         if rounds >= MIN_ROUNDS:
             _race_out(arms, objective, alpha)
+        if rounds in HALVING_AT:  # successive halving: the better half gets the rounds that follow
+            _halve(arms, objective, f"halved after {rounds} rounds")
+        if on_left is not None:
+            on_left([a for a in arms if not a.alive])
     return {"rounds": rounds, "stopped": stop, "elapsed_s": clock() - start,
-            "mean_measurement_s": cost() if costs else None}
+            "mean_measurement_s": stats.mean(costs) if costs else None}
 
 
 def decide(arms: list[Arm], objective: Objective, alpha: float = ALPHA, min_gain: float = MIN_GAIN) -> dict[str, Any]:
@@ -153,7 +168,9 @@ def decide(arms: list[Arm], objective: Objective, alpha: float = ALPHA, min_gain
     default = next(a for a in arms if a.default)
     raced_out = [a for a in arms if a.left and a.left.startswith("raced out")]
     among = [a for a in arms if not a.default and a.rounds >= MIN_ROUNDS and a not in raced_out]
-    best = leader(arms, objective, [a for a in among if objective.feasible(a)])
+    # the best of the finalists (most rounds, most evidence); of all when none is left in the race
+    finalists = [a for a in among if a.alive and objective.feasible(a)]
+    best = leader(arms, objective, finalists or [a for a in among if objective.feasible(a)])
     out: dict[str, Any] = {"decision": "default-kept", "chosen": default.index, "best": None, "comparison": None,
                            "alpha": alpha, "compared_among": len(among), "min_gain": min_gain}
     if default.rounds < MIN_ROUNDS:
