@@ -92,6 +92,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     started = time.monotonic()
     started_wall = time.time()
     vary = _check(args)
+    if args.output:  # an existing file that is not an overlay is refused before any measurement
+        overlay.merge(args.output, "", {})
     plan = read_plan(args)
     instances = plan.get("instances") or []
     if not instances:
