@@ -125,7 +125,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                            "nireq": (instance.get("ovms") or {}).get("nireq"), "model": s.model}])
         else:
             parts.append(layout(s, cores))
-    paths = measure.model_paths(repo, {p["model"] for ps in parts for p in ps})
+    entries = measure.model_entries(repo, {p["model"] for ps in parts for p in ps})
     cands = [measure.Candidate(index=k, label=s.label(), parts=ps) for k, (s, ps) in enumerate(zip(settings_list, parts))]
 
     show = args.progress if args.progress is not None else sys.stderr.isatty()
@@ -134,7 +134,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     progress.stage = f"starting {sum(len(c.parts) for c in cands)} server(s)"
     progress.show()
     idle_poll = instance.get("idle_poll_us")
-    measure.start(cands, repo, paths, idle_poll, instance["name"])
+    measure.start(cands, repo, entries, idle_poll, instance["name"])
     start_s = time.monotonic() - started
     try:
         if args.client_cpus and args.client_cpus != "all":

@@ -126,7 +126,7 @@ class Candidate:
     effective: list[dict[str, Any]] = field(default_factory=list)
 
 
-def start(cands: list[Candidate], repo: str, model_paths: dict[str, str], idle_poll_us: int | None,
+def start(cands: list[Candidate], repo: str, entries: dict[str, Any], idle_poll_us: int | None,
           instance_name: str) -> None:
     """Start every candidate's servers at once, then wait for them all (each banner tells the
     streams and nireq its compiled model runs with)."""
@@ -140,9 +140,11 @@ def start(cands: list[Candidate], repo: str, model_paths: dict[str, str], idle_p
             for k, (srv, part) in enumerate(zip(c.servers, c.parts)):
                 srv.wait(deadline)
                 name = instance_name if len(c.parts) == 1 else f"{instance_name}.{k}"
+                entry = entries[part["model"]]
                 c.targets.append(runner.Target(name=name, cpus=part["cpus"], model=part["model"],
                                                config=part["openvino"], nireq=part["nireq"], port=srv.port,
-                                               model_path=model_paths[part["model"]]))
+                                               model_path=entry.path, model_version=entry.version,
+                                               precision=entry.meta.get("precision")))
                 c.effective.append({"served": srv.served})
     except BaseException:
         stop(cands)
@@ -204,10 +206,11 @@ def document(c: Candidate, config: dict[str, Any], system: dict[str, Any], start
                                  c.targets, started)
 
 
-def model_paths(repo: str, names: set[str]) -> dict[str, str]:
+def model_entries(repo: str, names: set[str]) -> dict[str, Any]:
+    """The repository's entry (path, metadata) of each model the candidates serve."""
     from hosttune.model.repo import find
 
-    return {name: find(repo, name).path for name in sorted(names)}
+    return {name: find(repo, name) for name in sorted(names)}
 
 
 def cpu_has_bf16(system: dict[str, Any]) -> bool:

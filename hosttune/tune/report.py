@@ -130,7 +130,10 @@ def html_report(result: dict[str, Any]) -> str:
                                             "effective (read back from the compiled model)", "status"]))
     if result["notes"]:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in result["notes"]) + "</ul>")
-    parts.append("<h2>Overlay</h2><pre>" + html.escape(str(result["overlay"])) + "</pre>")
+    import yaml
+
+    parts.append("<h2>Policy overlay (-o)</h2><pre>" + html.escape(yaml.safe_dump(
+        {"format": "hosttune.tune-overlay/1", "classes": result["overlay"]}, sort_keys=False)) + "</pre>")
     docs = [("default", default["result"])]
     if chosen is not default:
         docs.append(("chosen", chosen["result"]))

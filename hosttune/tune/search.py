@@ -70,17 +70,20 @@ class Arm:
 Measure = Callable[[Arm, int], tuple[float, float]]  # (arm, round) -> (throughput, p99 ms)
 
 
-def _score(objective: Objective, arm: Arm) -> float:
-    """Mean objective value, higher is better, -inf for an arm without rounds or over the SLO."""
-    if not arm.rounds or not objective.feasible(arm):
-        return -math.inf
+def _score(objective: Objective, arm: Arm) -> tuple[int, float]:
+    """The rank of an arm, higher is better: those meeting the SLO by their mean objective value,
+    then those over it by their p99 (the nearest to the SLO first), then those without rounds."""
+    if not arm.rounds:
+        return (0, 0.0)
+    if not objective.feasible(arm):
+        return (1, -stats.mean(arm.p99))
     m = stats.mean(objective.values(arm))
-    return m if objective.higher_better else -m
+    return (2, m if objective.higher_better else -m)
 
 
 def leader(arms: list[Arm], objective: Objective, among: list[Arm] | None = None) -> Arm | None:
     pool = [a for a in (among if among is not None else arms) if a.rounds]
-    return max(pool, key=lambda a: (_score(objective, a), -a.index)) if pool else None
+    return max(pool, key=lambda a: (*_score(objective, a), -a.index)) if pool else None
 
 
 def _race_out(arms: list[Arm], objective: Objective, alpha: float) -> None:
