@@ -6,8 +6,9 @@ measured through their endpoints with bench's client, small budgets.
   other candidate of the streams axis keeps both CPUs busy, about twice the throughput, on a quiet
   or on a busy host (measured on the 2-CPU development VM, load average 9: default 184/s, the
   chosen 2 streams x nireq 4 577/s, p 0.009 over 6 interleaved rounds, 43.6 s of a 45 s budget).
-- A workload where the settings cannot matter: one CPU, one request in flight, the trivial model:
-  every candidate is one stream on one CPU; the default is kept and the result says so.
+- A workload where the settings cannot matter: one CPU, 100 requests/s arriving whatever the
+  answers (far below what one CPU serves), the trivial model: every candidate is one stream on one
+  CPU; the default is kept and the result says so.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def test_tune_keeps_the_default_where_settings_cannot_matter(tmp_path, models):
     (tmp_path / "overlay.yaml").write_text(json.dumps(other))  # JSON is YAML: an earlier overlay to merge into
     plan = plan_doc([cpu], {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": True,
                             "ENABLE_HYPER_THREADING": False}, 1, "trivial", [c for c in ALLOWED if c != cpu][:1])
-    out, result, wall = tune(tmp_path, plan, models, "--objective", "latency", "--concurrency", "1",
+    # requests arrive at 100/s whatever the answers (open loop), as JSON tensors
+    out, result, wall = tune(tmp_path, plan, models, "--objective", "latency", "--rate", "100", "--no-binary",
                              "--vary", "streams,smt,split", budget="30s")
     d = result["decision"]
     assert d["decision"] == "default-kept" and d["chosen"] == 0, out
@@ -115,6 +117,10 @@ def test_tune_keeps_the_default_where_settings_cannot_matter(tmp_path, models):
     # one CPU: no siblings to add, nothing to split; every candidate is one stream on that CPU
     assert any("smt" in n for n in result["notes"]) and any("split" in n for n in result["notes"])
     assert all(c["layout"][0]["cpus"] == [cpu] for c in result["candidates"])
+    for c in result["candidates"]:  # the server kept up with the offered rate: it is what was measured
+        if c["rounds"]:
+            assert 70 < c["throughput"]["mean"] < 110, c
+            assert c["result"]["instances"][0]["worker"]["rate"] == 100
     assert {c["effective"][0]["served"]["streams"] for c in result["candidates"]} == {1}
     overlay = safeyaml.load_file(str(tmp_path / "overlay.yaml"))
     assert set(overlay["classes"]) == {"another-class", result["class"]}
@@ -122,6 +128,7 @@ def test_tune_keeps_the_default_where_settings_cannot_matter(tmp_path, models):
     assert entry["decision"] == "default-kept"
     assert entry["instances"] == result["candidates"][0]["settings"]
     assert entry["instances"]["hint"] == "latency" and entry["instances"]["nireq"] == 1
+    assert entry["objective"]["workload"] == {"concurrency": 32, "binary": False, "model": "trivial", "rate": 100}
 
 
 @pytest.mark.parametrize("args, where", [
@@ -130,6 +137,7 @@ def test_tune_keeps_the_default_where_settings_cannot_matter(tmp_path, models):
     (["--vary", "streams,colour"], "--vary"),
     (["--objective", "latency", "--slo-p99-ms", "5"], "--slo-p99-ms"),
     (["--concurrency", "0"], "--concurrency"),
+    (["--rate", "100"], "--rate"),
     (["--html", "/nonexistent/dir/t.html"], "/nonexistent/dir/t.html"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, where):

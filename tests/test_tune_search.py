@@ -185,3 +185,22 @@ def test_durations_are_ascii_with_a_unit():
     for bad in ("٣s", "1d", "-5s", "5 s", "", "s", "1e3"):
         with pytest.raises(HosttuneError, match="--budget"):
             numbers.parse_duration(bad, "--budget")
+
+
+def test_a_split_default_is_tried_whole():
+    default = Settings("latency", None, None, 1, False, 2, None, "sample")
+    hw = Hardware(cores_of([0, 1, 2, 3], {}), bf16=False, models=frozenset({"sample"}))
+    cands, notes = candidates(default, hw, vary=("split",), concurrency=3)
+    assert [c.label() for c in cands[1:]] == ["latency nireq 1 sample", "throughput 4x1 nireq 8 sample"]
+    assert notes == []
+    a, b = layout(default, hw.cores)
+    assert a["cpus"] == [0, 1] and b["cpus"] == [2, 3]
+
+
+def test_over_the_slo_the_nearest_survives_halving():
+    arms = arms_for(3)
+    for a, p99 in zip(arms, (5.0, 30.0, 12.0)):
+        a.throughput, a.p99 = [100.0] * 3, [p99] * 3
+    obj = search.Objective("throughput", slo_p99_ms=10.0)
+    search._halve(arms, obj)
+    assert [a.alive for a in arms] == [True, False, True]

@@ -18,6 +18,7 @@ from hosttune.errors import HosttuneError
 
 FINISH_RESERVE = 0.03  # of the budget, kept for stopping the servers and writing the results
 MIN_ROUND_S, MAX_ROUND_S = 0.5, 10.0
+RATE_CONNECTIONS = 32  # --rate: connections open at most per instance unless --concurrency says
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="throughput objective: the p99 a candidate must keep")
     p.add_argument("--concurrency", type=numbers.arg_uint(1, 4096),
                    help="concurrent connections of the workload (default: 1 for latency, 2 per core for throughput)")
+    p.add_argument("--rate", type=numbers.arg_udecimal(0.1, 1e6), metavar="PER_S",
+                   help="latency objective: requests arrive at this rate whatever the answers (open loop), on "
+                        f"up to --concurrency connections (default {RATE_CONNECTIONS})")
     p.add_argument("--binary", action=argparse.BooleanOptionalAction, default=True,
                    help="binary-data requests (default) or JSON tensors (--no-binary)")
     p.add_argument("--budget", type=numbers.arg_duration(5, 7 * 86400), default=900.0, metavar="DURATION",
@@ -72,6 +76,9 @@ def _check(args: argparse.Namespace) -> tuple[str, ...]:
     unknown = [v for v in vary if v not in AXES]
     if unknown or not vary:
         raise HosttuneError(f"unknown {', '.join(unknown) or 'empty list'} (known: {', '.join(AXES)})", where="--vary")
+    if args.rate is not None and args.objective != "latency":
+        raise HosttuneError("is for --objective latency (the throughput of a fixed rate is that rate)",
+                            where="--rate")
     if args.slo_p99_ms is not None and args.objective != "throughput":
         raise HosttuneError("is for --objective throughput", where="--slo-p99-ms")
     for path in (args.output, args.html, args.result):
@@ -101,12 +108,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
     instance = find_instance(plan, args.plan_instance) if args.plan_instance else instances[0]
     if not instance.get("cpus"):
         raise HosttuneError(f"instance {instance['name']} has no CPUs", where="plan")
+    # the node's instances (two with per_node: 2): the search is over their node's cpuset
+    node = [i for i in instances if i.get("node") == instance.get("node")] if instance.get("node") is not None \
+        else [instance]
+    node_cpus = sorted(c for i in node for c in i.get("cpus") or [])
     repo = os.path.abspath(args.repo or default_repo())
     models = measure.repo_models(repo)
     topo = discovery.discover(HostFS.open(args.root))
     system = runner.system_state(args.root)
-    per_node = ((plan.get("policy") or {}).get("instances") or {}).get("per_node") or 1
-    default = from_instance(instance, per_node=per_node)
+    default = from_instance(instance, per_node=len(node))
     if args.model:
         from dataclasses import replace
 
@@ -114,15 +124,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if default.model not in models:
         raise HosttuneError(f"no model {default.model!r} in the repository (hosttune model sample)", where=repo)
     siblings = {c.id: c.siblings for c in topo.cpus}
-    cores = cores_of(list(instance["cpus"]), siblings)
-    concurrency = args.concurrency or (1 if args.objective == "latency" else 2 * len(cores))
+    cores = cores_of(node_cpus, siblings)
+    if args.rate:
+        concurrency = args.concurrency or RATE_CONNECTIONS
+    else:
+        concurrency = args.concurrency or (1 if args.objective == "latency" else 2 * len(cores))
     hw = Hardware(cores, measure.cpu_has_bf16(system), models)
     settings_list, notes = candidates(default, hw, vary, concurrency)
     parts = []
     for k, s in enumerate(settings_list):
-        if k == 0 and s.per_node == 1:  # the default runs exactly as the plan renders it
-            parts.append([{"cpus": list(instance["cpus"]), "openvino": dict(instance.get("openvino") or {}),
-                           "nireq": (instance.get("ovms") or {}).get("nireq"), "model": s.model}])
+        if k == 0:  # the default runs exactly as the plan renders it
+            parts.append([{"cpus": list(i["cpus"]), "openvino": dict(i.get("openvino") or {}),
+                           "nireq": (i.get("ovms") or {}).get("nireq"), "model": s.model} for i in node])
         else:
             parts.append(layout(s, cores))
     entries = measure.model_entries(repo, {p["model"] for ps in parts for p in ps})
@@ -160,7 +173,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             progress.stage = f"round {r + 1}, {sum(a.alive for a in arms)} candidate(s) racing"
 
         def measure_arm(arm: search.Arm, _r: int) -> tuple[float, float]:
-            return measure.measure_round(cands[arm.index], concurrency, warmup_s, round_s, args.binary, progress)
+            return measure.measure_round(cands[arm.index], concurrency, warmup_s, round_s, args.binary, progress,
+                                         args.rate)
 
         def on_left(out: list[search.Arm]) -> None:  # a candidate out of the race frees its CPUs and memory
             for a in out:
@@ -184,6 +198,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     chosen = settings_list[decision["chosen"]]
     cls = overlay.class_id(topo)
     workload = {"concurrency": concurrency, "binary": args.binary, "model": default.model}
+    if args.rate:
+        workload["rate"] = args.rate
     entry = {"tuned_on": system.get("hostname"), "objective": {**objective.describe(), "workload": workload},
              "decision": decision["decision"], "instances": chosen.overlay()}
     config = {"mode": "http", "warmup_s": warmup_s, "duration_s": round_s, "judge": "p99", "pinned": True,
@@ -194,7 +210,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     measured = [k for k, (t, p) in enumerate(means) if t and p]
     result: dict[str, Any] = {
         "schema": "hosttune.tune/1", "hostname": system.get("hostname"), "class": cls, "instance": instance["name"],
-        "cpus_list": cpulist.format(instance["cpus"]), "objective": entry["objective"], "budget_s": args.budget,
+        "cpus_list": cpulist.format(node_cpus), "objective": entry["objective"], "budget_s": args.budget,
         "search": {**info, "start_s": start_s, "round_s": round_s, "warmup_s": warmup_s, "vary": list(vary)},
         "decision": decision, "notes": notes, "overlay": {cls: entry}, "system": system,
         "candidates": [{

@@ -183,11 +183,12 @@ class TuneProgress(runner.Progress):
 
 
 def measure_round(c: Candidate, concurrency: int, warmup_s: float, duration_s: float, binary: bool,
-                  progress: runner.Progress) -> tuple[float, float]:
+                  progress: runner.Progress, rate: float | None = None) -> tuple[float, float]:
     """One round of one candidate: (throughput of all its instances, p99 ms over their requests);
-    the workload's connections are shared out between its instances."""
+    the workload's connections (or its request rate) are shared out between its instances."""
     per_instance = max(1, concurrency // len(c.targets))
-    runner.run_http(c.targets, 1, warmup_s, duration_s, per_instance, progress, binary=binary)
+    runner.run_http(c.targets, 1, warmup_s, duration_s, per_instance, progress, binary=binary,
+                    rate=rate / len(c.targets) if rate else None)
     thr, pooled = 0.0, []
     for t in c.targets:
         lat, elapsed = t.runs[-1], t.elapsed[-1]

@@ -45,12 +45,18 @@ def _effective(e: dict[str, Any]) -> str:
     return f"streams {served.get('streams')}, nireq {served.get('nireq')} (server)"
 
 
+def _workload(wl: dict[str, Any]) -> str:
+    if wl.get("rate"):
+        return f"{wl['rate']:g} requests/s (open loop, up to {wl['concurrency']} connections)"
+    return f"concurrency {wl['concurrency']}"
+
+
 def console(result: dict[str, Any]) -> str:
     obj = result["objective"]
     wl = obj["workload"]
     slo = f", p99 SLO {obj['slo_p99_ms']:g} ms" if obj.get("slo_p99_ms") is not None else ""
     lines = [f"hosttune tune: {result['instance']} CPUs {result['cpus_list']} on {result['hostname']} "
-             f"(class {result['class']}): objective {obj['name']}{slo}, concurrency {wl['concurrency']}, "
+             f"(class {result['class']}): objective {obj['name']}{slo}, {_workload(wl)}, "
              f"{'binary' if wl['binary'] else 'JSON'} requests; {len(result['candidates'])} candidates, "
              f"{result['search']['rounds']} round(s) of {result['search']['round_s']:.2f} s, "
              f"{result['wall_s']:.1f} s of a {result['budget_s']:g} s budget"]
@@ -114,7 +120,7 @@ def html_report(result: dict[str, Any]) -> str:
     parts = [f"<p id=\"decision\"><b>{html.escape(d['decision'])}</b>: {html.escape(d['reason'])}</p>",
              f"<p>Instance {html.escape(result['instance'])} (CPUs {html.escape(result['cpus_list'])}) on "
              f"{html.escape(result['hostname'])}, class {html.escape(result['class'])}; objective "
-             f"{html.escape(obj['name'])}{html.escape(slo)} at concurrency {obj['workload']['concurrency']} "
+             f"{html.escape(obj['name'])}{html.escape(slo)}, {html.escape(_workload(obj['workload']))} "
              f"({'binary' if obj['workload']['binary'] else 'JSON'} requests); {len(result['candidates'])} "
              f"candidates in {result['search']['rounds']} interleaved round(s) of {result['search']['round_s']:.2f} s; "
              f"{result['wall_s']:.1f} s of a {result['budget_s']:g} s budget. Significance: "

@@ -117,13 +117,15 @@ def candidates(default: Settings, hw: Hardware, vary: tuple[str, ...] = AXES,
     if "split" in vary:
         if ncores < 2:
             notes.append("split: one core cannot be split into two instances")
-        elif concurrency is not None and concurrency % 2:
+        elif concurrency is not None and concurrency % 2 and default.per_node == 1:
             notes.append(f"split: concurrency {concurrency} does not divide between two instances")
-        else:
-            half = ncores // 2
-            add(replace(default, per_node=2, hint="latency", streams=None, threads_per_stream=None, nireq=1))
-            if half > 1:
-                add(replace(default, per_node=2, hint="throughput", streams=half, threads_per_stream=1, nireq=2 * half))
+        else:  # the other instance count (a default of two per node is tried as one as well)
+            per_node = 1 if default.per_node == 2 else 2
+            size = ncores // per_node
+            add(replace(default, per_node=per_node, hint="latency", streams=None, threads_per_stream=None, nireq=1))
+            if size > 1:
+                add(replace(default, per_node=per_node, hint="throughput", streams=size, threads_per_stream=1,
+                            nireq=2 * size))
     if "precision" in vary:
         if hw.bf16:
             add(replace(default, inference_precision="f32" if default.inference_precision != "f32" else None))
