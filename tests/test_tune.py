@@ -138,6 +138,7 @@ def test_tune_keeps_the_default_where_settings_cannot_matter(tmp_path, models):
     (["--objective", "latency", "--slo-p99-ms", "5"], "--slo-p99-ms"),
     (["--concurrency", "0"], "--concurrency"),
     (["--rate", "100"], "--rate"),
+    (["--client-cpus", "0-x"], "--client-cpus"),
     (["--html", "/nonexistent/dir/t.html"], "/nonexistent/dir/t.html"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, where):

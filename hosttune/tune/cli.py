@@ -99,6 +99,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     started = time.monotonic()
     started_wall = time.time()
     vary = _check(args)
+    client_cpus = cpulist.parse(args.client_cpus, where="--client-cpus") \
+        if args.client_cpus and args.client_cpus != "all" else None
     if args.output:  # an existing file that is not an overlay is refused before any measurement
         overlay.merge(args.output, "", {})
     plan = read_plan(args)
@@ -141,6 +143,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     entries = measure.model_entries(repo, {p["model"] for ps in parts for p in ps})
     cands = [measure.Candidate(index=k, label=s.label(), parts=ps) for k, (s, ps) in enumerate(zip(settings_list, parts))]
 
+    if args.client_cpus is None and plan.get("housekeeping"):
+        client_cpus = list(plan["housekeeping"])
+
     show = args.progress if args.progress is not None else sys.stderr.isatty()
     progress = measure.TuneProgress(args.budget, show)
     progress.start = started
@@ -150,12 +155,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     measure.start(cands, repo, entries, idle_poll, instance["name"])
     start_s = time.monotonic() - started
     try:
-        if args.client_cpus and args.client_cpus != "all":
-            client_cpus = cpulist.parse(args.client_cpus, where="--client-cpus")
-        elif args.client_cpus is None and plan.get("housekeeping"):
-            client_cpus = list(plan["housekeeping"])
-        else:
-            client_cpus = None
         if client_cpus:
             from hosttune.serve.placement import pin_cpus
 
