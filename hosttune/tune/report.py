@@ -73,7 +73,7 @@ def console(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def svg_pareto(cands: list[dict[str, Any]], chosen: int, width: int = 800, height: int = 380) -> str:
+def svg_pareto(cands: list[dict[str, Any]], chosen: int, width: int = 960, height: int = 440) -> str:
     """Throughput (y) against p99 (x) of every measured candidate with 95 % CI bars on both axes;
     the Pareto front joined by a line, the default a square, the chosen point ringed."""
     pts = [c for c in cands if c["throughput"] and c["p99_ms"]]
@@ -83,8 +83,16 @@ def svg_pareto(cands: list[dict[str, Any]], chosen: int, width: int = 800, heigh
     x0 = min(c["p99_ms"]["mean"] - (c["p99_ms"].get("ci95") or 0) for c in pts)
     ys = [c["throughput"]["mean"] + (c["throughput"].get("ci95") or 0) for c in pts]
     x_lo, x_hi = max(0.0, x0 * 0.9), max(xs) * 1.1
-    parts, sx, sy = bench_report._svg_frame(width, height, x_lo, x_hi, 0, max(ys) * 1.15, "p99 latency (ms)",
-                                            "throughput (inferences/s)", legend=260)
+    y_hi = max(ys) * 1.15
+    parts, sx, sy = bench_report._svg_frame(width, height, x_lo, x_hi, 0, y_hi, "p99 latency (ms)",
+                                            "throughput (inferences/s)", legend=300)
+
+    def cx(v: float) -> float:  # a confidence interval wider than the axis ends at its edge
+        return sx(min(max(v, x_lo), x_hi))
+
+    def cy(v: float) -> float:
+        return sy(min(max(v, 0.0), y_hi))
+
     front = sorted((c for c in pts if c["pareto"]), key=lambda c: c["p99_ms"]["mean"])
     if len(front) > 1:
         line = " ".join(f"{sx(c['p99_ms']['mean']):.1f},{sy(c['throughput']['mean']):.1f}" for c in front)
@@ -93,9 +101,9 @@ def svg_pareto(cands: list[dict[str, Any]], chosen: int, width: int = 800, heigh
         color = bench_report.COLORS[k % len(bench_report.COLORS)]
         x, y = c["p99_ms"]["mean"], c["throughput"]["mean"]
         ex, ey = c["p99_ms"].get("ci95") or 0, c["throughput"].get("ci95") or 0
-        parts.append(f'<line x1="{sx(x - ex):.1f}" y1="{sy(y):.1f}" x2="{sx(x + ex):.1f}" y2="{sy(y):.1f}" '
-                     f'stroke="{color}"/><line x1="{sx(x):.1f}" y1="{sy(y - ey):.1f}" x2="{sx(x):.1f}" '
-                     f'y2="{sy(y + ey):.1f}" stroke="{color}"/>')
+        parts.append(f'<line x1="{cx(x - ex):.1f}" y1="{sy(y):.1f}" x2="{cx(x + ex):.1f}" y2="{sy(y):.1f}" '
+                     f'stroke="{color}"/><line x1="{sx(x):.1f}" y1="{cy(y - ey):.1f}" x2="{sx(x):.1f}" '
+                     f'y2="{cy(y + ey):.1f}" stroke="{color}"/>')
         tip = (f"<title>{html.escape(c['label'])}: {y:.1f}/s +-{ey:.1f}, p99 {x:.3f} ms +-{ex:.3f}, "
                f"{c['rounds']} rounds</title>")
         if c["default"]:
@@ -106,7 +114,7 @@ def svg_pareto(cands: list[dict[str, Any]], chosen: int, width: int = 800, heigh
         if c["index"] == chosen:
             parts.append(f'<circle class="chosen" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="11" fill="none" '
                          f'stroke="#000" stroke-width="2"/>')
-    bench_report._legend(parts, width, [("[default] " if c["default"] else "") + c["label"] for c in pts], legend=260)
+    bench_report._legend(parts, width, [("[default] " if c["default"] else "") + c["label"] for c in pts], legend=300)
     parts.append("</svg>")
     return "".join(parts)
 
