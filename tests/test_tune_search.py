@@ -204,3 +204,21 @@ def test_over_the_slo_the_nearest_survives_halving():
     obj = search.Objective("throughput", slo_p99_ms=10.0)
     search._halve(arms, obj)
     assert [a.alive for a in arms] == [True, False, True]
+
+
+def test_a_candidate_that_cannot_be_measured_leaves_the_race_and_the_rest_goes_on():
+    clock = FakeClock()
+    arms = arms_for(3)
+    inner = synthetic([100, 150, 130], clock)
+
+    def measure(arm, r):
+        if arm.index == 1 and r == 1:  # its server died in the second round
+            arm.left = "failed: a round completed no inference"
+            return None
+        return inner(arm, r)
+
+    obj = search.Objective("throughput")
+    search.race(arms, measure, obj, budget_s=40, clock=clock)
+    assert not arms[1].alive and arms[1].rounds == 1 and arms[1].left.startswith("failed")
+    d = search.decide(arms, obj)
+    assert d["decision"] == "tuned" and d["chosen"] == 2

@@ -166,14 +166,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
         round_s = args.round or min(MAX_ROUND_S, max(MIN_ROUND_S, left / (2 * len(cands) * search.MIN_ROUNDS)))
         warmup_s = min(0.5, max(0.1, round_s * 0.2))
         arms = [search.Arm(index=c.index, label=c.label, default=(c.index == 0)) for c in cands]
+        for a, c in zip(arms, cands):
+            if c.error:
+                a.alive, a.left = False, f"failed: {c.error}"
         objective = search.Objective(args.objective, args.slo_p99_ms)
 
         def on_round(r: int, _left: float) -> None:
             progress.stage = f"round {r + 1}, {sum(a.alive for a in arms)} candidate(s) racing"
 
-        def measure_arm(arm: search.Arm, _r: int) -> tuple[float, float]:
-            return measure.measure_round(cands[arm.index], concurrency, warmup_s, round_s, args.binary, progress,
-                                         args.rate)
+        def measure_arm(arm: search.Arm, _r: int) -> tuple[float, float] | None:
+            try:
+                return measure.measure_round(cands[arm.index], concurrency, warmup_s, round_s, args.binary,
+                                             progress, args.rate)
+            except HosttuneError as exc:
+                if arm.default:  # without the default there is nothing to compare with
+                    raise
+                cands[arm.index].error = exc.message
+                arm.left = f"failed: {exc.message}"
+                return None
 
         def on_left(out: list[search.Arm]) -> None:  # a candidate out of the race frees its CPUs and memory
             for a in out:

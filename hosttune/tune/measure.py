@@ -124,6 +124,7 @@ class Candidate:
     servers: list[Server] = field(default_factory=list)
     targets: list[runner.Target] = field(default_factory=list)
     effective: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None  # why it could not be measured (its server did not start, a round failed)
 
 
 def start(cands: list[Candidate], repo: str, entries: dict[str, Any], idle_poll_us: int | None,
@@ -138,7 +139,15 @@ def start(cands: list[Candidate], repo: str, entries: dict[str, Any], idle_poll_
     try:
         for c in cands:
             for k, (srv, part) in enumerate(zip(c.servers, c.parts)):
-                srv.wait(deadline)
+                try:
+                    srv.wait(deadline)
+                except HosttuneError as exc:
+                    if c.index == 0:  # without the default there is nothing to compare with
+                        raise
+                    c.error = exc.message
+                    for other in c.servers:
+                        other.stop()
+                    break
                 name = instance_name if len(c.parts) == 1 else f"{instance_name}.{k}"
                 entry = entries[part["model"]]
                 c.targets.append(runner.Target(name=name, cpus=part["cpus"], model=part["model"],
@@ -155,7 +164,7 @@ def read_back(cands: list[Candidate]) -> None:
     """What the compiled model of each of these candidates reports on its CPUs (streams, threads,
     nireq, execution precision), from bench's worker, all at once; added to `effective`."""
     pending = [(c, k, readback(t.model_path, part["cpus"], part["openvino"], part["nireq"]))
-               for c in cands for k, (t, part) in enumerate(zip(c.targets, c.parts))]
+               for c in cands if not c.error for k, (t, part) in enumerate(zip(c.targets, c.parts))]
     deadline = time.monotonic() + START_TIMEOUT_S
     for c, k, proc in pending:
         c.effective[k].update(read_ready(proc, max(1.0, deadline - time.monotonic())))

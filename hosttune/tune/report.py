@@ -28,8 +28,6 @@ def _status(c: dict[str, Any], result: dict[str, Any]) -> str:
         marks.append("pareto")
     if c.get("left"):
         marks.append(c["left"])
-    if c.get("error"):
-        marks.append(f"error: {c['error']}")
     return ", ".join(marks)
 
 

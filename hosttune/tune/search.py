@@ -67,7 +67,9 @@ class Arm:
         return len(self.throughput)
 
 
-Measure = Callable[[Arm, int], tuple[float, float]]  # (arm, round) -> (throughput, p99 ms)
+# (arm, round) -> (throughput, p99 ms), or None when the arm could not be measured (the callback
+# takes it out of the race: alive False, left = why)
+Measure = Callable[[Arm, int], "tuple[float, float] | None"]
 
 
 def _score(objective: Objective, arm: Arm) -> tuple[int, float]:
@@ -149,10 +151,13 @@ def race(arms: list[Arm], measure: Measure, objective: Objective, budget_s: floa
                 stop = "budget"
                 break
             t0 = clock()
-            thr, p99 = measure(a, r)
+            got = measure(a, r)
             costs.append(clock() - t0)
-            a.throughput.append(thr)
-            a.p99.append(p99)
+            if got is None:
+                a.alive = False
+                continue
+            a.throughput.append(got[0])
+            a.p99.append(got[1])
         if stop == "budget":
             break
         rounds = r + 1
