@@ -47,15 +47,16 @@ def models(tmp_path_factory):
     return out
 
 
-def tune(tmp, plan, models, *args, budget="45s", timeout=200):
+def tune(tmp, plan, models, *args, budget="45s", timeout=200, progress="--no-progress"):
     (tmp / "plan.json").write_text(json.dumps(plan))
     t0 = time.monotonic()
     r = subprocess.run([*HOSTTUNE, "tune", "--plan", str(tmp / "plan.json"), "--repo", str(models),
-                        "--budget", budget, "--no-progress", "--result", str(tmp / "result.json"),
+                        "--budget", budget, progress, "--result", str(tmp / "result.json"),
                         "-o", str(tmp / "overlay.yaml"), "--html", str(tmp / "tune.html"), *args],
                        capture_output=True, text=True, timeout=timeout)
     wall = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
+    (tmp / "stderr.txt").write_text(r.stderr)
     return r.stdout, json.loads((tmp / "result.json").read_text()), wall
 
 
@@ -68,7 +69,7 @@ def known_best(tmp_path_factory, models):
     plan = plan_doc(cpus, {"NUM_STREAMS": 2, "INFERENCE_NUM_THREADS": 2, "ENABLE_CPU_PINNING": True,
                            "ENABLE_HYPER_THREADING": False}, 1, "sample", [cpus[0]])
     out, result, wall = tune(tmp, plan, models, "--objective", "throughput", "--concurrency", "4",
-                             "--vary", "streams", "--client-cpus", "all")
+                             "--vary", "streams", "--client-cpus", "all", progress="--progress")
     return tmp, out, result, wall
 
 
@@ -92,6 +93,8 @@ def test_tune_finds_the_known_best_within_the_budget(known_best):
             assert c["result"]["instances"][0]["cpus"] == ALLOWED[:2]
             assert len(c["result"]["instances"][0]["runs"]) == c["rounds"]
     assert f"decision: tuned: {chosen['label']}" in out
+    shown = (tmp / "stderr.txt").read_text()  # the progress bar with the stage and the time left
+    assert "round 1, 6 candidate(s) racing ETA" in shown and "stopping the servers" in shown
     overlay = safeyaml.load_file(str(tmp / "overlay.yaml"))
     assert overlay["format"] == "hosttune.tune-overlay/1"
     (entry,) = overlay["classes"].values()
@@ -113,6 +116,7 @@ def test_tune_keeps_the_default_where_settings_cannot_matter(tmp_path, models):
     assert d["decision"] == "default-kept" and d["chosen"] == 0, out
     assert "no significant difference" in d["reason"] or "less than 2%" in d["reason"], d["reason"]
     assert "decision: default-kept" in out
+    assert "ETA" not in (tmp_path / "stderr.txt").read_text()  # --no-progress
     assert result["wall_s"] <= 30 * 1.1
     # one CPU: no siblings to add, nothing to split; every candidate is one stream on that CPU
     assert any("smt" in n for n in result["notes"]) and any("split" in n for n in result["notes"])
