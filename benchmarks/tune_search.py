@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 HOSTTUNE = [sys.executable, "-m", "hosttune"]
 
 
