@@ -154,6 +154,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     idle_poll = instance.get("idle_poll_us")
     measure.start(cands, repo, entries, idle_poll, instance["name"])
     start_s = time.monotonic() - started
+    if start_s > args.budget / 2:
+        notes.append(f"starting {sum(len(c.parts) for c in cands)} server(s) took {start_s:.0f} s of the "
+                     f"{args.budget:g} s budget: a longer --budget or fewer --vary axes leave more for measuring")
     try:
         if client_cpus:
             from hosttune.serve.placement import pin_cpus
