@@ -5,7 +5,8 @@ measured through their endpoints with bench's client, small budgets.
   infer request (one inference at a time, one CPU idle) while 4 requests are in flight; every
   other candidate of the streams axis keeps both CPUs busy, about twice the throughput, on a quiet
   or on a busy host (measured on the 2-CPU development VM, load average 9: default 184/s, the
-  chosen 2 streams x nireq 4 577/s, p 0.009 over 6 interleaved rounds, 43.6 s of a 45 s budget).
+  chosen 2 streams x nireq 4 577/s, p 0.009 over 6 interleaved rounds, 43.6 s of a 45 s budget;
+  a benchmark pinned to the same CPUs at the same time can hide it: docs/tune.md).
 - A workload where the settings cannot matter: one CPU, 100 requests/s arriving whatever the
   answers (far below what one CPU serves), the trivial model: every candidate is one stream on one
   CPU; the default is kept and the result says so.
@@ -47,7 +48,7 @@ def models(tmp_path_factory):
     return out
 
 
-def tune(tmp, plan, models, *args, budget="45s", timeout=200, progress="--no-progress"):
+def tune(tmp, plan, models, *args, budget="60s", timeout=240, progress="--no-progress"):
     (tmp / "plan.json").write_text(json.dumps(plan))
     t0 = time.monotonic()
     r = subprocess.run([*HOSTTUNE, "tune", "--plan", str(tmp / "plan.json"), "--repo", str(models),
@@ -78,7 +79,7 @@ def test_tune_finds_the_known_best_within_the_budget(known_best):
     d = result["decision"]
     assert d["decision"] == "tuned", out
     assert d["chosen"] != 0 and d["comparison"]["gain"] > 0.3, out
-    assert result["wall_s"] <= 45 * 1.1 and wall <= 45 * 1.1 + 3  # + the interpreter's start and exit
+    assert result["wall_s"] <= 60 * 1.1 and wall <= 60 * 1.1 + 3  # + the interpreter's start and exit
     chosen = result["candidates"][d["chosen"]]
     default = result["candidates"][0]
     # effective settings read back from the compiled models: the default really ran one request at a

@@ -152,7 +152,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     progress.stage = f"starting {sum(len(c.parts) for c in cands)} server(s)"
     progress.show()
     idle_poll = instance.get("idle_poll_us")
-    measure.start(cands, repo, entries, idle_poll, instance["name"])
+    readback_s = measure.start(cands, repo, entries, idle_poll, instance["name"])
     start_s = time.monotonic() - started
     if start_s > args.budget / 2:
         notes.append(f"starting {sum(len(c.parts) for c in cands)} server(s) took {start_s:.0f} s of the "
@@ -162,11 +162,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
             from hosttune.serve.placement import pin_cpus
 
             pin_cpus(client_cpus, where="--client-cpus")
-        # kept for the end: stopping the servers still running, the results and the report
-        race_budget = args.budget - max(FINISH_RESERVE * args.budget, 4.0 + 0.2 * sum(len(c.parts) for c in cands))
+        # kept for the end: reading the chosen candidate's settings back (as long as the default's
+        # took), stopping the servers still running, the results and the report
+        race_budget = args.budget - max(FINISH_RESERVE * args.budget,
+                                        2.0 + 1.5 * readback_s + 0.2 * sum(len(c.parts) for c in cands))
         left = race_budget - (time.monotonic() - started)
-        # the first MIN_ROUNDS rounds of every candidate take about half the budget, the survivors the rest
-        round_s = args.round or min(MAX_ROUND_S, max(MIN_ROUND_S, left / (2 * len(cands) * search.MIN_ROUNDS)))
+        # the first MIN_ROUNDS rounds of every candidate take under half the time left (a measurement
+        # costs its warmup and connections beside the round), the finalists the rest: many short
+        # rounds rather than few long ones, since the rank test's power grows with the rounds
+        round_s = args.round or min(MAX_ROUND_S, max(MIN_ROUND_S, left / (3 * len(cands) * search.MIN_ROUNDS)))
         warmup_s = min(0.5, max(0.1, round_s * 0.2))
         arms = [search.Arm(index=c.index, label=c.label, default=(c.index == 0)) for c in cands]
         for a, c in zip(arms, cands):
@@ -198,14 +202,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
                            alpha=args.alpha, first_cost_s=round_s + warmup_s + 0.3, on_round=on_round,
                            on_left=on_left)
         decision = search.decide(arms, objective, alpha=args.alpha)
+        # the chosen one's settings as its compiled model reports them, read while the servers stop
+        # (the default's were read at the start; the others' streams and nireq are their banners')
+        pending = measure.read_back_start([cands[decision["chosen"]]] if decision["chosen"] else [])
     finally:
         progress.stage = "stopping the servers"
         progress.show()
         measure.stop(cands)
         progress.done()
-    # the default's and the chosen one's settings as their compiled models report them (the others'
-    # streams and nireq come from their servers' banners)
-    measure.read_back([cands[0]] + ([cands[decision["chosen"]]] if decision["chosen"] else []))
+    measure.read_back_finish(pending)
 
     chosen = settings_list[decision["chosen"]]
     cls = overlay.class_id(topo)
@@ -223,7 +228,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {
         "schema": "hosttune.tune/1", "hostname": system.get("hostname"), "class": cls, "instance": instance["name"],
         "cpus_list": cpulist.format(node_cpus), "objective": entry["objective"], "budget_s": args.budget,
-        "search": {**info, "start_s": start_s, "round_s": round_s, "warmup_s": warmup_s, "vary": list(vary)},
+        "search": {**info, "start_s": start_s, "readback_s": readback_s, "round_s": round_s, "warmup_s": warmup_s, "vary": list(vary)},
         "decision": decision, "notes": notes, "overlay": {cls: entry}, "system": system,
         "candidates": [{
             "index": a.index, "label": a.label, "default": a.default, "settings": s.overlay(),

@@ -128,9 +128,11 @@ class Candidate:
 
 
 def start(cands: list[Candidate], repo: str, entries: dict[str, Any], idle_poll_us: int | None,
-          instance_name: str) -> None:
+          instance_name: str) -> float:
     """Start every candidate's servers at once, then wait for them all (each banner tells the
-    streams and nireq its compiled model runs with)."""
+    streams and nireq its compiled model runs with), then read the default's settings back from its
+    compiled model. Returns how long that read-back took: what reading back the chosen candidate at
+    the end may cost."""
     for c in cands:
         for part in c.parts:
             c.servers.append(Server(serve_argv(repo, part["model"], part["cpus"], part["openvino"], part["nireq"],
@@ -155,16 +157,22 @@ def start(cands: list[Candidate], repo: str, entries: dict[str, Any], idle_poll_
                                                model_path=entry.path, model_version=entry.version,
                                                precision=entry.meta.get("precision")))
                 c.effective.append({"served": srv.served})
+        t0 = time.monotonic()
+        read_back_finish(read_back_start(cands[:1]))
+        return time.monotonic() - t0
     except BaseException:
         stop(cands)
         raise
 
 
-def read_back(cands: list[Candidate]) -> None:
-    """What the compiled model of each of these candidates reports on its CPUs (streams, threads,
-    nireq, execution precision), from bench's worker, all at once; added to `effective`."""
-    pending = [(c, k, readback(t.model_path, part["cpus"], part["openvino"], part["nireq"]))
-               for c in cands if not c.error for k, (t, part) in enumerate(zip(c.targets, c.parts))]
+def read_back_start(cands: list[Candidate]) -> list[tuple[Candidate, int, subprocess.Popen]]:
+    """Start bench's worker for each instance of these candidates: what its compiled model reports on
+    its CPUs (streams, threads, nireq, execution precision); `read_back_finish` adds it to `effective`."""
+    return [(c, k, readback(t.model_path, part["cpus"], part["openvino"], part["nireq"]))
+            for c in cands if not c.error for k, (t, part) in enumerate(zip(c.targets, c.parts))]
+
+
+def read_back_finish(pending: list[tuple[Candidate, int, subprocess.Popen]]) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     for c, k, proc in pending:
         c.effective[k].update(read_ready(proc, max(1.0, deadline - time.monotonic())))
