@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "hosttune.agent.cli",  # agent
     "hosttune.serve.cli",  # serve, model
     "hosttune.bench.cli",  # bench
+    "hosttune.tune.cli",  # tune
     "hosttune.fleet.cli",  # fleet
     "hosttune.converge",  # converge (ansible-runner)
 ]

@@ -84,3 +84,29 @@ def arg_udecimal(minimum: float = 0.0, maximum: float = 1e6):
             raise argparse.ArgumentTypeError(exc.message) from None
     convert.__name__ = "number"
     return convert
+
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h)?")
+_UNIT_S = {None: 1, "s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: object, where: str, minimum: float = 0.0, maximum: float = 7 * 86400.0,
+                   error: type[HosttuneError] = HosttuneError) -> float:
+    """Seconds from a duration such as 90s, 15m, 1.5h or 40 (seconds), within [minimum, maximum]."""
+    m = _DURATION.fullmatch(text) if isinstance(text, str) and len(text) <= 2 * _MAX_DIGITS else None
+    value = float(m.group(1)) * _UNIT_S[m.group(2)] if m else math.nan
+    if not (m and minimum <= value <= maximum):
+        raise error(f"must be a duration like 90s, 15m or 1h from {minimum:g} to {maximum:g} s, "
+                    f"got {repr(text)[:40]}", where)
+    return value
+
+
+def arg_duration(minimum: float = 0.0, maximum: float = 7 * 86400.0):
+    """An argparse `type=` for a duration option (seconds; s, m or h suffix)."""
+    def convert(text: str) -> float:
+        try:
+            return parse_duration(text, "", minimum, maximum)
+        except HosttuneError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+    convert.__name__ = "duration"
+    return convert

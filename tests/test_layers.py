@@ -28,8 +28,9 @@ LAYERS: list[tuple[str, list[str], bool]] = [
     ("shared command line", ["hosttune.cliutil"], False),
     ("serve", ["hosttune.serve.*"], False),
     ("parts", ["hosttune.bench.*", "hosttune.agent.*", "hosttune.fleet.*", "hosttune.converge"], True),
+    ("tune", ["hosttune.tune.*"], False),  # bench's client and statistics in a search
     ("commands", ["hosttune.commands.*", "hosttune.agent.cli", "hosttune.serve.cli", "hosttune.bench.cli",
-                  "hosttune.fleet.cli"], False),
+                  "hosttune.fleet.cli", "hosttune.tune.cli"], False),
     ("cli", ["hosttune.cli", "hosttune.__main__"], False),
 ]
 

@@ -76,6 +76,13 @@ def reports(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    driver = start_browser()
+    yield driver
+    driver.quit()
+
+
+def start_browser():
+    """Headless Chromium (also for the tune report's test in tests/test_tune.py)."""
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
@@ -86,9 +93,7 @@ def browser():
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # both paths given: Selenium Manager never looks for (or downloads) a driver
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
 def load(driver, path) -> list[dict]:

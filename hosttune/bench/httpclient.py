@@ -124,3 +124,21 @@ def binary_request(meta: dict[str, Any], seed: int = 1) -> tuple[bytes, dict[str
     header = json.dumps({"inputs": inputs, "parameters": {"binary_data_output": True}}).encode()
     return header + b"".join(blobs), {"Inference-Header-Content-Length": str(len(header)),
                                       "Content-Type": "application/octet-stream"}
+
+
+def json_request(meta: dict[str, Any], seed: int = 1) -> tuple[bytes, dict[str, str]]:
+    """The same request as binary_request with the tensors as JSON numbers (the KServe v2 JSON
+    form: what a client without the binary-data extension sends)."""
+    import numpy as np
+
+    from hosttune.model.types import KSERVE_TO_NUMPY
+
+    rng = np.random.default_rng(seed)
+    inputs = []
+    for port in meta["inputs"]:
+        shape = [d if d > 0 else 1 for d in port["shape"]]
+        dtype = np.dtype(KSERVE_TO_NUMPY[port["datatype"]])
+        arr = rng.random(shape).astype(dtype) if dtype.kind == "f" else rng.integers(0, 2, shape).astype(dtype)
+        inputs.append({"name": port["name"], "shape": shape, "datatype": port["datatype"],
+                       "data": arr.ravel().tolist()})
+    return json.dumps({"inputs": inputs}).encode(), {"Content-Type": "application/json"}

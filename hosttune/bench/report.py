@@ -96,29 +96,10 @@ def compare(a: dict[str, Any], b: dict[str, Any], alpha: float = stats.ALPHA) ->
             "unmatched": sorted({i["name"] for i in a["instances"]} ^ set(names_b))}
 
 
-def _metric(va: list[float], vb: list[float], alpha: float, higher_better: bool) -> dict[str, Any]:
-    ma, mb = stats.mean(va), stats.mean(vb)
-    out: dict[str, Any] = {"a": ma, "b": mb, "delta": (mb - ma) / ma if ma else None,
-                           "mann_whitney": stats.mann_whitney_u(va, vb)}
-    if len(va) >= 2 and len(vb) >= 2:
-        out["welch"] = stats.welch_t(va, vb)
-    # the exact Mann-Whitney U cannot reach 0.05 with fewer than 4 runs a side: Welch's t decides there
-    small = len(va) < 4 or len(vb) < 4
-    out["test"] = "welch" if small and "welch" in out else "mann_whitney"
-    p = out[out["test"]]["p"]
-    out["p"] = p
-    out["significant"] = p < alpha
-    if not out["significant"]:
-        out["change"] = "no significant difference"
-    else:
-        better = (mb > ma) == higher_better
-        out["change"] = "better" if better else "worse"
-    return out
-
-
 def _compare_one(name: str, ta: list[float], tb: list[float], pa: list[float], pb: list[float],
                  la: list[float] | None, lb: list[float] | None, alpha: float) -> dict[str, Any]:
-    row = {"name": name, "throughput": _metric(ta, tb, alpha, True), "p99_ms": _metric(pa, pb, alpha, False)}
+    row = {"name": name, "throughput": stats.compare_values(ta, tb, alpha, True),
+           "p99_ms": stats.compare_values(pa, pb, alpha, False)}
     if la and lb:
         mw = stats.mann_whitney_u(la, lb)
         row["latency_distribution"] = {"mann_whitney": mw, "significant": mw["p"] < alpha,

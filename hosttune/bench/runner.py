@@ -215,15 +215,20 @@ def _read_event(proc: subprocess.Popen, progress: Progress) -> dict[str, Any]:
 
 # -- over HTTP ----------------------------------------------------------------------------------
 def run_http(targets: list[Target], runs: int, warmup_s: float, duration_s: float, concurrency: int,
-             progress: Progress) -> None:
+             progress: Progress, binary: bool = True, rate: float | None = None) -> None:
+    """Runs against each target's endpoint, `concurrency` connections each, every connection sending
+    its next request when the last is answered (closed loop); with `rate`, requests arrive at that
+    many per second per target whatever the answers (open loop), on up to `concurrency` connections,
+    each latency counted from its scheduled arrival (a request waiting for a free connection
+    counts its wait). Requests in the binary-data extension, or as JSON tensors with binary=False."""
     from hosttune.bench.httpclient import run
 
-    run(_http_main(targets, runs, warmup_s, duration_s, concurrency, progress))
+    run(_http_main(targets, runs, warmup_s, duration_s, concurrency, progress, binary, rate))
 
 
 async def _http_main(targets: list[Target], runs: int, warmup_s: float, duration_s: float, concurrency: int,
-                     progress: Progress) -> None:
-    from hosttune.bench.httpclient import Connection, HTTPStatusError, binary_request, metadata
+                     progress: Progress, binary: bool = True, rate: float | None = None) -> None:
+    from hosttune.bench.httpclient import Connection, HTTPStatusError, binary_request, json_request, metadata
 
     requests = {}
     for t in targets:
@@ -232,9 +237,11 @@ async def _http_main(targets: list[Target], runs: int, warmup_s: float, duration
         except (OSError, HTTPStatusError, ValueError) as exc:
             raise HosttuneError(f"cannot get the metadata of model {t.model!r}: {exc}",
                                 where=f"{t.host}:{t.port}") from None
-        requests[t.name] = binary_request(meta)
+        requests[t.name] = (binary_request if binary else json_request)(meta)
         host = f"[{t.host}]" if ":" in t.host else t.host  # an IPv6 address in a URL
         t.info = {"endpoint": f"http://{host}:{t.port}", "concurrency": concurrency}
+        if rate:
+            t.info["rate"] = rate
     conns = {t.name: [Connection(t.host, t.port) for _ in range(concurrency)] for t in targets}
 
     async def stream(t: Target, conn: Connection, deadline: float, lat: list[float], errs: list[int]) -> None:
@@ -255,6 +262,43 @@ async def _http_main(targets: list[Target], runs: int, warmup_s: float, duration
             else:
                 errs[0] += 1
 
+    async def open_loop(t: Target, pool: list[Connection], deadline: float, lat: list[float], errs: list[int]) -> None:
+        body, headers = requests[t.name]
+        path = f"/v2/models/{t.model}/infer"
+        clock = time.perf_counter
+        idle: asyncio.Queue[Connection] = asyncio.Queue()
+        for c in pool:
+            idle.put_nowait(c)
+
+        async def one(scheduled: float) -> None:
+            conn = await idle.get()
+            try:
+                status, _, _ = await conn.request("POST", path, body, headers)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                errs[0] += 1
+                await conn.close()
+            else:
+                if status == 200:
+                    lat.append((clock() - scheduled) * 1000.0)
+                else:
+                    errs[0] += 1
+            finally:
+                idle.put_nowait(conn)
+
+        inflight: set[asyncio.Future] = set()
+        interval = 1.0 / rate
+        due = clock()
+        while due < deadline:
+            wait = due - clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            task = asyncio.ensure_future(one(due))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+            due += interval
+        if inflight:
+            await asyncio.wait(set(inflight))
+
     async def one_round(duration: float, label: str) -> list[tuple[list[float], float, int]]:
         progress.show(label)
         start = time.perf_counter()
@@ -265,7 +309,10 @@ async def _http_main(targets: list[Target], runs: int, warmup_s: float, duration
             lat: list[float] = []
             errs = [0]
             results.append((lat, errs))
-            tasks += [asyncio.ensure_future(stream(t, c, deadline, lat, errs)) for c in conns[t.name]]
+            if rate:
+                tasks.append(asyncio.ensure_future(open_loop(t, conns[t.name], deadline, lat, errs)))
+            else:
+                tasks += [asyncio.ensure_future(stream(t, c, deadline, lat, errs)) for c in conns[t.name]]
         pending = set(tasks)
         while pending:
             _, pending = await asyncio.wait(pending, timeout=0.25)

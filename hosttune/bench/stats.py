@@ -225,6 +225,29 @@ def worst(verdicts: Sequence[str]) -> str:
     return max(verdicts, key=lambda v: order[v]) if verdicts else "unsure"
 
 
+# -- between two results -----------------------------------------------------------------------
+def compare_values(va: Sequence[float], vb: Sequence[float], alpha: float, higher_better: bool) -> dict[str, Any]:
+    """B against A on per-run values: the test `hosttune bench compare` (and `hosttune tune`) decides
+    by, and whether B is better, worse or not significantly different."""
+    ma, mb = mean(va), mean(vb)
+    out: dict[str, Any] = {"a": ma, "b": mb, "delta": (mb - ma) / ma if ma else None,
+                           "mann_whitney": mann_whitney_u(va, vb)}
+    if len(va) >= 2 and len(vb) >= 2:
+        out["welch"] = welch_t(va, vb)
+    # the exact Mann-Whitney U cannot reach 0.05 with fewer than 4 runs a side: Welch's t decides there
+    small = len(va) < 4 or len(vb) < 4
+    out["test"] = "welch" if small and "welch" in out else "mann_whitney"
+    p = out[out["test"]]["p"]
+    out["p"] = p
+    out["significant"] = p < alpha
+    if not out["significant"]:
+        out["change"] = "no significant difference"
+    else:
+        better = (mb > ma) == higher_better
+        out["change"] = "better" if better else "worse"
+    return out
+
+
 # -- distributions for the tests ----------------------------------------------------------------
 def normal_sf(z: float) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))

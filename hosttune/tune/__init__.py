@@ -1,0 +1,1 @@
+"""`hosttune tune`: choose an instance's inference settings by measurement (docs/tune.md)."""
