@@ -384,7 +384,7 @@ def test_numeric_options_refuse_unicode_digits(text, capsys):
     from hosttune.cli import build_parser
 
     parser = build_parser()
-    for argv in (["serve", "--port", text], ["serve", "--nireq", text], ["serve", "--header-timeout", text],
+    for argv in (["serve", "--port", text], ["serve", "--rest_port", text], ["serve", "--nireq", text], ["serve", "--header-timeout", text],
                  ["serve", "--idle-poll-us", text], ["model", "check", "m", "--version", text],
                  ["fleet", "verify", "-i", "x", "--forks", text], ["fleet", "verify", "-i", "x", "--timeout", text]):
         with pytest.raises(SystemExit) as info:
@@ -397,8 +397,10 @@ def test_numeric_options_bounds(capsys):
     from hosttune.cli import build_parser
 
     parser = build_parser()
-    assert parser.parse_args(["serve", "--port", "65535", "--nireq", "4"]).port == 65535
-    for argv in (["serve", "--port", "65536"], ["serve", "--nireq", "100000000"], ["serve", "--nireq", "0"],
+    assert parser.parse_args(["serve", "--port", "65535", "--nireq", "4"]).grpc_port == 65535
+    assert parser.parse_args(["serve", "--rest_port", "65535", "--nireq", "0"]).nireq == 0  # OVMS: 0 is the default
+    for argv in (["serve", "--port", "65536"], ["serve", "--rest_port", "65536"], ["serve", "--nireq", "100000000"],
+                 ["serve", "--file_system_poll_wait_seconds", "4294967296"], ["serve", "--grpc_workers", "0"],
                  ["serve", "--header-timeout", "inf"], ["serve", "--body-timeout", "nan"],
                  ["serve", "--max-body", "99999999999999999999"], ["fleet", "verify", "-i", "x", "--timeout", "1e99"]):
         with pytest.raises(SystemExit):

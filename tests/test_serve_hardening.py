@@ -315,7 +315,7 @@ def test_limit_options_are_checked(models, option, value, message):
 
     from tests.serverproc import HOSTTUNE
 
-    r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--port", "0", option, value],
+    r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--rest_port", "0", "--ephemeral-ports", option, value],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], r.stderr
     assert "Traceback" not in r.stderr
