@@ -279,10 +279,6 @@ def ports(args: argparse.Namespace, instance: dict[str, Any] | None) -> tuple[in
         grpc = grpc if grpc is not None else instance.get("grpc_port")
     elif rest is None and grpc is None:
         rest = DEFAULT_REST_PORT
-    elif rest is None:
-        # the one command line whose meaning changed: say it rather than serve REST clients nothing
-        print("hosttune serve: note: --port is the gRPC port (OVMS's meaning); REST is served with --rest_port",
-              file=sys.stderr, flush=True)
     for value, where in ((rest, "--rest_port" if args.rest_port is not None else "the plan's port"),
                          (grpc, "--port" if args.grpc_port is not None else "the plan's grpc_port")):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535):
@@ -408,6 +404,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
     limits = Limits(args.header_timeout, args.body_timeout, args.max_connections,
                     max_buffered=args.max_buffered_bytes)
+    if args.grpc_port is not None and args.rest_port is None and instance is None:
+        # the one command line whose meaning changed (--port was REST): said, not silent
+        print("hosttune serve: note: --port is the gRPC port (OVMS's meaning); REST is served with --rest_port",
+              file=sys.stderr, flush=True)
     serve_forever(app, sock, host, limits=limits, idle_poll_us=idle_poll_us, direct_lane=not args.no_direct_lane,
                   grpc_port=grpc_port, log_level=args.log_level)
     return 0
