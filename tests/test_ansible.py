@@ -298,7 +298,8 @@ def test_example_inventory_policies_are_valid_hosttune_policies(tmp_path, host):
     ({"hosttune_instances_args": "--nireq 4"}, "hosttune_instances_args"),
     ({"hosttune_instances_serve_extra_args": {"--bind": "0.0.0.0"}}, "hosttune_instances_serve_extra_args"),
     # retired: one list of OVMS flags for both kinds replaced them, said by name
-    ({"hosttune_instances_container_args": ["--rest_port", "9000"]}, "hosttune_instances_container_args and hosttune_instances_serve_args are retired"),
+    ({"hosttune_instances_container_args": ["--rest_port", "9000"]},
+     "hosttune_instances_container_args and hosttune_instances_serve_args are retired"),
 ])
 def test_bad_variable_fails_in_validation_before_any_change(tmp_path, host, base_vars, bad, named):
     before = tree_digest(host)
@@ -703,7 +704,8 @@ def test_one_command_line_for_the_ovms_image_and_hosttune_serve(tmp_path, host, 
                                                                          inst["grpc_port"])
             assert args.func.__name__ == "cmd_serve"
     # an image running hosttune serve gets the same list and its own extras after it
-    extras = {**quiet, "hosttune_instances_kind": "ovms", "hosttune_instances_container_extra_args": ["--bind", "0.0.0.0"]}
+    extras = {**quiet, "hosttune_instances_kind": "ovms",
+              "hosttune_instances_container_extra_args": ["--bind", "0.0.0.0"]}
     assert play(tmp_path, playbook, extras, extra_path=bindir).rc == 0
     for inst in plan["instances"]:
         args = json.loads(state_file.read_text())["containers"][f"hosttune-{inst['name']}"]["Args"]
