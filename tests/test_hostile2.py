@@ -157,7 +157,7 @@ def write_instance_units(unit_dir, bin_path, repo, serve_args, model="sample"):
     dropin = render_role_template("placement.conf.j2", inst=inst, hosttune_plan={"hostname": "h"},
                                   __hosttune_instances_serve_argv=[bin_path, *serve_args],
                                   __hosttune_instances_instance_dir="/etc/hosttune/instances/node0",
-                                  __hosttune_instances_config_json="{}\n", hosttune_instances_model_repo="/srv/models")
+                                  __hosttune_instances_config_sha256="0" * 64, hosttune_instances_model_repo="/srv/models")
     os.makedirs(os.path.join(unit_dir, "hosttune-instance@0.service.d"))
     with open(os.path.join(unit_dir, "hosttune-instance@.service"), "w") as f:
         f.write(unit)

@@ -18,6 +18,7 @@ import pytest
 
 ov = pytest.importorskip("openvino")
 
+from hosttune.instance_settings import METRICS_LIST  # noqa: E402
 from hosttune.model import repo as model_repo  # noqa: E402
 from tests.serverproc import HOSTTUNE, Server, free_port  # noqa: E402
 
@@ -48,7 +49,7 @@ def server(models, tmp_path_factory):
     # run from an unrelated directory: no assumption about the source tree (systemd unit, container)
     cwd = tmp_path_factory.mktemp("cwd")
     srv = Server("--repo", str(models), "--max-body", str(2**20), "--config", '{"NUM_STREAMS": 2}',
-                 "--metrics_enable", cwd=str(cwd))
+                 "--metrics_enable", "--metrics_list", ",".join(METRICS_LIST), cwd=str(cwd))
     yield srv
     assert srv.stop() == 0 or srv.proc.returncode == -15
 

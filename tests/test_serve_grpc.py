@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 ov = pytest.importorskip("openvino")
 
+from hosttune.instance_settings import METRICS_LIST  # noqa: E402
 from hosttune.model import repo as model_repo  # noqa: E402
 from hosttune.model.types import KSERVE_TO_NUMPY, NUMPY_TO_KSERVE  # noqa: E402
 from tests import promtext  # noqa: E402
@@ -122,7 +123,7 @@ def server(models, tmp_path_factory):
                                    ("reshape3", two, 2), ("typed", two, 2))]}
     (tmp / "config.json").write_text(json.dumps(config))
     srv = Server("--plan", str(tmp / "plan.json"), "--plan-instance", "node0", "--config-path",
-                 str(tmp / "config.json"), "--metrics_enable", "--max-body", str(2**20), "--max-json-body", str(2**17), cwd=str(tmp))
+                 str(tmp / "config.json"), "--metrics_enable", "--metrics_list", ",".join(METRICS_LIST), "--max-body", str(2**20), "--max-json-body", str(2**17), cwd=str(tmp))
     srv.cpu = cpu
     assert srv.grpc_port == plan["instances"][0]["grpc_port"], srv.banner
     yield srv

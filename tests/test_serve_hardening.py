@@ -599,7 +599,8 @@ def test_unsupported_upgrades_are_ignored_and_the_connection_goes_on(server, upg
                      + b"GET /v2/models/trivial/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         reply = read_reply(sock, 30)
     assert re.findall(rb"HTTP/1\.1 (\d{3})", reply) == [b"200"] * 3, reply
-    assert b'"data":[1.0,2.0' in reply and reply.endswith(b"content-length: 0\r\nconnection: close\r\n\r\n")  # model-ready: 200, no body (OVMS)
+    assert b'"data":[1.0,2.0' in reply and reply.endswith(  # model-ready: 200, no body (OVMS)
+        b"content-length: 0\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n")
 
 
 def test_a_chunked_body_with_upgrade_is_refused_and_closed(server):

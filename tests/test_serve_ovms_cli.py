@@ -213,6 +213,7 @@ def test_config_json_monitoring_section_sets_the_families(models, tmp_path):
     (["--log_level", "VERBOSE"], ["--log_level", "invalid choice"]),
     (["--plugin_config", "[1]"], ["--plugin_config", "JSON object"]),
     (["--plugin_config", "{}", "--config", "{}"], ["--plugin_config/--config"]),
+    (["--rest_bind_address", "127.0.0.1", "--grpc_bind_address", "0.0.0.0"], ["--rest_bind_address", "one address"]),
 ])
 def test_ovms_refusals(models, args, words):
     one_line_exit_2(serve("--model_name", "m", "--model_path", str(models / "tiny"), *args), *words)
@@ -257,9 +258,11 @@ def test_ovms_options_parse_with_ovms_defaults_and_ascii_bounds():
             parser.parse_args(["serve", *argv])
 
 
-def test_log_level_error_runs(models):
-    srv = Server("--model_name", "m", "--model_path", str(models / "tiny"), "--log_level", "ERROR")
+def test_log_level_and_bind_address_are_taken(models):
+    srv = Server("--model_name", "m", "--model_path", str(models / "tiny"), "--log_level", "ERROR",
+                 "--rest_bind_address", "127.0.0.1", "--grpc_bind_address", "127.0.0.1", "--port", "0")
     try:
+        assert "http://127.0.0.1:" in srv.banner and "grpc://127.0.0.1:" in srv.banner
         assert get(srv.port, "/v2/health/live")[0] == 200
     finally:
         assert srv.stop() == 0

@@ -62,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ovms.add_argument("--rest_port", "--rest-port", dest="rest_port", type=numbers.arg_uint(0, 65535), metavar="PORT",
                       help="KServe v2 REST port (0: no REST; default: the plan instance's port, else 9000 when "
                            "neither --port nor --rest_port is given)")
+    ovms.add_argument("--rest_bind_address", metavar="ADDR", help="REST's address (one address serves both "
+                                                                  "protocols here: the same as --grpc_bind_address, --bind)")
+    ovms.add_argument("--grpc_bind_address", metavar="ADDR", help="gRPC's address (see --rest_bind_address)")
     ovms.add_argument("--model_name", metavar="NAME", help="serve one model under this name (with --model_path)")
     ovms.add_argument("--model_path", metavar="DIR", help="the model's directory holding its numbered version "
                                                           "directories (<DIR>/1/model.xml ...); the highest is served")
@@ -83,8 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="seconds between checks of config.json and the model directories for changes "
                            "(default 1; 0: no checks)")
     ovms.add_argument("--metrics_enable", nargs="?", const="true", default="false", choices=("true", "false"),
-                      help="serve Prometheus metrics at /metrics on the REST port (otherwise /metrics is 404, "
-                           "as OVMS); with --config_path the file's monitoring section says it instead")
+                      help="serve Prometheus metrics at /metrics on the REST port (otherwise /metrics is an "
+                           "unknown endpoint); with --config_path the file's monitoring section says it instead")
     ovms.add_argument("--metrics_list", metavar="NAMES", default="",
                       help="comma-separated OVMS metric families to expose (default: OVMS's default set); "
                            "needs --metrics_enable")
@@ -267,6 +270,12 @@ def ovms_checks(args: argparse.Namespace) -> None:
         raise HosttuneError("give the OpenVINO properties once", where="--plugin_config/--config")
     if args.metrics_list and args.metrics_enable != "true":
         raise HosttuneError("needs --metrics_enable (as in OVMS)", where="--metrics_list")
+    addresses = {a for a in (args.bind, args.rest_bind_address, args.grpc_bind_address) if a is not None}
+    if len(addresses) > 1:
+        raise HosttuneError(f"hosttune serve listens on one address for both protocols, got {sorted(addresses)}",
+                            where="--rest_bind_address/--grpc_bind_address/--bind")
+    if addresses:
+        args.bind = addresses.pop()
 
 
 def ports(args: argparse.Namespace, instance: dict[str, Any] | None) -> tuple[int | None, int | None]:
@@ -309,7 +318,8 @@ def _config_monitoring(path: str) -> tuple[bool, list[str] | None] | None:
 
 
 def metric_families(args: argparse.Namespace) -> frozenset[str] | None:
-    """The metric families /metrics exposes, None: no /metrics (404, as OVMS without metrics)."""
+    """The metric families /metrics exposes, None: no /metrics (an unknown endpoint, as in OVMS
+    without metrics)."""
     from hosttune.serve.metrics import enabled_families
 
     on = args.metrics_enable == "true"
