@@ -159,7 +159,7 @@ def main() -> int:
     repo = model_repo(args.repo or os.path.join(out, "models"), args.variant)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     server = Server("--repo", repo, "--model", args.variant, "--cpus", str(args.server_cpu), "--config", args.config,
-                    "--grpc-port", "0")
+                    "--port", "0", "--metrics_enable")
     try:
         meta = metadata(server.port, args.variant)
         body, headers = binary_request(meta)

@@ -151,7 +151,7 @@ def main() -> int:
     # (1) paired rounds: one in-process run and one HTTP run right after each other, so that the
     # load of a shared machine changes as little as possible between the two halves of a pair
     srv = Server("--plan", plan, "--plan-instance", inst["name"], "--repo", repo, "--model", "sample",
-                 "--model", "trivial", "--port", str(inst["port"]))
+                 "--model", "trivial", "--rest_port", str(inst["port"]), "--metrics_enable")
     try:
         a, b = [], []
         m0 = scrape(inst["port"])

@@ -187,7 +187,8 @@ def main() -> int:
         model_repo.sample(models, variant="tiny", name="a", int8=False)
         model_repo.sample(models, variant="trivial", name="b", int8=False)
         write_config(os.path.join(root, "config.json"), 2, True)
-        server = Server("--config-path", os.path.join(root, "config.json"), "--file-system-poll-wait-seconds", "1")
+        server = Server("--config_path", os.path.join(root, "config.json"), "--file_system_poll_wait_seconds", "1",
+                        "--metrics_enable")
         try:
             summary = run(main_async(args, root, server.port))
             reloads = [line for line in _metrics(server.port).splitlines()

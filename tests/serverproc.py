@@ -1,4 +1,5 @@
-"""Start a real `hosttune serve` in a subprocess (port 0: any free port) and wait until it listens.
+"""Start a real `hosttune serve` in a subprocess and wait until it listens: REST on any free port
+(`--rest_port 0 --ephemeral-ports`; a later --rest_port wins, --port 0 adds gRPC on any free port).
 
 A test harness, used by the tests and the benchmark scripts (which put the checkout on sys.path)."""
 
@@ -17,7 +18,7 @@ HOSTTUNE = [sys.executable, "-m", "hosttune"]
 
 class Server:
     def __init__(self, *args: str, cwd: str | None = None, env: dict | None = None, timeout: float = 90):
-        self.proc = subprocess.Popen([*HOSTTUNE, "serve", "--port", "0", *args], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([*HOSTTUNE, "serve", "--rest_port", "0", "--ephemeral-ports", *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
         self.port = None
         self.grpc_port = None
@@ -30,10 +31,10 @@ class Server:
                 if not line:
                     break
                 buf += line
-                m = re.search(r"listening on http://[^ ]*:([0-9]{1,5})", line)
-                if m:
-                    self.port = int(m.group(1))
-                    grpc = re.search(r" and grpc://[^ ]*:(\d+)", line)  # with --grpc-port
+                if "listening on " in line:
+                    rest = re.search(r"http://[^ ]*:([0-9]{1,5}) ", line)  # none with --rest_port 0 alone
+                    grpc = re.search(r"grpc://[^ ]*:([0-9]{1,5}) ", line)  # with --port
+                    self.port = int(rest.group(1)) if rest else None
                     self.grpc_port = int(grpc.group(1)) if grpc else None
                     self.banner = line
                     return

@@ -228,7 +228,8 @@ def test_every_role_has_meta_and_argument_specs():
         defaults = yaml.safe_load(open(defaults_path)) if os.path.exists(defaults_path) else {}
         for name in defaults:
             assert name.startswith(f"{role}_"), f"{role}: public variable {name} lacks the role prefix"
-            documented = name in options or name in ("hosttune_instances_container_args", "hosttune_instances_serve_args")
+            documented = name in options or name in ("hosttune_instances_args", "hosttune_instances_container_extra_args",
+                                                      "hosttune_instances_serve_extra_args")
             assert documented, f"{role}: {name} is not in meta/argument_specs.yml"
         for name, spec in options.items():
             assert spec.get("description"), f"{role}: {name} has no description"
@@ -294,7 +295,11 @@ def test_example_inventory_policies_are_valid_hosttune_policies(tmp_path, host):
     ({"hosttune_policy": "latency"}, "hosttune_policy"),
     ({"hosttune_agent_options": {"intervall": 5}}, "hosttune_agent_options.intervall"),
     ({"hosttune_cpu_areas": ["cpufreq", "gpu"]}, "hosttune_cpu_areas"),
-    ({"hosttune_instances_container_args": "--nireq 4"}, "hosttune_instances_container_args"),
+    ({"hosttune_instances_args": "--nireq 4"}, "hosttune_instances_args"),
+    ({"hosttune_instances_serve_extra_args": {"--bind": "0.0.0.0"}}, "hosttune_instances_serve_extra_args"),
+    # retired: one list of OVMS flags for both kinds replaced them, said by name
+    ({"hosttune_instances_container_args": ["--rest_port", "9000"]},
+     "hosttune_instances_container_args and hosttune_instances_serve_args are retired"),
 ])
 def test_bad_variable_fails_in_validation_before_any_change(tmp_path, host, base_vars, bad, named):
     before = tree_digest(host)
@@ -649,8 +654,16 @@ def test_systemd_instances_get_placement_drop_ins_from_the_plan(tmp_path, host, 
     assert "\nExecStart=" not in template  # in each instance's drop-in, quoted for systemd
     for inst in plan["instances"]:
         dropin = open(os.path.join(units, f"hosttune-instance@{inst['node']}.service.d", "placement.conf")).read()
-        assert f'ExecStart="{HOSTTUNE}" "serve" "--root" "{host}" "--policy" "{base_vars["hosttune_config"]}" ' \
-               f'"--plan-instance" "{inst["name"]}" "--repo" "/var/lib/hosttune/models"\n' in dropin
+        # OVMS's command line (the container's too), then hosttune serve's own
+        assert f'ExecStart="{HOSTTUNE}" "serve" "--config_path" "/config/config.json" "--rest_port" "{inst["port"]}" ' \
+               f'"--port" "{inst["grpc_port"]}" "--root" "{host}" "--policy" "{base_vars["hosttune_config"]}" ' \
+               f'"--plan-instance" "{inst["name"]}"\n' in dropin
+        # the unit sees the config.json and the models where the container does
+        config_dir = os.path.join(base_vars["hosttune_instances_config_dir"], inst["name"])
+        assert f"BindReadOnlyPaths={config_dir}:/config\n" in dropin
+        assert "BindReadOnlyPaths=/var/lib/hosttune/models:/models\n" in dropin
+        with open(os.path.join(config_dir, "config.json")) as f:
+            assert json.load(f) == inst["ovms"]["config"]
         assert f"AllowedCPUs={inst['cpus_list']}\n" in dropin
         assert f"AllowedMemoryNodes={inst['mems_list']}\n" in dropin
         assert f"CPUAffinity={inst['cpus_list']}\n" in dropin
@@ -658,6 +671,47 @@ def test_systemd_instances_get_placement_drop_ins_from_the_plan(tmp_path, host, 
     assert play(tmp_path, playbook, base_vars).changed() == []
     # Type=notify: serve says READY=1 once its models are compiled; the sandbox is scored below
     assert "\nType=notify\nNotifyAccess=main\n" in template and "\nCapabilityBoundingSet=\n" in template
+
+
+def test_one_command_line_for_the_ovms_image_and_hosttune_serve(tmp_path, host, base_vars, fake_docker):
+    """The roles render one OVMS command line: the container's arguments after the image and the
+    unit's after `hosttune serve` are the same list (hosttune_instances_args), hosttune serve's own
+    options after it; and `hosttune serve` parses it with OVMS's meaning."""
+    from hosttune.cli import build_parser
+    from tests.test_hostile2 import exec_argv
+
+    bindir, state_file = fake_docker
+    write_config(base_vars, {})
+    plan = plan_of(host)
+    playbook = write_playbook(tmp_path, "instances.yml", ["hosttune_instances"])
+    quiet = {**base_vars, "hosttune_instances_health_check": False}
+    assert play(tmp_path, playbook, {**quiet, "hosttune_instances_kind": "ovms"}, extra_path=bindir).rc == 0
+    assert play(tmp_path, playbook, {**quiet, "hosttune_instances_kind": "systemd"}).rc == 0
+    containers = json.loads(state_file.read_text())["containers"]
+    parser = build_parser()
+    for inst in plan["instances"]:
+        ovms = containers[f"hosttune-{inst['name']}"]["Args"]
+        dropin = open(os.path.join(base_vars["hosttune_instances_unit_dir"],
+                                   f"hosttune-instance@{inst['node']}.service.d", "placement.conf")).read()
+        (execstart,) = [line[len("ExecStart="):] for line in dropin.splitlines() if line.startswith("ExecStart=")]
+        serve = exec_argv(execstart)
+        assert serve[:2] == [HOSTTUNE, "serve"]
+        extra = ["--root", host, "--policy", base_vars["hosttune_config"], "--plan-instance", inst["name"]]
+        assert serve[2:] == ovms + extra, (serve, ovms)
+        for argv in (ovms, serve[2:]):
+            args = parser.parse_args(["serve", *argv])
+            assert (args.config_path, args.rest_port, args.grpc_port) == ("/config/config.json", inst["port"],
+                                                                         inst["grpc_port"])
+            assert args.func.__name__ == "cmd_serve"
+    # an image running hosttune serve gets the same list and its own extras after it
+    extras = {**quiet, "hosttune_instances_kind": "ovms",
+              "hosttune_instances_container_extra_args": ["--bind", "0.0.0.0"]}
+    assert play(tmp_path, playbook, extras, extra_path=bindir).rc == 0
+    for inst in plan["instances"]:
+        args = json.loads(state_file.read_text())["containers"][f"hosttune-{inst['name']}"]["Args"]
+        assert args == ["--config_path", "/config/config.json", "--rest_port", str(inst["port"]),
+                        "--port", str(inst["grpc_port"]), "--bind", "0.0.0.0"]
+        assert parser.parse_args(["serve", *args]).bind == "0.0.0.0"
 
 
 @pytest.mark.parametrize("unit, limit", [("instance", 2.0), ("agent", 3.0)])

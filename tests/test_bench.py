@@ -128,7 +128,7 @@ def test_http_against_a_running_instance(models, plan_file, tmp_path):
     path, plan = plan_file
     port = plan["instances"][0]["port"]
     srv = Server("--plan", str(path), "--plan-instance", "node0", "--repo", str(models), "--model", "trivial",
-                 "--port", str(port), "--no-pin")
+                 "--rest_port", str(port), "--no-pin", "--metrics_enable")
     # bench goes where the plan's probe_url says, not to the bind address (TEST-NET-1: unreachable)
     probe_plan = json.loads(json.dumps(plan))
     probe_plan["instances"][0]["bind"] = "192.0.2.1"

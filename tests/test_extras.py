@@ -47,7 +47,7 @@ BASE_LACKS = sorted(EXTRA_OF)  # the base install has none of the extras' module
 
 @pytest.mark.parametrize("argv, extra", [
     (["model", "sample", "--name", "s"], "serve"),
-    (["serve", "--root", "/nonexistent-root-is-not-read-first", "--port", "0"], "serve"),
+    (["serve", "--root", "/nonexistent-root-is-not-read-first", "--rest_port", "0", "--ephemeral-ports"], "serve"),
     (["bench", "--mode", "inprocess", "--model", "m", "--runs", "1", "--duration", "1", "--no-pin"], "serve"),
     (["fleet", "verify", "-i", os.path.join(REPO, "inventory", "localhost")], "fleet"),
     (["bench", "--help"], None),  # help needs no extra

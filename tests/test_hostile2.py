@@ -153,8 +153,11 @@ def write_instance_units(unit_dir, bin_path, repo, serve_args, model="sample"):
     inst = {"name": "node0", "node": 0, "cpus_list": "1-3", "mems_list": "0", "port": 9000, "bind": "127.0.0.1",
             "model": model}
     unit = render_role_template("hosttune-instance@.service.j2", hosttune_instances_model_repo=repo)
+    # the directories BindReadOnlyPaths= binds are plain paths (the role refuses others before any change)
     dropin = render_role_template("placement.conf.j2", inst=inst, hosttune_plan={"hostname": "h"},
-                                  hosttune_bin=bin_path, hosttune_instances_serve_args=serve_args)
+                                  __hosttune_instances_serve_argv=[bin_path, *serve_args],
+                                  __hosttune_instances_instance_dir="/etc/hosttune/instances/node0",
+                                  __hosttune_instances_config_sha256="0" * 64, hosttune_instances_model_repo="/srv/models")
     os.makedirs(os.path.join(unit_dir, "hosttune-instance@0.service.d"))
     with open(os.path.join(unit_dir, "hosttune-instance@.service"), "w") as f:
         f.write(unit)
@@ -183,14 +186,14 @@ def test_instance_units_rendered_with_hostile_values_pass_systemd_analyze_verify
         exe.write_text("#!/bin/sh\n")
         exe.chmod(0o755)
         repo = "/srv/" + value
-        args = ["serve", "--repo", repo, "--plan-instance", "node0", value]
+        args = ["serve", "--config_path", "/config/config.json", "--plan-instance", "node0", "--root", repo, value]
         unit, dropin = write_instance_units(str(base / "units"), str(exe), repo, args)
         proc = subprocess.run([analyze, "verify", "--man=no", str(base / "units" / "hosttune-instance@0.service")],
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "hosttune-instance" not in proc.stderr, (value, proc.stderr, dropin)
         keys = [k for k, _ in directives(dropin)]
-        assert keys == ["ExecStart", "AllowedCPUs", "AllowedMemoryNodes", "CPUAffinity", "NUMAPolicy", "NUMAMask",
-                        "Environment"], dropin
+        assert keys == ["ExecStart", "BindReadOnlyPaths", "BindReadOnlyPaths", "AllowedCPUs", "AllowedMemoryNodes",
+                        "CPUAffinity", "NUMAPolicy", "NUMAMask", "Environment"], dropin
         (execstart,) = [v for k, v in directives(dropin) if k == "ExecStart"]
         assert exec_argv(execstart) == [str(exe)] + args
         (env,) = [v for k, v in directives(unit) if k == "Environment"]
@@ -211,7 +214,8 @@ from tests.test_ansible import (base_vars, fake_docker, host, play, write_config
 
 @pytest.mark.parametrize("var, value", [
     ("hosttune_instances_model_repo", "/srv/models\nExecStartPre=/bin/touch /run/owned"),
-    ("hosttune_instances_serve_args", ["serve", "--repo", "/srv\rx"]),
+    ("hosttune_instances_serve_extra_args", ["--root", "/srv\rx"]),
+    ("hosttune_instances_args", ["--config_path", "/config/config.json\nExecStartPre=/bin/true"]),
     ("hosttune_bin", 'bin"/hosttune'),  # systemd refuses a quote in the executable's name
 ])
 def test_a_value_systemd_cannot_hold_is_refused_before_any_change(tmp_path, host, base_vars, var, value):
@@ -384,7 +388,7 @@ def test_numeric_options_refuse_unicode_digits(text, capsys):
     from hosttune.cli import build_parser
 
     parser = build_parser()
-    for argv in (["serve", "--port", text], ["serve", "--nireq", text], ["serve", "--header-timeout", text],
+    for argv in (["serve", "--port", text], ["serve", "--rest_port", text], ["serve", "--nireq", text], ["serve", "--header-timeout", text],
                  ["serve", "--idle-poll-us", text], ["model", "check", "m", "--version", text],
                  ["fleet", "verify", "-i", "x", "--forks", text], ["fleet", "verify", "-i", "x", "--timeout", text]):
         with pytest.raises(SystemExit) as info:
@@ -397,8 +401,10 @@ def test_numeric_options_bounds(capsys):
     from hosttune.cli import build_parser
 
     parser = build_parser()
-    assert parser.parse_args(["serve", "--port", "65535", "--nireq", "4"]).port == 65535
-    for argv in (["serve", "--port", "65536"], ["serve", "--nireq", "100000000"], ["serve", "--nireq", "0"],
+    assert parser.parse_args(["serve", "--port", "65535", "--nireq", "4"]).grpc_port == 65535
+    assert parser.parse_args(["serve", "--rest_port", "65535", "--nireq", "0"]).nireq == 0  # OVMS: 0 is the default
+    for argv in (["serve", "--port", "65536"], ["serve", "--rest_port", "65536"], ["serve", "--nireq", "100000000"],
+                 ["serve", "--file_system_poll_wait_seconds", "4294967296"], ["serve", "--grpc_workers", "0"],
                  ["serve", "--header-timeout", "inf"], ["serve", "--body-timeout", "nan"],
                  ["serve", "--max-body", "99999999999999999999"], ["fleet", "verify", "-i", "x", "--timeout", "1e99"]):
         with pytest.raises(SystemExit):

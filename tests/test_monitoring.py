@@ -162,11 +162,13 @@ def live_agent_exposition(tmp_path):
 def live_serve_exposition(tmp_path):
     import http.client
 
+    from hosttune.instance_settings import METRICS_LIST
     from hosttune.model import repo as model_repo
     from tests.serverproc import Server
 
     model_repo.sample(str(tmp_path / "models"), variant="trivial", int8=False)
-    srv = Server("--repo", str(tmp_path / "models"), timeout=180)
+    srv = Server("--repo", str(tmp_path / "models"), "--metrics_enable", "--metrics_list",
+                 ",".join(METRICS_LIST), timeout=180)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
         conn.request("GET", "/v2/models/nope")  # a rejection, so that every family has a sample

@@ -18,6 +18,7 @@ import pytest
 
 ov = pytest.importorskip("openvino")
 
+from hosttune.instance_settings import METRICS_LIST  # noqa: E402
 from hosttune.model import repo as model_repo  # noqa: E402
 from tests.serverproc import HOSTTUNE, Server, free_port  # noqa: E402
 
@@ -48,7 +49,7 @@ def server(models, tmp_path_factory):
     # run from an unrelated directory: no assumption about the source tree (systemd unit, container)
     cwd = tmp_path_factory.mktemp("cwd")
     srv = Server("--repo", str(models), "--max-body", str(2**20), "--config", '{"NUM_STREAMS": 2}',
-                 cwd=str(cwd))
+                 "--metrics_enable", "--metrics_list", ",".join(METRICS_LIST), cwd=str(cwd))
     yield srv
     assert srv.stop() == 0 or srv.proc.returncode == -15
 
@@ -698,7 +699,7 @@ def test_start_errors_are_one_line_exit_2(models, tmp_path):
     busy.listen(1)
     port = busy.getsockname()[1]
     try:
-        r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--model", "trivial", "--port", str(port)],
+        r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--model", "trivial", "--rest_port", str(port)],
                            capture_output=True, text=True, timeout=120)
     finally:
         busy.close()
@@ -706,7 +707,7 @@ def test_start_errors_are_one_line_exit_2(models, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
     def serve(*args):
-        return subprocess.run([*HOSTTUNE, "serve", "--port", "0", *args], capture_output=True, text=True,
+        return subprocess.run([*HOSTTUNE, "serve", "--rest_port", "0", "--ephemeral-ports", *args], capture_output=True, text=True,
                               timeout=120)
 
     r = serve("--repo", str(models), "--model", "missing")

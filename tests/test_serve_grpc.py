@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 ov = pytest.importorskip("openvino")
 
+from hosttune.instance_settings import METRICS_LIST  # noqa: E402
 from hosttune.model import repo as model_repo  # noqa: E402
 from hosttune.model.types import KSERVE_TO_NUMPY, NUMPY_TO_KSERVE  # noqa: E402
 from tests import promtext  # noqa: E402
@@ -122,7 +123,7 @@ def server(models, tmp_path_factory):
                                    ("reshape3", two, 2), ("typed", two, 2))]}
     (tmp / "config.json").write_text(json.dumps(config))
     srv = Server("--plan", str(tmp / "plan.json"), "--plan-instance", "node0", "--config-path",
-                 str(tmp / "config.json"), "--max-body", str(2**20), "--max-json-body", str(2**17), cwd=str(tmp))
+                 str(tmp / "config.json"), "--metrics_enable", "--metrics_list", ",".join(METRICS_LIST), "--max-body", str(2**20), "--max-json-body", str(2**17), cwd=str(tmp))
     srv.cpu = cpu
     assert srv.grpc_port == plan["instances"][0]["grpc_port"], srv.banner
     yield srv
@@ -484,7 +485,7 @@ def test_grpc_port_refusals_are_one_line_exit_2(models):
     try:
         for args, message in ((["--grpc-port", str(taken.getsockname()[1])], "already in use"),
                               (["--grpc-port", "70000"], "must be ASCII digits from 0 to 65535"),
-                              (["--port", "9311", "--grpc-port", "9311"], "is the REST port already")):
+                              (["--rest_port", "9311", "--port", "9311"], "cannot have the same value")):
             r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--model", "trivial", *args],
                                capture_output=True, text=True, timeout=120)
             assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

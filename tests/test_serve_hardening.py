@@ -315,7 +315,7 @@ def test_limit_options_are_checked(models, option, value, message):
 
     from tests.serverproc import HOSTTUNE
 
-    r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--port", "0", option, value],
+    r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(models), "--rest_port", "0", "--ephemeral-ports", option, value],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and message in r.stderr.strip().splitlines()[-1], r.stderr
     assert "Traceback" not in r.stderr
@@ -599,7 +599,8 @@ def test_unsupported_upgrades_are_ignored_and_the_connection_goes_on(server, upg
                      + b"GET /v2/models/trivial/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         reply = read_reply(sock, 30)
     assert re.findall(rb"HTTP/1\.1 (\d{3})", reply) == [b"200"] * 3, reply
-    assert b'"data":[1.0,2.0' in reply and reply.endswith(b"content-length: 0\r\nconnection: close\r\n\r\n")  # model-ready: 200, no body (OVMS)
+    assert b'"data":[1.0,2.0' in reply and reply.endswith(  # model-ready: 200, no body (OVMS)
+        b"content-length: 0\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n")
 
 
 def test_a_chunked_body_with_upgrade_is_refused_and_closed(server):

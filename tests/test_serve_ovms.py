@@ -11,6 +11,7 @@ import pytest
 
 ov = pytest.importorskip("openvino")
 
+from hosttune.instance_settings import METRICS_LIST  # noqa: E402
 from hosttune.model import repo as model_repo  # noqa: E402
 from hosttune.serve.metrics import BUCKETS_US, Metrics  # noqa: E402
 from tests.serverproc import Server  # noqa: E402
@@ -56,7 +57,8 @@ def shapes(family, keep):
 def test_metrics_match_the_ovms_listing_after_real_inferences(models):
     with open(OVMS_LISTING) as f:
         ovms = promtext.parse(f.read())
-    srv = Server("--repo", str(models), "--model", "trivial", "--config", '{"NUM_STREAMS": 2}')
+    srv = Server("--repo", str(models), "--model", "trivial", "--config", '{"NUM_STREAMS": 2}',
+                 "--metrics_enable", "--metrics_list", ",".join(METRICS_LIST))  # the role's list: all nine
     try:
         for _ in range(3):
             assert request(srv.port, "POST", "/v2/models/trivial/infer", infer_body())[0] == 200
@@ -75,7 +77,7 @@ def test_metrics_match_the_ovms_listing_after_real_inferences(models):
     for name in sorted(shared):
         assert ours[name].type == ovms[name].type, name
         assert ours[name].help == ovms[name].help, name
-        # OVMS's KServe REST series (this server has no --grpc-port; no TensorFlow Serving API)
+        # OVMS's KServe REST series (this server has no --port; no TensorFlow Serving API)
         rest = shapes(ovms[name], lambda lb: lb.get("api", "KServe") == "KServe" and lb.get("interface", "REST") == "REST")
         assert shapes(ours[name], lambda lb: lb["name"] == "trivial") == rest, name
     # a counter's sample carries the bare family name, as OVMS writes it
@@ -211,7 +213,7 @@ def test_bad_config_json_is_one_line_exit_2(models, tmp_path, config, message):
     path = tmp_path / "config.json"
     text = config if isinstance(config, str) else json.dumps(config).replace("MODELS", str(models))
     path.write_text(text)
-    r = subprocess.run([*HOSTTUNE, "serve", "--port", "0", "--config-path", str(path)], capture_output=True,
+    r = subprocess.run([*HOSTTUNE, "serve", "--rest_port", "0", "--ephemeral-ports", "--config-path", str(path)], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

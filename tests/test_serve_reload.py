@@ -88,7 +88,7 @@ def infer(port, path="/v2/models/trivial/infer"):
 
 
 def serve(root, *args):
-    return Server("--config-path", str(root / "config.json"), *args)
+    return Server("--config_path", str(root / "config.json"), "--metrics_enable", *args)
 
 
 @pytest.mark.parametrize("policy, appear, served_after", [

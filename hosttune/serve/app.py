@@ -4,9 +4,12 @@
     GET  /v2/models/{name}[/versions/{v}]            metadata
     GET  /v2/models/{name}[/versions/{v}]/ready     200 with an empty body, as OVMS
     POST /v2/models/{name}[/versions/{v}]/infer      JSON tensors and the binary-data extension
-    GET  /metrics                                    Prometheus (OVMS metric names)
+    GET  /metrics                                    Prometheus (OVMS metric names), when metrics are on
     GET  /v1/config, POST /v1/config/reload          OVMS's model status; re-read config.json now
                                                      (hosttune/serve/reload.py)
+
+Health and model-ready answers are OVMS's (src/http_server.cpp, http_rest_api_handler.cpp): the
+status code alone answers, with an empty body and OVMS's `content-type: application/json`.
 
 Bad requests get a 4xx with `{"error": "..."}` and the server keeps serving. Every infer request
 is answered by `infer`; one that `answers_now` accepts by `infer_now`, which runs on the calling
@@ -38,12 +41,16 @@ class App:
     """The ASGI application."""
 
     def __init__(self, models: list[ServedModel], max_body: int = DEFAULT_MAX_BODY,
-                 max_json: int = DEFAULT_MAX_JSON):
+                 max_json: int = DEFAULT_MAX_JSON, metrics_on: bool = True,
+                 metric_families: frozenset[str] | None = None):
+        """`metrics_on` False: /metrics is an unknown endpoint, as OVMS without metrics;
+        `metric_families` the families it exposes (metrics.enabled_families; None: all)."""
         self.max_body = max_body
         self.max_json = max_json
         # large JSON bodies: as many decoded at once as requests can run in OpenVINO
         self.decoder = Decoder(threads=max(m.nireq for m in models))
-        self.metrics = Metrics()
+        self.metrics = Metrics(enabled=metric_families)
+        self.metrics_on = metrics_on
         # the metric children of each (name, version) ever served: a request on a model replaced
         # by a reload still finds its own
         self.bound: dict[tuple[str, int], dict] = {}
@@ -104,11 +111,11 @@ class App:
         if path in ("/v2/health/live", "/v2/health/ready"):
             self._only(method, "GET", "HEAD")
             ok = path.endswith("live") or self.ready
-            return 200 if ok else 503, b"", [], False
+            return 200 if ok else 503, b"", [JSON_CT], False
         if path in ("/v2", "/v2/"):
             self._only(method, "GET")
             return _json(200, {"name": "hosttune", "version": __version__, "extensions": ["binary_tensor_data"]})
-        if path == "/metrics":
+        if path == "/metrics" and self.metrics_on:
             self._only(method, "GET")
             body, ctype = self.metrics.render()
             return 200, body, [(b"content-type", ctype.encode())], False
@@ -178,7 +185,7 @@ class App:
         if action == "ready":
             self._only(method, "GET", "HEAD")
             bound["success"]["ModelReady"].inc()
-            return 200, b"", [], False  # as OVMS: the status code alone answers
+            return 200, b"", [JSON_CT], False  # as OVMS: the status code alone answers
         self._only(method, "GET")
         bound["success"]["ModelMetadata"].inc()
         return _json(200, model.metadata())

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 from hosttune import cpulist, numbers, safejson
@@ -34,6 +35,9 @@ PLAN = Obj({"schema": Str(), "instances": List(PLAN_INSTANCE, 4096), "nodes": Li
 # Bounds of the numeric options (docs/security.md): checked by argparse, ASCII digits only
 MAX_BODY = 2**31  # bytes
 MAX_TIMEOUT = 86400.0  # seconds
+MAX_REST_WORKERS = 10_000  # OVMS's bound (src/config.cpp)
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")  # OVMS's --log_level values
+DEFAULT_REST_PORT = 9000  # neither --rest_port nor --port nor a plan instance: REST here, as before OVMS's flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,34 +46,67 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "serve", help="KServe v2 REST and gRPC inference server on the OpenVINO runtime (one per NUMA node)",
-        description="Serve the models of an OVMS-layout repository over the KServe v2 REST protocol "
-                    "(and gRPC with --grpc-port). "
-                    "With --plan-instance the port, bind address, CPUs, memory node and OpenVINO "
+        description="Serve the models of an OVMS-layout repository over KServe v2 REST (--rest_port) and "
+                    "gRPC (--port), with OVMS's command line: an instance's arguments are the same for the "
+                    "OVMS image and for hosttune serve. "
+                    "With --plan-instance the ports, bind address, CPUs, memory node and OpenVINO "
                     "settings come from the plan; explicit options override them.")
     add_root(p)
     add_policy(p)
+    # -- OVMS's flags, with OVMS's meaning (src/cli_parser.cpp, docs/parameters.md); the dashed
+    # spellings are hosttune's older names of the same option
+    ovms = p.add_argument_group("OVMS's options (same names and meaning as OVMS's)")
+    ovms.add_argument("--port", "--grpc-port", dest="grpc_port", type=numbers.arg_uint(0, 65535), metavar="PORT",
+                      help="KServe v2 gRPC port (OVMS's meaning; 0 or unset: no gRPC; default: the plan "
+                           "instance's grpc_port). Before hosttune 28, --port was the REST port: see --rest_port")
+    ovms.add_argument("--rest_port", "--rest-port", dest="rest_port", type=numbers.arg_uint(0, 65535), metavar="PORT",
+                      help="KServe v2 REST port (0: no REST; default: the plan instance's port, else 9000 when "
+                           "neither --port nor --rest_port is given)")
+    ovms.add_argument("--rest_bind_address", metavar="ADDR", help="REST's address (one address serves both "
+                                                                  "protocols here: the same as --grpc_bind_address, --bind)")
+    ovms.add_argument("--grpc_bind_address", metavar="ADDR", help="gRPC's address (see --rest_bind_address)")
+    ovms.add_argument("--model_name", metavar="NAME", help="serve one model under this name (with --model_path)")
+    ovms.add_argument("--model_path", metavar="DIR", help="the model's directory holding its numbered version "
+                                                          "directories (<DIR>/1/model.xml ...); the highest is served")
+    ovms.add_argument("--config_path", "--config-path", dest="config_path", metavar="CONFIG_JSON",
+                      help="serve the models of an OVMS config.json instead of --model_name/--model_path or --repo/--model")
+    ovms.add_argument("--nireq", type=numbers.arg_uint(0, MAX_NIREQ),
+                      help="infer requests in the pool (0 or unset: the plan's, else OPTIMAL_NUMBER_OF_INFER_REQUESTS "
+                           "of the compiled model)")
+    ovms.add_argument("--plugin_config", metavar="JSON", help='OpenVINO properties, e.g. \'{"NUM_STREAMS": "1"}\' '
+                                                              "(OVMS's single-model option; not with --config_path)")
+    ovms.add_argument("--target_device", metavar="DEVICE", help="CPU (hosttune serve runs on CPU only; others are refused)")
+    ovms.add_argument("--grpc_workers", type=numbers.arg_uint(1, os.cpu_count() or 1), default=1, metavar="N",
+                      help="gRPC servers (OVMS: 1 to the CPU count); hosttune serves gRPC from its one event "
+                           "loop, so any value is accepted and served by one")
+    ovms.add_argument("--rest_workers", type=numbers.arg_uint(2, MAX_REST_WORKERS), metavar="N",
+                      help=f"REST worker threads (OVMS: 2 to {MAX_REST_WORKERS}, needs --rest_port); hosttune "
+                           "serves REST from its one event loop, so the value is checked and not used")
+    ovms.add_argument("--file_system_poll_wait_seconds", "--file-system-poll-wait-seconds", dest="file_system_poll_wait_seconds", type=numbers.arg_uint(0, 2**32 - 1), default=1, metavar="S",
+                      help="seconds between checks of config.json and the model directories for changes "
+                           "(default 1; 0: no checks)")
+    ovms.add_argument("--metrics_enable", nargs="?", const="true", default="false", choices=("true", "false"),
+                      help="serve Prometheus metrics at /metrics on the REST port (otherwise /metrics is an "
+                           "unknown endpoint); with --config_path the file's monitoring section says it instead")
+    ovms.add_argument("--metrics_list", metavar="NAMES", default="",
+                      help="comma-separated OVMS metric families to expose (default: OVMS's default set); "
+                           "needs --metrics_enable")
+    ovms.add_argument("--log_level", default="INFO", choices=LOG_LEVELS, help="log level (OVMS's names; default INFO)")
+    ovms.add_argument("--cpu_extension", metavar="LIB", help="refused: hosttune serve loads no custom CPU layer library")
+    # -- hosttune's own
     p.add_argument("--plan", metavar="FILE", help="a saved plan JSON (hosttune plan --json) instead of "
                                                   "computing the plan from --root/--policy")
     p.add_argument("--plan-instance", metavar="NAME", help="serve as this plan instance (e.g. node0)")
     p.add_argument("--repo", default=None, help=f"model repository <repo>/<name>/<version>/ "
                                                 f"(default: $HOSTTUNE_MODEL_REPO or {default_repo()})")
     p.add_argument("--model", action="append", metavar="NAME[:VERSION]",
-                   help="model(s) to serve (default: the instance's model, else every model in the repo)")
-    p.add_argument("--config-path", metavar="CONFIG_JSON",
-                   help="serve the models of an OVMS config.json (name, base_path, version policy, nireq, "
-                        "plugin_config) instead of --repo/--model")
-    p.add_argument("--file-system-poll-wait-seconds", type=numbers.arg_uint(0, 86400), default=1, metavar="S",
-                   help="with --config-path: re-read config.json and the model directories every S seconds "
-                        "(0: only on POST /v1/config/reload)")
-    p.add_argument("--port", type=numbers.arg_uint(0, 65535), help="TCP port (default: the instance's, else 9000; 0 = any free port)")
-    p.add_argument("--grpc-port", type=numbers.arg_uint(0, 65535), metavar="PORT",
-                   help="also serve KServe v2 gRPC on this port, same address (default: the instance's "
-                        "grpc_port, else REST only; 0 = any free port)")
-    p.add_argument("--bind", help="address to listen on (default: the instance's, else 127.0.0.1)")
+                   help="model(s) of --repo to serve (default: the instance's model, else every model in the repo)")
+    p.add_argument("--ephemeral-ports", action="store_true",
+                   help="a port given as 0 (--rest_port, --port) is any free port, named in the start line, "
+                        "instead of OVMS's \"not served\" (tests and benchmarks)")
+    p.add_argument("--bind", help="address to listen on, REST and gRPC (default: the instance's, else 127.0.0.1)")
     p.add_argument("--config", metavar="JSON", help='OpenVINO properties, e.g. \'{"NUM_STREAMS": 2}\' '
-                                                    '(override the plan\'s)')
-    p.add_argument("--nireq", type=numbers.arg_uint(1, MAX_NIREQ), help="infer requests in the pool (default: the plan's, else "
-                                             "OPTIMAL_NUMBER_OF_INFER_REQUESTS of the compiled model)")
+                                                    '(over the plan\'s or the config.json\'s)')
     p.add_argument("--cpus", help="CPU list to run on (default: the instance's CPUs)")
     p.add_argument("--no-pin", action="store_true", help="do not set CPU affinity or memory policy")
     p.add_argument("--max-body", type=numbers.arg_uint(1, MAX_BODY), default=64 * 2**20, help="largest request body in bytes (413 above)")
@@ -168,17 +205,17 @@ def find_instance(plan: dict[str, Any], name: str) -> dict[str, Any]:
     raise HosttuneError(f"the plan has no instance {name!r} (instances: {names})", where="--plan-instance")
 
 
-def openvino_config(base: dict[str, Any], override: str | None) -> dict[str, Any]:
-    """The plan's OpenVINO properties with --config over them. NUM_STREAMS and PERFORMANCE_HINT are
-    never set together: an explicit one replaces the plan's other."""
+def openvino_config(base: dict[str, Any], override: str | None, where: str = "--config") -> dict[str, Any]:
+    """The plan's OpenVINO properties with --config (or --plugin_config, `where`) over them.
+    NUM_STREAMS and PERFORMANCE_HINT are never set together: an explicit one replaces the plan's other."""
     config = dict(base)
     if override:
-        extra = safejson.loads(override, "--config", max_bytes=64 * 2**10)
+        extra = safejson.loads(override, where, max_bytes=64 * 2**10)
         if not isinstance(extra, dict):
-            raise HosttuneError('expected a JSON object like {"NUM_STREAMS": 2}', where="--config")
-        safejson.check(extra, Map(SCALAR), "--config")
+            raise HosttuneError('expected a JSON object like {"NUM_STREAMS": 2}', where=where)
+        safejson.check(extra, Map(SCALAR), where)
         if "NUM_STREAMS" in extra and "PERFORMANCE_HINT" in extra:
-            raise HosttuneError("set NUM_STREAMS or PERFORMANCE_HINT, not both", where="--config")
+            raise HosttuneError("set NUM_STREAMS or PERFORMANCE_HINT, not both", where=where)
         if "NUM_STREAMS" in extra:
             config.pop("PERFORMANCE_HINT", None)
         if "PERFORMANCE_HINT" in extra:
@@ -207,13 +244,91 @@ def _model_specs(args: argparse.Namespace, instance: dict[str, Any] | None, repo
     return out
 
 
+def ovms_checks(args: argparse.Namespace) -> None:
+    """OVMS's own refusals of its options (src/config.cpp), before anything is read: what OVMS
+    refuses, hosttune serve refuses too, naming the option."""
+    if args.cpu_extension is not None:
+        raise HosttuneError("hosttune serve loads no custom CPU layer library; serve this model with OVMS",
+                            where="--cpu_extension")
+    if args.target_device not in (None, "", "CPU"):
+        raise HosttuneError(f"{args.target_device!r}: hosttune serve runs on CPU only", where="--target_device")
+    if args.model_name is not None or args.model_path is not None:
+        if args.config_path:
+            raise HosttuneError("use either --config_path or --model_path with --model_name", where="--config_path")
+        if not args.model_name or not args.model_path:
+            raise HosttuneError("--model_name and --model_path go together",
+                                where="--model_path" if args.model_name else "--model_name")
+        if args.model or args.repo:
+            raise HosttuneError("--model_name/--model_path name the model and its directory", where="--model/--repo")
+        safejson.check(args.model_name, Name(), "--model_name")
+    if args.config_path:
+        given = [f"--{n}" for n in ("nireq", "plugin_config", "target_device") if getattr(args, n)]
+        if given:
+            raise HosttuneError("model options on the command line are exclusive with the config file (as in OVMS)",
+                                where=given[0])
+    if args.plugin_config is not None and args.config is not None:
+        raise HosttuneError("give the OpenVINO properties once", where="--plugin_config/--config")
+    if args.metrics_list and args.metrics_enable != "true":
+        raise HosttuneError("needs --metrics_enable (as in OVMS)", where="--metrics_list")
+    addresses = {a for a in (args.bind, args.rest_bind_address, args.grpc_bind_address) if a is not None}
+    if len(addresses) > 1:
+        raise HosttuneError(f"hosttune serve listens on one address for both protocols, got {sorted(addresses)}",
+                            where="--rest_bind_address/--grpc_bind_address/--bind")
+    if addresses:
+        args.bind = addresses.pop()
+
+
+def ports(args: argparse.Namespace, instance: dict[str, Any] | None) -> tuple[int | None, int | None]:
+    """(REST port, gRPC port), None: not served. OVMS's meaning: --port is gRPC, --rest_port REST,
+    0 is "not served" (with --ephemeral-ports: any free port). Unset, they are the plan instance's;
+    with neither flag nor instance, REST on DEFAULT_REST_PORT as before hosttune took OVMS's flags."""
+    rest, grpc = args.rest_port, args.grpc_port
+    if instance:
+        rest = rest if rest is not None else instance.get("port")
+        grpc = grpc if grpc is not None else instance.get("grpc_port")
+    elif rest is None and grpc is None:
+        rest = DEFAULT_REST_PORT
+    for value, where in ((rest, "--rest_port" if args.rest_port is not None else "the plan's port"),
+                         (grpc, "--port" if args.grpc_port is not None else "the plan's grpc_port")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535):
+            raise HosttuneError(f"{brief(value)} is not a TCP port", where=where)
+    if not args.ephemeral_ports:
+        rest, grpc = rest or None, grpc or None  # OVMS: 0 is not served
+    if rest is None and grpc is None:
+        raise HosttuneError("port and rest_port cannot both be unset (or 0)", where="--port/--rest_port")
+    if rest is not None and rest == grpc != 0:
+        raise HosttuneError(f"port and rest_port cannot have the same value ({rest})", where="--port/--rest_port")
+    if rest is None:
+        for name in ("metrics_enable", "rest_workers"):
+            if getattr(args, name) not in (None, "false"):
+                raise HosttuneError("needs --rest_port (as in OVMS: REST serves it)", where=f"--{name}")
+    return rest, grpc
+
+
+def metric_families(args: argparse.Namespace, config: Any = None) -> frozenset[str] | None:
+    """The metric families /metrics exposes, None: no /metrics (an unknown endpoint, as in OVMS
+    without metrics). `config`: the config.json read (ovms_config.Config), whose monitoring section
+    says it instead of the flags."""
+    from hosttune.serve.metrics import enabled_families
+
+    on = args.metrics_enable == "true"
+    names = [n.strip() for n in args.metrics_list.split(",")] if args.metrics_list else None
+    where = "--metrics_list"
+    if config is not None and config.metrics_enable is not None:
+        if on:  # OVMS: "Metrics configuration duplicated in configuration file and CLI parameters"
+            raise HosttuneError("the config file's monitoring section sets the metrics already",
+                                where="--metrics_enable")
+        on, names = config.metrics_enable, config.metrics_list
+        where = f"{args.config_path}: monitoring.metrics.metrics_list"
+    return enabled_families(names, where) if on else None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from hosttune.model.repo import find
     from hosttune.serve import placement
 
     # the options' own bounds first: nothing is read before they hold
-    if args.nireq is not None and not 1 <= args.nireq <= MAX_NIREQ:
-        raise HosttuneError(f"must be 1 to {MAX_NIREQ}, got {args.nireq}", where="--nireq")
+    ovms_checks(args)
     for name in ("max_body", "max_json_body"):
         if getattr(args, name) < 1024:
             raise HosttuneError("must be at least 1024 bytes", where="--" + name.replace("_", "-"))
@@ -231,30 +346,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         multi_node = len(plan.get("nodes") or []) > 1
     elif args.plan:
         raise HosttuneError("--plan needs --plan-instance NAME", where="--plan")
-    repo = _repo(args)
+    rest_port, grpc_port = ports(args, instance)
+    config = None
     if args.config_path:
         from hosttune.serve import ovms_config
 
         if args.model or args.repo:
             raise HosttuneError("the config file names the models and their paths", where="--model/--repo")
-        ovms_config.read(args.config_path)  # a refused file is refused before anything is bound
+        config = ovms_config.read(args.config_path)  # a refused file is refused before anything is bound
         served = []
+    families = metric_families(args, config) if rest_port is not None else None
+    elif args.model_path:
+        # OVMS's single model: a directory of numbered versions, the highest served
+        path = os.path.abspath(args.model_path).rstrip("/")
+        entry = find(os.path.dirname(path), os.path.basename(path), None)
+        served = [(replace(entry, name=args.model_name), (instance or {}).get("openvino", {}), None)]
     else:
+        repo = _repo(args)
         served = [(find(repo, name, version), (instance or {}).get("openvino", {}), None)
                   for name, version in _model_specs(args, instance, repo)]
     host = args.bind or (instance or {}).get("bind") or "127.0.0.1"
-    port = args.port if args.port is not None else (instance or {}).get("port", 9000)
-    if not 0 <= port <= 65535:
-        raise HosttuneError(f"{port} is not a TCP port", where="--port")
-    grpc_port = args.grpc_port if args.grpc_port is not None else (instance or {}).get("grpc_port")
-    if grpc_port is not None:
-        where = "--grpc-port" if args.grpc_port is not None else "the plan's grpc_port"
-        if isinstance(grpc_port, bool) or not isinstance(grpc_port, int) or not 0 <= grpc_port <= 65535:
-            raise HosttuneError(f"{brief(grpc_port)} is not a TCP port", where=where)
-        if grpc_port == port != 0:
-            raise HosttuneError(f"port {port} is the REST port already", where=where)
     plan_nireq = ((instance or {}).get("ovms") or {}).get("nireq")
-    served = [(entry, openvino_config(props, args.config), args.nireq or nireq or plan_nireq)
+    override, where = (args.plugin_config, "--plugin_config") if args.plugin_config is not None else (args.config, "--config")
+    served = [(entry, openvino_config(props, override, where), args.nireq or nireq or plan_nireq)
               for entry, props, nireq in served]
     idle_poll_us = args.idle_poll_us if args.idle_poll_us is not None else (instance or {}).get("idle_poll_us") or 0
     if isinstance(idle_poll_us, bool) or not isinstance(idle_poll_us, int) or not 0 <= idle_poll_us <= MAX_IDLE_POLL_US:
@@ -266,14 +380,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hosttune.serve.run import bind_socket, serve_forever
     from hosttune.serve.wire import Limits
 
-    sock = bind_socket(host, port)  # a taken port fails here, before the slow part
-    if grpc_port:  # the same for gRPC's port (grpcio binds it itself, once the models are compiled)
-        try:
-            bind_socket(host, grpc_port).close()
-        except BaseException:
-            sock.close()
-            raise
+    # taken ports fail here, before the slow part (grpcio binds its port itself, once the models are compiled)
+    sock = bind_socket(host, rest_port) if rest_port is not None else None
     try:
+        if grpc_port:
+            bind_socket(host, grpc_port).close()
         if cpus and not args.no_pin:
             placement.pin_cpus(cpus, where="--cpus" if args.cpus else f"instance {instance['name']}")
             if instance and instance.get("mems") and multi_node and not placement.bind_memory(instance["mems"]):
@@ -295,16 +406,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             reloader = Reloader(args.config_path, build, args.file_system_poll_wait_seconds)
             models = reloader.first()
-        app = App(models, max_body=args.max_body, max_json=args.max_json_body)
+        app = App(models, max_body=args.max_body, max_json=args.max_json_body,
+                  metrics_on=families is not None, metric_families=families)
         if reloader is not None:
             reloader.attach(app)
     except BaseException:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise
     limits = Limits(args.header_timeout, args.body_timeout, args.max_connections,
                     max_buffered=args.max_buffered_bytes)
-    serve_forever(app, sock, host, limits=limits,
-                  idle_poll_us=idle_poll_us, direct_lane=not args.no_direct_lane, grpc_port=grpc_port)
+    if args.grpc_port is not None and args.rest_port is None and instance is None:
+        # the one command line whose meaning changed (--port was REST): said, not silent
+        print("hosttune serve: note: --port is the gRPC port (OVMS's meaning); REST is served with --rest_port",
+              file=sys.stderr, flush=True)
+    serve_forever(app, sock, host, limits=limits, idle_poll_us=idle_poll_us, direct_lane=not args.no_direct_lane,
+                  grpc_port=grpc_port, log_level=args.log_level)
     return 0
 
 

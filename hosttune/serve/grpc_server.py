@@ -219,7 +219,7 @@ async def start(app: App, host: str, port: int, max_calls: int) -> tuple[Any, in
         bound = 0
     if not bound:
         raise HosttuneError(f"cannot listen for gRPC on port {port} (in use, or the address is not this host's)",
-                            where=f"--grpc-port {address}")
+                            where=f"--port {address}")
     await server.start()
     return server, bound
 

@@ -18,6 +18,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable
 
+from hosttune.errors import HosttuneError
 from hosttune.exposition import CONTENT_TYPE, header, sample
 
 BUCKETS_US = tuple(math.floor(10 * 1.8 ** i) for i in range(33))  # OVMS: 10, 18, 32, 58, 104, ...
@@ -25,6 +26,31 @@ KSERVE_METHODS = ("ModelInfer", "ModelMetadata", "ModelReady")
 UNVERSIONED_METHODS = ("ModelReady",)  # OVMS reports these per model name only
 
 Labels = tuple[tuple[str, str], ...]
+
+# OVMS's metric families (src/metrics/metric_config.hpp): on by default, and the two queue gauges
+# that are on only when listed. The graph families are OVMS's too (MediaPipe and DAG graphs, which
+# hosttune serve does not serve): accepted in a list, with no series, as on an OVMS without graphs.
+DEFAULT_FAMILIES = ("ovms_current_requests", "ovms_requests_success", "ovms_requests_fail", "ovms_request_time_us",
+                    "ovms_streams", "ovms_inference_time_us", "ovms_wait_for_infer_req_time_us")
+OPTIONAL_FAMILIES = ("ovms_infer_req_queue_size", "ovms_infer_req_active")
+GRAPH_FAMILIES = ("ovms_current_graphs", "ovms_requests_accepted", "ovms_requests_rejected", "ovms_graph_error",
+                  "ovms_graph_processing_time_us", "ovms_responses")
+# hosttune's own family: not OVMS's, so no metrics_list names it; exposed whenever metrics are on
+OWN_FAMILIES = ("hosttune_requests_rejected_total",)
+
+
+def enabled_families(metrics_list: list[str] | None, where: str) -> frozenset[str]:
+    """The families /metrics exposes for an OVMS metrics_list (`--metrics_list a,b` split at its
+    commas, or a config.json's monitoring.metrics.metrics_list), None or empty: OVMS's default set.
+    A name OVMS does not know is refused naming it, as OVMS refuses it ("Invalid name in
+    metrics_list"); `where` names the option or the file's field. For Metrics(enabled=...)."""
+    if not metrics_list:
+        return frozenset(DEFAULT_FAMILIES + OWN_FAMILIES)
+    known = DEFAULT_FAMILIES + OPTIONAL_FAMILIES + GRAPH_FAMILIES
+    for name in metrics_list:
+        if name not in known:
+            raise HosttuneError(f"{name!r} is not an OVMS metric family (known: {', '.join(known)})", where=where)
+    return frozenset((*metrics_list, *OWN_FAMILIES))
 
 
 class Counter:
@@ -115,7 +141,10 @@ class RejectedCounter:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """Every family is counted; `render` writes the `enabled` ones (enabled_families; None: all)."""
+
+    def __init__(self, enabled: frozenset[str] | None = None) -> None:
+        self.enabled = enabled
         def family(name: str, help: str, child: type) -> Family:
             kind = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}[child]
             f = Family(name, help, kind, child)
@@ -176,5 +205,6 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         out: list[str] = []
         for f in self.families:
-            f.render(out)
+            if self.enabled is None or f.name in self.enabled:
+                f.render(out)
         return ("\n".join(out) + "\n").encode(), CONTENT_TYPE

@@ -126,14 +126,6 @@ def read(path: str) -> Config:
     if len(set(names)) != len(names):
         raise HosttuneError(f"a model name is used twice: {names}", where=path)
     metrics = (doc.get("monitoring") or {}).get("metrics") or {}
-    # hosttune serve exposes every family of METRICS_LIST on /metrics: until it honours a
-    # narrower choice (issue 28, part 5), one is refused rather than ignored
-    if metrics.get("enable") is False:
-        raise HosttuneError(f"false: {UNSUPPORTED} yet (hosttune serve always exposes /metrics)",
-                            where=f"{path}: monitoring.metrics.enable")
-    if "metrics_list" in metrics and set(metrics["metrics_list"]) != set(METRICS_LIST):
-        raise HosttuneError(f"{UNSUPPORTED} yet: a list other than all of {', '.join(METRICS_LIST)}",
-                            where=f"{path}: monitoring.metrics.metrics_list")
     return Config(models, metrics.get("enable"), metrics.get("metrics_list"))
 
 

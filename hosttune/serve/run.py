@@ -38,10 +38,16 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False, limits: Limits | None = None,
-                  idle_poll_us: int = 0, direct_lane: bool = True, grpc_port: int | None = None) -> None:
-    """Serve REST on `sock` and, with `grpc_port` (0: any free port), KServe v2 gRPC on host:grpc_port,
-    both on one event loop, until SIGTERM/SIGINT."""
+# OVMS's --log_level to uvicorn's: uvicorn's own INFO lines (its start and stop chatter) are
+# replaced by hosttune's start line, so INFO shows what WARNING does
+UVICORN_LEVELS = {"TRACE": "trace", "DEBUG": "debug", "INFO": "warning", "WARNING": "warning", "ERROR": "error"}
+
+
+def serve_forever(app: App, sock: socket.socket | None, host: str, quiet: bool = False, limits: Limits | None = None,
+                  idle_poll_us: int = 0, direct_lane: bool = True, grpc_port: int | None = None,
+                  log_level: str = "INFO") -> None:
+    """Serve REST on `sock` (None: no REST) and, with `grpc_port` (0: any free port), KServe v2 gRPC
+    on host:grpc_port, both on one event loop, until SIGTERM/SIGINT."""
     import asyncio
 
     import uvicorn
@@ -55,10 +61,12 @@ def serve_forever(app: App, sock: socket.socket, host: str, quiet: bool = False,
     limits = limits or Limits()
     http = protocol_class(limits, app, idle_poll_us, direct_lane)
     # ws="none": no protocol upgrade is served, an Upgrade request is answered as HTTP/1.1 (wire.py)
-    config = uvicorn.Config(app, loop=loop, http=http, ws="none", lifespan="off", access_log=False, log_level="warning",
-                            timeout_keep_alive=75, server_header=False, backlog=1024, timeout_graceful_shutdown=10)
+    config = uvicorn.Config(app, loop=loop, http=http, ws="none", lifespan="off", access_log=False,
+                            log_level=UVICORN_LEVELS[log_level], timeout_keep_alive=75, server_header=False,
+                            backlog=1024, timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
-    sock.listen(1024)
+    if sock is not None:
+        sock.listen(1024)
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again against the handler
     # it found at start: with the default one the process would die with 143. A no-op handler there
     # makes SIGTERM a clean exit 0.
@@ -81,18 +89,25 @@ async def _serve(app: App, server: Any, sock: socket.socket, host: str, quiet: b
     # config.json's poll (hosttune/serve/reload.py), when serving one
     poller = asyncio.create_task(app.reloader.run()) if app.reloader is not None else None
     try:
-        port = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         if not quiet:
             models = ", ".join(f"{m.name}:{m.version} (streams {m.streams}, nireq {m.nireq})"
                                for m in app.served())
-            grpc = f" and grpc://{shown}:{grpc_port}" if grpc_server is not None else ""
+            addresses = [f"http://{shown}:{sock.getsockname()[1]}"] if sock is not None else []
+            addresses += [f"grpc://{shown}:{grpc_port}"] if grpc_server is not None else []
             polling = f", idle poll {idle_poll_us} us" if idle_poll_us else ""
             lane = "" if direct_lane else ", no direct lane"
-            print(f"hosttune serve: listening on http://{shown}:{port}{grpc} pid {os.getpid()} - {models}"
+            print(f"hosttune serve: listening on {' and '.join(addresses)} pid {os.getpid()} - {models}"
                   f"{polling}{lane}", file=sys.stderr, flush=True)
         notify("READY=1")  # Type=notify units: the models are compiled; a no-op outside systemd
-        await server.serve(sockets=[sock])  # uvicorn.Server
+        if sock is not None:
+            await server.serve(sockets=[sock])  # uvicorn.Server
+        else:  # gRPC only (OVMS without --rest_port): until SIGTERM/SIGINT
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await stop.wait()
     finally:
         if poller is not None:
             poller.cancel()

@@ -31,8 +31,8 @@ BANNER = re.compile(r"listening on http://(\S+):([0-9]{1,5})\b.*\(streams ([0-9]
 def serve_argv(repo: str, model: str, cpus: list[int], openvino: dict[str, Any], nireq: int | None,
                idle_poll_us: int | None) -> list[str]:
     """`hosttune serve` for one candidate instance: any free port on the loopback address."""
-    argv = [sys.executable, "-m", "hosttune", "serve", "--port", "0", "--bind", "127.0.0.1", "--repo", repo,
-            "--model", model, "--cpus", cpulist.format(cpus), "--config", json.dumps(openvino)]
+    argv = [sys.executable, "-m", "hosttune", "serve", "--rest_port", "0", "--ephemeral-ports", "--bind", "127.0.0.1",
+            "--repo", repo, "--model", model, "--cpus", cpulist.format(cpus), "--config", json.dumps(openvino)]
     if nireq:
         argv += ["--nireq", str(nireq)]
     if idle_poll_us is not None:
