@@ -355,7 +355,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise HosttuneError("the config file names the models and their paths", where="--model/--repo")
         config = ovms_config.read(args.config_path)  # a refused file is refused before anything is bound
         served = []
-    families = metric_families(args, config) if rest_port is not None else None
     elif args.model_path:
         # OVMS's single model: a directory of numbered versions, the highest served
         path = os.path.abspath(args.model_path).rstrip("/")
@@ -365,6 +364,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         repo = _repo(args)
         served = [(find(repo, name, version), (instance or {}).get("openvino", {}), None)
                   for name, version in _model_specs(args, instance, repo)]
+    families = metric_families(args, config) if rest_port is not None else None
     host = args.bind or (instance or {}).get("bind") or "127.0.0.1"
     plan_nireq = ((instance or {}).get("ovms") or {}).get("nireq")
     override, where = (args.plugin_config, "--plugin_config") if args.plugin_config is not None else (args.config, "--config")

@@ -35,8 +35,9 @@ DEFAULT_FAMILIES = ("ovms_current_requests", "ovms_requests_success", "ovms_requ
 OPTIONAL_FAMILIES = ("ovms_infer_req_queue_size", "ovms_infer_req_active")
 GRAPH_FAMILIES = ("ovms_current_graphs", "ovms_requests_accepted", "ovms_requests_rejected", "ovms_graph_error",
                   "ovms_graph_processing_time_us", "ovms_responses")
-# hosttune's own family: not OVMS's, so no metrics_list names it; exposed whenever metrics are on
-OWN_FAMILIES = ("hosttune_requests_rejected_total",)
+# hosttune's own families: not OVMS's, so no metrics_list names them; exposed whenever metrics are on
+# (the reload pair is hosttune/serve/reload.py's)
+OWN_FAMILIES = ("hosttune_requests_rejected_total", "hosttune_config_reloads_total", "hosttune_config_reload_failing")
 
 
 def enabled_families(metrics_list: list[str] | None, where: str) -> frozenset[str]:

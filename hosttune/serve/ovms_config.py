@@ -29,6 +29,7 @@ from hosttune.instance_settings import CONTAINER_MODELS, METRICS_LIST, dumps, re
 from hosttune.model.repo import MAX_VERSION, NAME_RE, ModelEntry, find, versions
 from hosttune.safejson import SCALAR, Bool, Int, List, Map, Obj, OneOf, Str
 from hosttune.serve import MAX_NIREQ
+from hosttune.serve.metrics import enabled_families
 
 UNSUPPORTED = "accepted by OVMS, not supported by hosttune serve"
 ANONYMOUS = "ANONYMOUS_INPUT_NAME"  # OVMS's reserved input name: a shape map may not use it
@@ -126,6 +127,8 @@ def read(path: str) -> Config:
     if len(set(names)) != len(names):
         raise HosttuneError(f"a model name is used twice: {names}", where=path)
     metrics = (doc.get("monitoring") or {}).get("metrics") or {}
+    if metrics.get("metrics_list"):  # a name OVMS does not know is refused here, as OVMS refuses it
+        enabled_families(metrics["metrics_list"], f"{path}: monitoring.metrics.metrics_list")
     return Config(models, metrics.get("enable"), metrics.get("metrics_list"))
 
 
