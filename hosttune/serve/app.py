@@ -22,6 +22,7 @@ from hosttune import __version__
 from hosttune.serve.decode import JSON_CT, JSON_INLINE_MAX, Decoder, HTTPError, dumps
 from hosttune.serve.engine import InputError, ServedModel
 from hosttune.serve.metrics import Metrics
+from hosttune.serve.placement import Threads
 from hosttune.serve.wire import Answer
 
 DEFAULT_MAX_BODY = 64 * 2**20
@@ -36,12 +37,13 @@ class App:
     """The ASGI application."""
 
     def __init__(self, models: list[ServedModel], max_body: int = DEFAULT_MAX_BODY,
-                 max_json: int = DEFAULT_MAX_JSON):
+                 max_json: int = DEFAULT_MAX_JSON, placed: Threads | None = None):
         self.models = {m.name: m for m in models}
         self.max_body = max_body
         self.max_json = max_json
         # large JSON bodies: as many decoded at once as requests can run in OpenVINO
-        self.decoder = Decoder(threads=max(m.nireq for m in models))
+        self.decoder = Decoder(threads=max(m.nireq for m in models), placed=placed)
+        self.placed = placed or Threads()
         self.metrics = Metrics()
         self.bound = {m.name: self.metrics.model(m.name, m.version, m.streams, m.nireq, lambda m=m: m.active)
                       for m in models}

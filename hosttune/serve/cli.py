@@ -25,7 +25,7 @@ PLAN_INSTANCE = Obj({
     "name": Str(255), "model": Str(255), "bind": Str(255), "port": Int(0, 65535), "grpc_port": Opt(Int(0, 65535)),
     "models": List(Obj({"name": Name(), "version": Opt(Int(1, MAX_VERSION))}, required=("name",)), 1000),
     "openvino": Map(SCALAR), "ovms": Obj({"nireq": Opt(Int(1, MAX_NIREQ))}),
-    "cpus": List(Int(0, 2**20)), "mems": List(Int(0, 2**20)), "mems_list": Str(),
+    "cpus": List(Int(0, 2**20)), "service_cpus": List(Int(0, 2**20)), "mems": List(Int(0, 2**20)), "mems_list": Str(),
     "idle_poll_us": Opt(Int(0, MAX_IDLE_POLL_US)), "streams": Opt(Int(1, MAX_NIREQ)), "probe_url": Str(),
 }, required=("name",))
 PLAN = Obj({"schema": Str(), "instances": List(PLAN_INSTANCE, 4096), "nodes": List(ANY, 4096),
@@ -68,6 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nireq", type=numbers.arg_uint(1, MAX_NIREQ), help="infer requests in the pool (default: the plan's, else "
                                              "OPTIMAL_NUMBER_OF_INFER_REQUESTS of the compiled model)")
     p.add_argument("--cpus", help="CPU list to run on (default: the instance's CPUs)")
+    p.add_argument("--service-cpus", metavar="CPUS", help="CPU list of the event loop (unless it runs a pool of one's "
+                   "inference), waiter, decoder and gRPC threads (default: the instance's service_cpus, else --cpus)")
     p.add_argument("--no-pin", action="store_true", help="do not set CPU affinity or memory policy")
     p.add_argument("--max-body", type=numbers.arg_uint(1, MAX_BODY), default=64 * 2**20, help="largest request body in bytes (413 above)")
     p.add_argument("--max-json-body", type=numbers.arg_uint(1, MAX_BODY), default=16 * 2**20,
@@ -257,6 +259,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise HosttuneError(f"must be 0 to {MAX_IDLE_POLL_US} microseconds, got {brief(idle_poll_us)}",
                             where="--idle-poll-us" if args.idle_poll_us is not None else "the plan's idle_poll_us")
     cpus = cpulist.parse(args.cpus, where="--cpus") if args.cpus else (instance or {}).get("cpus")
+    service_cpus = (cpulist.parse(args.service_cpus, where="--service-cpus") if args.service_cpus
+                    else (instance or {}).get("service_cpus")) or cpus
 
     from hosttune.serve.app import App
     from hosttune.serve.run import bind_socket, serve_forever
@@ -270,8 +274,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             sock.close()
             raise
     try:
+        placed = placement.Threads()
         if cpus and not args.no_pin:
-            placement.pin_cpus(cpus, where="--cpus" if args.cpus else f"instance {instance['name']}")
+            # threads started before (imports) go to the service CPUs, this one compiles on the
+            # inference CPUs: OpenVINO places its streams within the compiling thread's mask
+            where = "--cpus" if args.cpus else f"instance {instance['name']}"
+            placement.place_service(service_cpus, where="--service-cpus" if args.service_cpus else
+                                    f"{where} service_cpus" if service_cpus is not cpus else where)
+            placement.pin_cpus(cpus, where=where)
+            placed = placement.Threads(tuple(cpus), tuple(service_cpus))
             if instance and instance.get("mems") and multi_node and not placement.bind_memory(instance["mems"]):
                 print(f"hosttune: warning: could not bind memory to node(s) {instance['mems_list']}; "
                       f"use NUMAPolicy=bind/NUMAMask= in the unit or --cpuset-mems", file=sys.stderr)
@@ -280,8 +291,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from hosttune.serve.engine import ServedModel
 
         core = ov.Core()
-        models = [ServedModel(core, entry, config, nireq) for entry, config, nireq in served]
-        app = App(models, max_body=args.max_body, max_json=args.max_json_body)
+        models = [ServedModel(core, entry, config, nireq, placed) for entry, config, nireq in served]
+        app = App(models, max_body=args.max_body, max_json=args.max_json_body, placed=placed)
+        # a pool of one runs its inference on the event loop thread (ServedModel.infer_now)
+        placed.place_loop(inline=any(m.nireq == 1 for m in models))
     except BaseException:
         sock.close()
         raise

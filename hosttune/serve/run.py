@@ -75,7 +75,8 @@ async def _serve(app: App, server: Any, sock: socket.socket, host: str, quiet: b
     if grpc_port is not None:
         from hosttune.serve import grpc_server as kserve_grpc  # grpcio only when gRPC is served
 
-        grpc_server, grpc_port = await kserve_grpc.start(app, host, grpc_port, limits.max_connections)
+        with app.placed.spawning_service():  # grpc's threads are service threads
+            grpc_server, grpc_port = await kserve_grpc.start(app, host, grpc_port, limits.max_connections)
     try:
         port = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
