@@ -14,7 +14,8 @@ on) and status (Cpus_allowed_list) of every thread.
 
 A thread is a *service* thread when it is ours but not an inference thread: the main thread (the
 event loop) unless `inline`, and every thread hosttune or grpc named (hosttune-*, grpc*, ...).
-Everything else is OpenVINO's (inference). Printed per instance, always: each thread's role,
+An unnamed thread allowed on the instance's CPUs is OpenVINO's (inference), one that is not is
+"other" (an unnamed grpc or import thread kept off them). Printed per instance, always: each thread's role,
 allowed CPUs, how often it was seen running (state R) on each CPU and its CPU time; then the
 samples in which two running threads shared a CPU, and those in which that happened while another
 of the instance's isolated CPUs had no running thread of the instance.
@@ -37,8 +38,9 @@ import subprocess
 import sys
 import time
 
+# kernel names of hosttune's threads (hosttune.threads.name_me) and of grpc's
 SERVICE_NAMES = ("hosttune-", "grpc", "default-executo", "resolver-execu", "timer_manager", "event_engine",
-                 "global-executor")
+                 "global-executor", "lifeguard")
 
 
 def parse_cpus(text: str) -> list[int]:
@@ -97,12 +99,15 @@ class Instance:
         self.imbalanced = 0  # ... while another isolated CPU of the instance had none
         self.examples: list[str] = []
 
-    def role(self, tid: str, comm: str) -> str:
+    def role(self, tid: str, comm: str, allowed: set[str]) -> str:
         if tid == str(self.pid):
             return "inference (loop, inline)" if self.inline else "service (loop)"
         if comm.startswith(SERVICE_NAMES):
             return "service"
-        return "inference"
+        # unnamed: OpenVINO's when it may run on the inference CPUs (some of grpc's are unnamed too)
+        if any(set(parse_cpus(a)) & set(self.cpus) for a in allowed):
+            return "inference"
+        return "other"
 
     def sample(self, isolated: set[int]) -> None:
         try:
@@ -136,7 +141,7 @@ class Instance:
     def report(self, isolated: set[int], hz: int) -> dict:
         rows, service_on_isolated = [], []
         for tid, t in sorted(self.threads.items(), key=lambda kv: int(kv[0])):
-            role = self.role(tid, t["comm"])
+            role = self.role(tid, t["comm"], t["allowed"])
             on_isolated = sorted(c for c in t["ran"] if c in isolated)
             if role.startswith("service") and on_isolated:
                 service_on_isolated.append(f"{tid} ({t['comm']}) ran on isolated CPU(s) {fmt_cpus(on_isolated)}")
