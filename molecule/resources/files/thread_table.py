@@ -89,7 +89,8 @@ def read_task(pid: int, tid: str) -> tuple[str, str, int, int, str] | None:
 class Instance:
     def __init__(self, spec: str):
         parts = spec.split(":")
-        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "inline"):
+        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "inline") or not parts[1].isdigit() \
+                or not all(c.isdigit() or c in ",-" for c in parts[2]) or not parts[2]:
             raise ValueError(f"--instance {spec!r}: expected NAME:PID:CPUS[:inline]")
         self.name, self.pid, self.cpus = parts[0], int(parts[1]), parse_cpus(parts[2])
         self.inline = len(parts) == 4
