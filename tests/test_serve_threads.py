@@ -168,10 +168,10 @@ def test_thread_table_passes_serve_under_load_and_shows_every_thread(repo, tmp_p
 
 BUSY = """
 import ctypes, os, sys, threading, time
-cpus, names = sys.argv[1], sys.argv[2].split(",")
+cpu, names = int(sys.argv[1]), sys.argv[2].split(",")
+os.sched_setaffinity(0, {cpu})  # the whole process (its threads inherit it)
 def spin(name):
     ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)
-    os.sched_setaffinity(0, {int(cpus)})
     while True:
         pass
 for n in names:
@@ -221,3 +221,45 @@ def test_thread_table_refusals_are_one_line_exit_2():
     assert r.returncode != 0 and "Traceback" not in r.stderr
     r = _table("--instance", "node0:999999999:1", "--duration", "0")
     assert r.returncode == 2 and "no process 999999999" in r.stderr
+
+
+@needs_two
+def test_thread_table_fails_a_service_process_on_an_isolated_cpu():
+    """--service-process (the agent): a thread allowed on an isolated CPU is a violation, one kept on
+    the housekeeping CPUs is not."""
+    on_isolated, on_housekeeping = _busy(CPUS[-1], "worker"), _busy(CPUS[0], "worker")
+    try:
+        r = _table("--service-process", f"agent:{on_isolated.pid}", "--service-process", f"ok:{on_housekeeping.pid}",
+                   "--isolated", str(CPUS[-1]), "--duration", "1", "--warmup", "0")
+    finally:
+        for proc in (on_isolated, on_housekeeping):
+            proc.kill()
+            proc.wait()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"agent: allowed on or running on isolated CPU(s) {CPUS[-1]}" in r.stderr
+    assert "ok:" not in r.stderr and f"== ok (pid {on_housekeeping.pid})" in r.stdout
+
+
+@needs_two
+def test_the_agent_pins_every_thread_to_the_housekeeping_cpus():
+    """Agent._pin_housekeeping on the live host: every thread of the process (and a thread started
+    after) on the plan's housekeeping CPUs; on a test tree nothing is pinned."""
+    code = f"""
+import os, threading, types
+from hosttune.agent.daemon import Agent
+stop = threading.Event()
+t = threading.Thread(target=stop.wait); t.start()
+tree = types.SimpleNamespace(fs=types.SimpleNamespace(is_live=False))
+assert Agent._pin_housekeeping(tree, [{CPUS[0]}]) == (None, None)
+assert os.sched_getaffinity(t.native_id) == {set(CPUS)}
+live = types.SimpleNamespace(fs=types.SimpleNamespace(is_live=True))
+assert Agent._pin_housekeeping(live, [{CPUS[0]}]) == ([{CPUS[0]}], None)
+later = threading.Thread(target=lambda: print("later", sorted(os.sched_getaffinity(0))))
+later.start(); later.join()
+print("all", sorted({{c for tid in os.listdir("/proc/self/task") for c in os.sched_getaffinity(int(tid))}}))
+stop.set(); t.join()
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": REPO})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == [f"later [{CPUS[0]}]", f"all [{CPUS[0]}]"], r.stdout

@@ -3,14 +3,14 @@
 
 Stdlib only: runs on a guest with its own python3 (Molecule's verify) as well as here (tests).
 
-    thread_table.py --instance node0:1234:2-3 [--instance node1:...] [--isolated 2-3,6-7]
-                    [--duration 20] [--interval 0.01] [--load -- CMD ...]
+    thread_table.py --instance node0:1234:2-3 [--instance node1:...] [--service-process agent:PID]
+                    [--isolated 2-3,6-7] [--duration 20] [--interval 0.01] [-- LOAD CMD ...]
 
 An instance is NAME:PID:CPUS[:inline] - its inference CPUs (the plan's `cpus`), and `inline` when its
-event loop runs the inference itself (a pool of one: the latency profile). With --load, CMD (e.g.
-`hosttune bench --mode http ...`) runs in the background while the instances are sampled and is
-stopped at the end. Each sample reads /proc/PID/task/*/stat (state, field 39 = the CPU it last ran
-on) and status (Cpus_allowed_list) of every thread.
+event loop runs the inference itself (a pool of one: the latency profile). A load CMD (e.g.
+`hosttune bench --mode http ...`, everything after `--`) runs in the background while the
+instances are sampled and is stopped at the end. Each sample reads /proc/PID/task/*/stat (state,
+field 39 = the CPU it last ran on) and status (Cpus_allowed_list) of every thread.
 
 A thread is a *service* thread when it is ours but not an inference thread: the main thread (the
 event loop) unless `inline`, and every thread hosttune or grpc named (hosttune-*, grpc*, ...).
@@ -20,8 +20,14 @@ allowed CPUs, how often it was seen running (state R) on each CPU and its CPU ti
 samples in which two running threads shared a CPU, and those in which that happened while another
 of the instance's isolated CPUs had no running thread of the instance.
 
+A --service-process (the agent) and the --load command itself (the bench client) belong on the
+housekeeping CPUs as a whole: judged are the CPUs their threads were seen running on, and those
+each thread was allowed at the last sample (the client pins itself once it has started).
+
 Exit 1 on a violation (docs/isolation.md):
   - a service thread seen running on an isolated CPU;
+  - a thread of a --service-process or of the load seen running on, or (at the end) allowed on, an
+    isolated CPU;
   - two running threads sharing one of the instance's CPUs while another of its isolated CPUs had
     none, in more than --max-imbalance of the samples (default 2%: a sample reads the threads one
     after the other, so one that finishes on one CPU and one that starts there can both read R).
@@ -154,6 +160,37 @@ class Instance:
                 "imbalanced_examples": self.examples, "service_on_isolated": service_on_isolated, "threads": rows}
 
 
+class ServiceProcess:
+    """A process that belongs on the housekeeping CPUs as a whole (the agent, the bench client)."""
+
+    def __init__(self, spec: str):
+        name, _, pid = spec.rpartition(":")
+        if not name or not pid.isdigit():
+            raise ValueError(f"--service-process {spec!r}: expected NAME:PID")
+        self.name, self.pid = name, int(pid)
+        self.allowed: dict[str, str] = {}  # tid -> its Cpus_allowed_list at the last sample
+        self.ran: dict[int, int] = {}
+
+    def sample(self) -> None:
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return
+        for tid in tids:
+            got = read_task(self.pid, tid)
+            if got is None:
+                continue
+            self.allowed[tid] = got[4]
+            if got[1] == "R":
+                self.ran[got[2]] = self.ran.get(got[2], 0) + 1
+
+    def report(self, isolated: set[int]) -> dict:
+        allowed = sorted({c for a in self.allowed.values() for c in parse_cpus(a)})
+        bad = sorted((set(allowed) | set(self.ran)) & isolated)
+        return {"name": self.name, "pid": self.pid, "threads": len(self.allowed), "allowed": fmt_cpus(allowed),
+                "ran": {str(c): n for c, n in sorted(self.ran.items())}, "on_isolated": fmt_cpus(bad) if bad else ""}
+
+
 def table(rep: dict, isolated: set[int], duration: float) -> str:
     lines = [f"== {rep['name']} (pid {rep['pid']}): inference CPUs {rep['cpus']}, loop "
              f"{'runs the inference (inline)' if rep['inline'] else 'is a service thread'}; "
@@ -181,7 +218,9 @@ def main(argv: list[str]) -> int:
         i = argv.index("--")
         argv, load = argv[:i], argv[i + 1:]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--instance", action="append", required=True, metavar="NAME:PID:CPUS[:inline]")
+    ap.add_argument("--instance", action="append", default=[], metavar="NAME:PID:CPUS[:inline]")
+    ap.add_argument("--service-process", action="append", default=[], metavar="NAME:PID",
+                    help="a process that must stay off the isolated CPUs (the agent); the --load command is one")
     ap.add_argument("--isolated", help="isolated CPUs (default: /sys/devices/system/cpu/isolated, else each "
                                        "instance's CPUs)")
     ap.add_argument("--duration", type=float, default=20.0, help="seconds of sampling")
@@ -193,12 +232,16 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     try:
         instances = [Instance(s) for s in args.instance]
+        services = [ServiceProcess(s) for s in args.service_process]
     except ValueError as exc:
         print(f"thread_table: {exc}", file=sys.stderr)
         return 2
-    for inst in instances:
-        if not os.path.isdir(f"/proc/{inst.pid}/task"):
-            print(f"thread_table: instance {inst.name}: no process {inst.pid}", file=sys.stderr)
+    if not instances and not services:
+        print("thread_table: nothing to sample (--instance, --service-process)", file=sys.stderr)
+        return 2
+    for what in instances + services:
+        if not os.path.isdir(f"/proc/{what.pid}/task"):
+            print(f"thread_table: {what.name}: no process {what.pid}", file=sys.stderr)
             return 2
     if args.isolated is not None:
         isolated = set(parse_cpus(args.isolated))
@@ -214,12 +257,15 @@ def main(argv: list[str]) -> int:
     if load:
         proc = subprocess.Popen(load, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
+        services.append(ServiceProcess(f"bench client:{proc.pid}"))
         time.sleep(args.warmup)
     try:
         deadline = time.monotonic() + args.duration
         while time.monotonic() < deadline:
             for inst in instances:
                 inst.sample(isolated)
+            for svc in services:
+                svc.sample()
             time.sleep(args.interval)
     finally:
         load_rc, load_err = None, ""
@@ -242,11 +288,22 @@ def main(argv: list[str]) -> int:
             failed.append(f"{rep['name']}: a service thread ran on an isolated CPU")
         if rep["imbalanced_samples"] > args.max_imbalance * max(rep["samples"], 1):
             failed.append(f"{rep['name']}: two threads shared a CPU while another isolated CPU idled in "
-                          f"{rep['imbalanced_samples']} of {rep['samples']} samples (more than {args.max_imbalance:.0%})")
+                          f"{rep['imbalanced_samples']} of {rep['samples']} samples "
+                          f"(more than {args.max_imbalance:.0%})")
+    services_rep = [svc.report(isolated) for svc in services]
+    for rep in services_rep:
+        print(f"== {rep['name']} (pid {rep['pid']}): {rep['threads']} threads allowed on CPUs {rep['allowed']}, "
+              f"seen running on " + (", ".join(f"cpu{c} x{n}" for c, n in rep["ran"].items()) or "-")
+              + (f"; ON ISOLATED CPU(S) {rep['on_isolated']}" if rep["on_isolated"] else ""))
+        if rep["on_isolated"]:
+            failed.append(f"{rep['name']}: allowed on or running on isolated CPU(s) {rep['on_isolated']}")
     if proc is not None:
-        print(f"load: {' '.join(load)} -> exit {load_rc}" + (f": {load_err.strip()[-300:]}" if load_err.strip() else ""))
+        err = load_err.strip()[-300:]
+        print(f"load: {' '.join(load)} -> exit {load_rc}" + (" (stopped at the end)" if load_rc == -signal.SIGTERM
+                                                             else "") + (f": {err}" if err else ""))
     if args.json:
-        print(json.dumps({"isolated": sorted(isolated), "instances": reports, "failed": failed}))
+        print(json.dumps({"isolated": sorted(isolated), "instances": reports, "services": services_rep,
+                          "failed": failed}))
     for line in failed:
         print(f"thread_table: FAIL {line}", file=sys.stderr)
     return 1 if failed else 0
