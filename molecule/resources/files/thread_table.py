@@ -176,13 +176,16 @@ class ServiceProcess:
             tids = os.listdir(f"/proc/{self.pid}/task")
         except OSError:
             return
+        allowed = {}  # the threads alive now: one that ended keeps no old mask here
         for tid in tids:
             got = read_task(self.pid, tid)
             if got is None:
                 continue
-            self.allowed[tid] = got[4]
+            allowed[tid] = got[4]
             if got[1] == "R":
                 self.ran[got[2]] = self.ran.get(got[2], 0) + 1
+        if allowed:
+            self.allowed = allowed
 
     def report(self, isolated: set[int]) -> dict:
         allowed = sorted({c for a in self.allowed.values() for c in parse_cpus(a)})
