@@ -15,6 +15,8 @@ import os
 import threading
 from typing import Any, Callable, Iterable
 
+from hosttune import numbers
+
 PR_SET_NAME = 15
 COMM_MAX = 15  # a kernel thread name holds 15 bytes
 
@@ -56,7 +58,7 @@ def _pin_quietly(cpus: list[int] | None, name: str) -> None:
 def task_ids() -> list[int]:
     """The tids of this process's threads (C threads too: OpenVINO's, grpc's)."""
     try:
-        return sorted(int(t) for t in os.listdir("/proc/self/task") if t.isdigit())
+        return sorted(int(t) for t in os.listdir("/proc/self/task") if numbers.is_uint(t))
     except OSError:
         return [threading.get_native_id()]
 
