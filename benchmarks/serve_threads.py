@@ -7,7 +7,7 @@ inference CPU (`--service-cpus` = `--cpus`), quiet and with two CPU hogs on the 
 
 The instance runs on the last CPU of this process, the housekeeping CPU is the first; the bench
 client runs there too (as `hosttune bench --mode http` puts it). Cases are interleaved per round.
-Printed per case: p50, p99, p99.9, max (ms) and throughput over the merged rounds, and the
+Printed per case: p50, p99, p99.9 (means of the rounds), max (ms) and throughput, and the
 thread-by-CPU table of thread_table.py for one quiet run of each placement.
 """
 
@@ -38,7 +38,6 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from hosttune.bench.runner import merge_documents
 
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
@@ -75,16 +74,15 @@ def main() -> int:
                 bench = [*HOSTTUNE, "bench", "--plan", plan_path, "--mode", "http", "--url", srv.url,
                          "--model", args.model, "--concurrency", str(args.concurrency), "--runs", "1",
                          "--warmup", "1", "--duration", str(args.duration), "--client-cpus", str(hk),
-                         "--no-progress", "-o", path] + (["--noise", "2"] if noise else [])
-                if k == 0 and not noise:  # the thread table of one quiet run per placement
+                         "--no-progress"] + (["--noise", "2"] if noise else []) + ["-o", path]
+                if k == 0 and not noise:  # the thread table of one quiet load per placement (not timed)
                     r = subprocess.run([sys.executable, TABLE, "--instance",
                                         f"node0:{srv.proc.pid}:{inf}{':inline' if args.nireq == 1 else ''}",
                                         "--isolated", str(inf), "--warmup", "1.5",
-                                        "--duration", str(max(args.duration - 1, 1)), "--", *bench],
+                                        "--duration", str(args.duration), "--", *bench[:-2]],
                                        capture_output=True, text=True)
                     print(f"-- {name}, thread_table.py exit {r.returncode}\n{r.stdout}{r.stderr}")
-                else:
-                    subprocess.run(bench, check=True, capture_output=True)
+                subprocess.run(bench, check=True, capture_output=True)
                 with open(path) as f:
                     docs[name].append(json.load(f))
             finally:
@@ -95,10 +93,11 @@ def main() -> int:
     print(f"\n{'case':<32} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8} {'thr/s':>7}")
     summary = {}
     for name, ds in docs.items():
-        s = merge_documents(ds, label=name)["instances"][0]["summary"]
-        summary[name] = {"p50_ms": s["latency_ms"]["p50"], "p99_ms": s["p99_ms"]["mean"],
-                         "p999_ms": s["p999_ms"]["mean"], "max_ms": s["max_ms"]["max"],
-                         "throughput": s["throughput"]["mean"]}
+        runs = [d["instances"][0]["runs"][0] for d in ds]  # one run per round: mean of the rounds, max of max
+        mean = lambda key: sum(r["latency_ms"][key] for r in runs) / len(runs)  # noqa: E731
+        summary[name] = {"p50_ms": mean("p50"), "p99_ms": mean("p99"), "p999_ms": mean("p99.9"),
+                         "max_ms": max(r["latency_ms"]["max"] for r in runs),
+                         "throughput": sum(r["throughput"] for r in runs) / len(runs)}
         m = summary[name]
         print(f"{name:<32} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.3f} {m['p999_ms']:>9.3f} {m['max_ms']:>8.3f} "
               f"{m['throughput']:>7.1f}")
