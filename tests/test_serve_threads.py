@@ -263,3 +263,33 @@ stop.set(); t.join()
                        env={**os.environ, "PYTHONPATH": REPO})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:2] == [f"later [{CPUS[0]}]", f"all [{CPUS[0]}]"], r.stdout
+
+
+def test_service_cpus_refusals_are_one_line_exit_2(repo, tmp_path):
+    """--service-cpus: not a CPU list, or CPUs this process may not use: one line naming it."""
+    for value, says in (("x-1", "--service-cpus"), ("4000", "--service-cpus: cannot run on CPUs 4000")):
+        r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(repo), "--model", "sample", "--port", "0",
+                            "--cpus", str(CPUS[-1]), "--service-cpus", value], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_plan_service_cpus_outside_the_cgroup_fall_back_to_the_instance_cpus(repo, tmp_path):
+    """A plan's service_cpus this process may not use (a unit from before the plan had them): a
+    warning, and every thread stays on the instance's CPUs, as before."""
+    path = _plan(tmp_path, 2)
+    plan = json.loads(open(path).read())
+    plan["instances"][0]["service_cpus"] = [4000]
+    open(path, "w").write(json.dumps(plan))
+    proc = subprocess.Popen([*HOSTTUNE, "serve", "--plan", path, "--plan-instance", "node0", "--repo", str(repo),
+                             "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stderr.readline(), proc.stderr.readline()]  # the warning, then the banner
+        assert "listening on" in lines[1], lines
+        found = _threads(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert lines[0].startswith("hosttune: warning: the service CPUs 4000 are not allowed"), lines
+    assert {frozenset(a) for _, a in found.values()} == {frozenset({CPUS[-1]})}, found

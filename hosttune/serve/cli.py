@@ -279,6 +279,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # threads started before (imports) go to the service CPUs, this one compiles on the
             # inference CPUs: OpenVINO places its streams within the compiling thread's mask
             where = "--cpus" if args.cpus else f"instance {instance['name']}"
+            if service_cpus is not cpus and not args.service_cpus and not placement.allowed(service_cpus):
+                # a unit or container cpuset from before the plan had service_cpus: run as before
+                print(f"hosttune: warning: the service CPUs {cpulist.format(service_cpus)} are not allowed to this "
+                      f"process (cgroup cpuset); hosttune's own threads stay on {cpulist.format(cpus)}",
+                      file=sys.stderr)
+                service_cpus = cpus
             placement.place_service(service_cpus, where="--service-cpus" if args.service_cpus else
                                     f"{where} service_cpus" if service_cpus is not cpus else where)
             placement.pin_cpus(cpus, where=where)

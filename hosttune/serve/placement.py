@@ -97,6 +97,18 @@ class Threads:
             os.sched_setaffinity(tid, before)
 
 
+def allowed(cpus: list[int]) -> bool:
+    """Whether this process may run on any of `cpus` at all (the cgroup's cpuset)."""
+    me = threading.get_native_id()
+    before = os.sched_getaffinity(me)
+    try:
+        os.sched_setaffinity(me, set(cpus))
+    except OSError:
+        return False
+    os.sched_setaffinity(me, before)
+    return True
+
+
 def place_service(cpus: list[int], where: str) -> None:
     """Pin every thread of the process but the calling one to the service CPUs (threads an import
     started before the instance was placed), checking that the CPUs are allowed at all."""
