@@ -529,8 +529,6 @@ class Agent:
             self.server.start()
             host, port = self.server.address
             self.log("listening", address=host, port=port)
-        if self.pin_error:
-            self.log("pin", level="warning", error=self.pin_error)
         self.config = new
         self._forget_plan()
         self.metrics.reloads.inc(result="ok")

@@ -285,8 +285,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       f"process (cgroup cpuset); hosttune's own threads stay on {cpulist.format(cpus)}",
                       file=sys.stderr)
                 service_cpus = cpus
-            placement.place_service(service_cpus, where="--service-cpus" if args.service_cpus else
-                                    f"{where} service_cpus" if service_cpus is not cpus else where)
+            placement.place_service(service_cpus, where=where if service_cpus is cpus else
+                                    "--service-cpus" if args.service_cpus else f"{where} service_cpus")
             placement.pin_cpus(cpus, where=where)
             placed = placement.Threads(tuple(cpus), tuple(service_cpus))
             if instance and instance.get("mems") and multi_node and not placement.bind_memory(instance["mems"]):

@@ -98,7 +98,7 @@ class Threads:
 
 
 def allowed(cpus: list[int]) -> bool:
-    """Whether this process may run on any of `cpus` at all (the cgroup's cpuset)."""
+    """Whether this process may run on any of `cpus` at all (the cgroup's cpuset, online CPUs)."""
     me = threading.get_native_id()
     before = os.sched_getaffinity(me)
     try:
@@ -111,13 +111,8 @@ def allowed(cpus: list[int]) -> bool:
 
 def place_service(cpus: list[int], where: str) -> None:
     """Pin every thread of the process but the calling one to the service CPUs (threads an import
-    started before the instance was placed), checking that the CPUs are allowed at all."""
-    me = threading.get_native_id()
-    try:
-        threads.pin_all(cpus, skip=[me])
-        before = os.sched_getaffinity(me)
-        os.sched_setaffinity(me, set(cpus))  # also the check for a process without other threads
-        os.sched_setaffinity(me, before)
-    except OSError as exc:
-        raise HosttuneError(f"cannot run on CPUs {cpulist.format(cpus)}: {exc.strerror} (check AllowedCPUs= / "
-                            f"the container cpuset and that the CPUs are online)", where=where) from None
+    started before the instance was placed)."""
+    if not allowed(cpus):
+        raise HosttuneError(f"cannot run on CPUs {cpulist.format(cpus)} (check AllowedCPUs= / the container "
+                            f"cpuset and that the CPUs are online)", where=where)
+    threads.pin_all(cpus, skip=[threading.get_native_id()])
