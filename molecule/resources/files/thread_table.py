@@ -21,8 +21,9 @@ samples in which two running threads shared a CPU, and those in which that happe
 of the instance's isolated CPUs had no running thread of the instance.
 
 A --service-process (the agent) and the --load command itself (the bench client) belong on the
-housekeeping CPUs as a whole: judged are the CPUs their threads were seen running on, and those
-each thread was allowed at the last sample (the client pins itself once it has started).
+housekeeping CPUs as a whole: judged are the CPUs each thread was allowed at the last sample, and
+those they were seen running on once none of them was allowed on an isolated CPU any more (the
+client pins itself after it has started).
 
 Exit 1 on a violation (docs/isolation.md):
   - a service thread seen running on an isolated CPU;
@@ -171,21 +172,26 @@ class ServiceProcess:
         self.allowed: dict[str, str] = {}  # tid -> its Cpus_allowed_list at the last sample
         self.ran: dict[int, int] = {}
 
-    def sample(self) -> None:
+    def sample(self, isolated: set[int]) -> None:
         try:
             tids = os.listdir(f"/proc/{self.pid}/task")
         except OSError:
             return
-        allowed = {}  # the threads alive now: one that ended keeps no old mask here
+        allowed, running = {}, []  # the threads alive now: one that ended keeps no old mask here
         for tid in tids:
             got = read_task(self.pid, tid)
             if got is None:
                 continue
             allowed[tid] = got[4]
             if got[1] == "R":
-                self.ran[got[2]] = self.ran.get(got[2], 0) + 1
+                running.append(got[2])
         if allowed:
             self.allowed = allowed
+        # where it runs counts once no thread may use an isolated CPU any more: the load client
+        # pins itself after it has started (a mask that stays on them is judged at the end)
+        if not any(set(parse_cpus(a)) & isolated for a in allowed.values()):
+            for cpu in running:
+                self.ran[cpu] = self.ran.get(cpu, 0) + 1
 
     def report(self, isolated: set[int]) -> dict:
         allowed = sorted({c for a in self.allowed.values() for c in parse_cpus(a)})
@@ -268,7 +274,7 @@ def main(argv: list[str]) -> int:
             for inst in instances:
                 inst.sample(isolated)
             for svc in services:
-                svc.sample()
+                svc.sample(isolated)
             time.sleep(args.interval)
     finally:
         load_rc, load_err = None, ""
