@@ -292,6 +292,10 @@ def test_plan_service_cpus_outside_the_cgroup_fall_back_to_the_instance_cpus(rep
         found = _threads(proc.pid)
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     assert any(line.startswith("hosttune: warning: the service CPUs 4000 are not allowed") for line in lines), lines
     assert {frozenset(a) for _, a in found.values()} == {frozenset({CPUS[-1]})}, found
