@@ -160,6 +160,10 @@ def _instances(topo: Topology, node_rows: list[dict[str, Any]], policy: dict[str
             "node": row["id"],
             "cpus": cpus,
             "cpus_list": cpulist.format(cpus),
+            # the node's housekeeping CPUs: hosttune serve's own threads (event loop of a pool,
+            # waiters, decoders, gRPC) run there, off the inference CPUs (docs/isolation.md)
+            "service_cpus": row["housekeeping"],
+            "service_cpus_list": cpulist.format(row["housekeeping"]),
             "mems": mems,
             "mems_list": cpulist.format(mems),
             "cores": cores,

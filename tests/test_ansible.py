@@ -664,9 +664,11 @@ def test_systemd_instances_get_placement_drop_ins_from_the_plan(tmp_path, host, 
         assert "BindReadOnlyPaths=/var/lib/hosttune/models:/models\n" in dropin
         with open(os.path.join(config_dir, "config.json")) as f:
             assert json.load(f) == inst["ovms"]["config"]
-        assert f"AllowedCPUs={inst['cpus_list']}\n" in dropin
+        # the inference CPUs and the node's housekeeping CPUs (serve's own threads, docs/isolation.md)
+        allowed = f"{inst['cpus_list']},{inst['service_cpus_list']}"
+        assert f"AllowedCPUs={allowed}\n" in dropin
         assert f"AllowedMemoryNodes={inst['mems_list']}\n" in dropin
-        assert f"CPUAffinity={inst['cpus_list']}\n" in dropin
+        assert f"CPUAffinity={allowed}\n" in dropin
         assert f"HOSTTUNE_PORT={inst['port']}" in dropin
     assert play(tmp_path, playbook, base_vars).changed() == []
     # Type=notify: serve says READY=1 once its models are compiled; the sandbox is scored below

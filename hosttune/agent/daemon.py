@@ -38,7 +38,7 @@ import traceback
 from collections import Counter
 from typing import Any
 
-from hosttune import __version__, discovery, engine, state
+from hosttune import __version__, cpulist, discovery, engine, state, threads
 from hosttune.agent import config as config_mod
 from hosttune.agent import fastcheck
 from hosttune.agent import status as status_mod
@@ -77,6 +77,7 @@ class Agent:
         # a policy that cannot be planned on this host is a config error (2); the plan is kept for
         # the first check, which then does not discover the host a second time
         self.start_plan: dict[str, Any] | None = self._check_plan(self.config, keep=True)
+        self.pinned, self.pin_error = self._pin_housekeeping(self.start_plan["housekeeping"])
         self.server = self._bind(self.config)
         self.started = time.time()
         self.state = "starting"
@@ -113,6 +114,18 @@ class Agent:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # -- set-up ----------------------------------------------------------------------------------
+    def _pin_housekeeping(self, cpus: list[int]) -> tuple[list[int] | None, str | None]:
+        """The agent's threads (and the check processes it forks, which inherit the mask) run on the
+        housekeeping CPUs, never on an isolated one (docs/isolation.md). Before the status server's
+        thread starts; on the live host only (a test tree's CPUs are not this machine's)."""
+        if not self.fs.is_live or not cpus:
+            return None, None
+        try:
+            threads.pin_all(cpus)
+        except OSError as exc:  # e.g. a container cpuset without them: stay where we were put
+            return None, f"cannot run on the housekeeping CPUs {cpulist.format(cpus)}: {exc.strerror}"
+        return sorted(os.sched_getaffinity(0)), None
+
     def _work(self, fn: Any, *args: Any) -> Any:
         """fn(*args) in a forked child (hosttune.agent.worker); its log records are logged here."""
         try:
@@ -157,6 +170,8 @@ class Agent:
                  fast_check_interval=agent.fast_check_interval, reapply=agent.reapply,
                  systemd=self.notifier.enabled, watchdog_s=self.notifier.watchdog_period)
         self.log("listening", address=host, port=port)
+        if self.pin_error:
+            self.log("pin", level="warning", error=self.pin_error)
         if self.notifier.error:
             self.log("notify", level="warning", error=self.notifier.error)
         self._recover()

@@ -169,7 +169,8 @@ def trial_plan(root: str, policy: dict[str, Any], keep: bool = False, current: s
     and the daemon does not parse 0.3 MB it already holds."""
     fs = HostFS(root=root)
     plan = plan_mod.make_plan(discovery.discover(fs), policy)
-    out: dict[str, Any] = {"hostname": plan["hostname"], "profile": plan["profile"]}
+    out: dict[str, Any] = {"hostname": plan["hostname"], "profile": plan["profile"],
+                           "housekeeping": plan["housekeeping"]}
     if keep:
         plan_json = json.dumps(plan, separators=(",", ":"))
         if plan_json == current:  # the daemon keeps what it saw; its next fast check lists /proc/irq

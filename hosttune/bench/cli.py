@@ -190,9 +190,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         config["client_cpus"] = client_cpus
     with noise:
         if client_cpus:
+            from hosttune import threads
             from hosttune.serve.placement import pin_cpus
 
             pin_cpus(client_cpus, where="--client-cpus")  # after the hogs started: they keep their own CPUs
+            threads.pin_all(client_cpus)  # every thread of the client, not only this one (docs/isolation.md)
         try:
             if args.mode == "inprocess":
                 runner.run_inprocess(targets, args.runs, args.warmup, args.duration, args.api, pinned, progress)

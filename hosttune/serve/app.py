@@ -27,6 +27,7 @@ from hosttune import __version__, numbers
 from hosttune.serve.decode import JSON_CT, JSON_INLINE_MAX, Decoder, HTTPError, dumps
 from hosttune.serve.engine import InputError, ServedModel
 from hosttune.serve.metrics import Metrics
+from hosttune.serve.placement import Threads
 from hosttune.serve.wire import Answer
 
 DEFAULT_MAX_BODY = 64 * 2**20
@@ -42,13 +43,14 @@ class App:
 
     def __init__(self, models: list[ServedModel], max_body: int = DEFAULT_MAX_BODY,
                  max_json: int = DEFAULT_MAX_JSON, metrics_on: bool = True,
-                 metric_families: frozenset[str] | None = None):
+                 metric_families: frozenset[str] | None = None, placed: Threads | None = None):
         """`metrics_on` False: /metrics is an unknown endpoint, as OVMS without metrics;
         `metric_families` the families it exposes (metrics.enabled_families; None: all)."""
         self.max_body = max_body
         self.max_json = max_json
         # large JSON bodies: as many decoded at once as requests can run in OpenVINO
-        self.decoder = Decoder(threads=max(m.nireq for m in models))
+        self.decoder = Decoder(threads=max(m.nireq for m in models), placed=placed)
+        self.placed = placed or Threads()
         self.metrics = Metrics(enabled=metric_families)
         self.metrics_on = metrics_on
         # the metric children of each (name, version) ever served: a request on a model replaced

@@ -26,7 +26,7 @@ PLAN_INSTANCE = Obj({
     "name": Str(255), "model": Str(255), "bind": Str(255), "port": Int(0, 65535), "grpc_port": Opt(Int(0, 65535)),
     "models": List(Obj({"name": Name(), "version": Opt(Int(1, MAX_VERSION))}, required=("name",)), 1000),
     "openvino": Map(SCALAR), "ovms": Obj({"nireq": Opt(Int(1, MAX_NIREQ))}),
-    "cpus": List(Int(0, 2**20)), "mems": List(Int(0, 2**20)), "mems_list": Str(),
+    "cpus": List(Int(0, 2**20)), "service_cpus": List(Int(0, 2**20)), "mems": List(Int(0, 2**20)), "mems_list": Str(),
     "idle_poll_us": Opt(Int(0, MAX_IDLE_POLL_US)), "streams": Opt(Int(1, MAX_NIREQ)), "probe_url": Str(),
 }, required=("name",))
 PLAN = Obj({"schema": Str(), "instances": List(PLAN_INSTANCE, 4096), "nodes": List(ANY, 4096),
@@ -108,6 +108,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="JSON", help='OpenVINO properties, e.g. \'{"NUM_STREAMS": 2}\' '
                                                     '(over the plan\'s or the config.json\'s)')
     p.add_argument("--cpus", help="CPU list to run on (default: the instance's CPUs)")
+    p.add_argument("--service-cpus", metavar="CPUS", help="CPU list of the event loop (unless it runs a pool of one's "
+                   "inference), waiter, decoder and gRPC threads (default: the instance's service_cpus, else --cpus)")
     p.add_argument("--no-pin", action="store_true", help="do not set CPU affinity or memory policy")
     p.add_argument("--max-body", type=numbers.arg_uint(1, MAX_BODY), default=64 * 2**20, help="largest request body in bytes (413 above)")
     p.add_argument("--max-json-body", type=numbers.arg_uint(1, MAX_BODY), default=16 * 2**20,
@@ -375,6 +377,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise HosttuneError(f"must be 0 to {MAX_IDLE_POLL_US} microseconds, got {brief(idle_poll_us)}",
                             where="--idle-poll-us" if args.idle_poll_us is not None else "the plan's idle_poll_us")
     cpus = cpulist.parse(args.cpus, where="--cpus") if args.cpus else (instance or {}).get("cpus")
+    service_cpus = (cpulist.parse(args.service_cpus, where="--service-cpus") if args.service_cpus
+                    else (instance or {}).get("service_cpus")) or cpus
 
     from hosttune.serve.app import App
     from hosttune.serve.run import bind_socket, serve_forever
@@ -385,8 +389,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if grpc_port:
             bind_socket(host, grpc_port).close()
+        placed = placement.Threads()
         if cpus and not args.no_pin:
-            placement.pin_cpus(cpus, where="--cpus" if args.cpus else f"instance {instance['name']}")
+            # threads started before (imports) go to the service CPUs, this one compiles on the
+            # inference CPUs: OpenVINO places its streams within the compiling thread's mask
+            where = "--cpus" if args.cpus else f"instance {instance['name']}"
+            if service_cpus is not cpus and not args.service_cpus and not placement.allowed(service_cpus):
+                # a unit or container cpuset from before the plan had service_cpus: run as before
+                print(f"hosttune: warning: the service CPUs {cpulist.format(service_cpus)} are not allowed to this "
+                      f"process (cgroup cpuset); hosttune's own threads stay on {cpulist.format(cpus)}",
+                      file=sys.stderr)
+                service_cpus = cpus
+            placement.place_service(service_cpus, where=where if service_cpus is cpus else
+                                    "--service-cpus" if args.service_cpus else f"{where} service_cpus")
+            placement.pin_cpus(cpus, where=where)
+            placed = placement.Threads(tuple(cpus), tuple(service_cpus))
             if instance and instance.get("mems") and multi_node and not placement.bind_memory(instance["mems"]):
                 print(f"hosttune: warning: could not bind memory to node(s) {instance['mems_list']}; "
                       f"use NUMAPolicy=bind/NUMAMask= in the unit or --cpuset-mems", file=sys.stderr)
@@ -395,21 +412,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from hosttune.serve.engine import ServedModel
 
         core = ov.Core()
-        models = [ServedModel(core, entry, config, nireq) for entry, config, nireq in served]
+        models = [ServedModel(core, entry, config, nireq, placed=placed) for entry, config, nireq in served]
         reloader = None
         if args.config_path:  # the models of config.json, reloaded live (hosttune/serve/reload.py)
             from hosttune.serve.reload import Reloader
 
             def build(model: Any, version: int) -> ServedModel:
                 return ServedModel(core, model.entry(version), openvino_config(model.plugin_config, args.config),
-                                   args.nireq or model.nireq or plan_nireq, model.io)
+                                   args.nireq or model.nireq or plan_nireq, model.io, placed)
 
             reloader = Reloader(args.config_path, build, args.file_system_poll_wait_seconds)
             models = reloader.first()
         app = App(models, max_body=args.max_body, max_json=args.max_json_body,
-                  metrics_on=families is not None, metric_families=families)
+                  metrics_on=families is not None, metric_families=families, placed=placed)
         if reloader is not None:
             reloader.attach(app)
+        # a pool of one runs its inference on the event loop thread (ServedModel.infer_now)
+        placed.place_loop(inline=any(m.nireq == 1 for m in models))
     except BaseException:
         if sock is not None:
             sock.close()

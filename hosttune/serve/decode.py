@@ -9,13 +9,13 @@ large JSON on a decoder thread (`Decoder`), and a binary header a client repeats
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hosttune.serve.engine import InputError, ServedModel, to_array
+from hosttune.serve.placement import Threads
 
 # JSON up to this size is decoded on the event loop (well under 0.1 ms: cheaper than a hand-off to
 # the decoder thread); larger JSON on the decoder thread
@@ -46,9 +46,10 @@ class Decoder:
     """Decodes infer requests: `now` on the calling thread, `on_thread` (large JSON) on one of
     `threads` decoder threads so that health checks and other requests go on meanwhile."""
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, placed: Threads | None = None):
+        init, initargs = (placed or Threads()).initializer("hosttune-json")  # service threads
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hosttune-json",
-                                        initializer=_name_thread, initargs=("hosttune-json",))
+                                        initializer=init, initargs=initargs)
         # per model, the last binary request's JSON header, body length and what parse_request made
         # of them (see now)
         self.layouts: dict[str, tuple[bytes, int, Layout]] = {}
@@ -292,10 +293,3 @@ def _tolist(value: Any) -> Any:
         return value.tolist()
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
-
-def _name_thread(name: str) -> None:
-    """Give the calling thread a kernel name (top -H, /proc/PID/task/TID/comm)."""
-    try:
-        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass

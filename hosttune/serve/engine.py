@@ -17,6 +17,7 @@ from typing import Any
 
 from hosttune.errors import HosttuneError
 from hosttune.serve import MAX_NIREQ
+from hosttune.serve.placement import Threads
 from hosttune.model.repo import ModelEntry, ov_error_text, read_model
 from hosttune.model.types import KSERVE_TO_NUMPY, kserve_datatype
 from hosttune.serve.ovms_config import IOConfig
@@ -124,7 +125,7 @@ def apply_io(model: Any, io: IOConfig, where: str) -> None:
 
 class ServedModel:
     def __init__(self, core: Any, entry: ModelEntry, config: dict[str, Any], nireq: int | None = None,
-                 io: IOConfig | None = None):
+                 io: IOConfig | None = None, placed: Threads | None = None):
         if nireq is not None and not 1 <= nireq <= MAX_NIREQ:  # each infer request holds its tensors
             raise HosttuneError(f"must be 1 to {MAX_NIREQ}, got {nireq}", where=f"nireq of {entry.name}")
         self.name = entry.name
@@ -162,7 +163,10 @@ class ServedModel:
         # in-process the sample model's inference was 10-25 us slower that way (through the server
         # the difference was within the noise, 0.877 against 0.882 ms). A dynamic input is shared.
         self._input_views = [[self._own_view(req, port) for port in self.inputs] for req in self._requests]
-        self._waiter = ThreadPoolExecutor(max_workers=self.nireq, thread_name_prefix=f"wait-{self.name}")
+        # the waiters only block in wait() and wake the loop: service threads, off the inference CPUs
+        init, initargs = (placed or Threads()).initializer("hosttune-wait")
+        self._waiter = ThreadPoolExecutor(max_workers=self.nireq, thread_name_prefix=f"wait-{self.name}",
+                                          initializer=init, initargs=initargs)
         self._idle: asyncio.Queue[int] | None = None
         self.active = 0
 

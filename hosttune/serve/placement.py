@@ -1,4 +1,5 @@
-"""Put the current process on an instance's CPUs and memory node(s), as the plan says.
+"""Put the current process on an instance's CPUs and memory node(s), as the plan says, and each
+kind of thread where it belongs (`Threads`, docs/isolation.md).
 
 CPU sets come from the plan (or the command line), never computed here. Inside a systemd unit
 with AllowedCPUs= or a container cpuset, the CPUs allowed to the process may be fewer than the
@@ -7,12 +8,16 @@ plan's: the kernel then runs it on the intersection (we warn), and it fails when
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
 import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
-from hosttune import cpulist
+from hosttune import cpulist, threads
 from hosttune.errors import HosttuneError
 
 _SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "ppc64le": 261, "s390x": 237}
@@ -53,3 +58,61 @@ def bind_memory(nodes: list[int]) -> bool:
     libc = ctypes.CDLL(None, use_errno=True)
     rc = libc.syscall(number, MPOL_BIND, arr, ctypes.c_ulong(maxnode))
     return rc == 0
+
+
+@dataclass(frozen=True)
+class Threads:
+    """Where an instance's threads run. `inference`: OpenVINO's stream threads (pinned one per CPU
+    by OpenVINO itself, from the mask of the thread that compiles) and the event loop when it runs
+    a pool of one's inference inline. `service`: everything else of ours - the event loop of a
+    pool, the waiter threads, the JSON decoder threads, gRPC's threads. None: not pinned."""
+
+    inference: tuple[int, ...] | None = None
+    service: tuple[int, ...] | None = None
+
+    def initializer(self, name: str) -> tuple[Callable[..., None], tuple[Any, ...]]:
+        """(initializer, initargs) of a service thread pool."""
+        return threads.initializer(self.service, name)
+
+    def place_loop(self, inline: bool) -> None:
+        """Pin the calling thread (the event loop) to the inference CPUs when it runs the
+        inference itself (`inline`), else to the service CPUs."""
+        cpus = self.inference if inline else self.service
+        if cpus:
+            threads.pin_me(cpus)
+
+    @contextlib.contextmanager
+    def spawning_service(self) -> Iterator[None]:
+        """Threads started by the calling thread meanwhile (grpc's) are born on the service CPUs:
+        a new thread inherits its creator's mask."""
+        if not self.service:
+            yield
+            return
+        tid = threading.get_native_id()
+        before = os.sched_getaffinity(tid)
+        os.sched_setaffinity(tid, set(self.service))
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(tid, before)
+
+
+def allowed(cpus: list[int]) -> bool:
+    """Whether this process may run on any of `cpus` at all (the cgroup's cpuset, online CPUs)."""
+    me = threading.get_native_id()
+    before = os.sched_getaffinity(me)
+    try:
+        os.sched_setaffinity(me, set(cpus))
+    except OSError:
+        return False
+    os.sched_setaffinity(me, before)
+    return True
+
+
+def place_service(cpus: list[int], where: str) -> None:
+    """Pin every thread of the process but the calling one to the service CPUs (threads an import
+    started before the instance was placed)."""
+    if not allowed(cpus):
+        raise HosttuneError(f"cannot run on CPUs {cpulist.format(cpus)} (check AllowedCPUs= / the container "
+                            f"cpuset and that the CPUs are online)", where=where)
+    threads.pin_all(cpus, skip=[threading.get_native_id()])

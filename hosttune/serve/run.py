@@ -85,7 +85,8 @@ async def _serve(app: App, server: Any, sock: socket.socket, host: str, quiet: b
     if grpc_port is not None:
         from hosttune.serve import grpc_server as kserve_grpc  # grpcio only when gRPC is served
 
-        grpc_server, grpc_port = await kserve_grpc.start(app, host, grpc_port, limits.max_connections)
+        with app.placed.spawning_service():  # grpc's threads are service threads
+            grpc_server, grpc_port = await kserve_grpc.start(app, host, grpc_port, limits.max_connections)
     # config.json's poll (hosttune/serve/reload.py), when serving one
     poller = asyncio.create_task(app.reloader.run()) if app.reloader is not None else None
     try:
