@@ -268,7 +268,8 @@ stop.set(); t.join()
 def test_service_cpus_refusals_are_one_line_exit_2(repo, tmp_path):
     """--service-cpus: not a CPU list, or CPUs this process may not use: one line naming it."""
     for value, says in (("x-1", "--service-cpus"), ("4000", "--service-cpus: cannot run on CPUs 4000 (check")):
-        r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(repo), "--model", "sample", "--port", "0",
+        r = subprocess.run([*HOSTTUNE, "serve", "--repo", str(repo), "--model", "sample",
+                            "--rest_port", "0", "--ephemeral-ports",
                             "--cpus", str(CPUS[-1]), "--service-cpus", value], capture_output=True, text=True,
                            timeout=120)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -283,7 +284,7 @@ def test_plan_service_cpus_outside_the_cgroup_fall_back_to_the_instance_cpus(rep
     plan["instances"][0]["service_cpus"] = [4000]
     open(path, "w").write(json.dumps(plan))
     proc = subprocess.Popen([*HOSTTUNE, "serve", "--plan", path, "--plan-instance", "node0", "--repo", str(repo),
-                             "--port", "0"], stderr=subprocess.PIPE, text=True)
+                             "--rest_port", "0", "--ephemeral-ports"], stderr=subprocess.PIPE, text=True)
     try:
         lines = []
         while not lines or "listening on" not in lines[-1]:

@@ -82,7 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ovms.add_argument("--rest_workers", type=numbers.arg_uint(2, MAX_REST_WORKERS), metavar="N",
                       help=f"REST worker threads (OVMS: 2 to {MAX_REST_WORKERS}, needs --rest_port); hosttune "
                            "serves REST from its one event loop, so the value is checked and not used")
-    ovms.add_argument("--file_system_poll_wait_seconds", "--file-system-poll-wait-seconds", dest="file_system_poll_wait_seconds", type=numbers.arg_uint(0, 2**32 - 1), default=1, metavar="S",
+    ovms.add_argument("--file_system_poll_wait_seconds", "--file-system-poll-wait-seconds",
+                      dest="file_system_poll_wait_seconds", type=numbers.arg_uint(0, 2**32 - 1), default=1, metavar="S",
                       help="seconds between checks of config.json and the model directories for changes "
                            "(default 1; 0: no checks)")
     ovms.add_argument("--metrics_enable", nargs="?", const="true", default="false", choices=("true", "false"),
