@@ -260,3 +260,42 @@ def test_an_overlay_that_does_not_fit_names_the_field(tmp_path):
 def test_a_missing_overlay_file_is_one_line(tmp_path):
     proc = run_cli("plan", "--root", DEFAULT_FIXTURE, "--overlay", str(tmp_path / "nope.yaml"))
     assert proc.returncode == 2 and "nope.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- fleet -----------------------------------------------------------------------------------------
+def test_fleet_plan_shows_the_class_and_applies_the_inventorys_overlay(tmp_path):
+    """hosttune_tune_overlay in the inventory (as the roles take it): `fleet plan` gives each host
+    its class's tuned settings and shows the class of every host."""
+    import subprocess
+    import sys
+
+    from tests.fleet.conftest import REPO, capture_tree, write_inventory
+    from tests.treegen import Spec, write_tree
+
+    caps = tmp_path / "caps"
+    caps.mkdir()
+    specs = {"n1": Spec(hostname="one"), "n2": Spec(hostname="two"), "n3": Spec(hostname="three", sockets=1)}
+    for name, spec in specs.items():
+        write_tree(str(tmp_path / name), spec)
+        capture_tree(str(tmp_path / name), str(caps / f"{name}.tar.gz"))
+    same, other = (hwclass.class_id(topo_of(str(caps / f"{n}.tar.gz"))) for n in ("n1", "n3"))
+    path = write(tmp_path, overlay(same))
+    inv = write_inventory(tmp_path / "inv", {n: {"ansible_host": "192.0.2.1"} for n in specs},
+                          groups={"all_hosts": list(specs)}, group_vars={"all_hosts": {"hosttune_tune_overlay": path}})
+    proc = subprocess.run([sys.executable, "-m", "hosttune", "fleet", "plan", "-i", inv, "--captures", str(caps),
+                           "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    hosts = {h["host"]: h["result"] for h in json.loads(proc.stdout)["hosts"]}
+    assert [hosts[n]["hw_class"]["id"] for n in ("n1", "n2", "n3")] == [same, same, other]
+    assert [hosts[n]["instances"][0]["openvino"].get("NUM_STREAMS") for n in ("n1", "n2", "n3")] == [2, 2, None]
+    table = subprocess.run([sys.executable, "-m", "hosttune", "fleet", "plan", "-i", inv, "--captures", str(caps)],
+                           capture_output=True, text=True, cwd=REPO, timeout=120).stdout
+    lines = {line.split()[0]: line for line in table.splitlines() if line.startswith("n")}
+    assert f"{same} (tuned)" in lines["n2"] and other in lines["n3"] and "(tuned)" not in lines["n3"]
+    # a bad overlay file: the hosts are invalid, naming the file and the field (exit 2)
+    bad = write(tmp_path, overlay(same, hint="fast"), "bad.yaml")
+    inv = write_inventory(tmp_path / "inv2", {"n1": {"ansible_host": "192.0.2.1", "hosttune_tune_overlay": bad}})
+    proc = subprocess.run([sys.executable, "-m", "hosttune", "fleet", "plan", "-i", inv, "--captures", str(caps),
+                           "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    assert f"{bad}: classes.{same}.instances.hint" in json.loads(proc.stdout)["hosts"][0]["reason"]
