@@ -299,3 +299,24 @@ def test_fleet_plan_shows_the_class_and_applies_the_inventorys_overlay(tmp_path)
                            "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2
     assert f"{bad}: classes.{same}.instances.hint" in json.loads(proc.stdout)["hosts"][0]["reason"]
+
+
+def test_the_agent_plans_with_its_configurations_overlay(tmp_path, make_tree):
+    """The agent's configuration (what the roles write: policy.tune_overlay) gives the agent the plan
+    `hosttune plan --policy` gives the roles."""
+    from hosttune.agent import config, worker
+
+    root = make_tree(sockets=2, cores_per_node=4)
+    cid = hwclass.class_id(topo_of(root))
+    path = write(tmp_path, {"policy": {"profile": "throughput", "tune_overlay": overlay(cid, streams=3, nireq=5)},
+                            "agent": {}}, "hosttune.yaml")
+    cfg = config.load(HostFS.open(root), path)
+    agent_plan = json.loads(worker.trial_plan(root, cfg.policy, keep=True)["plan_json"])
+    cli_plan = json.loads(run_cli("plan", "--root", root, "--policy", path, "--json", check=0).stdout)
+    assert agent_plan["instances"] == cli_plan["instances"] and agent_plan["tuned"] == cli_plan["tuned"]
+    assert [(i["streams"], i["ovms"]["nireq"]) for i in agent_plan["instances"]] == [(3, 5), (3, 5)]
+    # a bad overlay in the configuration: the agent refuses it naming the file and the field
+    bad = write(tmp_path, {"policy": {"tune_overlay": overlay(cid, nireq=0)}}, "bad.yaml")
+    with pytest.raises(PolicyError) as info:
+        config.load(HostFS.open(root), bad)
+    assert info.value.where == f"{bad}: policy.tune_overlay.classes.{cid}.instances.nireq"
