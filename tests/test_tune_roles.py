@@ -138,3 +138,26 @@ def test_tune_class_tunes_one_host_per_class_and_merges_the_overlay(tmp_path):
     plan = json.loads(subprocess.run([HOSTTUNE, "plan", "--root", roots["a2"], "--overlay", str(out), "--json"],
                                      capture_output=True, text=True, check=True).stdout)
     assert plan["tuned"]["class"] == a and plan["instances"][0]["openvino"]["NUM_STREAMS"] == 2
+
+
+def test_molecule_converge_keys_its_overlay_by_the_guests_class(tmp_path, host):
+    """molecule/resources/converge.yml's first play (the default scenario's overlay), against a
+    synthetic host where hosttune is installed: the overlay holds molecule_tune_instances under the
+    host's class, a second run changes nothing, and the plan applies it."""
+    from tests.conftest import REPO
+
+    plays = yaml.safe_load(open(os.path.join(REPO, "molecule", "resources", "converge.yml")))
+    first = tmp_path / "converge-first.yml"
+    first.write_text(yaml.safe_dump(plays[:1], sort_keys=False))
+    out = tmp_path / "tune-overlay.yaml"
+    settings = {"hint": "throughput", "streams": 3, "threads_per_stream": 1, "nireq": 6}
+    extravars = {"hosttune_root": host, "hosttune_bin": HOSTTUNE, "molecule_tune_instances": settings,
+                 "molecule_tune_overlay": str(out)}
+    run = play(tmp_path, str(first), extravars)
+    assert run.rc == 0, run.explain()
+    doc = policy.load_overlay(str(out))
+    assert list(doc["classes"]) == [class_of(host)] and doc["classes"][class_of(host)]["instances"] == settings
+    assert play(tmp_path, str(first), extravars).changed() == []
+    plan = json.loads(subprocess.run([HOSTTUNE, "plan", "--root", host, "--overlay", str(out), "--json"],
+                                     capture_output=True, text=True, check=True).stdout)
+    assert {(i["streams"], i["ovms"]["nireq"]) for i in plan["instances"]} == {(3, 6)}
