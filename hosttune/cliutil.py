@@ -17,6 +17,9 @@ def add_root(parser: argparse.ArgumentParser) -> None:
 def add_policy(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", help="policy YAML (default: the embedded default policy; "
                                          "/etc/hosttune/hosttune.yaml is the agent's)")
+    parser.add_argument("--overlay", metavar="FILE",
+                        help="a `hosttune tune -o` overlay: the host's hardware class's tuned instance "
+                             "settings win over the policy's (replaces the policy's tune_overlay)")
 
 
 def load_plan(args: argparse.Namespace) -> dict[str, Any]:
@@ -26,6 +29,8 @@ def load_plan(args: argparse.Namespace) -> dict[str, Any]:
 
     fs = HostFS.open(args.root)
     pol = policy.resolve(fs, args.policy)
+    if getattr(args, "overlay", None) is not None:
+        pol = {**pol, "tune_overlay": policy.load_overlay(args.overlay)}
     topo = discovery.discover(fs)
     return plan.make_plan(topo, pol)
 

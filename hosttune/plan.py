@@ -6,33 +6,43 @@ the benchmarks read CPU sets and settings from it and never recompute them.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from hosttune import areas, cpulist, instance_settings
+from hosttune import areas, cpulist, hwclass, instance_settings
 from hosttune.errors import PolicyError
-from hosttune.policy import model_specs
+from hosttune.policy import apply_overlay, model_specs
 from hosttune.topology import Cpu, Node, Topology
 
 SCHEMA = "hosttune.plan/1"
 
 
 def make_plan(topo: Topology, policy: dict[str, Any]) -> dict[str, Any]:
-    """Compute the plan. Raises PolicyError naming the field when the policy cannot fit the host."""
+    """Compute the plan. Raises PolicyError naming the field when the policy cannot fit the host.
+    A policy with a tune_overlay gets its host class's tuned instances keys first (apply_overlay)."""
+    class_id = hwclass.class_id(topo)
+    policy, tuned = apply_overlay(policy, class_id)
     online = [c for c in topo.cpus if c.online]
     if not online:
         raise PolicyError("the host has no online CPU", where="topology")
     housekeeping, isolated = _partition(topo, online, policy)
     node_rows = _node_rows(topo, housekeeping, isolated)
     instances = _instances(topo, node_rows, policy)
-    by_node = {i["node"]: i["name"] for i in instances}
-    for row in node_rows:
-        row["instance"] = by_node.get(row["id"])
+    by_node: dict[int, list[str]] = {}
+    for inst in instances:
+        by_node.setdefault(inst["node"], []).append(inst["name"])
+    for row in node_rows:  # "instance": the first (per_node 1: the only one)
+        row["instances"] = by_node.get(row["id"], [])
+        row["instance"] = row["instances"][0] if row["instances"] else None
     iso_enabled = policy["isolation"]["enabled"]
     settings, area_fields = areas.plan(areas.PlanContext(topo, policy, housekeeping, isolated))
     plan = {
         "schema": SCHEMA,
         "hostname": topo.hostname,
         "profile": policy["profile"],
+        # the host's hardware class (hosttune.hwclass) and what the policy's tune overlay changed
+        "hw_class": {"id": class_id, "description": hwclass.describe(topo)},
+        "tuned": tuned,
         "policy": policy,
         "nodes": node_rows,
         "housekeeping": sorted(housekeeping),
@@ -146,17 +156,17 @@ def _instances(topo: Topology, node_rows: list[dict[str, Any]], policy: dict[str
         if empty:
             raise PolicyError(f"node(s) {cpulist.format(empty)} have no CPUs for an instance",
                               where="instances.nodes")
-    _check_ports(want, len(selected))
+    slots = [(row, suffix, cpus) for row in selected for suffix, cpus in _split(topo, row, want["per_node"])]
+    _check_ports(want, len(slots))
     models = [{"name": name, "version": version} for name, version in model_specs(want)]
     instances = []
-    for index, row in enumerate(selected):
-        cpus = row["isolated"]
+    for index, (row, suffix, cpus) in enumerate(slots):
         mems = [_memory_node(topo, row["id"])]
         cores = len(_cores_of([topo.cpu(c) for c in cpus]))
-        settings, streams = _openvino(policy, cores, len(cpus))
-        nireq = max(streams, 2 if policy["profile"] == "throughput" else 1) * (2 if streams > 1 else 1)
+        settings, streams, hint = _openvino(policy, cores, len(cpus))
+        nireq = want["nireq"] or max(streams, 2 if hint == "throughput" else 1) * (2 if streams > 1 else 1)
         instance = {
-            "name": f"node{row['id']}",
+            "name": f"node{row['id']}{suffix}",
             "node": row["id"],
             "cpus": cpus,
             "cpus_list": cpulist.format(cpus),
@@ -177,6 +187,7 @@ def _instances(topo: Topology, node_rows: list[dict[str, Any]], policy: dict[str
             "model": models[0]["name"],  # the one bench and the health checks ask for
             "models": models,
             "openvino": settings,
+            "hint": hint,
             "streams": streams,
             # `hosttune serve` polls for the next request this long after each answer (OVMS does not)
             "idle_poll_us": want["idle_poll_us"],
@@ -227,19 +238,51 @@ def _memory_node(topo: Topology, node_id: int) -> int:
     return min(with_memory, key=lambda n: (node.distances.get(n.id, 10**6), n.id)).id
 
 
-def _openvino(policy: dict[str, Any], cores: int, cpus: int) -> tuple[dict[str, Any], int]:
-    """OpenVINO CPU plugin properties for an instance's cpuset. Never NUM_STREAMS with a hint;
-    streams never exceed cores; threads stay on physical cores."""
-    precision = policy["instances"]["inference_precision"]
+def _split(topo: Topology, row: dict[str, Any], per_node: int) -> list[tuple[str, list[int]]]:
+    """(name suffix, cpus) of each instance on a node: its isolated CPUs, or with per_node 2 its
+    cores in two halves (SMT siblings together; the first gets the odd core)."""
+    if per_node == 1:
+        return [("", row["isolated"])]
+    cores = _cores_of([topo.cpu(c) for c in row["isolated"]])
+    if len(cores) < 2:
+        raise PolicyError(f"2 instances per node need 2 cores; node {row['id']} has {len(cores)} to isolate",
+                          where="instances.per_node")
+    half = (len(cores) + 1) // 2
+    return [("a", sorted(c for core in cores[:half] for c in core)),
+            ("b", sorted(c for core in cores[half:] for c in core))]
+
+
+def _openvino(policy: dict[str, Any], cores: int, cpus: int) -> tuple[dict[str, Any], int, str]:
+    """(OpenVINO CPU plugin properties, streams, hint) for an instance's cpuset. Never NUM_STREAMS
+    with a hint: the latency hint is one stream, throughput is NUM_STREAMS. Threads stay on physical
+    cores unless instances.smt is true; streams x threads never exceed them."""
+    want = policy["instances"]
+    hint = want["hint"] or policy["profile"]
+    smt = want["smt"]
+    if smt and cpus <= cores:
+        raise PolicyError(f"the instance's {cpus} CPUs have no SMT siblings to run on", where="instances.smt")
+    usable = cpus if smt else cores
+    hyper = bool(smt) if smt is not None else (hint == "throughput" and cpus > cores)
+    precision = want["inference_precision"]
     extra = {"INFERENCE_PRECISION_HINT": precision} if precision else {}
-    if policy["profile"] == "latency":
-        return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cores,
-                "ENABLE_CPU_PINNING": True, "ENABLE_HYPER_THREADING": False, **extra}, 1
-    per_stream = policy["instances"]["threads_per_stream"] or (1 if cores < 8 else 4)
-    streams = max(1, min(cores, cores // max(per_stream, 1)))
-    threads = min(cores, streams * max(per_stream, 1))
+    per_stream, streams = want["threads_per_stream"], want["streams"]
+    if hint == "latency":
+        if streams not in (None, 1):
+            raise PolicyError(f"the latency hint runs 1 stream, got {streams}", where="instances.streams")
+        return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": min(usable, per_stream or usable),
+                "ENABLE_CPU_PINNING": True, "ENABLE_HYPER_THREADING": hyper, **extra}, 1, hint
+    if streams is not None:
+        per_stream = per_stream or max(1, usable // streams)
+        if streams * per_stream > usable:
+            raise PolicyError(f"{streams} streams x {per_stream} threads need {streams * per_stream} CPUs; the "
+                              f"instance has {usable}{' (SMT siblings not used)' if usable < cpus else ''}",
+                              where="instances.streams")
+    else:  # derived: 1 CPU per stream below 8 cores, 4 from 8 on; more than the CPUs: one stream
+        per_stream = max(per_stream or (1 if cores < 8 else 4), 1)
+        streams = max(1, min(usable, usable // per_stream))
+    threads = min(usable, streams * per_stream)
     return {"NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": threads,
-            "ENABLE_CPU_PINNING": True, "ENABLE_HYPER_THREADING": cpus > cores, **extra}, streams
+            "ENABLE_CPU_PINNING": True, "ENABLE_HYPER_THREADING": hyper, **extra}, streams, hint
 
 
 def _warnings(topo: Topology, settings: dict[str, Any]) -> list[str]:
@@ -264,7 +307,19 @@ def _check_required(plan: dict[str, Any], policy: dict[str, Any]) -> None:
 
 # -- human view ---------------------------------------------------------------------------------
 def render(plan: dict[str, Any]) -> str:
-    lines = [f"plan for {plan['hostname']} (profile {plan['profile']})", ""]
+    lines = [f"plan for {plan['hostname']} (profile {plan['profile']})"]
+    if plan.get("hw_class"):
+        lines.append(f"hardware class {plan['hw_class']['id']}: {plan['hw_class']['description']}")
+    tuned = plan.get("tuned")
+    if tuned:
+        if tuned["decision"] is None:
+            lines.append(f"tune overlay: no entry for class {tuned['class']}: the policy's instance settings")
+        elif tuned["decision"] != "tuned":
+            lines.append(f"tune overlay: {tuned['decision']} on {tuned.get('tuned_on') or '?'}: the policy's instance settings")
+        else:
+            changed = ", ".join(f"{k}={json.dumps(v['overlay'])}" for k, v in tuned["changed"].items()) or "nothing to change"
+            lines.append(f"tune overlay: tuned on {tuned.get('tuned_on') or '?'}: {changed}")
+    lines.append("")
     lines.append(f"{'node':>4}  {'housekeeping':<16} {'isolated':<20} {'instance':<10} {'port':>5}  mems")
     instances = {i["node"]: i for i in plan["instances"]}
     for row in plan["nodes"]:

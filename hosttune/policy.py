@@ -11,6 +11,7 @@ import copy
 import functools
 import ipaddress
 import json
+import re
 from typing import Any
 
 from hosttune import areas, cpulist, numbers, safeyaml
@@ -25,6 +26,16 @@ MAX_LIST = 1024  # nodes, flags, required areas
 MAX_IDLE_POLL_US = 1_000_000
 IDLE_POLL_US = {"latency": 1000, "throughput": 0}
 MAX_MODELS = 16
+# infer requests of an instance: hosttune.serve.MAX_NIREQ's value (policy sits below serve; a test
+# pins the two together)
+MAX_NIREQ = 1024
+HINTS = ("latency", "throughput")  # OpenVINO's PERFORMANCE_HINT, the instance's own profile
+# `hosttune tune -o FILE`: per hardware class (hosttune.hwclass.class_id), the instances keys it chose
+OVERLAY_FORMAT = "hosttune.tune-overlay/1"
+TUNED_KEYS = ("hint", "streams", "threads_per_stream", "nireq", "smt", "per_node", "inference_precision", "model")
+DECISIONS = ("tuned", "default-kept")
+CLASS_ID_RE = re.compile(r"c-[0-9a-f]{12}", re.ASCII)
+MAX_CLASSES = 1024
 
 
 def _cpus(value: str, path: str) -> str:
@@ -59,6 +70,20 @@ def _port(value: int, path: str) -> int:
 def _idle_poll(value: int, path: str) -> int:
     if value > MAX_IDLE_POLL_US:
         raise PolicyError(f"must be 0 to {MAX_IDLE_POLL_US} microseconds or null, got {brief(value)}", where=path)
+    return value
+
+
+def _count(most: int) -> Any:
+    def check(value: int, path: str) -> int:
+        if not 1 <= value <= most:
+            raise PolicyError(f"must be 1 to {most} or null, got {brief(value)}", where=path)
+        return value
+    return check
+
+
+def _smt(value: Any, path: str) -> Any:
+    if value is not None and not isinstance(value, bool):
+        raise PolicyError(f"must be true, false or null, got {brief(value)}", where=path)
     return value
 
 
@@ -123,7 +148,20 @@ _TAIL = (
     Field("instances.bind", "127.0.0.1", "str", check=_bind, doc="an IP address"),
     Field("instances.model", "sample", "any", check=_models,
           doc='or "name:version", or a list of up to 16 sharing the instance (one OVMS config.json)'),
-    Field("instances.threads_per_stream", None, "int?", doc="throughput profile: CPUs per stream (null: derived)"),
+    # the OpenVINO settings of each instance: null derives them from the profile and the cpuset
+    # (hosttune.plan); `hosttune tune` measures choices of them (the overlay, tune_overlay)
+    Field("instances.hint", None, "str?", choices=(None, *HINTS),
+          doc="PERFORMANCE_HINT latency (one stream) | throughput (NUM_STREAMS) | null (the profile's)"),
+    Field("instances.streams", None, "int?", check=_count(MAX_NIREQ),
+          doc="throughput hint: streams per instance (null: cores / threads_per_stream)"),
+    Field("instances.threads_per_stream", None, "int?",
+          doc="CPUs per stream (null: derived; latency: all of the instance's)"),
+    Field("instances.nireq", None, "int?", check=_count(MAX_NIREQ),
+          doc=f"infer requests per model, 1 to {MAX_NIREQ} (null: from the streams)"),
+    Field("instances.smt", None, "any", check=_smt,
+          doc="run inference on SMT siblings too (ENABLE_HYPER_THREADING); null: throughput yes where there are"),
+    Field("instances.per_node", 1, "int", choices=(1, 2),
+          doc="instances per NUMA node: 2 splits the node's cores in halves (node0a, node0b)"),
     # OpenVINO's INFERENCE_PRECISION_HINT: null leaves OpenVINO's default, which runs FP32 models
     # in BF16 on CPUs with AVX512-BF16/AMX; f32 keeps FP32 numbers on every host
     Field("instances.inference_precision", None, "str?", choices=(None, "f32", "bf16", "f16"),
@@ -132,6 +170,8 @@ _TAIL = (
           doc="hosttune serve polls this long after each answer; null: 1000 latency, 0 throughput"),
     Field("required", [], "list", check=_required,
           doc="areas that must be supported, e.g. [cpufreq, turbo, kernel_args]"),
+    Field("tune_overlay", None, "any", check=lambda value, path: check_overlay(value, path),
+          doc="a `hosttune tune -o` overlay: its host class's instances keys win (hosttune plan --overlay)"),
 )
 
 
@@ -348,6 +388,99 @@ def model_specs(instances: dict[str, Any]) -> list[tuple[str, int | None]]:
         name, _, version = spec.partition(":")
         out.append((name, int(version) if version else None))
     return out
+
+
+# -- the tune overlay ------------------------------------------------------------------------------
+# {format: hosttune.tune-overlay/1, classes: {<class id>: {tuned_on, objective, decision, instances}}}
+# written by `hosttune tune -o`, read here only: `hosttune plan --overlay FILE`, or inline as the
+# policy's tune_overlay (what the roles write into the agent's configuration).
+def check_overlay(value: Any, path: str = "tune_overlay") -> Any:
+    """An overlay document, checked; errors name `path`.<field>. The instances values are held to
+    the policy's own instances fields (one schema)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise PolicyError(f"must be a tune overlay (format: and classes:), got {brief(value)}", where=path)
+    for key in value:
+        if key not in ("format", "classes"):
+            raise PolicyError("unknown key (known: classes, format)", where=policy_field(f"{path}.", key))
+    if value.get("format") != OVERLAY_FORMAT:
+        raise PolicyError(f"must be {OVERLAY_FORMAT}, got {brief(value.get('format'))}", where=f"{path}.format")
+    classes = value.get("classes")
+    if not isinstance(classes, dict) or len(classes) > MAX_CLASSES:
+        raise PolicyError(f"must be a mapping of up to {MAX_CLASSES} hardware class ids, got {brief(classes)}",
+                          where=f"{path}.classes")
+    tuned = {f.path.partition(".")[2]: f for f in _TAIL if f.path.partition(".")[2] in TUNED_KEYS}
+    for cid, entry in classes.items():
+        where = policy_field(f"{path}.classes.", cid)
+        if not isinstance(cid, str) or not CLASS_ID_RE.fullmatch(cid):
+            raise PolicyError("is not a hardware class id (c- and 12 hex digits, as hosttune topology shows)",
+                              where=where)
+        if not isinstance(entry, dict):
+            raise PolicyError(f"must be a mapping, got {brief(entry)}", where=where)
+        for key, item in entry.items():
+            field = policy_field(f"{where}.", key)
+            if key == "tuned_on":
+                if not isinstance(item, str) or len(item) > 255:
+                    raise PolicyError(f"must be a host name, got {brief(item)}", where=field)
+            elif key == "objective":
+                if not isinstance(item, dict):
+                    raise PolicyError(f"must be a mapping, got {brief(item)}", where=field)
+            elif key == "decision":
+                if item not in DECISIONS:
+                    raise PolicyError(f"must be one of {', '.join(DECISIONS)}, got {brief(item)}", where=field)
+            elif key == "instances":
+                if not isinstance(item, dict):
+                    raise PolicyError(f"must be a mapping, got {brief(item)}", where=field)
+                for name, setting in item.items():
+                    inner = policy_field(f"{field}.", name)
+                    if name not in tuned:
+                        raise PolicyError(f"unknown key (known: {', '.join(TUNED_KEYS)})", where=inner)
+                    if setting is not None:  # null: tune left it to the policy
+                        f = tuned[name]
+                        _check_type(f, setting, inner)
+                        item[name] = f.check(setting, inner) if f.check is not None else setting
+            else:
+                raise PolicyError("unknown key (known: decision, instances, objective, tuned_on)", where=field)
+        if "decision" not in entry:
+            raise PolicyError("missing (tuned or default-kept)", where=f"{where}.decision")
+    return value
+
+
+def load_overlay(path: str) -> dict[str, Any]:
+    """Read and check an overlay file (bounded YAML); errors name the file and the field."""
+    doc = safeyaml.load_file(path, error=PolicyError)
+    try:
+        return check_overlay(doc, "")
+    except PolicyError as exc:
+        exc.where = f"{path}: {exc.where.lstrip('.')}" if exc.where else path
+        raise
+
+
+def apply_overlay(pol: dict[str, Any], class_id: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The policy with its tune_overlay's entry for `class_id` merged into `instances`, and what
+    happened (None without an overlay).
+
+    Precedence: the overlay's non-null keys win over the policy's instances keys, set or not: it is
+    the measured result for this hardware, applied by naming the file (to keep a key, drop it from
+    the overlay). null keys and a class whose decision is default-kept change nothing; a host
+    whose class is not in the overlay keeps its policy."""
+    overlay = pol.get("tune_overlay")
+    if overlay is None:
+        return pol, None
+    entry = overlay["classes"].get(class_id)
+    record: dict[str, Any] = {"class": class_id, "decision": None, "changed": {}}
+    if entry is None:
+        return pol, record
+    record.update(decision=entry["decision"], tuned_on=entry.get("tuned_on"))
+    if entry["decision"] != "tuned":
+        return pol, record
+    out = copy.deepcopy(pol)
+    for key, value in (entry.get("instances") or {}).items():
+        if value is not None and out["instances"][key] != value:
+            record["changed"][key] = {"policy": out["instances"][key], "overlay": copy.deepcopy(value)}
+            out["instances"][key] = copy.deepcopy(value)
+    return out, record
 
 
 # -- the README's policy block ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ PACKAGE = os.path.join(REPO, "hosttune")
 # Layers with `peers` hold independent parts: none of them imports another.
 LAYERS: list[tuple[str, list[str], bool]] = [
     ("base", ["hosttune", "hosttune.errors", "hosttune.cpulist", "hosttune.safeyaml", "hosttune.sysfs",
-              "hosttune.runner", "hosttune.topology", "hosttune.instance_settings",
+              "hosttune.runner", "hosttune.topology", "hosttune.instance_settings", "hosttune.hwclass",
               "hosttune.model", "hosttune.model.types",  # NAME_RE and the datatype table: light
               "hosttune.exposition", "hosttune.sdnotify", "hosttune.safejson", "hosttune.numbers",
               "hosttune.extras", "hosttune.threads"], False),

@@ -193,7 +193,7 @@ def test_policy_f32_keeps_fp32_execution_on_any_cpu(tiny_repo):
     from hosttune import plan as plan_mod
     from hosttune import policy as policy_mod
 
-    props, _ = plan_mod._openvino(policy_mod.validate({"instances": {"inference_precision": "f32"}}), 1, 1)
+    props = plan_mod._openvino(policy_mod.validate({"instances": {"inference_precision": "f32"}}), 1, 1)[0]
     core = ov.Core()
     compiled = core.compile_model(core.read_model(str(tiny_repo / "tiny" / "1" / "model.xml")), "CPU", props)
     assert precision.runtime_precision(compiled)["execution_precision"] == "FP32"

@@ -310,7 +310,7 @@ def test_whole_cores_named_by_the_user_are_accepted(make_tree):
 ])
 def test_openvino_settings_are_pinned(profile, per_stream, cores, cpus, want):
     pol = policy.validate({"profile": profile, "instances": {"threads_per_stream": per_stream}})
-    assert plan._openvino(pol, cores, cpus) == want
+    assert plan._openvino(pol, cores, cpus) == (*want, profile)
 
 
 def test_a_host_with_no_online_cpu_is_refused_naming_the_topology(make_tree):

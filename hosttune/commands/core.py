@@ -29,11 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
-    from hosttune import discovery
+    from hosttune import discovery, hwclass
     from hosttune.sysfs import HostFS
 
     topo = discovery.discover(HostFS.open(args.root))
     data = topo.to_dict()
+    # the class `hosttune tune` overlays are keyed by (the plan carries it too)
+    data["hw_class"] = {"id": hwclass.class_id(topo), "description": hwclass.describe(topo)}
     if args.json:
         print_json(data)
     else:
@@ -49,6 +51,8 @@ def render_topology(t: dict[str, Any]) -> str:
         f"{s['cpus_online']} online CPUs, {s['threads_per_core']} thread(s)/core",
         f"cpu: {cpu.get('model')} ({cpu.get('arch', '?')}; {' '.join(cpu.get('flags', [])) or 'no listed ISA flags'})",
     ]
+    if t.get("hw_class"):
+        lines.append(f"hardware class: {t['hw_class']['id']} ({t['hw_class']['description']})")
     if s["cpus_offline"]:
         lines.append(f"offline CPUs: {cpulist.format(s['cpus_offline'])}")
     if t.get("numa", {}).get("status") == "ignored":

@@ -28,6 +28,8 @@ from hosttune.fleet.sshargs import SshArgError, SshArgs
 DEFAULT_COMMAND = "hosttune"
 DEFAULT_ROOT = "/"
 POLICY_VAR = "hosttune_policy"
+# a `hosttune tune -o` overlay on the controller: the roles make it the policy's tune_overlay
+OVERLAY_VAR = "hosttune_tune_overlay"
 SSH_CONNECTIONS = (None, "", "ssh", "smart", "paramiko", "paramiko_ssh")
 
 
@@ -265,8 +267,10 @@ def _host(host: Any, variables: Any, loader: Any) -> FleetHost:
             raise _var_error("ansible_host", host.name, hostvars, str(exc)) from None
     _set_become(fh, hostvars, var)
     raw_policy = hostvars.get(POLICY_VAR)
-    if raw_policy is not None:
-        _set_policy(fh, raw_policy, var)
+    overlay = var(OVERLAY_VAR)
+    if raw_policy is not None or overlay:
+        # with an overlay, an unset hosttune_policy is {} as the roles write it
+        _set_policy(fh, raw_policy if raw_policy is not None else {}, var, overlay or None)
     return fh
 
 
@@ -321,13 +325,18 @@ def _set_become(fh: FleetHost, hostvars: Any, var: Any) -> None:
         break
 
 
-def _set_policy(fh: FleetHost, raw_policy: Any, var: Any) -> None:
+def _set_policy(fh: FleetHost, raw_policy: Any, var: Any, overlay: Any = None) -> None:
     from hosttune import policy
 
     loc = origin(raw_policy)
     fh.policy_source = _where(loc)
     try:
-        fh.policy_raw = var(POLICY_VAR)
+        fh.policy_raw = var(POLICY_VAR, default={})
+        if overlay is not None:  # as the roles do: the file's document is the policy's tune_overlay
+            if not isinstance(overlay, str):
+                raise PolicyError(f"must be the path of an overlay file, got {type(overlay).__name__}", where=OVERLAY_VAR)
+            if isinstance(fh.policy_raw, dict):
+                fh.policy_raw = {**fh.policy_raw, "tune_overlay": policy.load_overlay(os.path.expanduser(overlay))}
     except HosttuneError as exc:
         fh.policy_error = PolicyError(exc.message, where=exc.where)
         return

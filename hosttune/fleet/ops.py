@@ -70,7 +70,7 @@ def _run_with_policy(s: Session, host: FleetHost, args: list[str]) -> Output:
 # -- capture -------------------------------------------------------------------------------------
 def capture(ctx: Context, out_dir: str) -> HostResult:
     """`hosttune capture -o TMP` on the host, then download it to DIR/<host>.tar.gz."""
-    from hosttune import discovery
+    from hosttune import discovery, hwclass
     from hosttune.sysfs import HostFS
 
     h = ctx.host
@@ -93,7 +93,8 @@ def capture(ctx: Context, out_dir: str) -> HostResult:
     except HosttuneError as exc:
         raise Failed(f"downloaded capture is not usable: {exc}") from None
     return HostResult(h, "ok", exit_code=0, detail={
-        "capture": local, "capture_bytes": os.path.getsize(local), "hostname": topo.hostname})
+        "capture": local, "capture_bytes": os.path.getsize(local), "hostname": topo.hostname,
+        "hw_class": hwclass.class_id(topo)})
 
 
 # -- plan (local, from the captures) ---------------------------------------------------------------

@@ -81,12 +81,15 @@ def detail_text(command: str, e: dict[str, Any]) -> str:
     if e.get("reason"):
         return e["reason"]
     if command == "capture" and e.get("capture"):
-        return f"{e['capture']} ({e.get('capture_bytes', 0)} bytes, hostname {e.get('hostname')})"
+        return (f"{e.get('hw_class', '?')}  {e['capture']} ({e.get('capture_bytes', 0)} bytes, "
+                f"hostname {e.get('hostname')})")
     if command == "plan" and e.get("result"):
         p = e["result"]
         inst = ", ".join(f"{i['name']}:{i['cpus_list']}" for i in p.get("instances", [])) or "no instances"
         iso = _cpus(p.get("isolated", []))
-        return f"{p.get('profile')}: isolated {iso or '-'}; {inst}"
+        tuned = p.get("tuned") or {}
+        mark = " (tuned)" if tuned.get("changed") else ""
+        return f"{(p.get('hw_class') or {}).get('id', '?')}{mark}  {p.get('profile')}: isolated {iso or '-'}; {inst}"
     if command == "verify" and e.get("result"):
         counts = e["result"].get("counts") or {}
         return ", ".join(f"{v} {k}" for k, v in counts.items() if v) or "ok"

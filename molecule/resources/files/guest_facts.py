@@ -87,7 +87,7 @@ def instance_facts(plan: dict, kind: str, prefix: str) -> list[dict]:
             proc = run(["docker", "inspect", "--format", "{{.State.Pid}} {{.State.Status}}", entry["unit"]])
             pid, _, state = proc.stdout.strip().partition(" ")
         else:
-            entry["unit"] = f"hosttune-instance@{inst['node']}.service"
+            entry["unit"] = f"hosttune-instance@{inst['name'].removeprefix('node')}.service"  # the role's unit id
             proc = run(["systemctl", "show", "--property", "MainPID,ActiveState", entry["unit"]])
             props = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
             pid, state = props.get("MainPID", "0"), props.get("ActiveState", "unknown")
