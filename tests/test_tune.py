@@ -61,6 +61,18 @@ def tune(tmp, plan, models, *args, budget="60s", timeout=240, progress="--no-pro
     return r.stdout, json.loads((tmp / "result.json").read_text()), wall
 
 
+def written(cand):
+    """What the overlay holds of a candidate: a null streams or nireq is the plan's rule in the policy,
+    so the numbers its server ran are written; the default's model is left to the policy."""
+    out = {**cand["settings"], "model": None}
+    for key in ("streams", "nireq"):
+        if out[key] is None:
+            out[key] = cand["effective"][0]["served"][key]
+    if out["hint"] == "latency":
+        out["streams"] = None
+    return out
+
+
 @pytest.fixture(scope="module")
 def known_best(tmp_path_factory, models):
     if len(ALLOWED) < 2:
@@ -99,14 +111,14 @@ def test_tune_finds_the_known_best_within_the_budget(known_best):
     overlay = safeyaml.load_file(str(tmp / "overlay.yaml"))
     assert overlay["format"] == "hosttune.tune-overlay/1"
     (entry,) = overlay["classes"].values()
-    assert entry["decision"] == "tuned" and entry["instances"] == chosen["settings"]
+    assert entry["decision"] == "tuned" and entry["instances"] == written(chosen)
     assert entry["objective"] == {"name": "throughput", "slo_p99_ms": None,
                                   "workload": {"concurrency": 4, "binary": True, "model": "sample"}}
 
 
 def test_tune_keeps_the_default_where_settings_cannot_matter(tmp_path, models):
     cpu = ALLOWED[-1]
-    other = {"format": "hosttune.tune-overlay/1", "classes": {"another-class": {"decision": "tuned", "instances": {}}}}
+    other = {"format": "hosttune.tune-overlay/1", "classes": {"c-0123456789ab": {"decision": "tuned", "instances": {}}}}
     (tmp_path / "overlay.yaml").write_text(json.dumps(other))  # JSON is YAML: an earlier overlay to merge into
     plan = plan_doc([cpu], {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1, "ENABLE_CPU_PINNING": True,
                             "ENABLE_HYPER_THREADING": False}, 1, "trivial", [c for c in ALLOWED if c != cpu][:1])
@@ -128,10 +140,10 @@ def test_tune_keeps_the_default_where_settings_cannot_matter(tmp_path, models):
             assert c["result"]["instances"][0]["worker"]["rate"] == 100
     assert {c["effective"][0]["served"]["streams"] for c in result["candidates"]} == {1}
     overlay = safeyaml.load_file(str(tmp_path / "overlay.yaml"))
-    assert set(overlay["classes"]) == {"another-class", result["class"]}
+    assert set(overlay["classes"]) == {"c-0123456789ab", result["class"]}
     entry = overlay["classes"][result["class"]]
     assert entry["decision"] == "default-kept"
-    assert entry["instances"] == result["candidates"][0]["settings"]
+    assert entry["instances"] == written(result["candidates"][0])
     assert entry["instances"]["hint"] == "latency" and entry["instances"]["nireq"] == 1
     assert entry["objective"]["workload"] == {"concurrency": 32, "binary": False, "model": "trivial", "rate": 100}
 

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from hosttune import numbers
+from hosttune import hwclass, numbers
 from hosttune.errors import HosttuneError
 
 FINISH_RESERVE = 0.03  # of the budget, kept for stopping the servers and writing the results
@@ -102,7 +102,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     client_cpus = cpulist.parse(args.client_cpus, where="--client-cpus") \
         if args.client_cpus and args.client_cpus != "all" else None
     if args.output:  # an existing file that is not an overlay is refused before any measurement
-        overlay.merge(args.output, "", {})
+        overlay.read(args.output)
     plan = read_plan(args)
     instances = plan.get("instances") or []
     if not instances:
@@ -213,12 +213,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     measure.read_back_finish(pending)
 
     chosen = settings_list[decision["chosen"]]
-    cls = overlay.class_id(topo)
+    cls = hwclass.class_id(topo)
     workload = {"concurrency": concurrency, "binary": args.binary, "model": default.model}
     if args.rate:
         workload["rate"] = args.rate
+    instances = overlay.resolved(chosen.overlay(), cands[decision["chosen"]], default.model)
     entry = {"tuned_on": system.get("hostname"), "objective": {**objective.describe(), "workload": workload},
-             "decision": decision["decision"], "instances": chosen.overlay()}
+             "decision": decision["decision"], "instances": instances}
     config = {"mode": "http", "warmup_s": warmup_s, "duration_s": round_s, "judge": "p99", "pinned": True,
               "api": None, "concurrency": concurrency, "noise": runner.Noise(0, None).describe(),
               "repo": repo, "plan": args.plan, "root": args.root, "client_cpus": client_cpus, "tune": True}

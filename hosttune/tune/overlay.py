@@ -15,41 +15,49 @@ An existing file keeps its other classes; this host's class is replaced. Written
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import tempfile
 from typing import Any
 
 from hosttune import safeyaml
 from hosttune.errors import HosttuneError
+from hosttune.policy import OVERLAY_FORMAT, check_overlay
 
-FORMAT = "hosttune.tune-overlay/1"
 
 
-def class_id(topo: Any) -> str:
-    """The hardware class of a host: CPU model, topology, memory per node, kernel arguments.
-    Stand-in until hosttune.hwclass.class_id (issue 29's fleet part) replaces it."""
-    summary = topo.to_dict()["summary"]
-    model = (topo.features.get("cpu", {}).get("model") or "cpu").strip()
-    mem_gib = [round(n.memory_bytes / 2**30) for n in topo.nodes]
-    args = " ".join(sorted(a for a in topo.kernel_cmdline.split() if not a.startswith(("BOOT_IMAGE=", "root=", "initrd="))))
-    key = f"{model}|{summary['sockets']}|{summary['nodes']}|{summary['cores']}|{summary['threads_per_core']}|" \
-          f"{mem_gib}|{args}"
-    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")[:40] or "cpu"
-    return f"{slug}-{summary['nodes']}n{summary['cores']}c{summary['threads_per_core']}t-" \
-           f"{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+def resolved(instances: dict[str, Any], cand: Any, default_model: str) -> dict[str, Any]:
+    """The overlay's instances keys of a measured candidate. In the policy a null streams or nireq
+    is the plan's rule, not OpenVINO's choice: where the candidate left them to OpenVINO, the numbers
+    its servers ran (their banners) are written instead, so the plan reproduces what was measured."""
+    served = (cand.effective[0].get("served") if cand.effective else None) or {}
+    out = dict(instances)
+    for key in ("streams", "nireq"):
+        if out.get(key) is None and served.get(key):
+            out[key] = served[key]
+    if out.get("hint") == "latency":
+        out["streams"] = None  # the latency hint is one stream by rule (the plan refuses more)
+    if out.get("model") == default_model:
+        out["model"] = None  # a model in the overlay replaces the policy's whole list: only when chosen
+    return out
+
+
+def read(path: str) -> dict[str, Any]:
+    """The overlay at `path` (checked by the policy's one overlay schema), an empty one when there is
+    no file. A file that is not an overlay is refused: it is never overwritten."""
+    if not os.path.exists(path):
+        return {"format": OVERLAY_FORMAT, "classes": {}}
+    doc = safeyaml.load_file(path)
+    if not isinstance(doc, dict) or doc.get("format") != OVERLAY_FORMAT or not isinstance(doc.get("classes"), dict):
+        raise HosttuneError(f"not a {OVERLAY_FORMAT} file (refusing to overwrite it)", where=path)
+    check_overlay(doc, path)
+    return doc
 
 
 def merge(path: str, cls: str, entry: dict[str, Any]) -> dict[str, Any]:
     """The overlay document with `entry` as class `cls`, over the file at `path` when it exists."""
-    doc: dict[str, Any] = {"format": FORMAT, "classes": {}}
-    if os.path.exists(path):
-        old = safeyaml.load_file(path)
-        if not isinstance(old, dict) or old.get("format") != FORMAT or not isinstance(old.get("classes"), dict):
-            raise HosttuneError(f"not a {FORMAT} file (refusing to overwrite it)", where=path)
-        doc["classes"] = dict(old["classes"])
-    doc["classes"][cls] = entry
+    doc = read(path)
+    doc["classes"] = {**doc["classes"], cls: entry}
+    check_overlay(doc, path)  # what plan reads back: the one overlay schema (hosttune/policy.py)
     return doc
 
 
