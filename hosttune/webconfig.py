@@ -112,6 +112,10 @@ class WebConfig:
     tls: ssl.SSLContext | None = None
     users: dict[str, bytes] = field(default_factory=dict)
     headers: tuple[tuple[str, str], ...] = ()
+    # the TLS files as given (resolved), for servers that take PEM bytes (gRPC)
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -227,8 +231,12 @@ def parse(doc: Any, where: str, base: str = ".") -> WebConfig:
             raise HosttuneError("basic_auth_users needs the bcrypt package: pip install 'hosttune[web]'",
                                 where=f"{where}: basic_auth_users") from None
     headers = tuple((k, v) for k, v in ((doc.get("http_server_config") or {}).get("headers") or {}).items() if v)
+    files = {}
+    if tls_raw is not None:
+        files = {name: _file(base, tls_raw[name]) for name in ("cert_file", "key_file", "client_ca_file")
+                 if name in tls_raw}
     return WebConfig(path=where, tls=tls, users={u: h.encode("ascii") for u, h in users_raw.items()},
-                     headers=headers)
+                     headers=headers, **files)
 
 
 def load(path: str, where: str | None = None) -> WebConfig:

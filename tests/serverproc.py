@@ -30,10 +30,10 @@ class Server:
                 if not line:
                     break
                 buf += line
-                m = re.search(r"listening on http://[^ ]*:([0-9]{1,5})", line)
+                m = re.search(r"listening on https?://[^ ]*:([0-9]{1,5})", line)
                 if m:
                     self.port = int(m.group(1))
-                    grpc = re.search(r" and grpc://[^ ]*:(\d+)", line)  # with --grpc-port
+                    grpc = re.search(r" and grpcs?://[^ ]*:(\d+)", line)  # with --grpc-port
                     self.grpc_port = int(grpc.group(1)) if grpc else None
                     self.banner = line
                     return

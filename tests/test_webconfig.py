@@ -159,3 +159,54 @@ def test_agent_web_config_file_is_checked_with_the_config(tmp_path):
     good = web_config(str(tmp_path), {"prom": "x"})
     cfg = agent_config.parse({"agent": {"web_config_file": good}}, "hosttune.yaml")
     assert cfg.web is not None and cfg.web.scheme == "https" and set(cfg.web.users) == {"prom"}
+
+
+# -- hosttune serve --web-config-file: a real server process ----------------------------------------
+@pytest.fixture(scope="module")
+def tls_serve(tmp_path_factory):
+    from hosttune.model import repo as model_repo
+    from tests.serverproc import Server
+
+    tmp = tmp_path_factory.mktemp("serve-web")
+    model_repo.sample(str(tmp / "models"), variant="tiny", int8=False)
+    path = web_config(str(tmp), {"prom": "s3cret"})
+    srv = Server("--repo", str(tmp / "models"), "--model", "tiny", "--grpc-port", "0", "--web-config-file", path)
+    yield srv, str(tmp / "server.crt")
+    srv.stop()
+
+
+def test_serve_answers_rest_over_tls_only_with_basic_auth_on_every_path(tls_serve):
+    import json
+
+    srv, crt = tls_serve
+    assert "listening on https://" in srv.banner and "grpcs://" in srv.banner and "basic auth (1 users)" in srv.banner
+    base = f"https://127.0.0.1:{srv.port}"
+    good = basic("prom", "s3cret")
+    assert _get(base + "/v2/health/ready", crt, good)[0] == 200
+    status, _, body = _get(base + "/metrics", crt, good)
+    assert status == 200 and b"ovms_requests_success" in body
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                                   "data": [0.0] * 3072}]}).encode()
+    for path, data in (("/v2/health/ready", None), ("/metrics", None), ("/v2/models/tiny/infer", body),
+                       ("/nothing", None)):
+        for auth in (None, basic("prom", "wrong"), basic("nobody", "s3cret")):
+            req = urllib.request.Request(base + path, data=data, headers={"Authorization": auth} if auth else {})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=10, context=ssl.create_default_context(cafile=crt))
+            assert err.value.code == 401 and err.value.headers["WWW-Authenticate"] == 'Basic realm="hosttune"'
+    # the direct lane's infer, with auth
+    req = urllib.request.Request(base + "/v2/models/tiny/infer", data=body, headers={"Authorization": good})
+    with urllib.request.urlopen(req, timeout=30, context=ssl.create_default_context(cafile=crt)) as resp:
+        assert resp.status == 200 and json.loads(resp.read())["outputs"]
+
+
+def test_serve_grpc_takes_tls_and_basic_auth_from_the_same_file(tls_serve):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    srv, crt = tls_serve
+    client = grpcclient.InferenceServerClient(f"localhost:{srv.grpc_port}", ssl=True, root_certificates=crt)
+    assert client.is_server_live(headers={"authorization": basic("prom", "s3cret")})
+    for headers in (None, {"authorization": basic("prom", "wrong")}):
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            client.is_server_live(headers=headers)

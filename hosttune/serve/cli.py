@@ -63,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also serve KServe v2 gRPC on this port, same address (default: the instance's "
                         "grpc_port, else REST only; 0 = any free port)")
     p.add_argument("--bind", help="address to listen on (default: the instance's, else 127.0.0.1)")
+    p.add_argument("--web-config-file", metavar="FILE", help="TLS and basic auth for REST and gRPC, in the "
+                   "Prometheus exporter-toolkit web-config format (docs/monitoring.md)")
     p.add_argument("--config", metavar="JSON", help='OpenVINO properties, e.g. \'{"NUM_STREAMS": 2}\' '
                                                     '(override the plan\'s)')
     p.add_argument("--nireq", type=numbers.arg_uint(1, MAX_NIREQ), help="infer requests in the pool (default: the plan's, else "
@@ -262,6 +264,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hosttune.serve.run import bind_socket, serve_forever
     from hosttune.serve.wire import Limits
 
+    from hosttune import webconfig
+
+    web = webconfig.load(args.web_config_file, where="--web-config-file") if args.web_config_file else None
     sock = bind_socket(host, port)  # a taken port fails here, before the slow part
     if grpc_port:  # the same for gRPC's port (grpcio binds it itself, once the models are compiled)
         try:
@@ -288,7 +293,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(args.header_timeout, args.body_timeout, args.max_connections,
                     max_buffered=args.max_buffered_bytes)
     serve_forever(app, sock, host, limits=limits,
-                  idle_poll_us=idle_poll_us, direct_lane=not args.no_direct_lane, grpc_port=grpc_port)
+                  idle_poll_us=idle_poll_us, direct_lane=not args.no_direct_lane, grpc_port=grpc_port, web=web)
     return 0
 
 
