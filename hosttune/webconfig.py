@@ -32,15 +32,18 @@ import binascii
 import hashlib
 import hmac
 import os
-import ssl
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hosttune import safejson, safeyaml
 from hosttune.errors import HosttuneError
-from hosttune.safejson import Bool, List, Map, Obj, Str
+from hosttune.safejson import Bool, Map, Obj, Str
+
+if TYPE_CHECKING:
+    import ssl
 
 MAX_BYTES = 64 << 10  # a web config is a few hundred bytes
 MAX_USERS = 100  # basic auth is for a few scrapers (exporter-toolkit says the same)
@@ -48,13 +51,13 @@ CACHE_SIZE = 256  # verified (user, password) pairs remembered
 REALM = "hosttune"
 CHALLENGE = f'Basic realm="{REALM}"'
 
-_VERSIONS = {"TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-# exporter-toolkit's client_auth_type -> (verify mode, needs client_ca_file); the two that request
-# a certificate without verifying it have no equivalent in Python's ssl
+_VERSIONS = {"TLS12": "TLSv1_2", "TLS13": "TLSv1_3"}  # ssl.TLSVersion names
+# exporter-toolkit's client_auth_type -> (ssl's verify mode, needs client_ca_file); the two that
+# request a certificate without verifying it have no equivalent in Python's ssl
 _CLIENT_AUTH = {
-    "NoClientCert": (ssl.CERT_NONE, False),
-    "VerifyClientCertIfGiven": (ssl.CERT_OPTIONAL, True),
-    "RequireAndVerifyClientCert": (ssl.CERT_REQUIRED, True),
+    "NoClientCert": ("CERT_NONE", False),
+    "VerifyClientCertIfGiven": ("CERT_OPTIONAL", True),
+    "RequireAndVerifyClientCert": ("CERT_REQUIRED", True),
 }
 # the header names exporter-toolkit accepts, with the values it allows ("" = any text)
 _HEADERS = {
@@ -174,6 +177,16 @@ def _unsupported(doc: Any, where: str) -> None:
                 raise HosttuneError(f"{value!r}: {what} is not supported by hosttune", where=f"{where}: {name}")
 
 
+def _ssl() -> Any:
+    """The ssl module, imported only for TLS: the agent keeps libssl out of its process unless it
+    serves TLS (hosttune/agent/__main__.py blocks the import with a None in sys.modules)."""
+    if "ssl" in sys.modules and sys.modules["ssl"] is None:
+        del sys.modules["ssl"]
+    import ssl
+
+    return ssl
+
+
 def _file(base: str, value: str) -> str:
     return value if os.path.isabs(value) else os.path.join(base, value)
 
@@ -188,8 +201,9 @@ def parse(doc: Any, where: str, base: str = ".") -> WebConfig:
     tls_raw = doc.get("tls_server_config")
     tls = None
     if tls_raw is not None:
-        lo = _VERSIONS[tls_raw.get("min_version", "TLS12")]
-        hi = _VERSIONS[tls_raw.get("max_version", "TLS13")]
+        ssl = _ssl()
+        lo = ssl.TLSVersion[_VERSIONS[tls_raw.get("min_version", "TLS12")]]
+        hi = ssl.TLSVersion[_VERSIONS[tls_raw.get("max_version", "TLS13")]]
         if lo > hi:
             raise HosttuneError("min_version is above max_version", where=f"{where}: tls_server_config.min_version")
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -218,7 +232,7 @@ def parse(doc: Any, where: str, base: str = ".") -> WebConfig:
                 raise HosttuneError(f"cannot load {_file(base, ca)} as PEM CA certificates "
                                     f"({getattr(exc, 'strerror', None) or exc})",
                                     where=f"{where}: tls_server_config.client_ca_file") from None
-        tls.verify_mode = mode
+        tls.verify_mode = getattr(ssl, mode)
     users_raw = doc.get("basic_auth_users") or {}
     for user in users_raw:
         if ":" in user or not user or len(user) > 255 or not user.isprintable():

@@ -13,7 +13,6 @@ import os
 import select
 import socket
 import socketserver
-import ssl
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,7 +41,7 @@ class _Server(ThreadingHTTPServer):
         request.settimeout(_Handler.timeout)
         try:
             tls = web.tls.wrap_socket(request, server_side=True)  # the handshake, here in this thread
-        except (ssl.SSLError, OSError):
+        except OSError:  # ssl.SSLError too
             return  # not TLS, a refused client certificate, a timeout: nothing to answer
         try:
             self.RequestHandlerClass(tls, client_address, self)
