@@ -944,3 +944,43 @@ def test_nginx_front_never_serves_a_random_nodes_metrics(tmp_path, host):
     # access control sits at the server level: every location, the metrics ones included, has it
     server_level = re.split(r"^\s*location", text, maxsplit=1, flags=re.M)[0]
     assert "allow 10.0.0.0/8;" in server_level and "deny all;" in server_level and "auth_basic " in server_level
+
+
+def test_web_config_reaches_the_agent_and_the_systemd_instances(tmp_path, host, base_vars):
+    """hosttune_agent_web_config and hosttune_instances_web_config: each written 0640 root:<group>,
+    named in the agent: section (which the agent loads as is) and in each instance's ExecStart,
+    whose unit gets the group; a second run changes nothing; the ovms kind refuses one up front."""
+    from hosttune.agent import config as agent_config
+    from hosttune.sysfs import HostFS
+    from tests.tlsutil import bcrypt_hash, self_signed
+
+    crt, key = self_signed(str(tmp_path))
+    web = {"tls_server_config": {"cert_file": crt, "key_file": key},
+           "basic_auth_users": {"prom": bcrypt_hash("pw")}}
+    agent_web, inst_web = str(tmp_path / "etc" / "agent-web.yml"), str(tmp_path / "etc" / "inst-web.yml")
+    extravars = {**base_vars, "hosttune_agent_web_config": web, "hosttune_agent_web_config_file": agent_web,
+                 "hosttune_instances_web_config": web, "hosttune_instances_web_config_file": inst_web,
+                 "hosttune_instances_web_config_group": "root"}  # an existing group: no system group made here
+    write_config(base_vars, {})
+    playbook = write_playbook(tmp_path, "web.yml", ["hosttune_agent", "hosttune_instances"])
+    run = play(tmp_path, playbook, extravars)
+    assert run.rc == 0, run.explain()
+    for path in (agent_web, inst_web):
+        st = os.stat(path)
+        assert (oct(st.st_mode & 0o777), st.st_uid, st.st_gid) == ("0o640", 0, 0), path
+        assert yaml.safe_load(open(path)) == web
+    assert yaml.safe_load(open(base_vars["hosttune_config"]))["agent"] == {"web_config_file": agent_web}
+    cfg = agent_config.load(HostFS(host), base_vars["hosttune_config"])
+    assert cfg.web.scheme == "https" and cfg.web.authorized(
+        "Basic " + __import__("base64").b64encode(b"prom:pw").decode())
+    units = base_vars["hosttune_instances_unit_dir"]
+    assert "\nSupplementaryGroups=root\n" in open(os.path.join(units, "hosttune-instance@.service")).read()
+    for inst in plan_of(host)["instances"]:
+        dropin = open(os.path.join(units, f"hosttune-instance@{inst['node']}.service.d", "placement.conf")).read()
+        assert f'"--plan-instance" "{inst["name"]}" "--repo" "/var/lib/hosttune/models" ' \
+               f'"--web-config-file" "{inst_web}"\n' in dropin
+    assert play(tmp_path, playbook, extravars).changed() == []
+
+    ovms = play(tmp_path, write_playbook(tmp_path, "ovms.yml", ["hosttune_instances"]),
+                {**extravars, "hosttune_instances_kind": "ovms"})
+    assert ovms.rc != 0 and "OVMS containers do not read it" in ovms.stdout
