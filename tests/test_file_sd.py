@@ -36,14 +36,14 @@ def plans(tmp_path_factory):
     return out
 
 
-def test_one_group_per_instance_with_host_and_numa_node_labels(plans):
+def test_one_group_per_instance_with_host_and_node_labels(plans):
     hostvars = {"a": {"ansible_host": "192.0.2.10", "hosttune_plan": plans["0.0.0.0"]},
                 "b": {"hosttune_plan": plans["10.1.2.3"]},
                 "c": {"ansible_host": "2001:db8::5", "hosttune_plan": plans["::"]}}
     groups = sd.prometheus_file_sd(hostvars, ["a", "b", "c"], "instances")
     assert groups == [
-        {"targets": [f"{addr}:{9100 + node}"], "labels": {"host": host, "numa_node": str(node),
-                                                          "hosttune_instance": f"node{node}"}}
+        {"targets": [f"{addr}:{9100 + node}"], "labels": {"host": host, "node": str(node),
+                                                          "inference_instance": f"node{node}"}}
         for host, addr in (("a", "192.0.2.10"), ("b", "10.1.2.3"), ("c", "[2001:db8::5]")) for node in (0, 1)]
     # adding a host to the inventory adds its targets
     hostvars["d"] = {"ansible_host": "192.0.2.11", "hosttune_plan": plans["0.0.0.0"]}

@@ -2,7 +2,7 @@
 with basic auth, real local processes - two hosts' agents (synthetic 2-node trees as their roots)
 and host A's two `hosttune serve` instances (its plan's node0 and node1) - found through the
 file_sd files that the hosttune_monitoring role writes from a two-host inventory and the plans.
-Checked through Prometheus's HTTP API: every target up with its host and numa_node labels; a wrong
+Checked through Prometheus's HTTP API: every target up with its host and node labels; a wrong
 password is 401 at the endpoint and a target Prometheus shows down."""
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def test_prometheus_scrapes_agents_and_node_instances_over_tls_with_auth_from_fi
     agent_sd = json.loads((sd_dir / "hosttune-agent.json").read_text())
     instances_sd = json.loads((sd_dir / "hosttune-instances.json").read_text())
     assert sorted(g["labels"]["host"] for g in agent_sd) == ["host-a", "host-b"]
-    assert sorted((g["labels"]["host"], g["labels"]["numa_node"]) for g in instances_sd) == [("host-a", "0"),
+    assert sorted((g["labels"]["host"], g["labels"]["node"]) for g in instances_sd) == [("host-a", "0"),
                                                                                             ("host-a", "1")]
 
     # -- Prometheus: the same targets with the right password, and once more with a wrong one
@@ -209,22 +209,22 @@ def test_prometheus_scrapes_agents_and_node_instances_over_tls_with_auth_from_fi
     for name in ("hosttune-agent", "hosttune-instances"):
         assert all(t["health"] == "up" for t in by_job[name]), [(t["scrapeUrl"], t["lastError"]) for t in by_job[name]]
     assert sorted(t["labels"]["host"] for t in by_job["hosttune-agent"]) == ["host-a", "host-b"]
-    assert sorted((t["labels"]["host"], t["labels"]["numa_node"], t["scrapeUrl"]) for t in by_job["hosttune-instances"]) == [
+    assert sorted((t["labels"]["host"], t["labels"]["node"], t["scrapeUrl"]) for t in by_job["hosttune-instances"]) == [
         ("host-a", str(node), f"https://127.0.0.1:{srv.port}/metrics") for node, srv in sorted(instances.items())]
     agent_urls = {t["labels"]["host"]: t["scrapeUrl"] for t in by_job["hosttune-agent"]}
     assert agent_urls == {name: f"https://127.0.0.1:{h['agent_port']}/metrics" for name, h in hosts.items()}
     assert all(t["health"] == "down" and "401" in t["lastError"] for t in by_job["wrong-password"]), by_job["wrong-password"]
 
-    # the series carry the labels: up per (host, numa_node); each agent's own metrics under its host
+    # the series carry the labels: up per (host, node); each agent's own metrics under its host
     up = api(prom_port, "/api/v1/query", query='up{job="hosttune-instances"}')["result"]
-    assert sorted((r["metric"]["host"], r["metric"]["numa_node"], r["value"][1]) for r in up) == [
+    assert sorted((r["metric"]["host"], r["metric"]["node"], r["value"][1]) for r in up) == [
         ("host-a", "0", "1"), ("host-a", "1", "1")]
     agent_up = api(prom_port, "/api/v1/query", query='up{job="hosttune-agent"} == 1')["result"]
     assert sorted(r["metric"]["host"] for r in agent_up) == ["host-a", "host-b"]
     served = wait_for(lambda: api(prom_port, "/api/v1/query",
-                                  query='count by (host, numa_node) ({job="hosttune-instances", __name__=~"ovms_.+"})')["result"],
+                                  query='count by (host, node) ({job="hosttune-instances", __name__=~"ovms_.+"})')["result"],
                       "OVMS series from the instances")
-    assert sorted((r["metric"]["host"], r["metric"]["numa_node"]) for r in served) == [("host-a", "0"), ("host-a", "1")]
+    assert sorted((r["metric"]["host"], r["metric"]["node"]) for r in served) == [("host-a", "0"), ("host-a", "1")]
 
     # -- the endpoints themselves: 401 with a challenge for a wrong password or none
     ctx = ssl.create_default_context(cafile=ca)

@@ -33,8 +33,9 @@ def prometheus_file_sd(hostvars, hosts, kind="instances"):
     """Prometheus file_sd target groups for `hosts` (inventory names), read from `hostvars`:
     kind "agent" - each host's agent (hosttune_agent_options.listen/port, the agent's defaults
     otherwise), labels host; kind "instances" - each plan instance (its bind and port), labels
-    host, numa_node and hosttune_instance. A wildcard address is reached at the host's
-    ansible_host (else its inventory name). A host without a plan, or an endpoint bound to
+    host, node (the NUMA node: the label monitoring/alerts.yml and the dashboard group by) and
+    inference_instance (the plan instance, as the agent's metrics name it). A wildcard address is
+    reached at the host's ansible_host (else its inventory name). A host without a plan, or an endpoint bound to
     loopback only, is an error naming the host: no host's targets are left out silently."""
     if kind not in KINDS:
         raise AnsibleFilterError(f"prometheus_file_sd: kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -58,7 +59,7 @@ def prometheus_file_sd(hostvars, hosts, kind="instances"):
             what = f"instance {inst['name']}"
             groups.append({
                 "targets": [f"{_address(host, inst['bind'], address, what)}:{inst['port']}"],
-                "labels": {"host": str(host), "numa_node": str(inst["node"]), "hosttune_instance": str(inst["name"])},
+                "labels": {"host": str(host), "node": str(inst["node"]), "inference_instance": str(inst["name"])},
             })
     if missing:
         raise AnsibleFilterError(f"no hosttune_plan fact for {', '.join(missing)}: run the hosttune_agent (or "
