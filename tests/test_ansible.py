@@ -974,11 +974,11 @@ def test_web_config_reaches_the_agent_and_the_systemd_instances(tmp_path, host, 
     assert cfg.web.scheme == "https" and cfg.web.authorized(
         "Basic " + __import__("base64").b64encode(b"prom:pw").decode())
     units = base_vars["hosttune_instances_unit_dir"]
-    assert "\nSupplementaryGroups=root\n" in open(os.path.join(units, "hosttune-instance@.service")).read()
     for inst in plan_of(host)["instances"]:
         dropin = open(os.path.join(units, f"hosttune-instance@{inst['node']}.service.d", "placement.conf")).read()
         assert f'"--plan-instance" "{inst["name"]}" "--repo" "/var/lib/hosttune/models" ' \
                f'"--web-config-file" "{inst_web}"\n' in dropin
+        assert "\nSupplementaryGroups=root\n" in dropin
     assert play(tmp_path, playbook, extravars).changed() == []
 
     ovms = play(tmp_path, write_playbook(tmp_path, "ovms.yml", ["hosttune_instances"]),
