@@ -25,6 +25,7 @@ EXTRA_OF = {
     "ansible_runner": "fleet",
     "fabric": "fleet",
     "psutil": "fleet",
+    "bcrypt": "web",
 }
 
 

@@ -32,8 +32,8 @@ class Server:
                     break
                 buf += line
                 if "listening on " in line:
-                    rest = re.search(r"http://[^ ]*:([0-9]{1,5}) ", line)  # none with --rest_port 0 alone
-                    grpc = re.search(r"grpc://[^ ]*:([0-9]{1,5}) ", line)  # with --port
+                    rest = re.search(r"https?://[^ ]*:([0-9]{1,5}) ", line)  # none with --rest_port 0 alone
+                    grpc = re.search(r"grpcs?://[^ ]*:([0-9]{1,5}) ", line)  # with --port
                     self.port = int(rest.group(1)) if rest else None
                     self.grpc_port = int(grpc.group(1)) if grpc else None
                     self.banner = line

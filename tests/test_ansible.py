@@ -964,3 +964,79 @@ def test_nginx_upstreams_and_health_probes_use_the_plans_probe_url(tmp_path, hos
                and "max_fails" in line]
     assert servers == [f"{upstream}:{inst['port']}" for inst in plan["instances"]]
     assert [i["probe_url"] for i in plan["instances"]] == [f"http://{s}" for s in servers]
+
+
+def test_nginx_front_never_serves_a_random_nodes_metrics(tmp_path, host):
+    """/metrics at the front would go to whichever node the balancer picks: it is a 404 with its
+    reason; /metrics/<instance> is proxied to exactly that instance; only / goes to the upstream."""
+    import re
+
+    plan = plan_of(host, {"instances": {"bind": "0.0.0.0"}}, tmp_path)
+    assert len(plan["instances"]) == 2
+    out = tmp_path / "nginx.conf"
+    book = tmp_path / "render.yml"
+    book.write_text(yaml.safe_dump([{"name": "Render", "hosts": "hosttune", "gather_facts": False, "tasks": [{
+        "name": "Render the nginx front", "ansible.builtin.template": {
+            "src": os.path.join(REPO, "roles/hosttune_instances/templates/nginx.conf.j2"), "dest": str(out)},
+        "vars": {"hosttune_plan": plan, "hosttune_instances_nginx_allow": ["10.0.0.0/8"],
+                 "hosttune_instances_nginx_users": [{"name": "a", "password_hash": "x"}],
+                 "hosttune_instances_nginx_tls_cert": "", "hosttune_instances_nginx_tls_key": "",
+                 "hosttune_instances_nginx_listen": "127.0.0.1", "hosttune_instances_nginx_port": 8080,
+                 "hosttune_instances_nginx_server_name": "_", "hosttune_instances_nginx_max_body": "64m",
+                 "hosttune_instances_nginx_htpasswd": "/etc/nginx/htpasswd"}}]}]))
+    run = play(tmp_path, str(book), {})
+    assert run.rc == 0, run.explain()
+    text = out.read_text()
+    # location blocks (no nested blocks in them): {match: body}
+    locations = {m.group(1).strip(): m.group(2) for m in re.finditer(r"^\s*location\s+([^{]+)\{([^}]*)\}", text, re.M)}
+    assert "proxy_pass" not in locations["= /metrics"] and "return 404" in locations["= /metrics"]
+    assert "node0, node1" in locations["= /metrics"]
+    assert "proxy_pass" not in locations["^~ /metrics/"] and "return 404" in locations["^~ /metrics/"]
+    for inst in plan["instances"]:
+        body = locations[f"= /metrics/{inst['name']}"]
+        assert re.findall(r"proxy_pass\s+(\S+);", body) == [f"http://127.0.0.1:{inst['port']}/metrics"]
+    assert re.findall(r"proxy_pass\s+(\S+);", locations["/"]) == ["http://hosttune_instances"]
+    assert set(locations) == {"= /metrics", "^~ /metrics/", "/", *(f"= /metrics/{i['name']}" for i in plan["instances"])}
+    # access control sits at the server level: every location, the metrics ones included, has it
+    server_level = re.split(r"^\s*location", text, maxsplit=1, flags=re.M)[0]
+    assert "allow 10.0.0.0/8;" in server_level and "deny all;" in server_level and "auth_basic " in server_level
+
+
+def test_web_config_reaches_the_agent_and_the_systemd_instances(tmp_path, host, base_vars):
+    """hosttune_agent_web_config and hosttune_instances_web_config: each written 0640 root:<group>,
+    named in the agent: section (which the agent loads as is) and in each instance's ExecStart,
+    whose unit gets the group; a second run changes nothing; the ovms kind refuses one up front."""
+    from hosttune.agent import config as agent_config
+    from hosttune.sysfs import HostFS
+    from tests.tlsutil import bcrypt_hash, self_signed
+
+    crt, key = self_signed(str(tmp_path))
+    web = {"tls_server_config": {"cert_file": crt, "key_file": key},
+           "basic_auth_users": {"prom": bcrypt_hash("pw")}}
+    agent_web, inst_web = str(tmp_path / "etc" / "agent-web.yml"), str(tmp_path / "etc" / "inst-web.yml")
+    extravars = {**base_vars, "hosttune_agent_web_config": web, "hosttune_agent_web_config_file": agent_web,
+                 "hosttune_instances_web_config": web, "hosttune_instances_web_config_file": inst_web,
+                 "hosttune_instances_web_config_group": "root"}  # an existing group: no system group made here
+    write_config(base_vars, {})
+    playbook = write_playbook(tmp_path, "web.yml", ["hosttune_agent", "hosttune_instances"])
+    run = play(tmp_path, playbook, extravars)
+    assert run.rc == 0, run.explain()
+    for path in (agent_web, inst_web):
+        st = os.stat(path)
+        assert (oct(st.st_mode & 0o777), st.st_uid, st.st_gid) == ("0o640", 0, 0), path
+        assert yaml.safe_load(open(path)) == web
+    assert yaml.safe_load(open(base_vars["hosttune_config"]))["agent"] == {"web_config_file": agent_web}
+    cfg = agent_config.load(HostFS(host), base_vars["hosttune_config"])
+    assert cfg.web.scheme == "https" and cfg.web.authorized(
+        "Basic " + __import__("base64").b64encode(b"prom:pw").decode())
+    units = base_vars["hosttune_instances_unit_dir"]
+    for inst in plan_of(host)["instances"]:
+        dropin = open(os.path.join(units, f"hosttune-instance@{inst['node']}.service.d", "placement.conf")).read()
+        assert f'"--plan-instance" "{inst["name"]}" "--repo" "/var/lib/hosttune/models" ' \
+               f'"--web-config-file" "{inst_web}"\n' in dropin
+        assert "\nSupplementaryGroups=root\n" in dropin
+    assert play(tmp_path, playbook, extravars).changed() == []
+
+    ovms = play(tmp_path, write_playbook(tmp_path, "ovms.yml", ["hosttune_instances"]),
+                {**extravars, "hosttune_instances_kind": "ovms"})
+    assert ovms.rc != 0 and "OVMS containers do not read it" in ovms.stdout

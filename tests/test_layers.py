@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, list[str], bool]] = [
               "hosttune.runner", "hosttune.topology", "hosttune.instance_settings", "hosttune.hwclass",
               "hosttune.model", "hosttune.model.types",  # NAME_RE and the datatype table: light
               "hosttune.exposition", "hosttune.sdnotify", "hosttune.safejson", "hosttune.numbers",
-              "hosttune.extras", "hosttune.threads"], False),
+              "hosttune.extras", "hosttune.threads", "hosttune.webconfig"], False),
     ("areas", ["hosttune.areas.*"], False),
     ("core", ["hosttune.discovery", "hosttune.policy", "hosttune.plan", "hosttune.engine", "hosttune.state"], False),
     ("model", ["hosttune.model.*"], False),

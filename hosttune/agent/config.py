@@ -13,7 +13,8 @@ from typing import Any
 
 
 from hosttune import policy as policy_mod
-from hosttune.errors import PolicyError
+from hosttune import webconfig
+from hosttune.errors import HosttuneError, PolicyError
 from hosttune.sysfs import HostFS
 
 
@@ -30,6 +31,9 @@ class AgentSettings:
     # seconds a check process may run before it is killed (engine commands such as systemctl
     # time out after 300 s each; an apply it leaves half done is rolled back by the next one)
     check_timeout: float = 900.0
+    # TLS and basic auth of the server: an exporter-toolkit web-config file (hosttune.webconfig);
+    # None: plain HTTP, no auth
+    web_config_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,6 +44,7 @@ class Config:
     path: str | None  # None: no file, embedded defaults
     policy: dict[str, Any]
     agent: AgentSettings
+    web: webconfig.WebConfig | None = None  # agent.web_config_file, loaded and checked
 
 
 # The bounds of every number (seconds), checked here: a larger one passed validation and then made
@@ -88,8 +93,12 @@ def validate_agent(raw: Any) -> AgentSettings:
     reapply = values["reapply"]
     if not isinstance(reapply, bool):
         raise PolicyError(f"must be true or false, got {reapply!r}", where="agent.reapply")
+    web = values["web_config_file"]
+    if web is not None and (not isinstance(web, str) or not web.startswith("/") or "\0" in web or len(web) > 4096):
+        raise PolicyError(f"must be the absolute path of a web-config file (or null), got {web!r:.80}",
+                          where="agent.web_config_file")
     return AgentSettings(interval=interval, listen=listen, port=port, reapply=reapply, fast_check_interval=fast,
-                         check_timeout=check_timeout, replan_interval=replan)
+                         check_timeout=check_timeout, replan_interval=replan, web_config_file=web)
 
 
 def _is_ip(text: str) -> bool:
@@ -116,7 +125,13 @@ def parse(raw: Any, where: str) -> Config:
     except PolicyError as exc:
         exc.where = f"{where}: {exc.where or 'policy'}"
         raise
-    return Config(path=where, policy=pol, agent=agent)
+    web = None
+    if agent.web_config_file is not None:
+        try:
+            web = webconfig.load(agent.web_config_file)
+        except HosttuneError as exc:
+            raise PolicyError(f"agent.web_config_file: {exc}", where=where) from None
+    return Config(path=where, policy=pol, agent=agent, web=web)
 
 
 def load(fs: HostFS, path: str | None) -> Config:

@@ -143,7 +143,7 @@ class Agent:
 
     def _bind(self, cfg: config_mod.Config) -> StatusServer:
         try:
-            return StatusServer(cfg.agent.listen, cfg.agent.port, self.metrics.render, self.status)
+            return StatusServer(cfg.agent.listen, cfg.agent.port, self.metrics.render, self.status, cfg.web)
         except OSError as exc:
             raise HosttuneError(f"cannot listen on {cfg.agent.listen} port {cfg.agent.port}: {exc.strerror or exc}",
                                 where=f"{cfg.path or 'defaults'}: agent.port", exit_code=1) from None
@@ -529,6 +529,8 @@ class Agent:
             self.server.start()
             host, port = self.server.address
             self.log("listening", address=host, port=port)
+        else:
+            self.server.web = new.web
         self.config = new
         self._forget_plan()
         self.metrics.reloads.inc(result="ok")

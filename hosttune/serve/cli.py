@@ -106,6 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a port given as 0 (--rest_port, --port) is any free port, named in the start line, "
                         "instead of OVMS's \"not served\" (tests and benchmarks)")
     p.add_argument("--bind", help="address to listen on, REST and gRPC (default: the instance's, else 127.0.0.1)")
+    p.add_argument("--web-config-file", metavar="FILE", help="TLS and basic auth for REST and gRPC, in the "
+                   "Prometheus exporter-toolkit web-config format (docs/monitoring.md)")
     p.add_argument("--config", metavar="JSON", help='OpenVINO properties, e.g. \'{"NUM_STREAMS": 2}\' '
                                                     '(over the plan\'s or the config.json\'s)')
     p.add_argument("--cpus", help="CPU list to run on (default: the instance's CPUs)")
@@ -385,6 +387,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from hosttune.serve.run import bind_socket, serve_forever
     from hosttune.serve.wire import Limits
 
+    from hosttune import webconfig
+
+    web = webconfig.load(args.web_config_file, where="--web-config-file") if args.web_config_file else None
     # taken ports fail here, before the slow part (grpcio binds its port itself, once the models are compiled)
     sock = bind_socket(host, rest_port) if rest_port is not None else None
     try:
@@ -441,7 +446,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("hosttune serve: note: --port is the gRPC port (OVMS's meaning); REST is served with --rest_port",
               file=sys.stderr, flush=True)
     serve_forever(app, sock, host, limits=limits, idle_poll_us=idle_poll_us, direct_lane=not args.no_direct_lane,
-                  grpc_port=grpc_port, log_level=args.log_level)
+                  grpc_port=grpc_port, log_level=args.log_level, web=web)
     return 0
 
 

@@ -22,6 +22,7 @@ RESOURCE_EXHAUSTED. Metrics: OVMS's series with interface="gRPC".
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import Any
 
@@ -35,6 +36,7 @@ from hosttune.serve.decode import HTTPError
 from hosttune.serve.engine import InputError, ServedModel, to_array
 from hosttune.serve.kserve import grpc_predict_v2_pb2 as pb
 from hosttune.serve.kserve import grpc_predict_v2_pb2_grpc as pb_grpc
+from hosttune.webconfig import WebConfig
 
 # an HTTP status of the application's refusals -> the gRPC code OVMS gives for the same case
 HTTP_TO_GRPC = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
@@ -203,10 +205,42 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
-async def start(app: App, host: str, port: int, max_calls: int) -> tuple[Any, int]:
+class _BasicAuth(grpc.aio.ServerInterceptor):
+    """The web config's basic auth for every call: the `authorization` metadata, as REST's header
+    (every KServe v2 method is unary-unary); UNAUTHENTICATED otherwise."""
+
+    def __init__(self, web: WebConfig):
+        self.web = web
+
+        async def deny(request: Any, context: Any) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "basic auth with a user of the web config is needed")
+
+        self.denied = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        auth = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
+        if self.web.authorized(auth):
+            return await continuation(details)
+        return self.denied
+
+
+def _credentials(web: WebConfig) -> Any:
+    """The web config's certificate, key and client CA as gRPC server credentials."""
+    def read(path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    ca = read(web.client_ca_file) if web.client_ca_file else None
+    return grpc.ssl_server_credentials([(read(web.key_file), read(web.cert_file))], root_certificates=ca,
+                                       require_client_auth=web.tls is not None and web.tls.verify_mode == ssl.CERT_REQUIRED)
+
+
+async def start(app: App, host: str, port: int, max_calls: int, web: WebConfig | None = None) -> tuple[Any, int]:
     """Listen on host:port (0: any free port) and serve on the running event loop; returns the
-    server (stop it with `stop`) and the port. A port that cannot be bound is a HosttuneError."""
-    server = grpc.aio.server(options=[
+    server (stop it with `stop`) and the port. A port that cannot be bound is a HosttuneError.
+    With `web`: TLS from its certificate and key, basic auth from its users."""
+    interceptors = [_BasicAuth(web)] if web is not None and web.users else []
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.so_reuseport", 0),  # a port in use is an error, not a second listener beside it
         ("grpc.max_receive_message_length", app.max_body),  # larger: RESOURCE_EXHAUSTED
         ("grpc.max_send_message_length", -1),
@@ -214,7 +248,10 @@ async def start(app: App, host: str, port: int, max_calls: int) -> tuple[Any, in
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(app), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(address)
+        if web is not None and web.tls is not None:
+            bound = server.add_secure_port(address, _credentials(web))
+        else:
+            bound = server.add_insecure_port(address)
     except RuntimeError:
         bound = 0
     if not bound:

@@ -20,6 +20,7 @@ from hosttune import numbers
 from hosttune.errors import HosttuneError
 from hosttune.serve import DEFAULT_MAX_BUFFERED
 from hosttune.serve.decode import JSON_CT, dumps
+from hosttune.webconfig import CHALLENGE, WebConfig
 
 # (status, body, headers, close the connection after it): an answer, whichever path writes it
 Answer = tuple[int, "bytes | list[bytes]", list[tuple[bytes, bytes]], bool]
@@ -126,6 +127,9 @@ class Limits:
     max_buffered: int = DEFAULT_MAX_BUFFERED
 
 
+_REFUSAL_HEADERS = {401: [(b"www-authenticate", CHALLENGE.encode())]}
+
+
 class _Stop(Exception):
     """Raised in a parser callback to stop parsing: the protocol answers `status` and closes."""
 
@@ -215,7 +219,8 @@ class IdlePoll:
             self.loop = None
 
 
-def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 0, direct_lane: bool = True) -> type:
+def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 0, direct_lane: bool = True,
+                   web: WebConfig | None = None) -> type:
     """uvicorn's httptools protocol with the limits it lacks: a client that trickles its headers or
     its body is answered 408 and disconnected; a connection beyond the cap is answered 503 and
     closed at once (the keep-alive timeout already covers idle connections between requests).
@@ -225,7 +230,11 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
     request cycle, task and messages. Anything else, errors included, takes the ASGI path.
 
     With `idle_poll_us`, the loop polls instead of sleeping for that long after each answer
-    (IdlePoll)."""
+    (IdlePoll).
+
+    With `web` users (hosttune.webconfig), every request's Authorization is checked when its head
+    is complete, before the lane or the application sees it: 401 with WWW-Authenticate, and the
+    connection closed, otherwise."""
     import httptools
 
     base, status_line = _uvicorn_protocol()
@@ -336,6 +345,9 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
 
         def on_headers_complete(self) -> None:
             self._in_head = False
+            if web is not None and web.users and not web.authorized(
+                    next((value for name, value in self.headers if name == b"authorization"), None)):
+                self._stop(401, "unauthorized: basic auth with a user of the web config is needed")
             if self.parser.should_upgrade():
                 self._ignore_upgrade()
             self._arm(limits.body_timeout, "body")
@@ -473,7 +485,7 @@ def protocol_class(limits: Limits, app: Lane | None = None, idle_poll_us: int = 
             if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
                 self.transport.close()  # an answer is being written: too late for a status line
                 return
-            self._write(status, dumps({"error": message}), [JSON_CT], True)
+            self._write(status, dumps({"error": message}), [JSON_CT, *_REFUSAL_HEADERS.get(status, ())], True)
             self.transport.close()
 
     return Protocol
