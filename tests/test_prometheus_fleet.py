@@ -142,8 +142,8 @@ def test_prometheus_scrapes_agents_and_node_instances_over_tls_with_auth_from_fi
     instances = {}
     for inst in hosts["host-a"]["plan"]["instances"]:
         srv = Server("--plan", hosts["host-a"]["plan_file"], "--plan-instance", inst["name"], "--no-pin",
-                     "--repo", str(tmp_path / "models"), "--model", "tiny", "--port", str(inst["port"]),
-                     "--web-config-file", web)
+                     "--repo", str(tmp_path / "models"), "--model", "tiny", "--rest_port", str(inst["port"]),
+                     "--metrics_enable", "--web-config-file", web)
         processes.append(srv)
         assert srv.port == inst["port"] and "https://" in srv.banner
         instances[inst["node"]] = srv

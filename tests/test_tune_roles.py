@@ -56,7 +56,10 @@ def test_roles_apply_the_overlay_of_the_hosts_class(tmp_path, host, base_vars):
     assert dropins == [f"hosttune-instance@{i}.service.d" for i in ("0a", "0b", "1a", "1b")]
     text = open(os.path.join(units, "hosttune-instance@1b.service.d", "placement.conf")).read()
     inst = plan["instances"][3]
-    assert f'"--plan-instance" "node1b"' in text and f"AllowedCPUs={inst['cpus_list']}\n" in text
+    # the half's inference CPUs and the node's housekeeping CPUs (serve's own threads)
+    assert inst["service_cpus_list"]
+    allowed = f"{inst['cpus_list']},{inst['service_cpus_list']}"
+    assert f'"--plan-instance" "node1b"' in text and f"AllowedCPUs={allowed}\n" in text
     assert play(tmp_path, playbook, extravars).changed() == []
 
     plain = play(tmp_path, playbook, base_vars)

@@ -170,7 +170,8 @@ def tls_serve(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve-web")
     model_repo.sample(str(tmp / "models"), variant="tiny", int8=False)
     path = web_config(str(tmp), {"prom": "s3cret"})
-    srv = Server("--repo", str(tmp / "models"), "--model", "tiny", "--grpc-port", "0", "--web-config-file", path)
+    srv = Server("--repo", str(tmp / "models"), "--model", "tiny", "--grpc-port", "0", "--metrics_enable",
+                 "--web-config-file", path)
     yield srv, str(tmp / "server.crt")
     srv.stop()
 
