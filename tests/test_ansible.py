@@ -1032,8 +1032,8 @@ def test_web_config_reaches_the_agent_and_the_systemd_instances(tmp_path, host, 
     units = base_vars["hosttune_instances_unit_dir"]
     for inst in plan_of(host)["instances"]:
         dropin = open(os.path.join(units, f"hosttune-instance@{inst['node']}.service.d", "placement.conf")).read()
-        assert f'"--plan-instance" "{inst["name"]}" "--repo" "/var/lib/hosttune/models" ' \
-               f'"--web-config-file" "{inst_web}"\n' in dropin
+        # after OVMS's command line and serve's own extras
+        assert f'"--plan-instance" "{inst["name"]}" "--web-config-file" "{inst_web}"\n' in dropin
         assert "\nSupplementaryGroups=root\n" in dropin
     assert play(tmp_path, playbook, extravars).changed() == []
 
