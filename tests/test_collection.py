@@ -208,6 +208,31 @@ def test_every_policy_mistake_fails_on_the_controller_with_the_collections_hostt
     assert tree_digest(base_vars["hosttune_root"]) == before and not os.path.exists(base_vars["hosttune_config"])
 
 
+def test_the_playbooks_validation_checks_the_collections_wheels(installed, tmp_path, base_vars):
+    """The playbooks' first task (hosttune.tuning.hosttune's validate) runs the agent role's check of
+    its wheels from the installed collection: an extra they lack is refused there, before any role."""
+    _, collections, env, work = installed
+    (tmp_path / "play.yml").write_text(yaml.safe_dump([{
+        "hosts": "all", "gather_facts": False,
+        "tasks": [{"name": "Validate", "ansible.builtin.include_role": {"name": "hosttune.tuning.hosttune",
+                                                                       "tasks_from": "validate"},
+                   "vars": {"hosttune_validate_roles": ["hosttune", "hosttune_agent"]}}]}]))
+    extravars = {k: v for k, v in base_vars.items() if k != "hosttune_agent_install_method"}
+    out = {}
+    for extras in ([], ["serve"]):
+        (tmp_path / "vars.json").write_text(json.dumps({**extravars, "hosttune_agent_extras": extras}))
+        out[bool(extras)] = subprocess.run(
+            [os.path.join(BIN, "ansible-playbook"), "-v", "-i", os.path.join(REPO, "inventory", "localhost"),
+             str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}"], capture_output=True, text=True,
+            timeout=300, env=env, cwd=str(work))
+    assert out[False].returncode == 0, out[False].stdout[-4000:]
+    assert "TASK [hosttune.tuning.hosttune_agent : Check that the collection carries the agent's wheels]" in out[False].stdout
+    assert "--wheelhouse" in out[False].stdout.split("Check hosttune_policy with hosttune, on the controller]")[1]
+    assert out[True].returncode == 2, out[True].stdout[-4000:]
+    refused = [line for line in out[True].stdout.splitlines() if line.startswith("fatal:")]
+    assert len(refused) == 1 and "scripts/build_collection --extras serve" in refused[0], refused
+
+
 def test_the_policy_check_needs_no_hosttune_on_the_controller(installed, tmp_path):
     """check_policy.py from the installed collection, run by a Python that has PyYAML (what Ansible
     needs) and no hosttune: it imports hosttune from the collection's wheel."""

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """hosttune's policy check, on the controller: every mistake of hosttune_policy at once.
 
     check_policy.py --wheelhouse DIR | --src TREE  < policy.json
