@@ -565,6 +565,8 @@ def test_ansible_lint_production_profile_is_clean_on_the_installed_collection(in
     ({"cpufreq": {"governer": "performance"}}, "hosttune_policy.cpufreq.governer: unknown key (known: "),
     ({"profile": "fast"}, "hosttune_policy.profile: must be one of latency, throughput"),
     ([1], "hosttune_policy: must be a mapping, got list"),
+    # every mistake, one line each (the host's check; the controller's runs first in the playbooks)
+    (THREE_MISTAKES, "\n".join(f"hosttune: error: {said}" for said in THREE_MISTAKES_SAID[:1])),
 ])
 def test_an_inline_policy_error_names_the_variable_not_a_temp_file(tmp_path, policy, says):
     """The modules write an inline policy to a temporary file for hosttune; a real hosttune's error
@@ -584,6 +586,10 @@ def test_an_inline_policy_error_names_the_variable_not_a_temp_file(tmp_path, pol
     finally:
         os.unlink(path)
     assert says in message and path not in message and "hosttune-policy-" not in message, message
+    if policy is THREE_MISTAKES:
+        lines = message.splitlines()
+        assert len(lines) == 3 and all(line.startswith(f"hosttune: error: {said}")
+                                       for line, said in zip(lines, THREE_MISTAKES_SAID)), lines
     # a configuration file the user wrote keeps its own name
     assert hosttune_run.name_the_policy("hosttune: error: /etc/h.yaml: profile: x", ["h", "--policy", "/etc/h.yaml"]) \
         == "hosttune: error: /etc/h.yaml: profile: x"
