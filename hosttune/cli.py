@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except HosttuneError as exc:
-        print(f"hosttune: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # a policy's mistakes: one line each (PolicyErrors)
+            print(f"hosttune: error: {line}", file=sys.stderr)
         return exc.exit_code
     except ModuleNotFoundError as exc:  # a heavy import inside a handler: name the extra that has it
         error = missing_extra(exc, args.command)

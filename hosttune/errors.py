@@ -32,6 +32,35 @@ class PolicyError(HosttuneError):
     """The policy (YAML / inventory vars) is invalid; `where` is the dotted field path."""
 
 
+class PolicyErrors(PolicyError):
+    """Every mistake of one policy at once (hosttune.policy.validate): one line each, naming its field.
+    `message` and `where` are the first one's, so a caller that reads one error still gets a whole one."""
+
+    def __init__(self, errors: list[PolicyError]):
+        self.errors = list(errors)
+        super().__init__(self.errors[0].message, where=self.errors[0].where)
+
+    @property  # type: ignore[override]
+    def where(self) -> str | None:
+        return self.errors[0].where
+
+    @where.setter
+    def where(self, value: str | None) -> None:
+        # callers put a file or a section around an error's field (f"{file}: {exc.where}",
+        # f"policy.{exc.where}"): the same for every line
+        old = self.errors[0].where
+        if value == old or value is None:
+            return
+        head, found, tail = value.rpartition(old) if old else ("", "", "")
+        if not found:
+            head, tail = f"{value}: ", ""
+        for error in self.errors:
+            error.where = f"{head}{error.where}{tail}" if error.where else value
+
+    def __str__(self) -> str:
+        return "\n".join(str(error) for error in self.errors)
+
+
 class TopologyError(HosttuneError):
     """The root cannot be read as a Linux host (missing /sys, unreadable capture)."""
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from hosttune import areas, cpulist, numbers, safeyaml
 from hosttune.areas.base import Field, policy_field
-from hosttune.errors import HosttuneError, PolicyError
+from hosttune.errors import HosttuneError, PolicyError, PolicyErrors
 from hosttune.safeyaml import brief
 
 PROFILES = ("latency", "throughput")  # the first is the default
@@ -299,7 +299,11 @@ def from_document(raw: Any, where: str) -> dict[str, Any]:
 
 
 def validate(raw: Any, source: str = "policy") -> dict[str, Any]:
-    """Merge the user's policy over the profile defaults and check every field."""
+    """Merge the user's policy over the profile defaults and check every field.
+
+    Every mistake is reported at once: the types and each field's own check run over the whole
+    policy, one PolicyError each (PolicyErrors when there are several); what involves more than
+    one field is checked only when every field is right."""
     if not isinstance(raw, dict):
         raise PolicyError(f"must be a mapping, got {type(raw).__name__}", where=None if source else source)
     section, _, nested = split_config(raw)
@@ -309,33 +313,50 @@ def validate(raw: Any, source: str = "policy") -> dict[str, Any]:
         except PolicyError as exc:
             exc.where = f"policy.{exc.where}" if exc.where else "policy"
             raise
+    errors: list[PolicyError] = []
     profile = raw.get("profile", PROFILES[0])
     if not isinstance(profile, str) or profile not in PROFILES:
-        raise PolicyError(f"must be one of {', '.join(PROFILES)}, got {brief(profile)}", where="profile")
+        errors.append(PolicyError(f"must be one of {', '.join(PROFILES)}, got {brief(profile)}", where="profile"))
+        profile = PROFILES[0]  # the other fields are still checked, against the default profile
     tree = schema()
     merged = _merge(tree, defaults(profile), raw)
+    merged["profile"] = profile
     checked: list[tuple[dict[str, Any], str, Field]] = []
-    _check_types(merged, tree, "", checked)
+    _check_types(merged, tree, "", checked, errors)
     for values, key, f in checked:  # every type first, then each field's own check
         if f.check is not None and not (values[key] is None and f.type.endswith("?")):  # null passes "?"
-            values[key] = f.check(values[key], f.path)
+            try:
+                values[key] = f.check(values[key], f.path)
+            except PolicyError as exc:
+                errors.append(exc)
+    if len(errors) > 1:
+        raise PolicyErrors(errors)
+    if errors:
+        raise errors[0]
     _check_across(merged)
     return merged
 
 
 def _check_types(values: dict[str, Any], tree: dict[str, Any], prefix: str,
-                 checked: list[tuple[dict[str, Any], str, Field]]) -> None:
+                 checked: list[tuple[dict[str, Any], str, Field]], errors: list[PolicyError]) -> None:
+    """Each key's type, recorded in `errors`; the fields of the right type go to `checked`."""
     for key, value in values.items():
         field = policy_field(prefix, key)
         if key not in tree:
-            raise PolicyError(f"unknown key (known: {', '.join(sorted(tree))})", where=field)
+            errors.append(PolicyError(f"unknown key (known: {', '.join(sorted(tree))})", where=field))
+            continue
         node = tree[key]
         if isinstance(node, dict):
             if not isinstance(value, dict):
-                raise PolicyError(f"must be a mapping, got {type(value).__name__}", where=field)
-            _check_types(value, node, f"{field}.", checked)
+                errors.append(PolicyError(f"must be a mapping, got {type(value).__name__}", where=field))
+                continue
+            _check_types(value, node, f"{field}.", checked, errors)
             continue
-        _check_type(node, value, field)
+        try:
+            _check_type(node, value, field)
+        except PolicyError as exc:
+            errors.append(exc)
+            continue
         checked.append((values, key, node))
 
 

@@ -317,20 +317,43 @@ def test_bad_variable_fails_in_validation_before_any_change(tmp_path, host, base
     assert tree_digest(host) == before
 
 
-@pytest.mark.parametrize("policy, message", [
-    ({"profile": "fast"}, "profile: must be one of latency, throughput"),
-    ({"housekeeping": {"cores_per_node": 4}}, "housekeeping.cores_per_node"),
-    ({"thp": "sometimes"}, "thp: must be one of"),
-])
-def test_policy_error_fails_with_hosttunes_own_message(tmp_path, host, base_vars, policy, message):
+# three mistakes of different kinds: a bad choice, an unknown key in a section, a field's own check
+THREE_MISTAKES = {"profile": "fast", "cpufreq": {"governer": "performance"}, "instances": {"base_port": 70000}}
+THREE_MISTAKES_SAID = ["hosttune_policy.profile: must be one of latency, throughput, got 'fast'",
+                       "hosttune_policy.cpufreq.governer: unknown key (known: ",
+                       "hosttune_policy.instances.base_port: must be a TCP port (1-65535), got 70000"]
+
+
+@pytest.mark.parametrize("playbook", ["site.yml", "verify.yml"])
+def test_every_policy_mistake_fails_on_the_controller_before_any_change(tmp_path, host, base_vars, playbook):
+    """hosttune's own validator, run on the controller by the playbooks' up-front validation (from
+    this checkout here; from the collection's wheel in test_collection.py): all three mistakes in one
+    failure, each naming hosttune_policy.<field>; no role ran, nothing changed, nothing written."""
     before = tree_digest(host)
-    run = play(tmp_path, "tune.yml", {**base_vars, "hosttune_policy": policy})
+    run = play(tmp_path, playbook, {**base_vars, "hosttune_policy": THREE_MISTAKES})
+    assert run.rc != 0, run.explain()
+    failed = run.failed()
+    assert len(failed) == 1, run.explain()
+    assert failed[0]["role"] == "hosttune" and failed[0]["task"] == "Refuse a policy with mistakes", failed[0]
+    lines = failed[0]["res"]["msg"].splitlines()
+    assert len(lines) == 3 and all(line.startswith(said) for line, said in zip(lines, THREE_MISTAKES_SAID)), lines
+    assert run.changed() == []
+    assert {e["event_data"].get("role") for e in run.results()} - {None, "hosttune"} == set()
+    assert not os.path.exists(base_vars["hosttune_config"])
+    assert tree_digest(host) == before
+
+
+def test_a_policy_that_does_not_fit_the_host_fails_with_hosttunes_own_message(tmp_path, host, base_vars):
+    """A right policy that cannot be planned on this host (4 housekeeping cores of 4) passes the
+    controller's check; the host's `hosttune plan` refuses it before the configuration is written."""
+    before = tree_digest(host)
+    run = play(tmp_path, "tune.yml", {**base_vars, "hosttune_policy": {"housekeeping": {"cores_per_node": 4}}})
     assert run.rc != 0, run.explain()
     failed = run.failed()
     assert len(failed) == 1, run.explain()
     assert failed[0]["role"] == "hosttune_agent" and failed[0]["task"] == "Check the policy with hosttune"
     msg = failed[0]["res"]["msg"]
-    assert message in msg and "hosttune: error:" in msg, msg
+    assert "housekeeping.cores_per_node: 4 >= the 4 core(s) of node 0" in msg and "hosttune: error:" in msg, msg
     assert not os.path.exists(base_vars["hosttune_config"]), "a bad policy must not be written"
     assert tree_digest(host) == before
 

@@ -17,18 +17,23 @@ import subprocess
 import sys
 import tarfile
 import tomllib
+import zipfile
 
 import pytest
 import yaml
 
-from tests.collection import BIN, build_and_install, version
+from tests.collection import BIN, build, build_and_install, version
 from tests.conftest import REPO
+from tests.test_ansible import THREE_MISTAKES, THREE_MISTAKES_SAID, _venv_python
 from tests.test_ansible import base_vars, host, tree_digest  # noqa: F401 (base_vars, host: fixtures)
 
 ROLES = sorted(d for d in os.listdir(os.path.join(REPO, "roles")) if not d.startswith("."))
 MODULES = ["hosttune.tuning.apply", "hosttune.tuning.query"]
 MONITORING_FILES = ["alerts.yml", "tests/alerts_test.yml", "grafana-dashboard.json", "prometheus.yml"]
-MAX_TARBALL = 300_000  # bytes: roles, modules, playbooks, docs; no Python package, tests or testbed
+# bytes: roles, modules, playbooks, docs (~250 kB) and the agent's wheels (hosttune ~280 kB, PyYAML
+# ~830 kB); no Python package source, tests or testbed
+MAX_TARBALL = 1_500_000
+WHEELHOUSE = "roles/hosttune_agent/files/wheelhouse"
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +81,180 @@ def test_the_tarball_holds_the_collection_and_nothing_else(installed):
     installed_root = collections / "ansible_collections" / "hosttune" / "tuning"
     assert (installed_root / "MANIFEST.json").is_file()
     print(f"{tarball.name}: {size} bytes, {len(names)} entries")
+
+
+def _wheelhouse(root):
+    """(wheelhouse.json, {wheel name: bytes}) of an extracted or installed collection."""
+    manifest = json.loads((root / WHEELHOUSE / "wheelhouse.json").read_text())
+    with tarfile.open(root / WHEELHOUSE / manifest["archive"]) as tar:
+        wheels = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    return manifest, wheels
+
+
+def test_the_tarball_carries_the_agents_wheels_built_reproducibly(installed, tmp_path):
+    """scripts/build_collection put hosttune's wheel and PyYAML's (the one dependency of the base
+    install, as the manylinux CPython 3.11 wheel of the claimed platform) into the agent role, as one
+    wheelhouse.tar; the hosttune wheel holds this checkout's package byte for byte (the policy check
+    on the controller runs that code); a second build gives the same bytes."""
+    tarball, collections, env, _ = installed
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert f"{WHEELHOUSE}/wheelhouse.json" in names and f"{WHEELHOUSE}/wheelhouse.tar" in names
+    assert not [n for n in names if n.endswith(".whl")], "the wheels travel inside wheelhouse.tar"
+    root = collections / "ansible_collections" / "hosttune" / "tuning"
+    manifest, wheels = _wheelhouse(root)
+    assert manifest["deps"] is True and manifest["extras"] == [] and manifest["platform"] == "cp311-manylinux_2_36_x86_64"
+    assert sorted(wheels) == manifest["wheels"]
+    [hosttune] = [n for n in wheels if n.startswith("hosttune-")]
+    assert hosttune == manifest["hosttune_wheel"] == f"hosttune-{version()}-py3-none-any.whl"
+    [pyyaml] = [n for n in wheels if n.lower().startswith("pyyaml-")]
+    assert "-cp311-cp311-" in pyyaml and "manylinux" in pyyaml and pyyaml.endswith("_x86_64.whl"), pyyaml
+    assert set(wheels) == {hosttune, pyyaml}, "the base install needs PyYAML only (pyproject's dependencies)"
+    (tmp_path / hosttune).write_bytes(wheels[hosttune])
+    with zipfile.ZipFile(tmp_path / hosttune) as wheel:
+        packaged = {n: wheel.read(n) for n in wheel.namelist() if n.startswith("hosttune/")}
+    source = {os.path.relpath(os.path.join(d, f), REPO) for d, _, fs in os.walk(os.path.join(REPO, "hosttune"))
+              for f in fs if f.endswith(".py")}
+    assert source <= set(packaged), sorted(source - set(packaged))
+    for name, data in packaged.items():
+        with open(os.path.join(REPO, name), "rb") as f:
+            assert f.read() == data, name
+    again = build(tmp_path / "dist2", env)
+    root2 = _extracted(again, tmp_path / "again")
+    assert _wheelhouse(root2) == (manifest, wheels)
+    assert (root2 / WHEELHOUSE / "wheelhouse.tar").read_bytes() == (root / WHEELHOUSE / "wheelhouse.tar").read_bytes()
+
+
+def _agent_play(tmp_path, env, work, extravars, collections=None):
+    (tmp_path / "vars.json").write_text(json.dumps(extravars))
+    (tmp_path / "play.yml").write_text("- hosts: all\n  gather_facts: false\n  roles: [hosttune.tuning.hosttune_agent]\n")
+    if collections is not None:
+        env = {**env, "ANSIBLE_COLLECTIONS_PATH": str(collections)}
+    return subprocess.run([os.path.join(BIN, "ansible-playbook"), "-i", os.path.join(REPO, "inventory", "localhost"),
+                           str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}"], capture_output=True,
+                          text=True, timeout=900, env=env, cwd=str(work))
+
+
+@pytest.mark.timeout(900)
+def test_the_agent_installs_from_the_collections_wheels_with_no_checkout_and_no_index(installed, tmp_path,
+                                                                                     base_vars):
+    """hosttune.tuning.hosttune_agent from the installed tarball, its default install method and no
+    hosttune_agent_src: the venv gets the collection's wheels with pip --no-index (pip's own
+    configuration off, its index unreachable), nothing is built on the controller. A collection
+    without its wheelhouse stops before any change, naming the command that builds it."""
+    _, collections, env, work = installed
+    prefix = tmp_path / "opt"
+    extravars = {**base_vars, "hosttune_venv": str(prefix / "venv"), "hosttune_bin": str(prefix / "venv" / "bin" / "hosttune"),
+                 "hosttune_agent_wheel_dir": str(prefix / "wheels"), "hosttune_agent_python": _venv_python(),
+                 "hosttune_agent_build_dir": str(tmp_path / "built"), "hosttune_policy": {"profile": "throughput"},
+                 "hosttune_agent_extras": []}  # inventory/localhost's [serve]: not in this build (checked below)
+    for name in ("hosttune_agent_install_method", "hosttune_agent_src"):
+        extravars.pop(name, None)
+    offline = {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+               "PIP_NO_CACHE_DIR": "1"}
+    proc = _agent_play(tmp_path, offline, work, extravars)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert "TASK [hosttune.tuning.hosttune_agent : Build the hosttune wheel on the controller]" not in proc.stdout \
+        or "skipping" in proc.stdout.split("Build the hosttune wheel on the controller]")[1].split("TASK")[0]
+    assert not (tmp_path / "built").exists()
+    assert os.path.join(REPO, "roles") not in proc.stdout
+    manifest, wheels = _wheelhouse(collections / "ansible_collections" / "hosttune" / "tuning")
+    assert sorted(os.listdir(prefix / "wheels")) == manifest["wheels"]
+    plan = subprocess.run([str(prefix / "venv" / "bin" / "hosttune"), "plan", "--root", base_vars["hosttune_root"],
+                           "--policy", base_vars["hosttune_config"], "--json"], capture_output=True, text=True)
+    assert plan.returncode == 0 and json.loads(plan.stdout)["profile"] == "throughput", plan.stderr
+    freeze = subprocess.run([str(prefix / "venv" / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+                            capture_output=True, text=True, env=offline)
+    installed_dists = {d["name"].lower(): d["version"] for d in json.loads(freeze.stdout)}
+    assert installed_dists["hosttune"] == version() and "pyyaml" in installed_dists, installed_dists
+    assert f"pyyaml-{installed_dists['pyyaml']}-" in " ".join(wheels).lower()
+
+    # the same collection built with ansible-galaxy alone: no wheelhouse
+    bare = tmp_path / "bare"
+    shutil.copytree(collections, bare, symlinks=True)
+    shutil.rmtree(bare / "ansible_collections" / "hosttune" / "tuning" / WHEELHOUSE)
+    fresh = {**extravars, "hosttune_venv": str(tmp_path / "venv2"), "hosttune_bin": str(tmp_path / "venv2" / "bin" / "hosttune")}
+    proc = _agent_play(tmp_path, offline, work, fresh, collections=bare)
+    assert proc.returncode == 2, proc.stdout[-4000:]
+    refused = [line for line in proc.stdout.splitlines() if line.startswith("fatal:")]
+    assert len(refused) == 1 and "Check that the collection carries the agent's wheels" in proc.stdout, proc.stdout[-4000:]
+    assert "build it from a hosttune checkout with scripts/build_collection" in refused[0], refused
+    assert "changed=0" in proc.stdout and not (tmp_path / "venv2").exists()
+
+    # an extra whose wheels the build left out: named, with the build command that bundles them
+    proc = _agent_play(tmp_path, offline, work, {**fresh, "hosttune_agent_extras": ["serve"]})
+    assert proc.returncode == 2, proc.stdout[-4000:]
+    refused = [line for line in proc.stdout.splitlines() if line.startswith("fatal:")]
+    assert len(refused) == 1 and "build the collection with scripts/build_collection --extras serve" in refused[0], refused
+    assert "changed=0" in proc.stdout and not (tmp_path / "venv2").exists()
+
+
+def test_every_policy_mistake_fails_on_the_controller_with_the_collections_hosttune(installed, tmp_path, base_vars):
+    """hosttune.tuning.tune from the installed tarball: the up-front validation runs hosttune's
+    validator from the collection's wheel and names all three mistakes; nothing changes."""
+    _, collections, env, work = installed
+    before = tree_digest(base_vars["hosttune_root"])
+    (tmp_path / "vars.json").write_text(json.dumps({**base_vars, "hosttune_policy": THREE_MISTAKES}))
+    proc = subprocess.run([os.path.join(BIN, "ansible-playbook"), "-v", "-i", os.path.join(REPO, "inventory", "localhost"),
+                           "hosttune.tuning.tune", "-e", f"@{tmp_path / 'vars.json'}"], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=str(work))
+    assert proc.returncode == 2, proc.stdout[-4000:]
+    wheelhouse = str(collections / "ansible_collections" / "hosttune" / "tuning" / WHEELHOUSE)
+    check = proc.stdout.split("Check hosttune_policy with hosttune, on the controller]")[1].split("TASK [")[0]
+    assert "--wheelhouse" in check and wheelhouse.replace("/roles/hosttune_agent/", "/roles/hosttune/../hosttune_agent/") in check, check
+    failure = proc.stdout.split("TASK [hosttune.tuning.hosttune : Refuse a policy with mistakes]")[1]
+    assert failure.count("fatal:") == 1 and all(said in failure for said in THREE_MISTAKES_SAID), failure[:3000]
+    assert "changed=0" in proc.stdout and "failed=1" in proc.stdout
+    assert tree_digest(base_vars["hosttune_root"]) == before and not os.path.exists(base_vars["hosttune_config"])
+
+
+def test_the_playbooks_validation_checks_the_collections_wheels(installed, tmp_path, base_vars):
+    """The playbooks' first task (hosttune.tuning.hosttune's validate) runs the agent role's check of
+    its wheels from the installed collection: an extra they lack is refused there, before any role."""
+    _, collections, env, work = installed
+    (tmp_path / "play.yml").write_text(yaml.safe_dump([{
+        "hosts": "all", "gather_facts": False,
+        "tasks": [{"name": "Validate", "ansible.builtin.include_role": {"name": "hosttune.tuning.hosttune",
+                                                                       "tasks_from": "validate"},
+                   "vars": {"hosttune_validate_roles": ["hosttune", "hosttune_agent"]}}]}]))
+    extravars = {k: v for k, v in base_vars.items() if k != "hosttune_agent_install_method"}
+    out = {}
+    for extras in ([], ["serve"]):
+        (tmp_path / "vars.json").write_text(json.dumps({**extravars, "hosttune_agent_extras": extras}))
+        out[bool(extras)] = subprocess.run(
+            [os.path.join(BIN, "ansible-playbook"), "-v", "-i", os.path.join(REPO, "inventory", "localhost"),
+             str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}"], capture_output=True, text=True,
+            timeout=300, env=env, cwd=str(work))
+    assert out[False].returncode == 0, out[False].stdout[-4000:]
+    assert "TASK [hosttune.tuning.hosttune_agent : Check that the collection carries the agent's wheels]" in out[False].stdout
+    assert "--wheelhouse" in out[False].stdout.split("Check hosttune_policy with hosttune, on the controller]")[1]
+    assert out[True].returncode == 2, out[True].stdout[-4000:]
+    refused = [line for line in out[True].stdout.splitlines() if line.startswith("fatal:")]
+    assert len(refused) == 1 and "scripts/build_collection --extras serve" in refused[0], refused
+
+
+def test_the_policy_check_needs_no_hosttune_on_the_controller(installed, tmp_path):
+    """check_policy.py from the installed collection, run by a Python that has PyYAML (what Ansible
+    needs) and no hosttune: it imports hosttune from the collection's wheel."""
+    import yaml as yaml_module
+
+    _, collections, _, _ = installed
+    root = collections / "ansible_collections" / "hosttune" / "tuning"
+    python = tmp_path / "controller" / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "controller")], check=True, timeout=120)
+    shutil.copytree(os.path.dirname(yaml_module.__file__), tmp_path / "yaml-only" / "yaml")
+    [site] = (tmp_path / "controller" / "lib").glob("python3*/site-packages")
+    (site / "yaml-only.pth").write_text(str(tmp_path / "yaml-only") + "\n")
+    probe = subprocess.run([str(python), "-I", "-c", "import yaml\ntry:\n import hosttune\nexcept ImportError:\n print('no hosttune')"],
+                           capture_output=True, text=True, cwd=str(tmp_path))
+    assert probe.stdout.strip() == "no hosttune", probe.stdout + probe.stderr
+    argv = [str(python), "-I", str(root / "roles" / "hosttune" / "files" / "check_policy.py"), "--wheelhouse", str(root / WHEELHOUSE)]
+    bad = subprocess.run(argv, input=json.dumps(THREE_MISTAKES), capture_output=True, text=True, cwd=str(tmp_path))
+    lines = bad.stdout.splitlines()
+    assert bad.returncode == 2 and len(lines) == 3, bad.stdout + bad.stderr
+    assert all(line.startswith(said) for line, said in zip(lines, THREE_MISTAKES_SAID)), lines
+    good = subprocess.run(argv, input=json.dumps({"profile": "throughput"}), capture_output=True, text=True, cwd=str(tmp_path))
+    assert good.returncode == 0 and good.stdout == "" and good.stderr == "", good.stdout + good.stderr
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -386,6 +565,8 @@ def test_ansible_lint_production_profile_is_clean_on_the_installed_collection(in
     ({"cpufreq": {"governer": "performance"}}, "hosttune_policy.cpufreq.governer: unknown key (known: "),
     ({"profile": "fast"}, "hosttune_policy.profile: must be one of latency, throughput"),
     ([1], "hosttune_policy: must be a mapping, got list"),
+    # every mistake, one line each (the host's check; the controller's runs first in the playbooks)
+    (THREE_MISTAKES, "\n".join(f"hosttune: error: {said}" for said in THREE_MISTAKES_SAID[:1])),
 ])
 def test_an_inline_policy_error_names_the_variable_not_a_temp_file(tmp_path, policy, says):
     """The modules write an inline policy to a temporary file for hosttune; a real hosttune's error
@@ -405,6 +586,10 @@ def test_an_inline_policy_error_names_the_variable_not_a_temp_file(tmp_path, pol
     finally:
         os.unlink(path)
     assert says in message and path not in message and "hosttune-policy-" not in message, message
+    if policy is THREE_MISTAKES:
+        lines = message.splitlines()
+        assert len(lines) == 3 and all(line.startswith(f"hosttune: error: {said}")
+                                       for line, said in zip(lines, THREE_MISTAKES_SAID)), lines
     # a configuration file the user wrote keeps its own name
     assert hosttune_run.name_the_policy("hosttune: error: /etc/h.yaml: profile: x", ["h", "--policy", "/etc/h.yaml"]) \
         == "hosttune: error: /etc/h.yaml: profile: x"

@@ -25,8 +25,11 @@ FUZZ = settings(max_examples=150, deadline=None, database=None,
 
 
 def one_line(exc):
+    """One line per mistake (a policy's every mistake at once: PolicyErrors, a line each), none long."""
     text = str(exc)
-    assert "\n" not in text and len(text) < 600, text
+    lines = text.split("\n")
+    assert len(lines) == len(getattr(exc, "errors", [exc])), text
+    assert all(line and len(line) < 600 for line in lines), text
     return text
 
 

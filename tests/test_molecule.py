@@ -36,6 +36,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.collection import build_and_install
 
@@ -87,6 +88,14 @@ def _run(argv: list[str], env: dict[str, str], log: Path, timeout: float) -> tup
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait()
             raise
+
+
+def _agent_extras(scenario: str) -> list[str]:
+    """The hosttune extras the scenario installs on its guest (its hosttune_agent_extras)."""
+    with open(ROOT / "molecule" / scenario / "molecule.yml") as f:
+        group_vars = yaml.safe_load(f)["provisioner"]["inventory"]["group_vars"]["hosttune"]
+    assert "hosttune_agent_src" not in group_vars, "the guest is converged from the collection's own wheels"
+    return list(group_vars.get("hosttune_agent_extras", []))
 
 
 def _timings_file(ephemeral: Path) -> Path:
@@ -180,8 +189,10 @@ def test_molecule_scenario(scenario: str, molecule_ready) -> None:
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
     log = base / "molecule.log"
-    # the roles as a user gets them: this checkout's collection tarball, installed into an empty path
-    _, collections = build_and_install(base / "collection")
+    # the roles as a user gets them: this checkout's collection tarball (scripts/build_collection, with
+    # the wheels of the extras the scenario installs), installed into an empty path; the scenario does
+    # not set hosttune_agent_src: the agent is installed from the collection's wheels
+    _, collections = build_and_install(base / "collection", extras=",".join(_agent_extras(scenario)))
     started = time.monotonic()
     records: list[dict] = []
     retries: list[dict] = []

@@ -1,7 +1,8 @@
 import pytest
+import yaml
 
 from hosttune import policy
-from hosttune.errors import PolicyError
+from hosttune.errors import PolicyError, PolicyErrors
 from tests.conftest import run_cli
 
 
@@ -219,3 +220,68 @@ def test_every_reader_takes_the_same_policy_from_a_nested_file():
     parsed = agent_config.parse(doc, "f.yaml")
     assert parsed.policy == policy.validate(doc) == policy.from_document(doc, "f.yaml")
     assert parsed.policy["profile"] == "throughput" and parsed.agent.interval == 5
+
+
+# a mistake of every kind the checks find: a bad choice, an unknown key (top level and in a section),
+# a wrong type, a field's own check, a section that is no mapping
+MISTAKES = {
+    "profile": "fast",
+    "cpufreq": {"governer": "performance"},
+    "turbo": 3,
+    "instances": {"base_port": 70000, "bind": "nowhere"},
+    "housekeeping": {"cores_per_node": "two"},
+    "isolation": "all",
+}
+MISTAKE_FIELDS = ["profile", "cpufreq.governer", "turbo", "instances.base_port", "instances.bind",
+                  "housekeeping.cores_per_node", "isolation"]
+
+
+def test_every_mistake_is_reported_at_once_naming_its_field():
+    with pytest.raises(PolicyErrors) as info:
+        policy.validate(MISTAKES)
+    errors = info.value.errors
+    assert sorted(e.where for e in errors) == sorted(MISTAKE_FIELDS)
+    # each line alone is what that mistake alone gives
+    for error in errors:
+        section, _, key = error.where.partition(".")
+        alone = {section: {key: MISTAKES[section][key]}} if key else {section: MISTAKES[section]}
+        with pytest.raises(PolicyError) as one:
+            policy.validate(alone)
+        assert not isinstance(one.value, PolicyErrors) and str(one.value) == str(error), error.where
+    assert str(info.value).splitlines() == [str(e) for e in errors]
+    assert isinstance(info.value, PolicyError) and info.value.exit_code == 2
+
+
+def test_cross_field_checks_wait_for_every_field_to_be_right():
+    overlap = {"housekeeping": {"cpus": "0-3"}, "isolation": {"cpus": "3-7"}}
+    with pytest.raises(PolicyError) as info:
+        policy.validate({**overlap, "thp": "sometimes"})
+    assert info.value.where == "thp" and not isinstance(info.value, PolicyErrors)
+    with pytest.raises(PolicyError) as info:
+        policy.validate(overlap)
+    assert info.value.where == "isolation.cpus"
+
+
+def test_every_reader_names_each_field_of_several_mistakes():
+    from hosttune.agent import config as agent_config
+
+    doc = {"policy": {"thp": "sometimes", "turbo": 3}, "agent": {}}
+    for read, prefix in ((lambda: policy.validate(doc), "policy."),
+                         (lambda: policy.from_document(doc, "f.yaml"), "f.yaml: policy."),
+                         (lambda: agent_config.parse(doc, "f.yaml"), "f.yaml: policy.")):
+        with pytest.raises(PolicyErrors) as err:
+            read()
+        assert [e.where for e in err.value.errors] == [prefix + "thp", prefix + "turbo"]
+        assert err.value.where == prefix + "thp"
+
+
+def test_the_cli_prints_one_line_per_mistake(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text(yaml.safe_dump(MISTAKES))
+    proc = run_cli("plan", "--policy", str(bad))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == len(MISTAKE_FIELDS), lines
+    head = f"hosttune: error: {bad}: "
+    assert all(line.startswith(head) for line in lines), lines
+    assert sorted(line[len(head):].split(": ")[0] for line in lines) == sorted(MISTAKE_FIELDS)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hosttune import numbers
-from hosttune.errors import HosttuneError, PolicyError
+from hosttune.errors import HosttuneError, PolicyError, PolicyErrors
 from hosttune.fleet import sshargs
 from hosttune.fleet.sshargs import SshArgError, SshArgs
 
@@ -343,9 +343,12 @@ def _set_policy(fh: FleetHost, raw_policy: Any, var: Any, overlay: Any = None) -
     try:
         fh.policy = policy.validate(fh.policy_raw, source=POLICY_VAR)
     except PolicyError as exc:
-        field_path = f"{POLICY_VAR}.{exc.where}" if exc.where else POLICY_VAR
-        at = _where(_locate_field(raw_policy, exc.where)) or fh.policy_source or f"host {fh.name}"
-        fh.policy_error = PolicyError(f"{field_path}: {exc.message}", where=at)
+        found = []
+        for error in getattr(exc, "errors", [exc]):  # PolicyErrors: every mistake, each where it is
+            field_path = f"{POLICY_VAR}.{error.where}" if error.where else POLICY_VAR
+            at = _where(_locate_field(raw_policy, error.where)) or fh.policy_source or f"host {fh.name}"
+            found.append(PolicyError(f"{field_path}: {error.message}", where=at))
+        fh.policy_error = found[0] if len(found) == 1 else PolicyErrors(found)
 
 
 def _error_origin(exc: BaseException) -> tuple[str, int | None] | None:
@@ -378,5 +381,5 @@ def policy_errors(hosts: list[FleetHost]) -> str | None:
             by_message.setdefault(str(h.policy_error), []).append(h.name)
     if not by_message:
         return None
-    lines = [f"{msg} (hosts: {', '.join(names)})" for msg, names in by_message.items()]
+    lines = [f"{line} (hosts: {', '.join(names)})" for msg, names in by_message.items() for line in msg.splitlines()]
     return "invalid hosttune_policy in the inventory: " + ("\n  ".join([""] + lines) if len(lines) > 1 else lines[0])

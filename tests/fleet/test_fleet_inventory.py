@@ -81,6 +81,20 @@ def test_unknown_policy_key_is_named(tmp_path):
     assert "hosttune_policy.isolation.cpu: unknown key" in str(h.policy_error)
 
 
+def test_every_policy_mistake_is_named_where_it_is(tmp_path):
+    inv = write_inventory(tmp_path / "inv", {"h": {}},
+                          group_vars={"all": "hosttune_policy:\n  thp: sometimes\n  isolation:\n    cpu: 1-3\n"})
+    (h,) = inventory.load([inv])
+    lines = str(h.policy_error).splitlines()
+    assert len(lines) == 2, lines
+    thp, cpu = (next(line for line in lines if field in line) for field in ("hosttune_policy.thp:", ".isolation.cpu:"))
+    assert "group_vars/all.yml:2: hosttune_policy.thp: must be one of" in thp, thp
+    assert "group_vars/all.yml:4: hosttune_policy.isolation.cpu: unknown key" in cpu, cpu
+    summary = inventory.policy_errors([h]).splitlines()
+    assert summary[0] == "invalid hosttune_policy in the inventory: " and len(summary) == 3, summary
+    assert all(line.startswith("  ") and line.endswith("(hosts: h)") for line in summary[1:]), summary
+
+
 def test_fleet_verify_refuses_bad_policy_with_exit_2(tmp_path):
     inv = write_inventory(tmp_path / "inv", {"h1": {"ansible_host": "127.0.0.1", "ansible_port": 1}},
                           group_vars={"fleet": {"hosttune_policy": {"thp": "sometimes"}}})

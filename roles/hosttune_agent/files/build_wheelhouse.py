@@ -1,6 +1,6 @@
 """Build hosttune's wheel (and its dependencies' wheels) on the controller, reproducibly.
 
-    build_wheelhouse.py --src CHECKOUT --out DIR [--deps [--extras inference]]
+    build_wheelhouse.py --src CHECKOUT --out DIR [--deps [--extras serve] [--claimed-platform]]
 
 The source tree is copied to a temporary directory first (without .git, .venv, build/ and other
 leftovers: stale build/ files would end up in the wheel), and SOURCE_DATE_EPOCH is fixed, so the
@@ -8,7 +8,12 @@ same source gives the same wheel, byte for byte: the roles compare checksums to 
 The wheels hosts need (hosttune's alone, or with --deps every wheel) are also packed into one
 plain tar, wheelhouse.tar: the role sends one file, not one per wheel (each file copied costs a
 few module runs, which on a slow host is most of the install).
-Prints JSON: {"hosttune_wheel": name, "sha256": hex, "wheels": [names], "archive": "wheelhouse.tar"}.
+With --claimed-platform the dependencies are the published binary wheels for the platform the
+collection claims (CPython 3.11 on x86_64 glibc 2.36: Debian 12), whatever the controller runs;
+without it they are the wheels pip picks (or builds) for the controller's own Python.
+Prints JSON, also written to DIR/wheelhouse.json (scripts/build_collection bundles DIR into the
+collection): {"hosttune_wheel": name, "sha256": hex, "wheels": [names], "archive": "wheelhouse.tar",
+"deps": bool, "extras": [names], "platform": "controller" | "cp311-manylinux_2_36_x86_64"}.
 """
 
 from __future__ import annotations
@@ -28,6 +33,15 @@ IGNORE = shutil.ignore_patterns(".git", ".venv", "venv", "build", "dist", "*.egg
                                 "artifacts", ".tox", ".mypy_cache", ".ruff_cache")
 EPOCH = "315532800"  # 1980-01-01, the earliest date a zip file can hold
 ARCHIVE = "wheelhouse.tar"
+MANIFEST = "wheelhouse.json"
+# The claimed platform (galaxy_info.platforms: Debian 12): its python3 is CPython 3.11, its glibc 2.36.
+# pip takes a manylinux tag as that glibc exactly: every older one is listed too.
+CLAIMED = "cp311-manylinux_2_36_x86_64"
+CLAIMED_PIP = ["--only-binary=:all:", "--implementation", "cp", "--python-version", "3.11", "--abi", "cp311",
+               "--abi", "abi3", "--abi", "none",
+               *[arg for minor in range(36, 4, -1) for arg in ("--platform", f"manylinux_2_{minor}_x86_64")],
+               "--platform", "manylinux2014_x86_64", "--platform", "manylinux2010_x86_64",
+               "--platform", "manylinux1_x86_64", "--platform", "linux_x86_64"]
 
 
 def sha256(path: str) -> str:
@@ -67,6 +81,9 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="directory to put the wheels in (emptied first)")
     parser.add_argument("--deps", action="store_true", help="also build/download the dependencies' wheels")
     parser.add_argument("--extras", default="", help="comma-separated extras whose dependencies --deps includes")
+    parser.add_argument("--claimed-platform", action="store_true",
+                        help=f"with --deps: the dependencies' published wheels for {CLAIMED} (Debian 12), "
+                             "not the controller's")
     args = parser.parse_args()
     src = os.path.abspath(args.src)
     if not os.path.isfile(os.path.join(src, "pyproject.toml")):
@@ -87,11 +104,20 @@ def main() -> int:
         wheel = built[0]
         if args.deps:
             spec = os.path.join(out, wheel) + (f"[{args.extras}]" if args.extras else "")
-            pip(["wheel", "--quiet", "--wheel-dir", out, spec], env)
+            if args.claimed_platform:
+                pip(["download", "--quiet", *CLAIMED_PIP, "--dest", out, spec], env)
+            else:
+                pip(["wheel", "--quiet", "--wheel-dir", out, spec], env)
     wheels = sorted(n for n in os.listdir(out) if n.endswith(".whl"))
     pack(out, wheels)
-    json.dump({"hosttune_wheel": wheel, "sha256": sha256(os.path.join(out, wheel)), "wheels": wheels,
-               "archive": ARCHIVE}, sys.stdout)
+    manifest = {"hosttune_wheel": wheel, "sha256": sha256(os.path.join(out, wheel)), "wheels": wheels,
+                "archive": ARCHIVE, "deps": args.deps,
+                "extras": sorted(e for e in args.extras.split(",") if e) if args.deps else [],
+                "platform": CLAIMED if args.deps and args.claimed_platform else "controller"}
+    with open(os.path.join(out, MANIFEST), "w") as handle:
+        json.dump(manifest, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+    json.dump(manifest, sys.stdout)
     sys.stdout.write("\n")
     return 0
 
