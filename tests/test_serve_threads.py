@@ -300,3 +300,17 @@ def test_plan_service_cpus_outside_the_cgroup_fall_back_to_the_instance_cpus(rep
             proc.wait()
     assert any(line.startswith("hosttune: warning: the service CPUs 4000 are not allowed") for line in lines), lines
     assert {frozenset(a) for _, a in found.values()} == {frozenset({CPUS[-1]})}, found
+
+
+def test_thread_table_fails_when_the_load_ends_before_the_sampling():
+    """A load that fails (e.g. the bench client refusing its warmup) leaves tables without load: that
+    is a failure, not a pass."""
+    proc = _busy(CPUS[-1], "ov")
+    try:
+        r = _table("--instance", f"x:{proc.pid}:{CPUS[-1]}", "--isolated", str(CPUS[-1]), "--duration", "1",
+                   "--warmup", "0.5", "--", sys.executable, "-c", "import sys; sys.exit(2)")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "the load ended on its own (exit 2) before the sampling did" in r.stderr

@@ -308,8 +308,16 @@ def main(argv: list[str]) -> int:
             failed.append(f"{rep['name']}: allowed on or running on isolated CPU(s) {rep['on_isolated']}")
     if proc is not None:
         err = load_err.strip()[-300:]
-        print(f"load: {' '.join(load)} -> exit {load_rc}" + (" (stopped at the end)" if load_rc == -signal.SIGTERM
-                                                             else "") + (f": {err}" if err else ""))
+        stopped = load_rc in (-signal.SIGTERM, 128 + signal.SIGTERM)
+        print(f"load: {' '.join(load)} -> exit {load_rc}" + (" (stopped at the end)" if stopped else "")
+              + (f": {err}" if err else ""))
+        # without load the tables prove nothing: the load must have run until it was stopped, and
+        # every instance's inference must have been seen running
+        if not stopped:
+            failed.append(f"the load ended on its own (exit {load_rc}) before the sampling did: no load was measured")
+        for rep in reports:
+            if not any(t["role"].startswith("inference") and sum(t["ran"].values()) for t in rep["threads"]):
+                failed.append(f"{rep['name']}: no inference thread was seen running under the load")
     if args.json:
         print(json.dumps({"isolated": sorted(isolated), "instances": reports, "services": services_rep,
                           "failed": failed}))
