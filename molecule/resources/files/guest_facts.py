@@ -77,9 +77,11 @@ def irq_facts(isolated: set[int]) -> dict:
 def instance_facts(plan: dict, kind: str, prefix: str) -> list[dict]:
     out = []
     for inst in plan.get("instances", []):
-        allowed = ",".join(x for x in (inst["cpus_list"], inst.get("service_cpus_list", "")) if x)
+        # a unit allows the inference CPUs and the node's housekeeping CPUs (serve's own threads); a
+        # container (--cpuset-cpus) the inference CPUs only
+        service = inst.get("service_cpus_list", "") if kind == "systemd" else ""
+        allowed = ",".join(x for x in (inst["cpus_list"], service) if x)
         entry = {"name": inst["name"], "node": inst["node"], "port": inst["port"],
-                 # the unit allows the inference CPUs and the node's housekeeping CPUs (serve's own threads)
                  "plan_cpus": parse_cpulist(allowed), "plan_cpus_list": allowed,
                  "plan_mems": parse_cpulist(inst["mems_list"]), "plan_mems_list": inst["mems_list"]}
         if kind == "ovms":
