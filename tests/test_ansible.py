@@ -32,7 +32,7 @@ from tests.test_areas import standins  # noqa: F401 - fixture
 from tests.test_quirks import _with_tuned
 from tests.treegen import Spec, write_tree
 
-ansible_runner = pytest.importorskip("ansible_runner")
+pytest.importorskip("ansible_runner")
 
 VENV_BIN = os.path.dirname(sys.executable)
 HOSTTUNE = os.path.join(VENV_BIN, "hosttune")
@@ -45,16 +45,30 @@ pytestmark = pytest.mark.skipif(not os.access(HOSTTUNE, os.X_OK), reason=f"no ho
 
 # -- running playbooks -----------------------------------------------------------------------------
 class Run:
-    """An ansible-runner run: rc, status, events, and a few views of them."""
+    """An ansible-runner run, read back from its artifact directory: rc, status, events, and a few
+    views of them."""
 
-    def __init__(self, runner: Any, private: str):
-        self.rc = runner.rc
-        self.status = runner.status
-        self.stats = runner.stats or {}
-        self.events = list(runner.events)
+    def __init__(self, artifact_dir: str, private: str):
+        def text(name: str) -> str | None:
+            path = os.path.join(artifact_dir, name)
+            if not os.path.exists(path):
+                return None
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+
+        rc = (text("rc") or "").strip()
+        self.rc = int(rc) if rc.lstrip("-").isdigit() else None
+        self.status = (text("status") or "").strip() or None
+        events = []
+        for path in glob.glob(os.path.join(artifact_dir, "job_events", "*.json")):
+            with open(path, encoding="utf-8") as f:
+                events.append(json.load(f))
+        self.events = sorted(events, key=lambda e: e.get("counter", 0))
+        stats = [e["event_data"] for e in self.events if e.get("event") == "playbook_on_stats"]
+        keys = ("skipped", "ok", "dark", "failures", "ignored", "rescued", "processed", "changed")
+        self.stats = {k: stats[0].get(k, {}) for k in keys} if stats else {}
         self.private = private
-        with open(os.path.join(runner.config.artifact_dir, "stdout"), encoding="utf-8", errors="replace") as f:
-            self.stdout = f.read()
+        self.stdout = text("stdout") or ""
 
     def results(self, kinds=("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped")):
         return [e for e in self.events if e["event"] in kinds]
@@ -104,28 +118,18 @@ def ansible_env(extra_path: str | None = None) -> dict[str, str]:
 
 def play(tmp_path, playbook: str, extravars: dict[str, Any], check=False, diff=False, inventory=None,
          extra_path=None, limit=None, tags=None) -> Run:
-    """Run a playbook (a path, or a name under playbooks/) with ansible-runner against localhost."""
-    run = _play_once(tmp_path, playbook, extravars, check, diff, inventory, extra_path, limit, tags)
-    for _ in range(2):
-        if run.rc is not None or any(e["event"] == "playbook_on_start" for e in run.events) \
-                or "Segfault encountered" not in run.stdout:
-            break
-        # ansible-runner (pexpect) forks this pytest process to start ansible-playbook, and the child
-        # crashed in pexpect's pty set-up before its exec (a native library loaded into the worker
-        # by other tests, e.g. TVM's signal handler printing the line): no playbook ran, so run it
-        # once more. Seen in CI under load; a playbook that fails itself is never run twice.
-        run = _play_once(tmp_path, playbook, extravars, check, diff, inventory, extra_path, limit, tags)
-    return run
+    """Run a playbook (a path, or a name under playbooks/) with ansible-runner against localhost.
 
-
-def _play_once(tmp_path, playbook, extravars, check, diff, inventory, extra_path, limit, tags) -> Run:
+    ansible-runner runs in a fresh interpreter, not in this pytest worker: its pexpect forks the
+    calling process and runs Python in the child before the exec, and a worker that has loaded
+    threaded native libraries (OpenVINO, TVM, ...) can crash or hang in that child."""
     if not os.path.isabs(playbook):
         playbook = os.path.join(REPO, "playbooks", playbook)
     index = len([d for d in os.listdir(tmp_path) if d.startswith("runner")])
     private = str(tmp_path / f"runner{index}")
     os.makedirs(private)
     flags = " ".join(f for f, on in (("--check", check), ("--diff", diff)) if on)
-    kwargs = dict(private_data_dir=private, project_dir=REPO, playbook=playbook,
+    kwargs = dict(private_data_dir=private, project_dir=REPO, playbook=playbook, ident="run",
                   inventory=inventory or os.path.join(REPO, "inventory", "localhost"),
                   extravars=extravars, envvars=ansible_env(extra_path), quiet=True)
     if flags:
@@ -134,8 +138,14 @@ def _play_once(tmp_path, playbook, extravars, check, diff, inventory, extra_path
         kwargs["limit"] = limit
     if tags:
         kwargs["tags"] = tags
-    runner = ansible_runner.run(**kwargs)
-    return Run(runner, private)
+    proc = subprocess.run([sys.executable, "-c", RUNNER_CHILD], input=json.dumps(kwargs), text=True,
+                          capture_output=True, timeout=1800)
+    assert proc.returncode == 0, f"ansible-runner itself failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+    return Run(os.path.join(private, "artifacts", "run"), private)
+
+
+# The child: one ansible_runner.run() with the keyword arguments read as JSON from stdin.
+RUNNER_CHILD = "import json, sys, ansible_runner; ansible_runner.run(**json.load(sys.stdin))"
 
 
 def write_playbook(tmp_path, name: str, roles: list[str], gather_facts=False) -> str:
