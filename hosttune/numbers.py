@@ -64,26 +64,26 @@ def parse_udecimal(text: object, where: str, minimum: float = 0.0, maximum: floa
     return value
 
 
-def arg_uint(minimum: int = 0, maximum: int = 2**31 - 1):
-    """An argparse `type=` for an unsigned integer option (argparse's type=int accepts '٣')."""
-    def convert(text: str) -> int:
+def _arg_type(parse, name: str, *bounds):
+    """An argparse `type=` from a parse_* function: its error becomes argparse's one-line refusal,
+    and `name` is how argparse names the type in it."""
+    def convert(text: str):
         try:
-            return parse_uint(text, "", minimum, maximum)
+            return parse(text, "", *bounds)
         except HosttuneError as exc:
             raise argparse.ArgumentTypeError(exc.message) from None
-    convert.__name__ = "integer"  # argparse names the type in its message
+    convert.__name__ = name
     return convert
+
+
+def arg_uint(minimum: int = 0, maximum: int = 2**31 - 1):
+    """An argparse `type=` for an unsigned integer option (argparse's type=int accepts '٣')."""
+    return _arg_type(parse_uint, "integer", minimum, maximum)
 
 
 def arg_udecimal(minimum: float = 0.0, maximum: float = 1e6):
     """An argparse `type=` for a finite unsigned decimal option (seconds and the like)."""
-    def convert(text: str) -> float:
-        try:
-            return parse_udecimal(text, "", minimum, maximum)
-        except HosttuneError as exc:
-            raise argparse.ArgumentTypeError(exc.message) from None
-    convert.__name__ = "number"
-    return convert
+    return _arg_type(parse_udecimal, "number", minimum, maximum)
 
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(s|m|h)?")
@@ -103,10 +103,4 @@ def parse_duration(text: object, where: str, minimum: float = 0.0, maximum: floa
 
 def arg_duration(minimum: float = 0.0, maximum: float = 7 * 86400.0):
     """An argparse `type=` for a duration option (seconds; s, m or h suffix)."""
-    def convert(text: str) -> float:
-        try:
-            return parse_duration(text, "", minimum, maximum)
-        except HosttuneError as exc:
-            raise argparse.ArgumentTypeError(exc.message) from None
-    convert.__name__ = "duration"
-    return convert
+    return _arg_type(parse_duration, "duration", minimum, maximum)
