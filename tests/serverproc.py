@@ -5,57 +5,58 @@ A test harness, used by the tests and the benchmark scripts (which put the check
 
 from __future__ import annotations
 
+import http.client
 import os
-import re
-import select
-import signal
 import subprocess
 import sys
 import time
 
+from hosttune.errors import HosttuneError
+from hosttune.serve.child import ServeChild
+
 HOSTTUNE = [sys.executable, "-m", "hosttune"]
 
 
-class Server:
+class Server(ServeChild):
+    """A started server: `port` (REST), `grpc_port`, `banner`; `stop()` returns its exit code and
+    leaves the rest of its stderr in `proc.stderr`."""
+
     def __init__(self, *args: str, cwd: str | None = None, env: dict | None = None, timeout: float = 90):
-        self.proc = subprocess.Popen([*HOSTTUNE, "serve", "--rest_port", "0", "--ephemeral-ports", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
-        self.port = None
-        self.grpc_port = None
-        deadline = time.monotonic() + timeout
-        buf = ""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.5)
-            if ready:
-                line = self.proc.stderr.readline()
-                if not line:
-                    break
-                buf += line
-                if "listening on " in line:
-                    rest = re.search(r"https?://[^ ]*:([0-9]{1,5}) ", line)  # none with --rest_port 0 alone
-                    grpc = re.search(r"grpcs?://[^ ]*:([0-9]{1,5}) ", line)  # with --port
-                    self.port = int(rest.group(1)) if rest else None
-                    self.grpc_port = int(grpc.group(1)) if grpc else None
-                    self.banner = line
-                    return
-            elif self.proc.poll() is not None:
-                break
-        self.stop()
-        raise RuntimeError(f"server did not start: {buf}")
+        super().__init__([*HOSTTUNE, "serve", "--rest_port", "0", "--ephemeral-ports", *args], cwd=cwd, env=env,
+                         stdout=subprocess.PIPE)
+        try:
+            self.wait(time.monotonic() + timeout)
+        except HosttuneError:
+            raise RuntimeError(f"server did not start: {self.output}") from None
 
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        self.terminate()
+        return self.reap(close=False)
+
+
+def response(target, method: str, path: str, body=None, headers: dict | None = None,
+             timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh HTTP connection to 127.0.0.1: `target` is a port or a Server. Status,
+    headers (lower-case names) and body."""
+    port = target if isinstance(target, int) else target.port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def request(target, method: str, path: str, body=None, headers: dict | None = None,
+            timeout: float = 60) -> tuple[int, bytes]:
+    """`response` without the headers: status and body."""
+    status, _, data = response(target, method, path, body, headers, timeout)
+    return status, data
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ ov = pytest.importorskip("openvino")
 
 from hosttune.instance_settings import METRICS_LIST  # noqa: E402
 from hosttune.model import repo as model_repo  # noqa: E402
-from tests.serverproc import HOSTTUNE, Server, free_port  # noqa: E402
+from tests.serverproc import HOSTTUNE, Server, free_port, response as request  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +53,6 @@ def server(models, tmp_path_factory):
     yield srv
     assert srv.stop() == 0 or srv.proc.returncode == -15
 
-
-def request(srv, method, path, body=None, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, dict(resp.getheaders()), resp.read()
-    finally:
-        conn.close()
 
 
 def expected_tiny(models, x):
@@ -377,8 +368,8 @@ def test_a_repeated_binary_header_answers_each_body(models, nireq):
             sent = [(_binary_post(xs[0], "a"), xs[0], "a"), (_binary_post(xs[1], "a"), xs[1], "a"),
                     (_binary_post(xs[2], "a", cut=4), None, "a"), (_binary_post(xs[2], "a"), xs[2], "a"),
                     (_binary_post(xs[0], "b"), xs[0], "b"), (_binary_post(xs[1], "a"), xs[1], "a")]
-            for request, x, request_id in sent:
-                conn.sendall(request)
+            for raw, x, request_id in sent:
+                conn.sendall(raw)
                 (head, body), = _read_answers(conn, 1)
                 if x is None:
                     assert head.startswith(b"HTTP/1.1 400") and b"runs past the body" in body, (head, body)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 pytest.importorskip("openvino")
 
 from hosttune.model import repo as model_repo  # noqa: E402
-from tests.serverproc import Server  # noqa: E402
+from tests.serverproc import Server, request  # noqa: E402
 from hosttune.serve.decode import JSON_INLINE_MAX  # noqa: E402
 
 HEADER_TIMEOUT = 2
@@ -44,15 +44,6 @@ def server(models):
     yield srv
     srv.stop()
 
-
-def request(srv, method, path, body=None, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def infer_body(values=None, **extra) -> str:

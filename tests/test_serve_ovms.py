@@ -3,7 +3,6 @@ OVMS config.json rendered from a real plan."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 
@@ -14,7 +13,7 @@ ov = pytest.importorskip("openvino")
 from hosttune.instance_settings import METRICS_LIST  # noqa: E402
 from hosttune.model import repo as model_repo  # noqa: E402
 from hosttune.serve.metrics import BUCKETS_US, Metrics  # noqa: E402
-from tests.serverproc import Server  # noqa: E402
+from tests.serverproc import Server, request  # noqa: E402
 from tests import promtext  # noqa: E402
 from tests.conftest import FIXTURES  # noqa: E402
 
@@ -28,15 +27,6 @@ def models(tmp_path_factory):
     model_repo.sample(str(path), variant="tiny", int8=False)
     return path
 
-
-def request(port, method, path, body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=body)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def infer_body(n=16, name="input"):

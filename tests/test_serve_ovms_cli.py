@@ -5,7 +5,6 @@ tritonclient (a client nobody here wrote) over both protocols."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 
@@ -21,7 +20,7 @@ from hosttune.instance_settings import METRICS_LIST  # noqa: E402
 from hosttune.model import repo as model_repo  # noqa: E402
 from hosttune.serve.metrics import DEFAULT_FAMILIES, OWN_FAMILIES  # noqa: E402
 from tests import promtext  # noqa: E402
-from tests.serverproc import HOSTTUNE, Server  # noqa: E402
+from tests.serverproc import HOSTTUNE, Server, response  # noqa: E402
 
 ANY_PORTS = ("--rest_port", "0", "--port", "0", "--ephemeral-ports")
 
@@ -35,15 +34,6 @@ def models(tmp_path_factory):
     model_repo.sample(str(path), variant="tiny", int8=False)
     return path
 
-
-def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
 
 
 def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -76,13 +66,13 @@ def test_model_name_and_path_serve_the_highest_version_over_rest_and_grpc(models
             inp = mod.InferInput("input", [1, 16], "FP32")
             inp.set_data_from_numpy(data)
             result = client.infer("resnet", [inp])
-            response = result.get_response()
+            answer = result.get_response()
             if mod is httpclient:
-                assert response["model_name"] == "resnet" and response["model_version"] == "2"
-                outs.append(result.as_numpy(response["outputs"][0]["name"]))
+                assert answer["model_name"] == "resnet" and answer["model_version"] == "2"
+                outs.append(result.as_numpy(answer["outputs"][0]["name"]))
             else:
-                assert response.model_name == "resnet" and response.model_version == "2"
-                outs.append(result.as_numpy(response.outputs[0].name))
+                assert answer.model_name == "resnet" and answer.model_version == "2"
+                outs.append(result.as_numpy(answer.outputs[0].name))
         assert outs[0].shape[0] == 1 and np.array_equal(outs[0], outs[1])
     finally:
         assert srv.stop() == 0
@@ -126,11 +116,11 @@ def test_health_and_model_ready_answer_as_ovms(models):
     srv = Server("--model_name", "m", "--model_path", str(models / "tiny"))
     try:
         for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/m/ready", "/v2/models/m/versions/1/ready"):
-            status, headers, body = get(srv.port, path)
+            status, headers, body = response(srv.port, "GET", path)
             # OVMS (src/http_server.cpp): the status alone, an empty body, its JSON content type
             assert (status, body) == (200, b""), path
             assert headers["content-type"] == "application/json" and headers["content-length"] == "0", path
-        status, headers, body = get(srv.port, "/v2/models/nope/ready")
+        status, headers, body = response(srv.port, "GET", "/v2/models/nope/ready")
         assert status == 404 and headers["content-type"] == "application/json" and "nope" in json.loads(body)["error"]
     finally:
         srv.stop()
@@ -140,14 +130,14 @@ def test_health_and_model_ready_answer_as_ovms(models):
 def test_metrics_are_off_unless_enabled(models):
     srv = Server("--model_name", "m", "--model_path", str(models / "tiny"))
     try:
-        status, _, body = get(srv.port, "/metrics")
+        status, _, body = response(srv.port, "GET", "/metrics")
         assert status == 404 and json.loads(body)["error"].startswith("no such endpoint")
     finally:
         srv.stop()
 
 
 def families(port: int) -> set[str]:
-    status, headers, body = get(port, "/metrics")
+    status, headers, body = response(port, "GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     return set(promtext.parse(body.decode()))
 
@@ -194,7 +184,7 @@ def test_config_json_monitoring_section_sets_the_families(models, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     srv = Server("--config_path", str(tmp_path / "config.json"))
     try:
-        assert get(srv.port, "/metrics")[0] == 404
+        assert response(srv.port, "GET", "/metrics")[0] == 404
     finally:
         srv.stop()
 
@@ -264,6 +254,6 @@ def test_log_level_and_bind_address_are_taken(models):
                  "--rest_bind_address", "127.0.0.1", "--grpc_bind_address", "127.0.0.1", "--port", "0")
     try:
         assert "http://127.0.0.1:" in srv.banner and "grpc://127.0.0.1:" in srv.banner
-        assert get(srv.port, "/v2/health/live")[0] == 200
+        assert response(srv.port, "GET", "/v2/health/live")[0] == 200
     finally:
         assert srv.stop() == 0

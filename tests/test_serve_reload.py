@@ -6,7 +6,6 @@ answered (benchmarks/serve_reload.py, the project's load script)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ ov = pytest.importorskip("openvino")
 from hosttune.model import repo as model_repo  # noqa: E402
 from tests import promtext  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
-from tests.serverproc import Server  # noqa: E402
+from tests.serverproc import Server, request  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +48,6 @@ def config(root, *models, **top):
     (root / "config.new").write_text(json.dumps({"model_config_list": entries, **top}))
     os.replace(root / "config.new", root / "config.json")
 
-
-def request(port, method, path, body=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, path, body=body)
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
 
 
 def status(port):

@@ -196,7 +196,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             for a in out:
                 if not a.default:
                     for srv in cands[a.index].servers:
-                        srv.stop()
+                        srv.terminate()
 
         info = search.race(arms, measure_arm, objective, race_budget, time.monotonic, start=started,
                            alpha=args.alpha, first_cost_s=round_s + warmup_s + 0.3, on_round=on_round,

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import select
-import signal
 import subprocess
 import sys
 import time
@@ -23,9 +20,9 @@ from typing import Any
 from hosttune import cpulist
 from hosttune.bench import runner, stats
 from hosttune.errors import HosttuneError
+from hosttune.serve.child import ServeChild
 
 START_TIMEOUT_S = 180.0
-BANNER = re.compile(r"listening on http://(\S+):([0-9]{1,5})\b.*\(streams ([0-9]+), nireq ([0-9]+)\)")
 
 
 def serve_argv(repo: str, model: str, cpus: list[int], openvino: dict[str, Any], nireq: int | None,
@@ -38,50 +35,6 @@ def serve_argv(repo: str, model: str, cpus: list[int], openvino: dict[str, Any],
     if idle_poll_us is not None:
         argv += ["--idle-poll-us", str(idle_poll_us)]
     return argv
-
-
-class Server:
-    """One `hosttune serve` process; `wait()` reads its banner (port, streams, nireq)."""
-
-    def __init__(self, argv: list[str]):
-        self.argv = argv
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-        self.port: int | None = None
-        self.served: dict[str, int] = {}
-
-    def wait(self, deadline: float) -> None:
-        buf = ""
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stderr], [], [], 0.25)
-            if ready:
-                line = self.proc.stderr.readline()
-                if not line:
-                    break
-                buf += line
-                m = BANNER.search(line)
-                if m:
-                    self.port = int(m.group(2))
-                    self.served = {"streams": int(m.group(3)), "nireq": int(m.group(4))}
-                    return
-            elif self.proc.poll() is not None:
-                break
-        self.stop()
-        last = buf.strip().splitlines()[-1] if buf.strip() else "no output"
-        raise HosttuneError(f"hosttune serve did not start: {last}", where=" ".join(self.argv[3:]))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def reap(self) -> None:
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
 
 
 def readback(model_path: str, cpus: list[int], openvino: dict[str, Any], nireq: int | None) -> subprocess.Popen:
@@ -121,7 +74,7 @@ class Candidate:
     index: int
     label: str
     parts: list[dict[str, Any]]  # settings.layout(): cpus, openvino, nireq, model
-    servers: list[Server] = field(default_factory=list)
+    servers: list[ServeChild] = field(default_factory=list)
     targets: list[runner.Target] = field(default_factory=list)
     effective: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None  # why it could not be measured (its server did not start, a round failed)
@@ -135,7 +88,7 @@ def start(cands: list[Candidate], repo: str, entries: dict[str, Any], idle_poll_
     the end may cost."""
     for c in cands:
         for part in c.parts:
-            c.servers.append(Server(serve_argv(repo, part["model"], part["cpus"], part["openvino"], part["nireq"],
+            c.servers.append(ServeChild(serve_argv(repo, part["model"], part["cpus"], part["openvino"], part["nireq"],
                                                idle_poll_us)))
     deadline = time.monotonic() + START_TIMEOUT_S
     try:
@@ -148,7 +101,7 @@ def start(cands: list[Candidate], repo: str, entries: dict[str, Any], idle_poll_
                         raise
                     c.error = exc.message
                     for other in c.servers:
-                        other.stop()
+                        other.terminate()
                     break
                 name = instance_name if len(c.parts) == 1 else f"{instance_name}.{k}"
                 entry = entries[part["model"]]
@@ -181,7 +134,7 @@ def read_back_finish(pending: list[tuple[Candidate, int, subprocess.Popen]]) -> 
 def stop(cands: list[Candidate]) -> None:
     servers = [s for c in cands for s in c.servers]
     for s in servers:
-        s.stop()
+        s.terminate()
     for s in servers:
         s.reap()
 
