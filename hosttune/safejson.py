@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hosttune.errors import HosttuneError
-from hosttune.safeyaml import MAX_DEPTH, brief
+from hosttune.safeyaml import MAX_DEPTH, brief, one_line, utf8
 
 MAX_BYTES = 16 << 20  # a bench result with its kept samples is a few MB; a plan or config a few KB
 
@@ -77,11 +77,7 @@ def loads(data: bytes | str, where: str, schema: Any = None, finite: bool = True
         raise HosttuneError(f"larger than {max_bytes} bytes", where=where)
     if depth(data) > MAX_DEPTH:
         raise HosttuneError(f"nested deeper than {MAX_DEPTH} levels", where=where)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise HosttuneError(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
-                            where=where) from None
+    text = utf8(data, where, max_bytes)
     try:
         if finite:
             doc = json.loads(text, object_pairs_hook=_unique, parse_constant=_no_constant, parse_float=_finite)
@@ -90,7 +86,7 @@ def loads(data: bytes | str, where: str, schema: Any = None, finite: bool = True
     except RecursionError:  # not reached within MAX_DEPTH; kept so that no input ends in a traceback
         raise HosttuneError("nested too deeply", where=where) from None
     except ValueError as exc:  # JSONDecodeError, ours, a 5000-digit integer
-        raise HosttuneError(f"not JSON: {_one_line(exc)}", where=where) from None
+        raise HosttuneError(f"not JSON: {one_line(exc)}", where=where) from None
     if schema is not None:
         check(doc, schema, where)
     return doc
@@ -104,11 +100,6 @@ def load_file(path: str, schema: Any = None, finite: bool = True, max_bytes: int
     except OSError as exc:
         raise HosttuneError(f"cannot read ({exc.strerror})", where=path) from None
     return loads(data, path, schema, finite, max_bytes)
-
-
-def _one_line(text: Any) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 # -- schemas ------------------------------------------------------------------------------------

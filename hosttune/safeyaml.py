@@ -111,21 +111,26 @@ def brief(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _one_line(text: str) -> str:
+def one_line(text: Any) -> str:
+    """An error's text on one line of at most 120 characters."""
     text = " ".join(str(text).split())
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def utf8(data: bytes, where: str, max_bytes: int, error: type[HosttuneError] = HosttuneError) -> str:
+    """The text of a document read as bytes: at most `max_bytes`, UTF-8 (the byte at fault named)."""
+    if len(data) > max_bytes:
+        raise error(f"larger than {max_bytes} bytes", where=where)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})", where=where) from None
 
 
 def loads(data: bytes | str, where: str, error: type[HosttuneError] = HosttuneError) -> Any:
     """Parse one YAML document within the limits above; `where` names the file in errors."""
     if isinstance(data, bytes):
-        if len(data) > MAX_BYTES:
-            raise error(f"larger than {MAX_BYTES} bytes", where=where)
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise error(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})",
-                        where=where) from None
+        data = utf8(data, where, MAX_BYTES, error)
     elif len(data) > MAX_BYTES:
         raise error(f"larger than {MAX_BYTES} characters", where=where)
     loader = _Loader(data)
@@ -139,10 +144,10 @@ def loads(data: bytes | str, where: str, error: type[HosttuneError] = HosttuneEr
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or ""
-        raise error(f"not valid YAML{at}" + (f": {_one_line(problem)}" if problem else ""),
+        raise error(f"not valid YAML{at}" + (f": {one_line(problem)}" if problem else ""),
                     where=where) from None
     except (ValueError, OverflowError) as exc:  # e.g. a timestamp like 2024-02-30, a 5000-digit int
-        raise error(f"not valid YAML: {_one_line(exc)}", where=where) from None
+        raise error(f"not valid YAML: {one_line(exc)}", where=where) from None
     finally:
         loader.dispose()
 
