@@ -134,11 +134,8 @@ def server(models, tmp_path_factory):
 
 
 # -- one conformance set, three clients ------------------------------------------------------------
-class GrpcClient:
-    name = "grpc"
-
-    def __init__(self, srv):
-        self.client = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+class _Client:
+    """What tritonclient's gRPC and HTTP clients spell alike."""
 
     def close(self):
         self.client.close()
@@ -151,6 +148,13 @@ class GrpcClient:
 
     def model_ready(self, name, version=""):
         return self.client.is_model_ready(name, version)
+
+
+class GrpcClient(_Client):
+    name = "grpc"
+
+    def __init__(self, srv):
+        self.client = grpcclient.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
 
     def metadata(self, name, version=""):
         meta = self.client.get_model_metadata(name, version, as_json=True)
@@ -180,23 +184,11 @@ class GrpcClient:
         return exc.status().removeprefix("StatusCode.")
 
 
-class HttpClient:
+class HttpClient(_Client):
     def __init__(self, srv, binary):
         self.binary = binary
         self.name = "http-binary" if binary else "http-json"
         self.client = httpclient.InferenceServerClient(f"127.0.0.1:{srv.port}")
-
-    def close(self):
-        self.client.close()
-
-    def live(self):
-        return self.client.is_server_live()
-
-    def ready(self):
-        return self.client.is_server_ready()
-
-    def model_ready(self, name, version=""):
-        return self.client.is_model_ready(name, version)
 
     def metadata(self, name, version=""):
         return self.client.get_model_metadata(name, version)
