@@ -989,25 +989,32 @@ def test_an_unreachable_host_stops_the_rollout(tmp_path, host, base_vars):
     assert not os.path.exists(base_vars["hosttune_config"])
 
 
-@pytest.mark.parametrize("bind, upstream", [("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("::1", "[::1]"),
-                                            ("10.1.2.3", "10.1.2.3")])
-def test_nginx_upstreams_and_health_probes_use_the_plans_probe_url(tmp_path, host, bind, upstream):
-    """A wildcard bind is reached on the loopback of its own family: nginx's upstreams come from the
-    plan's probe_url (the agent and bench read the same field), not from a derivation of their own."""
-    plan = plan_of(host, {"instances": {"bind": bind}}, tmp_path)
+def render_nginx(tmp_path, plan, allow=(), users=()) -> str:
+    """The instances role's nginx front for `plan`, rendered by Ansible's template module."""
     out = tmp_path / "nginx.conf"
     book = tmp_path / "render.yml"
     book.write_text(yaml.safe_dump([{"name": "Render", "hosts": "hosttune", "gather_facts": False, "tasks": [{
         "name": "Render the nginx front", "ansible.builtin.template": {
             "src": os.path.join(REPO, "roles/hosttune_instances/templates/nginx.conf.j2"), "dest": str(out)},
-        "vars": {"hosttune_plan": plan, "hosttune_instances_nginx_allow": [], "hosttune_instances_nginx_users": [],
+        "vars": {"hosttune_plan": plan, "hosttune_instances_nginx_allow": list(allow),
+                 "hosttune_instances_nginx_users": list(users),
                  "hosttune_instances_nginx_tls_cert": "", "hosttune_instances_nginx_tls_key": "",
                  "hosttune_instances_nginx_listen": "127.0.0.1", "hosttune_instances_nginx_port": 8080,
                  "hosttune_instances_nginx_server_name": "_", "hosttune_instances_nginx_max_body": "64m",
                  "hosttune_instances_nginx_htpasswd": "/etc/nginx/htpasswd"}}]}]))
     run = play(tmp_path, str(book), {})
     assert run.rc == 0, run.explain()
-    servers = [line.split()[1] for line in out.read_text().splitlines() if line.strip().startswith("server ")
+    return out.read_text()
+
+
+@pytest.mark.parametrize("bind, upstream", [("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("::1", "[::1]"),
+                                            ("10.1.2.3", "10.1.2.3")])
+def test_nginx_upstreams_and_health_probes_use_the_plans_probe_url(tmp_path, host, bind, upstream):
+    """A wildcard bind is reached on the loopback of its own family: nginx's upstreams come from the
+    plan's probe_url (the agent and bench read the same field), not from a derivation of their own."""
+    plan = plan_of(host, {"instances": {"bind": bind}}, tmp_path)
+    text = render_nginx(tmp_path, plan)
+    servers = [line.split()[1] for line in text.splitlines() if line.strip().startswith("server ")
                and "max_fails" in line]
     assert servers == [f"{upstream}:{inst['port']}" for inst in plan["instances"]]
     assert [i["probe_url"] for i in plan["instances"]] == [f"http://{s}" for s in servers]
@@ -1020,20 +1027,7 @@ def test_nginx_front_never_serves_a_random_nodes_metrics(tmp_path, host):
 
     plan = plan_of(host, {"instances": {"bind": "0.0.0.0"}}, tmp_path)
     assert len(plan["instances"]) == 2
-    out = tmp_path / "nginx.conf"
-    book = tmp_path / "render.yml"
-    book.write_text(yaml.safe_dump([{"name": "Render", "hosts": "hosttune", "gather_facts": False, "tasks": [{
-        "name": "Render the nginx front", "ansible.builtin.template": {
-            "src": os.path.join(REPO, "roles/hosttune_instances/templates/nginx.conf.j2"), "dest": str(out)},
-        "vars": {"hosttune_plan": plan, "hosttune_instances_nginx_allow": ["10.0.0.0/8"],
-                 "hosttune_instances_nginx_users": [{"name": "a", "password_hash": "x"}],
-                 "hosttune_instances_nginx_tls_cert": "", "hosttune_instances_nginx_tls_key": "",
-                 "hosttune_instances_nginx_listen": "127.0.0.1", "hosttune_instances_nginx_port": 8080,
-                 "hosttune_instances_nginx_server_name": "_", "hosttune_instances_nginx_max_body": "64m",
-                 "hosttune_instances_nginx_htpasswd": "/etc/nginx/htpasswd"}}]}]))
-    run = play(tmp_path, str(book), {})
-    assert run.rc == 0, run.explain()
-    text = out.read_text()
+    text = render_nginx(tmp_path, plan, allow=["10.0.0.0/8"], users=[{"name": "a", "password_hash": "x"}])
     # location blocks (no nested blocks in them): {match: body}
     locations = {m.group(1).strip(): m.group(2) for m in re.finditer(r"^\s*location\s+([^{]+)\{([^}]*)\}", text, re.M)}
     assert "proxy_pass" not in locations["= /metrics"] and "return 404" in locations["= /metrics"]
