@@ -63,6 +63,8 @@ NAMED = {
     "stricter/layout_three_parts": "model_config_list[0].config.layout",
     "stricter/name_with_a_slash": "model_config_list[0].config.name",
     "stricter/duplicate_model_names": "a model name is used twice",
+    "stricter/version_beyond_int32": "model_config_list[0].config.model_version_policy.specific.versions[1]",
+    "stricter/batch_size_beyond_int32": "model_config_list[0].config.batch_size",
 }
 
 

@@ -26,12 +26,13 @@ from typing import Any
 from hosttune import safejson
 from hosttune.errors import HosttuneError
 from hosttune.instance_settings import CONTAINER_MODELS, METRICS_LIST, dumps, render  # noqa: F401
-from hosttune.model.repo import MAX_VERSION, NAME_RE, ModelEntry, find, versions
+from hosttune.model.repo import MAX_DIM, MAX_VERSION, NAME_RE, ModelEntry, find, versions
 from hosttune.safejson import SCALAR, Bool, Int, List, Map, Obj, OneOf, Str
 from hosttune.serve import MAX_NIREQ
 from hosttune.serve.metrics import enabled_families
 
 UNSUPPORTED = "accepted by OVMS, not supported by hosttune serve"
+MAX_VERSIONS = 1000  # a specific policy's list
 ANONYMOUS = "ANONYMOUS_INPUT_NAME"  # OVMS's reserved input name: a shape map may not use it
 
 # OVMS's schema (src/schema.cpp, MODELS_CONFIG_SCHEMA), field for field: closed objects are its
@@ -40,13 +41,14 @@ ANONYMOUS = "ANONYMOUS_INPUT_NAME"  # OVMS's reserved input name: a shape map ma
 _SHAPE = OneOf((Map(str), str))  # "layout_shape_def": a string, or {input: string}
 _POLICY = OneOf((
     Obj({"all": Obj({}, closed=True)}, required=("all",), closed=True),
-    Obj({"specific": Obj({"versions": List(Int(1))}, required=("versions",), closed=True)},
-        required=("specific",), closed=True),
-    Obj({"latest": Obj({"num_versions": Int(1)}, required=("num_versions",), closed=True)},
+    # bounds of hosttune's (OVMS: int64): version numbers as the repository reads them
+    Obj({"specific": Obj({"versions": List(Int(1, MAX_VERSION), MAX_VERSIONS)}, required=("versions",),
+                         closed=True)}, required=("specific",), closed=True),
+    Obj({"latest": Obj({"num_versions": Int(1, MAX_VERSION)}, required=("num_versions",), closed=True)},
         required=("latest",), closed=True),
 ))
 MODEL_CONFIG = Obj({
-    "name": str, "base_path": str, "batch_size": OneOf((Int(0), str)), "graph_path": str, "subconfig": str,
+    "name": str, "base_path": str, "batch_size": OneOf((Int(0, MAX_DIM), str)), "graph_path": str, "subconfig": str,
     "model_version_policy": _POLICY, "shape": _SHAPE, "layout": _SHAPE, "nireq": Int(0),
     "target_device": str, "allow_cache": Bool(), "plugin_config": Map(SCALAR),
     "custom_loader_options": Obj({"loader_name": str}, required=("loader_name",)),
