@@ -210,6 +210,13 @@ def test_ovms_refusals(models, args, words):
     one_line_exit_2(serve("--model_name", "m", "--model_path", str(models / "tiny"), *args), *words)
 
 
+def test_a_model_path_that_is_no_directory_is_named(models, tmp_path):
+    (tmp_path / "file").write_text("")
+    for path in (tmp_path / "missing", tmp_path / "file"):
+        one_line_exit_2(serve("--model_name", "m", "--model_path", str(path)), "--model_path", str(path),
+                        "not a directory")
+
+
 def test_model_options_combinations_refused_as_ovms(models, tmp_path):
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model_config_list": [{"config": {"name": "m", "base_path": str(models / "tiny")}}],

@@ -363,6 +363,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif args.model_path:
         # OVMS's single model: a directory of numbered versions, the highest served
         path = os.path.abspath(args.model_path).rstrip("/")
+        if not os.path.isdir(path):
+            raise HosttuneError(f"{args.model_path}: not a directory (the model's directory, holding its numbered "
+                                "version directories)", where="--model_path")
         entry = find(os.path.dirname(path), os.path.basename(path), None)
         served = [(replace(entry, name=args.model_name), (instance or {}).get("openvino", {}), None)]
     else:
