@@ -66,6 +66,13 @@ def add_pinning(ap: argparse.ArgumentParser, config_help: str = "OpenVINO proper
     ap.add_argument("--config", type=json_object, default=LATENCY, help=config_help)
 
 
+def add_plan_options(ap: argparse.ArgumentParser) -> None:
+    """--plan and --max-load, for the scripts that run `hosttune bench` on a plan's instance."""
+    ap.add_argument("--plan", help="plan JSON (default: hosttune plan --json of this host)")
+    ap.add_argument("--max-load", type=float, help="before each round, wait (up to 10 min) until the 1-minute "
+                                                   "load average is below this (shared machines)")
+
+
 def comparison_parser(doc: str, *, rounds: int, duration: float, concurrency_help: str, config_help: str,
                       repo_help: str = "model repository (default: built into --out)",
                       variant: bool = True) -> argparse.ArgumentParser:
@@ -100,16 +107,16 @@ def model_repo(repo: str, *variants: str) -> str:
     """`repo`, with each sample model variant it lacks (default: sample) built into it first."""
     for variant in variants or ("sample",):
         if not os.path.isdir(os.path.join(repo, variant)):
-            subprocess.run([*HOSTTUNE, "model", "sample", "--repo", repo, "--variant", variant, "--no-int8"],
-                           check=True, stdout=subprocess.DEVNULL)
+            run_tool([*HOSTTUNE, "model", "sample", "--repo", repo, "--variant", variant, "--no-int8"], ok=(0,))
     return repo
 
 
-def run_tool(cmd: list[str], cpus: list[int] | None = None) -> None:
-    """A hosttune command (pinned to `cpus`); exits on a failure (1 is `hosttune bench`'s verdict, no failure)."""
+def run_tool(cmd: list[str], cpus: list[int] | None = None, ok: tuple[int, ...] = (0, 1)) -> None:
+    """A command (pinned to `cpus`), its output kept; exits with its stderr on an exit status not in
+    `ok` (by default 1 passes too: `hosttune bench`'s verdict, no failure)."""
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
-    if r.returncode not in (0, 1):
+    if r.returncode not in ok:
         sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr}")
 
 

@@ -49,10 +49,10 @@ def main() -> int:
 
     repo = model_repo(args.repo or os.path.join(out, "models"), args.variant)
     concurrencies = args.concurrency
-    common = ("--repo", repo, "--model", args.variant, "--cpus", str(args.server_cpu), "--config", args.config)
-    servers = {"lane": Server(*common)}
+    server_args = ("--repo", repo, "--model", args.variant, "--cpus", str(args.server_cpu), "--config", args.config)
+    servers = {"lane": Server(*server_args)}
     try:
-        servers["no lane"] = Server(*common, "--no-direct-lane")
+        servers["no lane"] = Server(*server_args, "--no-direct-lane")
     except BaseException:
         servers["lane"].stop()
         raise
