@@ -90,16 +90,17 @@ def comparison_parser(doc: str, *, rounds: int, duration: float, concurrency_hel
     return ap
 
 
-def start(ap: argparse.ArgumentParser, prefix: str) -> tuple[argparse.Namespace, str]:
+def start(ap: argparse.ArgumentParser, prefix: str) -> tuple[argparse.Namespace, str, str]:
     """Parse and check the options, let SIGTERM end the run through the scripts' `finally` (which
-    stop their servers), and make the output directory (a new temporary one without --out)."""
+    stop their servers), make the output directory (a new temporary one without --out) and the
+    model repository (--repo, else built into the output directory): (args, out, repo)."""
     args = ap.parse_args()
     if args.rounds < 1 or args.duration <= 0:
         ap.error("--rounds and --duration must be positive")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = args.out or tempfile.mkdtemp(prefix=f"hosttune-{prefix}-")
     os.makedirs(out, exist_ok=True)
-    return args, out
+    return args, out, model_repo(args.repo or os.path.join(out, "models"), getattr(args, "variant", "sample"))
 
 
 # -- models, plans, tools ----------------------------------------------------------------------

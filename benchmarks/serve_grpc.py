@@ -24,8 +24,8 @@ import json
 import os
 import sys
 
-from common import (case_summary, command_line, compare, comparison_parser, interleaved, load, measure, model_repo,
-                    round_line, start, verdicts_pre, write_json, write_rounds_report)
+from common import (case_summary, command_line, compare, comparison_parser, interleaved, load, measure, round_line,
+                    start, verdicts_pre, write_json, write_rounds_report)
 
 SIDES = ("gRPC", "REST binary")
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
@@ -93,12 +93,10 @@ def mean_us(before: dict, after: dict, what: str) -> float | None:
 def main() -> int:
     ap = comparison_parser(__doc__, rounds=5, duration=3.0, concurrency_help="comma-separated stream counts",
                            config_help="OpenVINO properties of the server")
-    args, out = start(ap, "grpc")
+    args, out, repo = start(ap, "grpc")
     from hosttune.bench.httpclient import binary_request, metadata, run
     from tests.serverproc import Server
 
-    repo = model_repo(args.repo or os.path.join(out, "models"), args.variant)
-    concurrencies = args.concurrency
     server = Server("--repo", repo, "--model", args.variant, "--cpus", str(args.server_cpu), "--config", args.config,
                     "--port", "0", "--metrics_enable")
     try:
@@ -108,7 +106,7 @@ def main() -> int:
         print(f"{args.variant}: REST binary body {len(body)} bytes, gRPC request {len(request)} bytes; server on "
               f"CPU {args.server_cpu} ({server.banner.strip()}), client on CPU {args.client_cpu}", flush=True)
         os.sched_setaffinity(0, {args.client_cpu})
-        cases = [(f"{side} c{c}", side, c) for c in concurrencies for side in SIDES]
+        cases = [(f"{side} c{c}", side, c) for c in args.concurrency for side in SIDES]
         results: dict[str, list[dict]] = {name: [] for name, *_ in cases}
         path = f"/v2/models/{args.variant}/infer"
         for k, (name, side, c) in interleaved(cases, args.rounds):
@@ -138,7 +136,7 @@ def main() -> int:
         summary["cases"][name] = {**case_summary(runs),
                                   "server_request_us_per_round": [r["server_request_us"] for r in runs],
                                   "server_inference_us_per_round": [r["server_inference_us"] for r in runs]}
-    for c in concurrencies:
+    for c in args.concurrency:
         cmp = summary["grpc_vs_rest"][f"c{c}"] = compare(results[f"gRPC c{c}"], results[f"REST binary c{c}"],
                                                          "grpc", "rest", "gRPC")
         g, h = summary["cases"][f"gRPC c{c}"], summary["cases"][f"REST binary c{c}"]

@@ -22,8 +22,8 @@ import json
 import os
 import sys
 
-from common import (case_summary, command_line, compare, comparison_parser, interleaved, load, model_repo,
-                    round_line, start, verdicts_pre, write_json, write_rounds_report)
+from common import (case_summary, command_line, compare, comparison_parser, interleaved, load, round_line, start,
+                    verdicts_pre, write_json, write_rounds_report)
 
 SIDES = ("lane", "no lane")
 
@@ -43,12 +43,10 @@ def json_request(meta: dict) -> tuple[bytes, dict[str, str]]:
 def main() -> int:
     ap = comparison_parser(__doc__, rounds=5, duration=3.0, concurrency_help="comma-separated connection counts",
                            config_help="OpenVINO properties of both servers (a pool of one: the lane's case)")
-    args, out = start(ap, "lane")
+    args, out, repo = start(ap, "lane")
     from hosttune.bench.httpclient import binary_request, metadata, run
     from tests.serverproc import Server
 
-    repo = model_repo(args.repo or os.path.join(out, "models"), args.variant)
-    concurrencies = args.concurrency
     server_args = ("--repo", repo, "--model", args.variant, "--cpus", str(args.server_cpu), "--config", args.config)
     servers = {"lane": Server(*server_args)}
     try:
@@ -67,7 +65,7 @@ def main() -> int:
               f"bytes; servers on CPU {args.server_cpu}, client on CPU {args.client_cpu}, OpenVINO {args.config}",
               flush=True)
         os.sched_setaffinity(0, {args.client_cpu})
-        cases = [(f"{fmt} c{c} {side}", fmt, c, side) for fmt in bodies for c in concurrencies for side in SIDES]
+        cases = [(f"{fmt} c{c} {side}", fmt, c, side) for fmt in bodies for c in args.concurrency for side in SIDES]
         results: dict[str, list[dict]] = {name: [] for name, *_ in cases}
         path = f"/v2/models/{args.variant}/infer"
         for k, (name, fmt, c, side) in interleaved(cases, args.rounds):
@@ -88,7 +86,7 @@ def main() -> int:
     for name, runs in results.items():
         summary["cases"][name] = case_summary(runs)
     for fmt in bodies:
-        for c in concurrencies:
+        for c in args.concurrency:
             key = f"{fmt} c{c}"
             cmp = summary["lane_vs_off"][key] = compare(results[f"{key} lane"], results[f"{key} no lane"],
                                                         "lane", "off", "lane")

@@ -27,7 +27,7 @@ import sys
 import time
 
 from common import (HERE, case_summary, command_line, comparison_parser, interleaved, load, median,
-                    model_repo, result, round_line, start, write_json, write_rounds_report)
+                    result, round_line, start, write_json, write_rounds_report)
 from tests.serverproc import request
 
 
@@ -91,14 +91,12 @@ def main() -> int:
                            variant=False)
     ap.add_argument("--idle-poll-us", type=int, default=1000,
                     help="--idle-poll-us of the second hosttune server (the binary case with polling)")
-    args, out = start(ap, "peer")
+    args, out, repo = start(ap, "peer")
     from tests.serverproc import Server, free_port
 
     ensure_fastapi()
-    repo = model_repo(args.repo or os.path.join(out, "models"))
     model_xml = os.path.join(repo, "sample", "1", "model.xml")
     config = json.loads(args.config)
-    concurrencies = args.concurrency
 
     import numpy as np
 
@@ -119,7 +117,7 @@ def main() -> int:
     peer_port = free_port()
     peer = start_peer(model_xml, config, args.server_cpu, peer_port)
     os.sched_setaffinity(0, {args.client_cpu})
-    cases = [(f"{side} JSON c{c}", side, c) for c in concurrencies for side in ("hosttune", "peer")]
+    cases = [(f"{side} JSON c{c}", side, c) for c in args.concurrency for side in ("hosttune", "peer")]
     poll_case = f"hosttune binary c1 poll {args.idle_poll_us} us"
     cases += [("hosttune binary c1", "binary", 1), (poll_case, "binary-poll", 1), ("in-process", "inprocess", 1)]
     results: dict[str, list[dict]] = {name: [] for name, _, _ in cases}
@@ -150,7 +148,7 @@ def main() -> int:
         print(f"{name:<20} {s['throughput']:7.1f} req/s  p50 {s['p50_ms']:7.2f} ms  p99 {s['p99_ms']:7.2f} ms "
               f"(medians of {len(runs)} rounds)")
     verdicts = {}
-    for c in concurrencies:
+    for c in args.concurrency:
         a, b = results[f"hosttune JSON c{c}"], results[f"peer JSON c{c}"]
         thr = median([x["throughput"] / y["throughput"] for x, y in zip(a, b)])
         p50 = median([x["p50_ms"] / y["p50_ms"] for x, y in zip(a, b)])
