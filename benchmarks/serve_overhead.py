@@ -70,12 +70,13 @@ def main() -> int:
         return request(port, "GET", "/metrics", timeout=10)[1].decode().splitlines()
 
     def scrape(port: int) -> dict[str, float]:
-        values = {}
+        values: dict[str, float] = {}
         for line in metrics(port):
             if line.startswith(("ovms_request_time_us_", "ovms_inference_time_us_")) and 'name="sample"' in line:
                 key, _, value = line.rpartition(" ")
-                if key.split("{")[0].endswith(("_sum", "_count")):
-                    values[key.split("{")[0]] = float(value)
+                name = key.split("{")[0]
+                if name.endswith(("_sum", "_count")):  # request time has a line per interface (REST, gRPC)
+                    values[name] = values.get(name, 0.0) + float(value)
         return values
 
     def cpu_s(pid: int) -> float:
@@ -103,11 +104,10 @@ def main() -> int:
         return float(r.stdout.strip().splitlines()[-1])
 
     def scrape_count(port: int, model: str) -> float:
-        for line in metrics(port):
-            if line.startswith("ovms_requests_success{") and 'method="ModelInfer"' in line \
-                    and f'name="{model}"' in line:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        """The model's successful infer requests, over all interfaces."""
+        return sum(float(line.rsplit(" ", 1)[1]) for line in metrics(port)
+                   if line.startswith("ovms_requests_success{") and 'method="ModelInfer"' in line
+                   and f'name="{model}"' in line)
 
     # (1) paired rounds: one in-process run and one HTTP run right after each other, so that the
     # load of a shared machine changes as little as possible between the two halves of a pair
