@@ -13,7 +13,7 @@ from a second `hosttune serve` that polls for the next request after each answer
 
     python benchmarks/serve_peer.py --rounds 3 --duration 5 --out /tmp/peer
 
-Writes summary.json and report.html (latency CDFs, throughput per round) into --out. FastAPI is
+Writes summary.json and report.html (latency CDFs, p50 and throughput per round) into --out. FastAPI is
 pip-installed into this Python on first use (it is no dependency of hosttune).
 """
 
