@@ -22,36 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
-HOSTTUNE = [sys.executable, "-m", "hosttune"]
+from common import HOSTTUNE, add_plan_options, load_plan, median, model_repo, run_tool, wait_quiet, write_json
+
 CASES = [("tuned-quiet", []), ("tuned-noise", ["--noise"]),
          ("untuned-quiet", ["--no-pin"]), ("untuned-noise", ["--no-pin", "--noise"])]
-
-
-def wait_quiet(max_load: float | None, timeout: float = 600.0) -> float:
-    """On a shared machine: wait (at most `timeout` s) until the 1-minute load average is below
-    `max_load`; returns the load average when the round starts (recorded beside the figures)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while max_load is not None and os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
-        time.sleep(5)
-    return os.getloadavg()[0]
-
-
-def run(cmd: list[str]) -> None:
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if r.returncode not in (0, 1):
-        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr}")
-
-
-def median(values: list[float]) -> float:
-    s = sorted(values)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
 def main() -> int:
@@ -61,30 +37,17 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8, help="rounds; each runs every case once")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per timed run")
     ap.add_argument("--warmup", type=float, default=1.0, help="warmup seconds before each timed run")
-    ap.add_argument("--plan", help="plan JSON (default: hosttune plan --json of this host)")
-    ap.add_argument("--max-load", type=float, help="before each round, wait (up to 10 min) until the 1-minute "
-                                                   "load average is below this (shared machines)")
+    add_plan_options(ap)
     ap.add_argument("--out", default=None, help="directory for the JSON results and report.html")
     args = ap.parse_args()
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from hosttune.bench import report, stats
     from hosttune.bench.runner import merge_documents
 
     out = args.out or tempfile.mkdtemp(prefix="hosttune-iso-")
     os.makedirs(out, exist_ok=True)
-    repo = args.repo
-    if not repo:
-        repo = os.path.join(out, "models")
-        if not os.path.isdir(os.path.join(repo, args.model)):
-            run([*HOSTTUNE, "model", "sample", "--repo", repo, "--variant", args.model, "--no-int8"])
-    plan = args.plan
-    if not plan:
-        plan = os.path.join(out, "plan.json")
-        with open(plan, "w") as f:
-            subprocess.run([*HOSTTUNE, "plan", "--json"], stdout=f, check=True)
-    with open(plan) as f:
-        p = json.load(f)
+    repo = model_repo(args.repo or os.path.join(out, "models"), args.model)
+    plan, p = load_plan(args.plan, out)
     inst = p["instances"][0]
     print(f"plan: instance {inst['name']} on CPUs {inst['cpus_list']}, housekeeping {p['housekeeping']}; "
           f"model {args.model}; {args.rounds} rounds x 4 cases x {args.duration} s (warmup {args.warmup} s each)")
@@ -96,7 +59,7 @@ def main() -> int:
         order = CASES[k % len(CASES):] + CASES[:k % len(CASES)]
         for name, extra in order:
             path = os.path.join(out, f"{name}-round{k + 1}.json")
-            run([*HOSTTUNE, "bench", "--plan", plan, "--repo", repo, "--model", args.model,
+            run_tool([*HOSTTUNE, "bench", "--plan", plan, "--repo", repo, "--model", args.model,
                  "--instances", inst["name"], "--runs", "1", "--duration", str(args.duration),
                  "--warmup", str(args.warmup), "--label", name, "-o", path, *extra])
             with open(path) as f:
@@ -142,8 +105,7 @@ def main() -> int:
                          "p99_per_round": rows[name]["p99_ms"]["values"], "cv_p99": rows[name]["p99_ms"]["cv"],
                          "cv_throughput": rows[name]["throughput"]["cv"], "throughput": rows[name]["throughput"]["mean"],
                          "verdict": merged[name]["verdict"]} for name, _ in CASES}}
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(out, summary)
     with open(os.path.join(out, "report.html"), "w") as f:
         f.write(report.html_report(list(merged.items()),
                                    title="hosttune isolation benchmark: tuned vs untuned, quiet vs hog"))

@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
+from common import LATENCY, command_line, json_object, median, model_repo, write_json, write_page
 
 CASES = ("back to back", "after a sleep", "after a busy wait", "after a 150 kB copy")
 
@@ -33,13 +30,11 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=1500, help="inferences per case and round")
     ap.add_argument("--gap-us", type=int, default=300, help="sleep / busy wait before each inference")
     ap.add_argument("--cpu", type=int, default=1)
-    ap.add_argument("--config", default='{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}')
+    ap.add_argument("--config", type=json_object, default=LATENCY)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.rounds < 1 or args.count < 10 or not 0 < args.gap_us <= 10**6:
         ap.error("--rounds >= 1, --count >= 10, --gap-us 1..1000000")
-    from serve_peer import sample_repo
-
     import numpy as np
     import openvino as ov
 
@@ -47,7 +42,7 @@ def main() -> int:
 
     out = args.out or tempfile.mkdtemp(prefix="hosttune-wakeup-")
     os.makedirs(out, exist_ok=True)
-    repo = sample_repo(args.repo or os.path.join(out, "models"))
+    repo = model_repo(args.repo or os.path.join(out, "models"))
     os.sched_setaffinity(0, {args.cpu})
     compiled = ov.Core().compile_model(os.path.join(repo, "sample", "1", "model.xml"), "CPU", json.loads(args.config))
     req = compiled.create_infer_request()
@@ -72,7 +67,7 @@ def main() -> int:
             t = time.perf_counter()
             req.infer({0: x})
             took.append((time.perf_counter() - t) * 1e6)
-        return statistics.median(took)
+        return median(took)
 
     p50("back to back")  # warm-up
     results: dict[str, list[float]] = {case: [] for case in CASES}
@@ -80,19 +75,17 @@ def main() -> int:
         for case in CASES if k % 2 == 0 else CASES[::-1]:
             results[case].append(p50(case))
             print(f"round {k + 1}/{args.rounds} {case:<20} p50 {results[case][-1]:7.1f} us", flush=True)
-    summary = {"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "cpu": args.cpu,
+    summary = {"command": command_line(), "cpu": args.cpu,
                "gap_us": args.gap_us, "openvino": json.loads(args.config),
-               "p50_us_per_round": results, "p50_us": {c: statistics.median(v) for c, v in results.items()}}
+               "p50_us_per_round": results, "p50_us": {c: median(v) for c, v in results.items()}}
     print()
     for case, value in summary["p50_us"].items():
         print(f"{case:<20} p50 {value:7.1f} us (median of {args.rounds} rounds)")
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    with open(os.path.join(out, "report.html"), "w") as f:
-        f.write("<!doctype html><meta charset='utf-8'><title>idle wake-up</title><body style='font-family:sans-serif'>"
-                f"<h1>Inference after an idle CPU</h1><p>{summary['command']}: sample model on CPU {args.cpu}, "
-                f"gap {args.gap_us} us</p><pre>{json.dumps(summary['p50_us'], indent=1)}</pre>"
-                + report.svg_bars(list(results.items()), "p50 us") + "</body>")
+    write_json(out, summary)
+    write_page(out, "idle wake-up", [
+        f"<h1>Inference after an idle CPU</h1><p>{summary['command']}: sample model on CPU {args.cpu}, "
+        f"gap {args.gap_us} us</p><pre>{json.dumps(summary['p50_us'], indent=1)}</pre>",
+        report.svg_bars(list(results.items()), "p50 us")])
     print(f"\nresults in {out} (summary.json, report.html)")
     return 0
 

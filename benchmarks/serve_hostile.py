@@ -21,12 +21,11 @@ import http.client
 import json
 import os
 import socket
-import sys
 import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from common import command_line, model_repo, pct, write_json
 
 
 def main() -> int:
@@ -42,14 +41,11 @@ def main() -> int:
     args = ap.parse_args()
     import psutil
 
-    from hosttune.model import repo as model_repo
-    from tests.serverproc import Server
+    from tests.serverproc import Server, request
 
     out = args.out or tempfile.mkdtemp(prefix="hosttune-hostile-")
     os.makedirs(out, exist_ok=True)
-    repo = os.path.join(out, "models")
-    if not os.path.isdir(os.path.join(repo, "trivial")):
-        model_repo.sample(repo, variant="trivial", int8=False)
+    repo = model_repo(os.path.join(out, "models"), "trivial")
     size = int(args.mib * 2**20)
     headers = {}
     if args.kind == "json":
@@ -78,10 +74,7 @@ def main() -> int:
     try:
         def get(path: str) -> tuple[int, float]:
             t0 = time.perf_counter()
-            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=120)
-            conn.request("GET", path)
-            status = conn.getresponse().status
-            conn.close()
+            status, _ = request(srv, "GET", path, timeout=120)
             return status, (time.perf_counter() - t0) * 1e3
 
         idle = [get("/v2/health/live")[1] for _ in range(50)]
@@ -151,19 +144,13 @@ def main() -> int:
     finally:
         code = srv.stop()
 
-    health.sort()
-    idle.sort()
-
-    def pct(v: list[float], p: float) -> float:
-        return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
-
     summary = {
-        "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "requests": args.requests,
+        "command": command_line(), "requests": args.requests,
         "kind": args.kind, "body_mib": mib, "values_per_request": count, "seconds_in_flight": elapsed,
         "replies": [{"status": s, "seconds": t, "error": e} for s, t, e in replies],
         "rss_idle_mb": rss_idle / 1e6, "rss_peak_mb": max(rss) / 1e6, "rss_after_mb": rss_after / 1e6,
         "health_idle_p50_ms": pct(idle, 50), "health_checks": len(health), "health_statuses": sorted(statuses),
-        "health_p50_ms": pct(health, 50), "health_p99_ms": pct(health, 99), "health_max_ms": health[-1],
+        "health_p50_ms": pct(health, 50), "health_p99_ms": pct(health, 99), "health_max_ms": max(health, default=None),
         "server_exit": code,
     }
     print(f"in flight {elapsed:.1f} s; replies {[r[0] for r in replies]} ({replies[0][2] if replies else ''})")
@@ -172,8 +159,7 @@ def main() -> int:
     print(f"health checks during: {len(health)}, statuses {sorted(statuses)}, p50 {summary['health_p50_ms']:.1f} ms, "
           f"p99 {summary['health_p99_ms']:.1f} ms, max {summary['health_max_ms']:.1f} ms "
           f"(idle p50 {summary['health_idle_p50_ms']:.2f} ms); server exit status {code}")
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(out, summary)
     print(f"results in {out}/summary.json")
     return 0
 

@@ -24,25 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-HOSTTUNE = [sys.executable, "-m", "hosttune"]
-
-
-def wait_quiet(max_load: float | None, timeout: float = 600.0) -> float:
-    """On a shared machine: wait (at most `timeout` s) until the 1-minute load average is below
-    `max_load`; returns the load average when the round starts (recorded beside the figures)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while max_load is not None and os.getloadavg()[0] >= max_load and time.monotonic() < deadline:
-        time.sleep(5)
-    return os.getloadavg()[0]
-
-
-def run(cmd: list[str], cpus: list[int] | None = None) -> None:
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
-    if r.returncode not in (0, 1):
-        sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr}")
+from common import HOSTTUNE, add_plan_options, load_plan, median, model_repo, run_tool, wait_quiet, write_json
 
 
 def main() -> int:
@@ -53,35 +35,23 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--plan", help="plan JSON (default: hosttune plan --json of this host)")
-    ap.add_argument("--max-load", type=float, help="before each round, wait (up to 10 min) until the 1-minute "
-                                                   "load average is below this (shared machines)")
+    add_plan_options(ap)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     import signal
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still stops its server (finally)
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from hosttune.bench import report
-    from tests.serverproc import Server
+    from tests.serverproc import Server, request
 
     out = args.out or tempfile.mkdtemp(prefix="hosttune-overhead-")
     os.makedirs(out, exist_ok=True)
-    repo = args.repo or os.path.join(out, "models")
-    for variant in ("sample", "trivial"):
-        if not os.path.isdir(os.path.join(repo, variant)):
-            run([*HOSTTUNE, "model", "sample", "--repo", repo, "--variant", variant, "--no-int8"])
-    plan = args.plan
-    if not plan:
-        plan = os.path.join(out, "plan.json")
-        with open(plan, "w") as f:
-            subprocess.run([*HOSTTUNE, "plan", "--json"], stdout=f, check=True)
-    with open(plan) as f:
-        p = json.load(f)
+    repo = model_repo(args.repo or os.path.join(out, "models"), "sample", "trivial")
+    plan, p = load_plan(args.plan, out)
     inst = p["instances"][0]
     client_cpus = sorted(set(p["housekeeping"]) & os.sched_getaffinity(0)) or None
-    common = ["--plan", plan, "--repo", repo, "--instances", inst["name"],
+    bench_args = ["--plan", plan, "--repo", repo, "--instances", inst["name"],
               "--duration", str(args.duration), "--warmup", str(args.warmup)]
     print(f"server/instance on CPUs {inst['cpus_list']} ({inst['openvino']}), client on CPUs {client_cpus}")
 
@@ -90,25 +60,23 @@ def main() -> int:
     def bench(name: str, extra: list[str], runs: int) -> dict:
         path = os.path.join(out, f"{name}.json")
         http = "--mode" in extra  # the HTTP load client runs on the housekeeping CPUs
-        run([*HOSTTUNE, "bench", *common, "--runs", str(runs), "--label", name, "-o", path, *extra],
+        run_tool([*HOSTTUNE, "bench", *bench_args, "--runs", str(runs), "--label", name, "-o", path, *extra],
             cpus=client_cpus if http else None)
         with open(path) as f:
             docs[name] = json.load(f)
         return docs[name]["instances"][0]
 
-    def scrape(port: int) -> dict[str, float]:
-        import http.client
+    def metrics(port: int) -> list[str]:
+        return request(port, "GET", "/metrics", timeout=10)[1].decode().splitlines()
 
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-        conn.close()
-        values = {}
-        for line in text.splitlines():
+    def scrape(port: int) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for line in metrics(port):
             if line.startswith(("ovms_request_time_us_", "ovms_inference_time_us_")) and 'name="sample"' in line:
                 key, _, value = line.rpartition(" ")
-                if key.split("{")[0].endswith(("_sum", "_count")):
-                    values[key.split("{")[0]] = float(value)
+                name = key.split("{")[0]
+                if name.endswith(("_sum", "_count")):  # request time has a line per interface (REST, gRPC)
+                    values[name] = values.get(name, 0.0) + float(value)
         return values
 
     def cpu_s(pid: int) -> float:
@@ -136,17 +104,10 @@ def main() -> int:
         return float(r.stdout.strip().splitlines()[-1])
 
     def scrape_count(port: int, model: str) -> float:
-        import http.client
-
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-        conn.close()
-        for line in text.splitlines():
-            if line.startswith("ovms_requests_success{") and 'method="ModelInfer"' in line \
-                    and f'name="{model}"' in line:
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        """The model's successful infer requests, over all interfaces."""
+        return sum(float(line.rsplit(" ", 1)[1]) for line in metrics(port)
+                   if line.startswith("ovms_requests_success{") and 'method="ModelInfer"' in line
+                   and f'name="{model}"' in line)
 
     # (1) paired rounds: one in-process run and one HTTP run right after each other, so that the
     # load of a shared machine changes as little as possible between the two halves of a pair
@@ -173,11 +134,10 @@ def main() -> int:
     finally:
         srv.stop()
 
-    diffs = sorted(y - x for x, y in zip(a, b))
-    median = diffs[len(diffs) // 2] if len(diffs) % 2 else (diffs[len(diffs) // 2 - 1] + diffs[len(diffs) // 2]) / 2
+    overhead = median([y - x for x, y in zip(a, b)])
     print(f"\nsample model, in-process p50 per round (ms): {' '.join(f'{v:.3f}' for v in a)}")
     print(f"sample model, HTTP c=1 p50 per round (ms):   {' '.join(f'{v:.3f}' for v in b)}")
-    print(f"HTTP overhead at p50: median of the paired differences {median:.3f} ms "
+    print(f"HTTP overhead at p50: median of the paired differences {overhead:.3f} ms "
           f"(differences {' '.join(f'{y - x:+.3f}' for x, y in zip(a, b))})")
     n = m1["ovms_request_time_us_count"] - m0.get("ovms_request_time_us_count", 0)
     req_us = (m1["ovms_request_time_us_sum"] - m0.get("ovms_request_time_us_sum", 0)) / n
@@ -199,14 +159,13 @@ def main() -> int:
     print(f"trivial model over HTTP, concurrency 1: {trivial1['summary']['throughput']['mean']:.0f} req/s, "
           f"p50 {trivial1['summary']['latency_ms']['p50']:.3f} ms (round trip incl. client)")
     print(f"load average at the start of each round: {' '.join(f'{v:.1f}' for v in loads)}")
-    summary = {"inprocess_p50_ms": a, "http_p50_ms": b, "overhead_p50_ms": median, "load_average_per_round": loads,
+    summary = {"inprocess_p50_ms": a, "http_p50_ms": b, "overhead_p50_ms": overhead, "load_average_per_round": loads,
                "server_request_us": req_us, "server_inference_us": inf_us,
                "server_cpu_us_per_request_sample": cpu_sample, "inprocess_cpu_us_sample": cpu_inproc_sample,
                "server_cpu_us_per_request_trivial": cpu_trivial, "inprocess_cpu_us_trivial": cpu_inproc_trivial,
                "trivial_rps": trivial["summary"]["throughput"]["mean"], "trivial_rps_cv": trivial["summary"]["throughput"]["cv"],
                "trivial_c1_p50_ms": trivial1["summary"]["latency_ms"]["p50"], "concurrency": args.concurrency}
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(out, summary)
     with open(os.path.join(out, "report.html"), "w") as f:
         f.write(report.html_report(list(docs.items()), title="hosttune serve overhead"))
     print(f"\nresults in {out} (report.html, summary.json)")

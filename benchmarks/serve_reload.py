@@ -31,9 +31,8 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-from tests.serverproc import Server  # noqa: E402
+from common import pct
+from tests.serverproc import Server, request
 
 
 def write_config(path: str, streams: int, with_b: bool) -> None:
@@ -132,13 +131,6 @@ async def churn(port: int, root: str, seconds: float) -> dict:
     return {**steps, "max_seconds_to_apply": max(waits) if waits else None}
 
 
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(len(values) * p / 100))]
-
-
 async def main_async(args: argparse.Namespace, root: str, port: int) -> dict:
     from hosttune.bench.httpclient import binary_request, metadata
 
@@ -166,7 +158,7 @@ async def main_async(args: argparse.Namespace, root: str, port: int) -> dict:
         "seconds": round(elapsed, 1), "concurrency": args.concurrency, **steps,
         "a": {"answered": a["ok"], "failed": sum(a["status"].values()) + len(a["errors"]), "statuses": a["status"],
               "errors": a["errors"][:5], "versions_answering": len(a["versions"]),
-              "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99), "max_ms": pct(latencies, 100)},
+              "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99), "max_ms": max(latencies, default=None)},
         "b": {"answered": b["ok"], "not_served_404": b["status"].get("404", 0),
               "failed": sum(n for s, n in b["status"].items() if s != "404") + len(b["errors"]),
               "errors": b["errors"][:5]},
@@ -191,7 +183,7 @@ def main() -> int:
                         "--metrics_enable")
         try:
             summary = run(main_async(args, root, server.port))
-            reloads = [line for line in _metrics(server.port).splitlines()
+            reloads = [line for line in request(server, "GET", "/metrics", timeout=30)[1].decode().splitlines()
                        if line.startswith("hosttune_config_reloads_total")]
             summary["server_reloads"] = {line.split('"')[1]: float(line.split()[-1]) for line in reloads}
         finally:
@@ -203,13 +195,6 @@ def main() -> int:
         with open(os.path.join(args.out, "summary.json"), "w") as f:
             f.write(text + "\n")
     return 1 if summary["a"]["failed"] or summary["b"]["failed"] else 0
-
-
-def _metrics(port: int) -> str:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-        return r.read().decode()
 
 
 if __name__ == "__main__":

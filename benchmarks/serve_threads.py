@@ -20,10 +20,8 @@ import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
-
-from tests.serverproc import HOSTTUNE, Server  # noqa: E402
+from common import HOSTTUNE, ROOT, model_repo, write_json
+from tests.serverproc import Server
 
 TABLE = os.path.join(ROOT, "molecule", "resources", "files", "thread_table.py")
 
@@ -45,10 +43,7 @@ def main() -> int:
     hk, inf = cpus[0], cpus[-1]
     out = args.out or tempfile.mkdtemp(prefix="hosttune-threads-")
     os.makedirs(out, exist_ok=True)
-    repo = args.repo or os.path.join(out, "models")
-    if not os.path.isdir(os.path.join(repo, args.model)):
-        subprocess.run([*HOSTTUNE, "model", "sample", "--repo", repo, "--variant", args.model, "--no-int8"],
-                       check=True, capture_output=True)
+    repo = model_repo(args.repo or os.path.join(out, "models"), args.model)
     hint = {"PERFORMANCE_HINT": "LATENCY"} if args.nireq == 1 else {"NUM_STREAMS": 1}
     plan = {"schema": "hosttune.plan/1", "housekeeping": [hk], "instances": [{
         "name": "node0", "node": 0, "cpus": [inf], "cpus_list": str(inf), "service_cpus": [hk],
@@ -105,8 +100,7 @@ def main() -> int:
         q, n = summary[f"{p}-quiet"], summary[f"{p}-noise"]
         print(f"{p}: under the hogs / quiet: p99 {n['p99_ms'] / q['p99_ms']:.2f}x, "
               f"p99.9 {n['p999_ms'] / q['p999_ms']:.2f}x, max {n['max_ms'] / q['max_ms']:.2f}x")
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(out, summary)
     print(f"\nresults in {out}")
     return 0
 

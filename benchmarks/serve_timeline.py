@@ -41,9 +41,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, ".."))
-from serve_peer import sample_repo  # noqa: E402
+from common import HERE, ROOT, add_pinning, command_line, median, model_repo, write_json, write_page
 
 PHASES = ("in flight", "read", "decode", "inference", "answer", "answer flight")
 SITECUSTOMIZE = "import serve_timeline\nserve_timeline.install_hooks()\n"
@@ -70,7 +68,7 @@ class SpinStub:
     def note(self, seconds: float) -> None:
         self.real.append(seconds)
         if self.enabled and len(self.real) == 50:
-            self.seconds = statistics.median(self.real)
+            self.seconds = median(self.real)
 
 
 def install_hooks() -> None:
@@ -304,7 +302,7 @@ def read_events(path: str) -> list[tuple[str, float]]:
 
 
 def p50_phases(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {name: p50([r[name] for r in rows]) for name in (*PHASES, "beyond inference", "total")}
+    return {name: median([r[name] for r in rows]) for name in (*PHASES, "beyond inference", "total")}
 
 
 def raw_floor(request_size: int, work_s: float, count: int, server_cpu: int, client_cpu: int) -> list[float]:
@@ -383,19 +381,13 @@ def stacked_svg(summary: dict) -> str:
     return "".join(out)
 
 
-def p50(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repo", help="model repository with the sample model (default: built into --out)")
     ap.add_argument("--requests", type=int, default=600)
     ap.add_argument("--warmup", type=int, default=100, help="first requests left out")
-    ap.add_argument("--server-cpu", type=int, default=1)
-    ap.add_argument("--client-cpu", type=int, default=0)
+    add_pinning(ap, "OpenVINO properties of both servers")
     ap.add_argument("--stub", choices=["spin"], help="replace the inference by a spin of its length")
-    ap.add_argument("--config", default='{"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1}')
     ap.add_argument("--idle-poll-us", type=int, default=0, help="hosttune serve's --idle-poll-us (the leanest "
                                                                    "server never polls)")
     ap.add_argument("--out", default=None)
@@ -407,13 +399,13 @@ def main() -> int:
 
     out = args.out or tempfile.mkdtemp(prefix="hosttune-timeline-")
     os.makedirs(out, exist_ok=True)
-    repo = sample_repo(args.repo or os.path.join(out, "models"))
+    repo = model_repo(args.repo or os.path.join(out, "models"))
     body, headers = binary_request({"inputs": [{"name": "input", "shape": [1, 3, 112, 112], "datatype": "FP32"}]})
     hooks = tempfile.mkdtemp(prefix="hosttune-timeline-hooks-")
     with open(os.path.join(hooks, "sitecustomize.py"), "w") as f:
         f.write(SITECUSTOMIZE)
     log = os.path.join(out, "server-events.json")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([hooks, HERE, os.path.join(HERE, "..")]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([hooks, HERE, ROOT]),
                HOSTTUNE_TIMELINE_LOG=log)
     if args.stub:
         env["HOSTTUNE_TIMELINE_STUB"] = args.stub
@@ -448,13 +440,13 @@ def main() -> int:
     if not minimal_rows:
         sys.exit("no request could be matched with the leanest server's events")
 
-    infer_s = p50([r["inference"] for r in rows]) / 1e6
+    infer_s = median([r["inference"] for r in rows]) / 1e6
     print("raw-socket floor ...", flush=True)
     floor = raw_floor(len(request), infer_s, max(200, args.requests // 2), args.server_cpu, args.client_cpu)
 
-    summary = {"command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "requests": len(rows),
+    summary = {"command": command_line(), "requests": len(rows),
                "stub": args.stub, "p50_us": p50_phases(rows), "minimal_requests": len(minimal_rows),
-               "minimal_p50_us": p50_phases(minimal_rows), "raw_floor_p50_us": p50(floor),
+               "minimal_p50_us": p50_phases(minimal_rows), "raw_floor_p50_us": median(floor),
                "reads_per_request": statistics.mode(r["reads"] for r in rows)}
     print(f"\n{len(rows)} requests each, p50 of each phase in us (the phases' p50s need not add up to the "
           f"total's):\n  {'':<17} {'hosttune':>9} {'leanest':>9}")
@@ -462,8 +454,7 @@ def main() -> int:
         print(f"  {name:<17} {summary['p50_us'][name]:9.1f} {summary['minimal_p50_us'][name]:9.1f}")
     print(f"  {'raw-socket floor':<17} {summary['raw_floor_p50_us']:9.1f}  (same request size and CPUs, spin of "
           f"{infer_s * 1e3:.2f} ms, 4 kB answer)")
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(out, summary)
     page = [f"<h1>hosttune serve: one binary request, phase by phase</h1><p>{summary['command']}: "
             f"{len(rows)} requests on one connection, server on CPU {args.server_cpu}, client on CPU "
             f"{args.client_cpu}; inference p50 {summary['p50_us']['inference'] / 1e3:.2f} ms"
@@ -473,9 +464,7 @@ def main() -> int:
             "nothing else) and the raw-socket floor, on the same CPUs with the same request.</p>",
             "<pre>" + json.dumps({"hosttune serve": summary["p50_us"], "leanest Python": summary["minimal_p50_us"],
                                   "raw-socket floor": summary["raw_floor_p50_us"]}, indent=1) + "</pre>"]
-    with open(os.path.join(out, "report.html"), "w") as f:
-        f.write("<!doctype html><meta charset='utf-8'><title>serve timeline</title>"
-                "<body style='font-family:sans-serif'>" + "\n".join(page) + "</body>")
+    write_page(out, "serve timeline", page)
     print(f"\nresults in {out} (summary.json, report.html, server-events.json, minimal-events.json)")
     return 0
 
