@@ -69,3 +69,31 @@ def test_loopback_only_endpoints_and_hosts_without_a_plan_fail_naming_the_host(p
                               ["x", "y", "z"], "instances")
     with pytest.raises(AnsibleFilterError, match="kind must be one of agent, instances"):
         sd.prometheus_file_sd({}, [], "nodes")
+
+
+@pytest.mark.parametrize("hostvars, words", [
+    ({"ansible_host": "10.0.0.1:9000"}, "'10.0.0.1:9000' is not a host name or IP address"),
+    ({"ansible_host": "bad host\n- targets: [evil:1]"}, "is not a host name or IP address"),
+    ({"ansible_host": "-leading.example"}, "is not a host name or IP address"),
+    ({"ansible_host": "a" * 64 + ".example"}, "is not a host name or IP address"),
+    ({"hosttune_agent_options": {"listen": "0.0.0.0", "port": 0}}, "port must be a number from 1 to 65535, got 0"),
+    ({"hosttune_agent_options": {"listen": "0.0.0.0", "port": 70000}}, "got 70000"),
+    ({"hosttune_agent_options": {"listen": "0.0.0.0", "port": "٩٠٠٠"}}, "port must be a number"),
+    ({"hosttune_agent_options": {"listen": "0.0.0.0", "port": True}}, "port must be a number"),
+    ({"hosttune_agent_options": {"listen": "0.0.0.0", "port": "9000/metrics"}}, "port must be a number"),
+])
+def test_a_target_is_a_checked_address_and_port(hostvars, words):
+    """What becomes a target is a host name (RFC 1123) or an IP address and a port 1-65535, or an
+    error naming the host: never a string Prometheus would refuse or read as something else."""
+    vars_ = {"ansible_host": "192.0.2.1", "hosttune_agent_options": {"listen": "0.0.0.0"}, **hostvars}
+    with pytest.raises(AnsibleFilterError) as err:
+        sd.prometheus_file_sd({"h": vars_}, ["h"], "agent")
+    assert str(err.value).startswith("h: the agent: ") and words in str(err.value)
+
+
+def test_names_and_addresses_of_both_families_are_targets():
+    hostvars = {"v6": {"ansible_host": "2001:db8::7", "hosttune_agent_options": {"listen": "::", "port": "9100"}},
+                "dns": {"ansible_host": "node-1.rack2.example.", "hosttune_agent_options": {"listen": "0.0.0.0"}},
+                "own": {"hosttune_agent_options": {"listen": "fe80::1"}}}
+    assert [g["targets"] for g in sd.prometheus_file_sd(hostvars, ["v6", "dns", "own"], "agent")] == [
+        ["[2001:db8::7]:9100"], ["node-1.rack2.example.:9477"], ["[fe80::1]:9477"]]

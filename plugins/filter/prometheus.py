@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from ansible.errors import AnsibleFilterError
 
 AGENT_PORT = 9477  # the agent's default (hosttune/agent/config.py AgentSettings.port)
@@ -13,6 +16,30 @@ AGENT_LISTEN = "127.0.0.1"  # and its default address
 _WILDCARD = ("0.0.0.0", "::", "")
 _LOOPBACK = ("127.", "::1", "localhost")
 KINDS = ("agent", "instances")
+
+
+# a DNS name as RFC 1123 spells it (labels of letters, digits and inner hyphens), or an IP address:
+# what Prometheus accepts as a target's host, and nothing that could change the file_sd document
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _target(host, address, port, what):
+    """"address:port" of one endpoint, both checked: a name or IP address, a port 1-65535."""
+    address = str(address)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        ip = None
+        if not _HOSTNAME.fullmatch(address):
+            raise AnsibleFilterError(f"{host}: {what}: {address[:80]!r} is not a host name or IP address")
+    if isinstance(port, bool) or not (isinstance(port, int) or (isinstance(port, str) and port.isascii()
+                                                                   and port.isdigit() and len(port) <= 5)):
+        raise AnsibleFilterError(f"{host}: {what}: the port must be a number from 1 to 65535, got {str(port)[:20]!r}")
+    if not 1 <= int(port) <= 65535:
+        raise AnsibleFilterError(f"{host}: {what}: the port must be a number from 1 to 65535, got {port}")
+    shown = f"[{address}]" if ip is not None and ip.version == 6 else address
+    return f"{shown}:{int(port)}"
 
 
 def _address(host, listen, inventory_address, what):
@@ -26,7 +53,7 @@ def _address(host, listen, inventory_address, what):
                                  f"it (listen on the host's address or 0.0.0.0)")
     else:
         address = listen
-    return f"[{address}]" if ":" in address else address
+    return address
 
 
 def prometheus_file_sd(hostvars, hosts, kind="instances"):
@@ -47,8 +74,8 @@ def prometheus_file_sd(hostvars, hosts, kind="instances"):
         address = hv.get("ansible_host") or host
         if kind == "agent":
             options = hv.get("hosttune_agent_options") or {}
-            target = (f"{_address(host, options.get('listen', AGENT_LISTEN), address, 'the agent')}:"
-                      f"{options.get('port', AGENT_PORT)}")
+            target = _target(host, _address(host, options.get("listen", AGENT_LISTEN), address, "the agent"),
+                             options.get("port", AGENT_PORT), "the agent")
             groups.append({"targets": [target], "labels": {"host": str(host)}})
             continue
         plan = hv.get("hosttune_plan")
@@ -58,7 +85,7 @@ def prometheus_file_sd(hostvars, hosts, kind="instances"):
         for inst in plan["instances"]:
             what = f"instance {inst['name']}"
             groups.append({
-                "targets": [f"{_address(host, inst['bind'], address, what)}:{inst['port']}"],
+                "targets": [_target(host, _address(host, inst["bind"], address, what), inst["port"], what)],
                 "labels": {"host": str(host), "node": str(inst["node"]), "inference_instance": str(inst["name"])},
             })
     if missing:
