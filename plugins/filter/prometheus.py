@@ -33,8 +33,8 @@ def _target(host, address, port, what):
         ip = None
         if not _HOSTNAME.fullmatch(address):
             raise AnsibleFilterError(f"{host}: {what}: {address[:80]!r} is not a host name or IP address")
-    if isinstance(port, bool) or not (isinstance(port, int) or (isinstance(port, str) and port.isascii()
-                                                                   and port.isdigit() and len(port) <= 5)):
+    digits = isinstance(port, str) and port.isascii() and port.isdigit() and len(port) <= 5
+    if isinstance(port, bool) or not (isinstance(port, int) or digits):
         raise AnsibleFilterError(f"{host}: {what}: the port must be a number from 1 to 65535, got {str(port)[:20]!r}")
     if not 1 <= int(port) <= 65535:
         raise AnsibleFilterError(f"{host}: {what}: the port must be a number from 1 to 65535, got {port}")
