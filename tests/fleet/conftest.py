@@ -20,7 +20,7 @@ REPO = sshd_mod.REPO
 def fleet_json(*args):
     """`hosttune fleet ARGS --json` with generous timeouts: (the process, {host: its result})."""
     proc = subprocess.run([sys.executable, "-m", "hosttune", "fleet", *args, "--json", "-q",
-                           "--connect-timeout", "20", "--timeout", "120"],
+                           "--connect-timeout", "60", "--timeout", "120"],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc, {h["host"]: h for h in json.loads(proc.stdout)["hosts"]}
