@@ -155,10 +155,12 @@ def pct(values: Sequence[float], q: float) -> float | None:
 # -- load --------------------------------------------------------------------------------------
 def result(samples: list[float], errors: int, seconds: float) -> dict:
     """One case's run: latencies (ms) measured within `seconds`, and the requests that failed."""
+    from hosttune.bench import stats
+
     samples = sorted(samples)
+    p50, p99 = (stats.percentile(samples, 50), stats.percentile(samples, 99)) if samples else (None, None)
     return {"requests": len(samples), "errors": errors, "throughput": len(samples) / seconds,
-            "p50_ms": pct(samples, 50), "p99_ms": pct(samples, 99), "max_ms": samples[-1] if samples else None,
-            "samples_ms": samples}
+            "p50_ms": p50, "p99_ms": p99, "max_ms": samples[-1] if samples else None, "samples_ms": samples}
 
 
 async def measure(connect: Callable[[], contextlib.AbstractAsyncContextManager], concurrency: int, seconds: float,

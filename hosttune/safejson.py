@@ -73,11 +73,9 @@ def loads(data: bytes | str, where: str, schema: Any = None, finite: bool = True
     """Parse one JSON document within the bounds above and check it against `schema`."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
-    if len(data) > max_bytes:
-        raise HosttuneError(f"larger than {max_bytes} bytes", where=where)
+    text = utf8(data, where, max_bytes)  # the size bound first: depth() reads every byte
     if depth(data) > MAX_DEPTH:
         raise HosttuneError(f"nested deeper than {MAX_DEPTH} levels", where=where)
-    text = utf8(data, where, max_bytes)
     try:
         if finite:
             doc = json.loads(text, object_pairs_hook=_unique, parse_constant=_no_constant, parse_float=_finite)

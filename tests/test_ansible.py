@@ -64,9 +64,8 @@ class Run:
             with open(path, encoding="utf-8") as f:
                 events.append(json.load(f))
         self.events = sorted(events, key=lambda e: e.get("counter", 0))
-        stats = [e["event_data"] for e in self.events if e.get("event") == "playbook_on_stats"]
-        keys = ("skipped", "ok", "dark", "failures", "ignored", "rescued", "processed", "changed")
-        self.stats = {k: stats[0].get(k, {}) for k in keys} if stats else {}
+        # the recap: ok, changed, dark, failures, ... per host
+        self.stats = next((e["event_data"] for e in self.events if e.get("event") == "playbook_on_stats"), {})
         self.private = private
         self.stdout = text("stdout") or ""
 
